@@ -1,0 +1,1 @@
+"""memtrain_jax."""

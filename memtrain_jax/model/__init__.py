@@ -1,0 +1,37 @@
+"""Decoder-only transformer: config, parameters, forward pass and KV cache."""
+
+from memtrain_jax.model.config import ModelConfig
+from memtrain_jax.model.transformer import (
+    CACHE_LOGICAL_AXES,
+    KVCache,
+    Transformer,
+    apply_model,
+    cache_shardings,
+    default_positions,
+    forward,
+    init_cache,
+    init_params,
+    param_logical_specs,
+    param_shapes,
+    param_shardings,
+    stack_layers,
+    unstack_layers,
+)
+
+__all__ = [
+    "CACHE_LOGICAL_AXES",
+    "KVCache",
+    "ModelConfig",
+    "Transformer",
+    "apply_model",
+    "cache_shardings",
+    "default_positions",
+    "forward",
+    "init_cache",
+    "init_params",
+    "param_logical_specs",
+    "param_shardings",
+    "param_shapes",
+    "stack_layers",
+    "unstack_layers",
+]

@@ -1,0 +1,414 @@
+"""Decoder-only transformer (Llama 2/3, Qwen2/2.5, Qwen3) in Flax linen, with a fixed-size KV cache.
+
+One code path serves training (full sequence, no cache), prefill and incremental
+decoding: attention always sees keys at *slots* with a validity mask, and a query at
+slot q may attend to a valid key at slot s <= q. Without a cache the slots are the
+sequence positions; with a cache, new tokens are written at slots index..index+t-1.
+Prompts are left padded, so every row advances through the cache in lockstep and the
+rotary position of a token is the number of real tokens before it in its row.
+
+Shapes: B batch, T new tokens, S cache slots, L layers, H hidden, N query heads,
+K kv heads, G = N // K, D head dim, M mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from memtrain_jax import sharding
+from memtrain_jax.model.config import ModelConfig
+
+KVCache = dict[str, jax.Array]  # k, v: [L, B, S, K, D]; mask: [B, S] bool; index: int32 scalar
+Params = dict[str, Any]
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _init(names: tuple[str | None, ...], scale_axis: int | tuple[int, ...] = 0):
+    """Normal init with std 1/sqrt(fan_in), boxed with logical axis names."""
+    return nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=scale_axis), names
+    )
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * scale, statistics in float32 (HF convention: no +1 on scale)."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Projection(nn.Module):
+    """Dense layer contracting the input's trailing `in_ndim` axes into `features` (with logical names)."""
+
+    features: tuple[int, ...]
+    in_ndim: int
+    names: tuple[str, ...]  # logical names of the kernel: input axes then output axes
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.in_ndim :]
+        kernel = self.param(
+            "kernel", _init(self.names, tuple(range(self.in_ndim))), in_shape + self.features, self.param_dtype
+        )
+        letters = "abcdefgh"
+        lhs = "..." + letters[: self.in_ndim]
+        out = letters[self.in_ndim : self.in_ndim + len(self.features)]
+        y = jnp.einsum(f"{lhs},{lhs[3:]}{out}->...{out}", x, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.in_ndim :]),
+                self.features,
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+    """Inverse frequencies [D/2], with Llama-3 style scaling when `config.rope_scaling` is set."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if config.rope_scaling is None:
+        return inv_freq
+    s = dict(config.rope_scaling)
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [B, T, D/2] float32 for integer positions [B, T]."""
+    angles = positions.astype(jnp.float32)[..., None] * rope_frequencies(config)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x: [B, T, heads, D] by the "rotate_half" convention (first half / second half)."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q: [B, T, N, D]; k, v: [B, S, K, D]; mask: [B, T, S] -> [B, T, N, D]."""
+    b, t, n, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, n, d)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, key_mask, query_slots, layer_cache, cache_index):
+        """x: [B, T, H]; key_mask: [B, S]; query_slots: [T]; layer_cache: (k, v) [B, S, K, D] or None."""
+        c = self.config
+        proj = functools.partial(Projection, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x)
+        k = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k_proj")(x)
+        v = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v_proj")(x)
+        if c.qk_norm:
+            norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype, axis_name="head_dim")
+            q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+
+        if layer_cache is None:
+            keys, values, new_cache = k, v, None
+        else:
+            cache_k, cache_v = layer_cache
+            start = (0, cache_index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            new_cache = (keys, values)
+        key_slots = jnp.arange(keys.shape[1])
+        mask = key_mask[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        out = proj((c.hidden_size,), 2, ("heads", "head_dim", "embed"), False, name="o_proj")(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        proj = functools.partial(
+            Projection, in_ndim=1, use_bias=False, dtype=c.compute_dtype, param_dtype=c.weight_dtype
+        )
+        gate = proj((c.intermediate_size,), names=("embed", "mlp"), name="gate_proj")(x)
+        up = proj((c.intermediate_size,), names=("embed", "mlp"), name="up_proj")(x)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return proj((c.hidden_size,), names=("mlp", "embed"), name="down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, cos, sin, key_mask, query_slots, cache_index):
+        """Pre-norm block. x: [B, T, H]; returns (x, updated layer cache). Signature fits nn.scan."""
+        c = self.config
+        norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
+        attn_out, layer_cache = Attention(c, name="attn")(
+            norm(name="input_norm")(x), cos, sin, key_mask, query_slots, layer_cache, cache_index
+        )
+        x = x + attn_out
+        x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, layer_cache
+
+
+def _layer_class(config: ModelConfig):
+    if config.remat == "none":
+        return DecoderLayer
+    policy = None if config.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    return nn.remat(DecoderLayer, policy=policy, prevent_cse=not config.scan_layers)
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> logits [B, T, V] float32, optionally reading/writing a KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, key_mask, query_slots, cache: KVCache | None = None):
+        """positions: [B, T] rotary positions; key_mask: [B, S] valid key slots; query_slots: [T].
+
+        Without a cache S == T. With a cache, `key_mask` already marks the new tokens' slots.
+        """
+        c = self.config
+        embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            (c.vocab_size, c.hidden_size),
+            c.weight_dtype,
+        )
+        x = jnp.take(embedding, tokens, axis=0).astype(c.compute_dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        cos, sin = rope_tables(c, positions)
+        index = cache["index"] if cache is not None else 0
+        layer_cls = _layer_class(c)
+
+        if c.scan_layers:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            xs = None if cache is None else (cache["k"], cache["v"])
+            x, new_kv = scanned(c, name="layers")(x, xs, cos, sin, key_mask, query_slots, index)
+        else:
+            new_k, new_v = [], []
+            for i in range(c.num_layers):
+                layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+                x, layer_cache = layer_cls(c, name=f"layers_{i}")(
+                    x, layer_cache, cos, sin, key_mask, query_slots, index
+                )
+                if cache is not None:
+                    new_k.append(layer_cache[0])
+                    new_v.append(layer_cache[1])
+            new_kv = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+
+        x = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
+        if c.tie_embeddings:
+            head = embedding.T
+        else:
+            head = self.param("lm_head", _init(("embed", "vocab")), (c.hidden_size, c.vocab_size), c.weight_dtype)
+        logits = jnp.einsum("bth,hv->btv", x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        if cache is None:
+            return logits, None
+        new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": key_mask, "index": index + tokens.shape[1]}
+        return logits, new_cache
+
+
+# The contract's parameter tree puts the embedding under "embedder" and the head under "lm_head/kernel";
+# linen's compact params above are flat, so the public tree is mapped to and from it here.
+def _to_module_tree(params: Params) -> Params:
+    tree = {k: v for k, v in params.items() if k not in ("embedder", "lm_head")}
+    tree["embedding"] = params["embedder"]["embedding"]
+    if "lm_head" in params:
+        tree["lm_head"] = params["lm_head"]["kernel"]
+    return tree
+
+
+def _from_module_tree(tree: Params) -> Params:
+    params = {k: v for k, v in tree.items() if k not in ("embedding", "lm_head")}
+    params["embedder"] = {"embedding": tree["embedding"]}
+    if "lm_head" in tree:
+        params["lm_head"] = {"kernel": tree["lm_head"]}
+    return params
+
+
+def _dummy_inputs(config: ModelConfig):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1), bool), jnp.zeros((1,), jnp.int32)
+
+
+def _boxed_init(config: ModelConfig, rng: jax.Array):
+    return Transformer(config).init(rng, *_dummy_inputs(config))["params"]
+
+
+def param_logical_specs(config: ModelConfig) -> Params:
+    """PartitionSpecs of logical axis names, with the same structure as `init_params`' tree."""
+    boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+    return _from_module_tree(nn.get_partition_spec(boxed))
+
+
+def param_shapes(config: ModelConfig) -> Params:
+    """ShapeDtypeStructs of the parameter tree, without allocating it."""
+    boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+    return _from_module_tree(nn.meta.unbox(boxed))
+
+
+def param_shardings(config: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> Params:
+    """NamedShardings of the parameter tree on `mesh` by the logical-axis `rules`."""
+    return sharding.tree_shardings(mesh, param_logical_specs(config), rules, shapes=param_shapes(config))
+
+
+def cache_shardings(config: ModelConfig, cache: KVCache, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
+    """NamedShardings of a KV cache on `mesh`: batch over the data axes, kv heads over tensor."""
+    specs = {k: jax.sharding.PartitionSpec(*v) for k, v in CACHE_LOGICAL_AXES.items()}
+    return sharding.tree_shardings(mesh, specs, rules, shapes=cache)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, shardings: Params | None = None) -> Params:
+    """Random parameters; with `shardings` (see sharding.tree_shardings) they are created sharded."""
+    fn = lambda key: _from_module_tree(nn.meta.unbox(_boxed_init(config, key)))
+    return jax.jit(fn, out_shardings=shardings)(rng)
+
+
+def stack_layers(params: Params, config: ModelConfig) -> Params:
+    """Non-scanned tree (layers_0..layers_{L-1}) -> scanned tree ('layers' with a leading [L] axis)."""
+    layers = [params[f"layers_{i}"] for i in range(config.num_layers)]
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return out
+
+
+def unstack_layers(params: Params, config: ModelConfig) -> Params:
+    """Scanned tree -> non-scanned tree; inverse of `stack_layers`."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(config.num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+
+def default_positions(attention_mask: jax.Array) -> jax.Array:
+    """Rotary positions of left-padded rows: number of real tokens before each token ([B, T] int32)."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def apply_model(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    cache: KVCache | None = None,
+) -> tuple[jax.Array, KVCache | None]:
+    """Runs the model (traceable; call inside jit). Returns (logits [B, T, V] float32, new cache or None).
+
+    tokens: [B, T] int32. attention_mask: [B, T] bool, False on left padding. positions: [B, T]
+    rotary positions; by default derived from the mask (and, with a cache, from the real tokens
+    already in it). With a cache, the tokens are written at slots index..index+T-1.
+    """
+    b, t = tokens.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), bool)
+    attention_mask = attention_mask.astype(bool)
+    if cache is None:
+        if positions is None:
+            positions = default_positions(attention_mask)
+        key_mask, query_slots = attention_mask, jnp.arange(t)
+    else:
+        if positions is None:
+            # Real tokens already cached in each row, plus real tokens before this one among the new ones.
+            seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
+            positions = seen + default_positions(attention_mask)
+        key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache["index"]))
+        query_slots = cache["index"] + jnp.arange(t)
+    module_params = _to_module_tree(params)
+    return Transformer(config).apply({"params": module_params}, tokens, positions, key_mask, query_slots, cache)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_jit(config, params, tokens, positions, attention_mask):
+    return apply_model(config, params, tokens, positions, attention_mask)[0]
+
+
+def forward(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Full-sequence logits [B, T, V] float32 for tokens [B, T] int32 (jitted; follows params' shardings)."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    if positions is None:
+        positions = default_positions(jnp.asarray(attention_mask))
+    return _forward_jit(config, params, tokens, positions, attention_mask)
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
+    """An empty cache: k, v [L, B, S, K, D] zeros, mask [B, S] False, index 0."""
+    dtype = dtype or config.compute_dtype
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "mask": jnp.zeros((batch_size, max_length), bool),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "mask": ("batch", "cache_length"),
+    "index": (),
+}

@@ -1,0 +1,128 @@
+"""Device mesh and logical-axis rules: the one place that maps names to devices.
+
+Every parameter and activation in the model is annotated with *logical* axis names
+(`batch`, `length`, `embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`,
+`layers`, `cache_length`). The rules below map each logical name to zero or more
+*mesh* axes (`data`, `fsdp`, `tensor`). Changing the parallelism of a run means
+changing the mesh shape or the rules in the config, never the model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axes. `None` means replicated. Activations' batch is split
+# over both data-parallel axes; weights are split over fsdp (embed) and tensor
+# (heads / mlp / vocab), MaxText style.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("cache_length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh with automatic (rule-based) sharding axes.
+
+    `shape` may hold one -1, filled from the device count; `None` puts every device
+    on the data axis. Example: 8 devices, shape (2, 2, 2) or (-1, 1, 2).
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = list(shape) if shape is not None else [-1, 1, 1]
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"Mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries for axes {MESH_AXES}.")
+    if shape.count(-1) > 1:
+        raise ValueError(f"Mesh shape {tuple(shape)} may contain at most one -1.")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"Cannot fill mesh shape {tuple(shape)} with {len(devices)} devices.")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(
+            f"Mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but {len(devices)} are available "
+            "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)."
+        )
+    device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
+    """Normalises rules given in a config (lists of [name, axes]) to a tuple of pairs."""
+    if rules is None:
+        return DEFAULT_RULES
+    normalised = []
+    for rule in rules:
+        if len(rule) != 2:
+            raise ValueError(f"Each logical-axis rule is (logical_name, mesh_axes); got {rule!r}.")
+        name, axes = rule
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        for axis in axes if isinstance(axes, tuple) else (axes,):
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(f"Rule {rule!r} names mesh axis {axis!r}; mesh axes are {MESH_AXES}.")
+        normalised.append((name, axes))
+    return tuple(normalised)
+
+
+def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None], rules=DEFAULT_RULES) -> NamedSharding:
+    """NamedSharding for one array annotated with logical axis names."""
+    spec = nn.logical_to_mesh_axes(tuple(logical_axes), rules)
+    return NamedSharding(mesh, spec)
+
+
+def _fit_spec(mesh: Mesh, spec: PartitionSpec, shape: Sequence[int]) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (e.g. a vocabulary of 50,257), replicating those."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        kept = []
+        for name in names:
+            size = int(np.prod([mesh.shape[a] for a in kept + [name]]))
+            if dim % size == 0:
+                kept.append(name)
+        fitted.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return PartitionSpec(*fitted)
+
+
+def tree_shardings(mesh: Mesh, logical_specs: Any, rules=DEFAULT_RULES, shapes: Any = None) -> Any:
+    """Maps a pytree of logical PartitionSpecs (e.g. from `nn.get_partition_spec`) to NamedShardings.
+
+    With `shapes` (a matching pytree of arrays or ShapeDtypeStructs), a mesh axis that does not
+    divide a dimension is dropped for that dimension instead of failing at placement time.
+    """
+    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    if shapes is None:
+        return shardings
+    return jax.tree.map(
+        lambda sharding, x: NamedSharding(mesh, _fit_spec(mesh, sharding.spec, x.shape)),
+        shardings,
+        shapes,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A fully replicated sharding on `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_tree(tree: Any, shardings: Any) -> Any:
+    """Places every leaf of `tree` on the device layout given by the matching sharding."""
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)

@@ -1,0 +1,55 @@
+"""memtrain_jax: self-supervised memory-agent training (MemTrain) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "sentencepiece",
+    "tensorflow-datasets",
+    "ml-collections",
+    "absl-py",
+    "numpy",
+    "safetensors",
+    "tokenizers",
+    "gguf",
+    "tqdm",
+    "tensorboardX",
+    # Wikipedia paragraphs, entities and retrieval (data pipeline).
+    "mwparserfromhell",
+    "pyarrow",
+    "bm25s",
+    "spacy>=3.8,<3.9",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest",
+        "ruff",
+        # Numerical references only; never imported by the library itself.
+        "torch==2.13.0",
+        "transformers",
+        "accelerate",
+    ],
+    "tpu": ["jax[tpu]"],
+}
+
+setup(
+    name="memtrain_jax",
+    version="0.1.0",
+    description="MemTrain: self-supervised training of LLM agent memory, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["memtrain_jax", "memtrain_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "console_scripts": [
+            "memtrain=memtrain_jax.tools.main:run",
+        ],
+    },
+)
