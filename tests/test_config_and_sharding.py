@@ -1,0 +1,82 @@
+"""Config loading/overrides and the mesh + logical-axis rules."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from memtrain_jax import sharding
+from memtrain_jax.config import apply_overrides, load_config
+from memtrain_jax.model import ModelConfig
+
+
+def test_load_config_file_with_variant_and_overrides(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text(
+        "import ml_collections\n"
+        "def get_config(arg=None):\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.lr = 1e-6 if arg != 'fast' else 1e-4\n"
+        "    c.model = ml_collections.ConfigDict({'num_layers': 2})\n"
+        "    return c\n"
+    )
+    assert load_config(str(path)).lr == 1e-6
+    config = load_config(f"{path}:fast")
+    assert config.lr == 1e-4
+    changed = apply_overrides(config, {"model.num_layers": 4})
+    assert changed.model.num_layers == 4 and config.model.num_layers == 2  # a copy, not in place
+    with pytest.raises(KeyError, match="model.num_heads"):
+        apply_overrides(config, {"model.num_heads": 4})
+
+
+def test_missing_config_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no_such_file.py"):
+        load_config("no_such_file.py:tiny")
+
+
+def test_default_config_loads():
+    config = load_config("configs/default.py")
+    assert config.model.source in ("gguf", "hf")
+    with pytest.raises(ValueError, match="'bogus'"):
+        load_config("configs/default.py:bogus")
+
+
+def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
+    mesh = sharding.make_mesh((-1, 2, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        sharding.make_mesh((4, 2, 2))
+    with pytest.raises(ValueError, match="at most one -1"):
+        sharding.make_mesh((-1, -1, 2))
+
+
+def test_rules_from_config_validates_mesh_axes():
+    rules = sharding.rules_from_config([["batch", ["data", "fsdp"]], ["embed", None]])
+    assert rules == (("batch", ("data", "fsdp")), ("embed", None))
+    with pytest.raises(ValueError, match="'model'"):
+        sharding.rules_from_config([["mlp", "model"]])
+
+
+def test_indivisible_dimensions_fall_back_to_replication():
+    mesh = sharding.make_mesh((2, 2, 2))
+    specs = {"a": P("vocab", "embed"), "b": P("batch", "mlp")}
+    shapes = {"a": jax.ShapeDtypeStruct((101, 64), np.float32), "b": jax.ShapeDtypeStruct((6, 8), np.float32)}
+    out = sharding.tree_shardings(mesh, specs, shapes=shapes)
+    assert out["a"].spec == P(None, "fsdp")  # 101 is not divisible by tensor=2
+    assert out["b"].spec == P("data", "tensor")  # 6 splits over data (2) but not data*fsdp (4)
+    for name, s in out.items():  # every kept split really divides the array
+        for dim, axes in zip(shapes[name].shape, s.spec, strict=False):
+            axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+            assert dim % int(np.prod([mesh.shape[a] for a in axes])) == 0
+
+
+def test_model_config_rejects_bad_values_with_the_value():
+    base = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=4)
+    with pytest.raises(ValueError, match="'dotz'"):
+        ModelConfig(**base, remat="dotz")
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        ModelConfig(**{**base, "num_kv_heads": 3})
+    with pytest.raises(ValueError, match="hidden_dim"):
+        ModelConfig.from_dict({**base, "hidden_dim": 8})
+    assert ModelConfig.from_dict(ModelConfig(**base).to_dict()) == ModelConfig(**base)
