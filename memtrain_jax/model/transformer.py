@@ -1,11 +1,12 @@
 """Decoder-only transformer (Llama 2/3, Qwen2/2.5, Qwen3) in Flax linen, with a fixed-size KV cache.
 
 One code path serves training (full sequence, no cache), prefill and incremental
-decoding: attention always sees keys at *slots* with a validity mask, and a query at
-slot q may attend to a valid key at slot s <= q. Without a cache the slots are the
-sequence positions; with a cache, new tokens are written at slots index..index+t-1.
-Prompts are left padded, so every row advances through the cache in lockstep and the
-rotary position of a token is the number of real tokens before it in its row.
+decoding. The new tokens attend causally to each other and, with a cache, to every
+valid slot already in it (all of which precede them). The cache is only read inside
+the layers; the new keys/values are written into it once per call, at slots
+index..index+t-1, so a decode step never copies the cache. Prompts are left padded, so
+every row advances through the cache in lockstep and the rotary position of a token is
+the number of real tokens before it in its row.
 
 Shapes: B batch, T new tokens, S cache slots, L layers, H hidden, N query heads,
 K kv heads, G = N // K, D head dim, M mlp, V vocab.
@@ -120,15 +121,38 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q: [B, T, N, D]; k, v: [B, S, K, D]; mask: [B, T, S] -> [B, T, N, D]."""
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    cached: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Grouped-query attention, softmax in float32.
+
+    q: [B, T, N, D]; k, v: [B, T', K, D]; mask: [B, T, T'] (True = may attend).
+    cached: optional (k_cache, v_cache [B, S, K, D], cache_mask [B, S]) of earlier keys that every
+    query may attend to where cache_mask holds; scored separately so the cache is never copied.
+    Returns [B, T, N, D].
+    """
     b, t, n, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, n // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+    def scores(keys, key_mask):  # key_mask broadcastable to [B, T, S]
+        logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+        return jnp.where(key_mask[:, None, None, :, :], logits / math.sqrt(d), _MASK_VALUE)
+
+    blocks = [(scores(k, mask), v)]
+    if cached is not None:
+        k_cache, v_cache, cache_mask = cached
+        blocks.insert(0, (scores(k_cache, cache_mask[:, None, :]), v_cache))
+    probs = jax.nn.softmax(jnp.concatenate([sc for sc, _ in blocks], axis=-1), axis=-1)
+    out, start = 0.0, 0
+    for sc, values in blocks:
+        p = probs[..., start : start + sc.shape[-1]].astype(q.dtype)
+        out = out + jnp.einsum("bkgts,bskd->btkgd", p, values.astype(q.dtype))
+        start += sc.shape[-1]
     return out.reshape(b, t, n, d)
 
 
@@ -136,8 +160,11 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, key_mask, query_slots, layer_cache, cache_index):
-        """x: [B, T, H]; key_mask: [B, S]; query_slots: [T]; layer_cache: (k, v) [B, S, K, D] or None."""
+    def __call__(self, x, cos, sin, mask, layer_cache):
+        """x: [B, T, H]; mask: [B, T, T]; layer_cache: (k, v [B, S, K, D], mask [B, S]) or None.
+
+        Returns (output [B, T, H], (k, v) of the new tokens [B, T, K, D]).
+        """
         c = self.config
         proj = functools.partial(Projection, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x)
@@ -148,20 +175,9 @@ class Attention(nn.Module):
             q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-
-        if layer_cache is None:
-            keys, values, new_cache = k, v, None
-        else:
-            cache_k, cache_v = layer_cache
-            start = (0, cache_index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-            values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-            new_cache = (keys, values)
-        key_slots = jnp.arange(keys.shape[1])
-        mask = key_mask[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
-        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        out = attend(q, k, v, mask, layer_cache)
         out = proj((c.hidden_size,), 2, ("heads", "head_dim", "embed"), False, name="o_proj")(out)
-        return out, new_cache
+        return out, (k, v)
 
 
 class MLP(nn.Module):
@@ -183,17 +199,19 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, key_mask, query_slots, cache_index):
-        """Pre-norm block. x: [B, T, H]; returns (x, updated layer cache). Signature fits nn.scan."""
+    def __call__(self, x, layer_cache, cos, sin, mask, cache_mask):
+        """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) [B, S, K, D] or None; cache_mask: [B, S] or None.
+
+        Returns (x, new tokens' (k, v) [B, T, K, D]). The signature fits nn.scan (carry, scanned, broadcast...).
+        """
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
-        attn_out, layer_cache = Attention(c, name="attn")(
-            norm(name="input_norm")(x), cos, sin, key_mask, query_slots, layer_cache, cache_index
-        )
+        cached = None if layer_cache is None else (*layer_cache, cache_mask)
+        attn_out, new_kv = Attention(c, name="attn")(norm(name="input_norm")(x), cos, sin, mask, cached)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, layer_cache
+        return x, new_kv
 
 
 def _layer_class(config: ModelConfig):
@@ -204,15 +222,17 @@ def _layer_class(config: ModelConfig):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] -> logits [B, T, V] float32, optionally reading/writing a KV cache."""
+    """tokens [B, T] -> logits [B, T, V] float32, optionally reading and extending a KV cache."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions, key_mask, query_slots, cache: KVCache | None = None):
-        """positions: [B, T] rotary positions; key_mask: [B, S] valid key slots; query_slots: [T].
+    def __call__(self, tokens, positions, attention_mask, cache: KVCache | None = None, last_only: bool = False):
+        """positions: [B, T] rotary positions; attention_mask: [B, T] bool, False on left padding.
 
-        Without a cache S == T. With a cache, `key_mask` already marks the new tokens' slots.
+        With a cache, the new tokens also attend to its valid slots and the returned cache holds them
+        at slots index..index+T-1. `last_only` computes logits for the last position only ([B, 1, V]):
+        a prefill needs no more, and the head is the largest matmul of a small model.
         """
         c = self.config
         embedding = self.param(
@@ -224,7 +244,9 @@ class Transformer(nn.Module):
         x = jnp.take(embedding, tokens, axis=0).astype(c.compute_dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = rope_tables(c, positions)
-        index = cache["index"] if cache is not None else 0
+        t = tokens.shape[1]
+        mask = attention_mask[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
+        cache_mask = None if cache is None else cache["mask"]
         layer_cls = _layer_class(c)
 
         if c.scan_layers:
@@ -232,24 +254,22 @@ class Transformer(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             xs = None if cache is None else (cache["k"], cache["v"])
-            x, new_kv = scanned(c, name="layers")(x, xs, cos, sin, key_mask, query_slots, index)
+            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, mask, cache_mask)
         else:
-            new_k, new_v = [], []
+            new_kv = []
             for i in range(c.num_layers):
                 layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-                x, layer_cache = layer_cls(c, name=f"layers_{i}")(
-                    x, layer_cache, cos, sin, key_mask, query_slots, index
-                )
-                if cache is not None:
-                    new_k.append(layer_cache[0])
-                    new_v.append(layer_cache[1])
-            new_kv = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+                x, kv = layer_cls(c, name=f"layers_{i}")(x, layer_cache, cos, sin, mask, cache_mask)
+                new_kv.append(kv)
+            new_k, new_v = (jnp.stack(a) for a in zip(*new_kv, strict=True))
 
+        if last_only:
+            x = x[:, -1:]
         x = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
         if c.tie_embeddings:
             head = embedding.T
@@ -259,7 +279,13 @@ class Transformer(nn.Module):
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
-        new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": key_mask, "index": index + tokens.shape[1]}
+        index = cache["index"]
+        new_cache = {  # written once per call; in place when the cache buffers are donated
+            "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cache["k"].dtype), (0, 0, index, 0, 0)),
+            "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cache["v"].dtype), (0, 0, index, 0, 0)),
+            "mask": jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index)),
+            "index": index + t,
+        }
         return logits, new_cache
 
 
@@ -283,7 +309,7 @@ def _from_module_tree(tree: Params) -> Params:
 
 def _dummy_inputs(config: ModelConfig):
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return tokens, tokens, jnp.ones((1, 1), bool), jnp.zeros((1,), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1), bool)
 
 
 def _boxed_init(config: ModelConfig, rng: jax.Array):
@@ -347,30 +373,24 @@ def apply_model(
     positions: jax.Array | None = None,
     attention_mask: jax.Array | None = None,
     cache: KVCache | None = None,
+    last_only: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Runs the model (traceable; call inside jit). Returns (logits [B, T, V] float32, new cache or None).
 
     tokens: [B, T] int32. attention_mask: [B, T] bool, False on left padding. positions: [B, T]
     rotary positions; by default derived from the mask (and, with a cache, from the real tokens
     already in it). With a cache, the tokens are written at slots index..index+T-1.
+    `last_only`: logits of the last position only, [B, 1, V].
     """
-    b, t = tokens.shape
     if attention_mask is None:
-        attention_mask = jnp.ones((b, t), bool)
+        attention_mask = jnp.ones(tokens.shape, bool)
     attention_mask = attention_mask.astype(bool)
-    if cache is None:
-        if positions is None:
-            positions = default_positions(attention_mask)
-        key_mask, query_slots = attention_mask, jnp.arange(t)
-    else:
-        if positions is None:
-            # Real tokens already cached in each row, plus real tokens before this one among the new ones.
-            seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
-            positions = seen + default_positions(attention_mask)
-        key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache["index"]))
-        query_slots = cache["index"] + jnp.arange(t)
+    if positions is None:
+        positions = default_positions(attention_mask)
+        if cache is not None:  # continue after the real tokens already cached in each row
+            positions = positions + jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
     module_params = _to_module_tree(params)
-    return Transformer(config).apply({"params": module_params}, tokens, positions, key_mask, query_slots, cache)
+    return Transformer(config).apply({"params": module_params}, tokens, positions, attention_mask, cache, last_only)
 
 
 @functools.partial(jax.jit, static_argnums=0)
