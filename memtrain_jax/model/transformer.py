@@ -382,6 +382,8 @@ def apply_model(
     already in it). With a cache, the tokens are written at slots index..index+T-1.
     `last_only`: logits of the last position only, [B, 1, V].
     """
+    if cache is not None and tokens.shape[1] > cache["k"].shape[2]:
+        raise ValueError(f"{tokens.shape[1]} new tokens do not fit a KV cache of {cache['k'].shape[2]} slots.")
     if attention_mask is None:
         attention_mask = jnp.ones(tokens.shape, bool)
     attention_mask = attention_mask.astype(bool)
@@ -415,7 +417,11 @@ def forward(
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
-    """An empty cache: k, v [L, B, S, K, D] zeros, mask [B, S] False, index 0."""
+    """An empty cache: k, v [L, B, S, K, D] zeros, mask [B, S] False, index 0.
+
+    The caller keeps index + new tokens <= max_length: past the end, XLA clamps the write position
+    and the last slots would be overwritten (the sampler sizes its cache from the prompt and budget).
+    """
     dtype = dtype or config.compute_dtype
     shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
     return {

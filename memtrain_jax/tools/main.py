@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from memtrain_jax import sharding
 from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
-from memtrain_jax.checkpoint.hf import load_hf_checkpoint
+from memtrain_jax.checkpoint.hf import config_from_hf, load_hf_checkpoint
 from memtrain_jax.config import CONFIGS_DIR
 from memtrain_jax.model import ModelConfig, param_shardings
 from memtrain_jax.sampler import generate
@@ -45,8 +45,10 @@ def load_policy(model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tu
     if model.source == "hf":
         if not model.path:
             raise ValueError("config.model.path must name a HuggingFace checkpoint directory when source='hf'.")
-        config, params = load_hf_checkpoint(model.path)
-        params = sharding.shard_tree(params, param_shardings(config, mesh))
+        with open(os.path.join(model.path, "config.json"), encoding="utf-8") as f:
+            config = config_from_hf(json.load(f), source=os.path.join(model.path, "config.json"))
+        # Each tensor is placed on the mesh as it is read: the whole model never sits in host memory.
+        config, params = load_hf_checkpoint(model.path, shardings=param_shardings(config, mesh))
         tokenizer = HFTokenizer.from_directory(model.path)
         template = None
         tokenizer_config = os.path.join(model.path, "tokenizer_config.json")
