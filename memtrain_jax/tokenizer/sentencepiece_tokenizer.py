@@ -81,11 +81,10 @@ class SentencePieceTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text. Control pieces (bos/eos/pad) decode to nothing; user-defined symbols to their text."""
         ids = [int(i) for i in ids]
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(
-                    f"Token id {i} is outside the vocabulary [0, {self.vocab_size}) of {self.model_path!r}."
-                )
+        vocab_size = self.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is outside the vocabulary [0, {vocab_size}) of {self.model_path!r}.")
         return self._sp.DecodeIds(ids)
 
     def token_to_id(self, token: str) -> int | None:

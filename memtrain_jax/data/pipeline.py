@@ -1,0 +1,586 @@
+"""The training-episode input pipeline (Grain): pivots -> masked documents -> padded token chunks.
+
+Two stages:
+
+1. `prepare_data(config)` (run once, by `python -m memtrain_jax.tools.prepare`, or lazily on
+   first use): loads the pool, builds or loads the retrieval index, picks the usable pivots
+   (paragraphs with a valid entity; the others are skipped and counted) and stores each pivot's
+   entities and `num_similar` retrieval neighbours under `cache_dir/episodes-<key>/`. The key
+   hashes the pool contents, retriever settings, extractor and selection settings; a cache that
+   does not match or cannot be read raises PreparedDataError.
+2. `make_dataset(config, prepared, tokenizer)`: a Grain pipeline over pivot slots
+       range(P) -> per-host shard -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs)
+       -> episode (build document on the fly, or read it from pre-built ArrayRecord files)
+       -> batch(batch_size, drop_remainder) -> iterator (threads; or worker processes)
+   One element (before batching) is an episode, a dict of numpy arrays:
+       tokens         [max_chunks, chunk_size] int32  document chunks, pad_id-padded
+       chunk_lengths  [max_chunks] int32              tokens in each chunk (0 = no chunk)
+       num_chunks     [] int32
+       num_tokens     [] int32   document tokens before centre truncation
+       answer         [] str     the gold entity (the reward compares text)
+       answer_ids     [max_answer_tokens] int32       encode(answer), pad_id-padded, cut at max
+       answer_length  [] int32   min(len(encode(answer)), max_answer_tokens)
+       mask_count     [] int32   "[MASK]" occurrences in the document
+       pivot_index    [] int32   pool index of the pivot
+       episode_id     [] int64   epoch * num_pivots + pivot slot: unique over hosts and epochs
+       epoch          [] int32
+       seed           [] int64   the global data seed (probes: probe_rng(seed, episode_id, step))
+
+Determinism: the document of an episode is drawn from `document_rng(seed, episode_id)`, so it
+does not depend on the host count, worker count or position in the stream. Epoch e of every
+host together covers each pivot slot exactly once (minus at most shard_count - 1 slots with
+`drop_remainder`, which keeps all hosts at the same length). The iterator's `get_state()` /
+`set_state()` (or `iterator_state` / `restore_iterator_state`) checkpoint the stream exactly;
+`grain.checkpoint.CheckpointHandler` stores the same state next to Orbax checkpoints.
+
+Worker processes (`loader.worker_count > 0`) use `mp_prefetch`, which starts processes with
+the "spawn" method: the script that builds the iterator must guard its entry point with
+`if __name__ == "__main__":`, and the dataset (pool texts included) is pickled to each worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from memtrain_jax.data import retrieval
+from memtrain_jax.data.chunking import chunk_document, pad_chunks
+from memtrain_jax.data.documents import (
+    Document,
+    DocumentConfig,
+    PivotSelection,
+    PoolTooSmallError,
+    build_document,
+    document_rng,
+    select_pivots,
+)
+from memtrain_jax.data.types import Paragraph
+from memtrain_jax.tokenizer.base import Tokenizer
+
+Log = Callable[[str], None]
+_PREPARED_FORMAT = 1
+DOCUMENT_MODES = ("on_the_fly", "array_record")
+
+
+class PreparedDataError(RuntimeError):
+    """Prepared pivots/neighbours or pre-built documents are missing, corrupt or do not match."""
+
+
+def data_section(config: Any) -> Any:
+    """The data section of a config: `config.data` when present (a full training config), else itself."""
+    return config.data if "data" in config else config
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _write_atomically(directory: str, write: Callable[[str], None]) -> None:
+    """Runs `write(tmp)` in a temporary sibling folder, then renames it to `directory`."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        write(tmp)
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- pool and tokenizer ------------------------------------------------------------------------
+
+
+def load_pool_from_config(config: Any) -> list[Paragraph]:
+    """The paragraph pool named by `data.pool` (source, path; max_paragraphs > 0 keeps the first ones)."""
+    from memtrain_jax.data.sources import load_pool
+
+    pool_cfg = data_section(config).pool
+    pool = load_pool(pool_cfg.source, pool_cfg.path or None)
+    if pool_cfg.max_paragraphs > 0:
+        pool = pool[: pool_cfg.max_paragraphs]
+    if not pool:
+        raise ValueError(f"Pool source {pool_cfg.source!r} (path {pool_cfg.path!r}) gave no paragraphs.")
+    return list(pool)
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of how `tokenizer` encodes a fixed, varied text (plus its vocabulary size)."""
+    probe = "Document 12:\nThe [MASK] of Zürich, founded in 1789 by Ada Lovelace—naïve café 3.14% ✓\n\n"
+    return _hash({"vocab": tokenizer.vocab_size, "ids": list(tokenizer.encode(probe))})[:16]
+
+
+def load_tokenizer(config: Any, pool: Sequence[Paragraph] | None = None, *, log: Log | None = print) -> Tokenizer:
+    """Tokenizer named by `data.tokenizer.path`, loaded by `memtrain_jax.tokenizer.load_tokenizer`
+    (a sentencepiece .model, a tokenizer.json, a checkpoint folder or a .gguf). An empty path
+    trains a `vocab_size` SentencePiece model on the pool once and caches it under cache_dir."""
+    from memtrain_jax.tokenizer import load_tokenizer as load_tokenizer_file
+    from memtrain_jax.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    data = data_section(config)
+    tok = data.tokenizer
+    if tok.path:
+        return load_tokenizer_file(tok.path)
+    if pool is None:
+        pool = load_pool_from_config(data)
+    key = _hash({"pool": retrieval.pool_fingerprint(pool), "vocab_size": tok.vocab_size})[:16]
+    directory = os.path.join(data.cache_dir, f"tokenizer-{key}")
+    model = os.path.join(directory, "spm.model")
+    if not os.path.isfile(model):
+        if log:
+            log(f"[tokenizer] training a {tok.vocab_size}-piece SentencePiece model on {len(pool)} paragraphs")
+        _write_atomically(
+            directory,
+            lambda tmp: train_sentencepiece([p.text for p in pool], os.path.join(tmp, "spm"), tok.vocab_size),
+        )
+    return SentencePieceTokenizer(model)
+
+
+# --- prepared pivots and neighbours --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Everything document building needs besides the tokenizer.
+
+    pivots: [P] int64 pool indices; entities[p]: maskable entities of pivot p; neighbours: [P, n1]
+    int32 pool indices, best first, the pivot excluded.
+    """
+
+    pool: list[Paragraph]
+    pivots: np.ndarray
+    entities: tuple[tuple[str, ...], ...]
+    neighbours: np.ndarray
+    key: str
+    directory: str
+    stats: dict[str, Any]
+
+    @property
+    def num_pivots(self) -> int:
+        return len(self.pivots)
+
+
+def _prepared_key(data: Any, pool_fp: str, retriever: retrieval.Retriever) -> str:
+    return _hash(
+        {
+            "format": _PREPARED_FORMAT,
+            "index": retrieval.index_cache_key(pool_fp, retriever),
+            "extractor": data.entities.extractor,
+            "max_occurrences": data.entities.max_occurrences,
+            "max_words": data.entities.max_words,
+            "num_documents": data.num_documents,
+            "seed": data.seed,
+            "num_similar": data.document.num_similar,
+            "mask_token": data.document.mask_token,
+        }
+    )
+
+
+def _load_prepared(directory: str, key: str, pool: list[Paragraph], num_similar: int) -> PreparedData:
+    try:
+        with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        pivots = np.load(os.path.join(directory, "pivots.npy"), allow_pickle=False)
+        neighbours = np.load(os.path.join(directory, "neighbours.npy"), allow_pickle=False)
+        with open(os.path.join(directory, "entities.json"), encoding="utf-8") as f:
+            entities = tuple(tuple(e) for e in json.load(f))
+    except (OSError, ValueError) as e:
+        raise PreparedDataError(f"Prepared data at {directory!r} cannot be read ({type(e).__name__}: {e}).") from e
+    problems = []
+    if meta.get("key") != key:
+        problems.append(f"key {meta.get('key')!r} != {key!r}")
+    if pivots.ndim != 1 or len(entities) != len(pivots):
+        problems.append(f"{len(entities)} entity lists for pivots of shape {pivots.shape}")
+    if neighbours.shape != (len(pivots), num_similar):
+        problems.append(f"neighbours shape {neighbours.shape} != {(len(pivots), num_similar)}")
+    for name, arr in (("pivots", pivots), ("neighbours", neighbours)):
+        if arr.size and (arr.min() < 0 or arr.max() >= len(pool)):
+            problems.append(f"{name} hold indices outside the pool of {len(pool)}")
+    if not all(entities):
+        problems.append("a pivot has no entity")
+    if problems:
+        raise PreparedDataError(
+            f"Prepared data at {directory!r} does not match: {'; '.join(problems)}. "
+            "Delete the folder or rerun prepare with --config.retrieval.rebuild=True."
+        )
+    return PreparedData(
+        pool, pivots.astype(np.int64), entities, neighbours.astype(np.int32), key, directory, meta["stats"]
+    )
+
+
+def prepare_data(
+    config: Any, *, pool: list[Paragraph] | None = None, build: bool = True, log: Log | None = print
+) -> PreparedData:
+    """Loads (or with `build`, builds and caches) the pivots, their entities and neighbours."""
+    data = data_section(config)
+    if pool is None:
+        pool = load_pool_from_config(data)
+    doc_cfg = DocumentConfig.from_config(data.document)  # validate early
+    if len(pool) < doc_cfg.num_paragraphs:
+        raise PoolTooSmallError(
+            f"The pool has {len(pool)} paragraphs but a document needs num_paragraphs={doc_cfg.num_paragraphs}; "
+            "use a bigger pool (data.pool) or lower data.document.num_paragraphs."
+        )
+    retriever = retrieval.retriever_from_config(data.retrieval)
+    pool_fp = retrieval.pool_fingerprint(pool)
+    key = _prepared_key(data, pool_fp, retriever)
+    directory = os.path.join(data.cache_dir, f"episodes-{key[:16]}")
+    rebuild = bool(data.retrieval.rebuild)
+    if os.path.exists(directory) and not rebuild:
+        prepared = _load_prepared(directory, key, pool, data.document.num_similar)
+        if log:
+            log(f"[prepare] loaded {prepared.num_pivots} pivots from {directory}")
+        return prepared
+    if not build:
+        raise PreparedDataError(
+            f"No prepared data at {directory!r}; run `python -m memtrain_jax.tools.prepare --config ...` first."
+        )
+    from memtrain_jax.data.entities import make_extractor
+
+    index_dir = retrieval.load_or_build_index(retriever, pool, data.cache_dir, rebuild=rebuild, log=log)
+    selection: PivotSelection = select_pivots(
+        pool,
+        make_extractor(
+            data.entities.extractor, max_occurrences=data.entities.max_occurrences, max_words=data.entities.max_words
+        ),
+        data.num_documents,
+        data.seed,
+        mask_token=data.document.mask_token,
+        batch_size=data.entities.batch_size,
+        log=log,
+    )
+    if selection.indices.size == 0:
+        raise PreparedDataError(f"No paragraph of the pool has a valid entity (extractor {data.entities.extractor!r}).")
+    if data.num_documents and selection.indices.size < data.num_documents and log:
+        log(
+            f"[prepare] WARNING: only {selection.indices.size} usable pivots, "
+            f"fewer than num_documents={data.num_documents}"
+        )
+    neighbours = retrieval.neighbour_table(
+        retriever,
+        selection.indices,
+        data.document.num_similar,
+        batch_size=data.retrieval.neighbour_batch_size,
+        log=log,
+    )
+    stats = {
+        "num_pool": len(pool),
+        "num_pivots": int(selection.indices.size),
+        "num_examined": selection.num_examined,
+        "num_skipped_no_entity": selection.num_skipped,
+        "index_dir": index_dir,
+    }
+
+    def write(tmp: str) -> None:
+        np.save(os.path.join(tmp, "pivots.npy"), selection.indices)
+        np.save(os.path.join(tmp, "neighbours.npy"), neighbours)
+        with open(os.path.join(tmp, "entities.json"), "w", encoding="utf-8") as f:
+            json.dump([list(e) for e in selection.entities], f, ensure_ascii=False)
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump({"key": key, "stats": stats}, f, indent=1)
+
+    _write_atomically(directory, write)
+    if log:
+        log(f"[prepare] {stats['num_pivots']} pivots ({selection.num_skipped} skipped: no valid entity) -> {directory}")
+    return _load_prepared(directory, key, pool, data.document.num_similar)
+
+
+# --- episodes ---------------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """`len(tokenizer.encode(text))`, memoised per text (pool paragraphs recur across documents;
+    the memo is bounded by the pool size); picklable for worker processes."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        n = self._counts.get(text)
+        if n is None:
+            n = self._counts[text] = len(self.tokenizer.encode(text))
+        return n
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer, "_counts": {}}  # do not ship the memo to workers
+
+
+def build_episode_document(
+    prepared: PreparedData,
+    slot: int,
+    episode_id: int,
+    config: Any,
+    tokenizer: Tokenizer,
+    *,
+    count_tokens: TokenCounter | None = None,
+) -> Document:
+    """The document of pivot slot `slot` in episode `episode_id` (deterministic in the data seed).
+
+    `count_tokens` (optional) is a reusable TokenCounter for `tokenizer`, to share its memo."""
+    data = data_section(config)
+    doc_cfg = DocumentConfig.from_config(data.document)
+    if doc_cfg.token_range_active and count_tokens is None:
+        count_tokens = TokenCounter(tokenizer)
+    return build_document(
+        prepared.pool,
+        int(prepared.pivots[slot]),
+        prepared.neighbours[slot],
+        document_rng(data.seed, episode_id),
+        doc_cfg,
+        entities=prepared.entities[slot],
+        count_tokens=count_tokens if doc_cfg.token_range_active else None,
+    )
+
+
+def episode_from_document(
+    document: Document,
+    tokenizer: Tokenizer,
+    *,
+    chunk_size: int,
+    max_chunks: int,
+    max_answer_tokens: int,
+    episode_id: int,
+    epoch: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Tokenises, truncates, chunks and pads one document into an episode dict (module docstring)."""
+    chunks = chunk_document(document.text, tokenizer, chunk_size, max_chunks, decode=False)
+    tokens, lengths = pad_chunks(chunks.tokens, max_chunks, chunk_size, tokenizer.pad_id)
+    answer = np.asarray(tokenizer.encode(document.gold), dtype=np.int32)
+    answer_ids = np.full((max_answer_tokens,), tokenizer.pad_id, dtype=np.int32)
+    n_answer = min(len(answer), max_answer_tokens)
+    answer_ids[:n_answer] = answer[:n_answer]
+    return {
+        "tokens": tokens,
+        "chunk_lengths": lengths,
+        "num_chunks": np.int32(chunks.num_chunks),
+        "num_tokens": np.int32(chunks.num_tokens),
+        "answer": np.str_(document.gold),
+        "answer_ids": answer_ids,
+        "answer_length": np.int32(n_answer),
+        "mask_count": np.int32(document.mask_count),
+        "pivot_index": np.int32(document.pivot_index),
+        "episode_id": np.int64(episode_id),
+        "epoch": np.int32(epoch),
+        "seed": np.int64(seed),
+    }
+
+
+class _EpisodeMap:
+    """(stream index, slot or pre-built record) -> episode dict; picklable for worker processes."""
+
+    def __init__(self, prepared: PreparedData, tokenizer: Tokenizer, config: Any, slots_per_epoch: int, prebuilt: bool):
+        data = data_section(config)
+        self.prepared, self.tokenizer, self.config = prepared, tokenizer, data
+        self.slots_per_epoch, self.prebuilt = slots_per_epoch, prebuilt
+        self.count_tokens = TokenCounter(tokenizer)
+
+    def __call__(self, index: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
+        slot, record = item
+        epoch = int(index) // self.slots_per_epoch
+        episode_id = epoch * self.prepared.num_pivots + int(slot)
+        if self.prebuilt:
+            document = Document.from_json(record)
+        else:
+            document = build_episode_document(
+                self.prepared, int(slot), episode_id, self.config, self.tokenizer, count_tokens=self.count_tokens
+            )
+        return episode_from_document(
+            document,
+            self.tokenizer,
+            chunk_size=self.config.chunking.chunk_size,
+            max_chunks=self.config.chunking.max_chunks,
+            max_answer_tokens=self.config.loader.max_answer_tokens,
+            episode_id=episode_id,
+            epoch=epoch,
+            seed=self.config.seed,
+        )
+
+
+# --- pre-built documents (ArrayRecord) -----------------------------------------------------------
+
+
+def documents_key(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> str:
+    """Key of the pre-built documents: prepared data, document settings, seed and tokenizer."""
+    data = data_section(config)
+    return _hash(
+        {
+            "prepared": prepared.key,
+            "document": data.document.to_dict() if hasattr(data.document, "to_dict") else dict(data.document),
+            "seed": data.seed,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        }
+    )
+
+
+def documents_dir(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> str:
+    """Folder of the pre-built ArrayRecord documents (`loader.array_record_dir` or under the cache)."""
+    data = data_section(config)
+    return data.loader.array_record_dir or os.path.join(
+        prepared.directory, f"documents-{documents_key(data, prepared, tokenizer)[:16]}"
+    )
+
+
+def write_documents(config: Any, prepared: PreparedData, tokenizer: Tokenizer, *, log: Log | None = print) -> list[str]:
+    """Builds epoch 0's document of every pivot slot (episode id = slot, as on the fly) and writes
+    them, in slot order, to `loader.array_record_shards` ArrayRecord files; returns the paths.
+
+    Pre-built documents do not change between epochs (on-the-fly ones are redrawn each epoch).
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    data = data_section(config)
+    directory = documents_dir(data, prepared, tokenizer)
+    num_shards = max(1, min(data.loader.array_record_shards, prepared.num_pivots))
+    bounds = np.linspace(0, prepared.num_pivots, num_shards + 1).astype(int)
+    names = [f"documents-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
+
+    counter = TokenCounter(tokenizer)
+
+    def write(tmp: str) -> None:
+        for shard, name in enumerate(names):
+            writer = ArrayRecordWriter(os.path.join(tmp, name), "group_size:1")
+            for slot in range(bounds[shard], bounds[shard + 1]):
+                document = build_episode_document(prepared, slot, slot, data, tokenizer, count_tokens=counter)
+                writer.write(document.to_json())
+            writer.close()
+            if log:
+                log(f"[documents] wrote {bounds[shard + 1]}/{prepared.num_pivots} documents")
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(
+                {"key": documents_key(data, prepared, tokenizer), "num_documents": prepared.num_pivots, "files": names},
+                f,
+            )
+
+    _write_atomically(directory, write)
+    return [os.path.join(directory, n) for n in names]
+
+
+def _open_documents(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> Any:
+    """ArrayRecordDataSource over the pre-built documents, after checking they match this config."""
+    data = data_section(config)
+    directory = documents_dir(data, prepared, tokenizer)
+    try:
+        with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PreparedDataError(
+            f"No readable pre-built documents at {directory!r} ({e}); run prepare with "
+            "--config.loader.documents=array_record to write them."
+        ) from e
+    expected = documents_key(data, prepared, tokenizer)
+    if meta.get("key") != expected or meta.get("num_documents") != prepared.num_pivots:
+        raise PreparedDataError(
+            f"Pre-built documents at {directory!r} were written for another pool/config/tokenizer "
+            f"(key {meta.get('key')!r}, expected {expected!r}); rerun prepare to rewrite them."
+        )
+    source = grain.sources.ArrayRecordDataSource([os.path.join(directory, n) for n in meta["files"]])
+    if len(source) != prepared.num_pivots:
+        raise PreparedDataError(
+            f"Pre-built documents at {directory!r} hold {len(source)} records, expected {prepared.num_pivots}."
+        )
+    return source
+
+
+# --- the Grain dataset ---------------------------------------------------------------------------
+
+
+def shard_options(
+    config: Any, shard_index: int | None = None, shard_count: int | None = None
+) -> grain.sharding.ShardOptions:
+    """This host's shard: explicit arguments, else `loader.shard_index/shard_count` when >= 0, else
+    jax.process_index()/jax.process_count()."""
+    loader = data_section(config).loader
+    index = shard_index if shard_index is not None else loader.shard_index
+    count = shard_count if shard_count is not None else loader.shard_count
+    if index < 0 or count < 0:
+        import jax
+
+        index = jax.process_index() if index < 0 else index
+        count = jax.process_count() if count < 0 else count
+    if not 0 <= index < count:
+        raise ValueError(f"shard_index={index} must be in [0, shard_count={count}).")
+    return grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=bool(loader.drop_remainder))
+
+
+def make_dataset(
+    config: Any,
+    prepared: PreparedData,
+    tokenizer: Tokenizer,
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    batch: bool = True,
+) -> grain.IterDataset:
+    """The episode stream of this host (see the module docstring); batched `[batch_size, ...]` if `batch`."""
+    data = data_section(config)
+    loader = data.loader
+    if loader.documents not in DOCUMENT_MODES:
+        raise ValueError(f"Unknown data.loader.documents={loader.documents!r}; choose one of {DOCUMENT_MODES}.")
+    if loader.batch_size < 1:
+        raise ValueError(f"data.loader.batch_size must be >= 1, got {loader.batch_size}.")
+    if loader.num_epochs < 0:
+        raise ValueError(f"data.loader.num_epochs must be >= 0 (0 = repeat forever), got {loader.num_epochs}.")
+    shard = shard_options(data, shard_index, shard_count)
+    num_pivots = prepared.num_pivots
+    if num_pivots < shard.shard_count:
+        raise ValueError(f"{num_pivots} pivots cannot be split over {shard.shard_count} hosts.")
+    prebuilt = loader.documents == "array_record"
+    slots = grain.MapDataset.range(num_pivots)
+    if prebuilt:
+        records = grain.MapDataset.source(_open_documents(data, prepared, tokenizer))
+        ds = grain.experimental.ZipMapDataset(parents=[slots, records])
+    else:
+        ds = slots.map(lambda slot: (slot, None))
+    usable = num_pivots - num_pivots % shard.shard_count if shard.drop_remainder else num_pivots
+    ds = ds[:usable][shard.shard_index :: shard.shard_count]
+    slots_per_epoch = len(ds)
+    if loader.shuffle:
+        ds = ds.shuffle(seed=int(data.seed) % 2**32)
+    ds = ds.repeat(loader.num_epochs or None)
+    ds = ds.map_with_index(_EpisodeMap(prepared, tokenizer, data, slots_per_epoch, prebuilt))
+    if batch:
+        ds = ds.batch(loader.batch_size, drop_remainder=True)
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=loader.read_threads, prefetch_buffer_size=loader.prefetch_buffer_size)
+    )
+    if loader.worker_count > 0:
+        from absl import flags
+
+        # Grain reads its absl flags when starting workers; outside an absl app (pytest, notebooks)
+        # nothing parsed them, so take their defaults instead of failing.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=loader.worker_count, per_worker_buffer_size=loader.worker_buffer_size
+            )
+        )
+    return it_ds
+
+
+def make_iterator(config: Any, prepared: PreparedData, tokenizer: Tokenizer, **kw: Any) -> grain.DatasetIterator:
+    """`iter(make_dataset(...))`: a checkpointable iterator (get_state/set_state)."""
+    return iter(make_dataset(config, prepared, tokenizer, **kw))
+
+
+def iterator_state(iterator: grain.DatasetIterator) -> str:
+    """The iterator's position as JSON text (what grain.checkpoint.CheckpointHandler writes)."""
+    return json.dumps(iterator.get_state())
+
+
+def restore_iterator_state(iterator: grain.DatasetIterator, state: str) -> None:
+    """Moves a fresh iterator of the same pipeline to a position saved by `iterator_state`."""
+    iterator.set_state(json.loads(state))
