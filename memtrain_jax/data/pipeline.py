@@ -44,8 +44,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +51,7 @@ import grain
 import numpy as np
 
 from memtrain_jax.data import retrieval
+from memtrain_jax.data.atomic import write_directory_atomically
 from memtrain_jax.data.chunking import chunk_document, pad_chunks
 from memtrain_jax.data.documents import (
     Document,
@@ -82,21 +81,6 @@ def data_section(config: Any) -> Any:
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
-def _write_atomically(directory: str, write: Callable[[str], None]) -> None:
-    """Runs `write(tmp)` in a temporary sibling folder, then renames it to `directory`."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        write(tmp)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- pool and tokenizer ------------------------------------------------------------------------
@@ -140,7 +124,7 @@ def load_tokenizer(config: Any, pool: Sequence[Paragraph] | None = None, *, log:
     if not os.path.isfile(model):
         if log:
             log(f"[tokenizer] training a {tok.vocab_size}-piece SentencePiece model on {len(pool)} paragraphs")
-        _write_atomically(
+        write_directory_atomically(
             directory,
             lambda tmp: train_sentencepiece([p.text for p in pool], os.path.join(tmp, "spm"), tok.vocab_size),
         )
@@ -290,7 +274,7 @@ def prepare_data(
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump({"key": key, "stats": stats}, f, indent=1)
 
-    _write_atomically(directory, write)
+    write_directory_atomically(directory, write)
     if log:
         log(f"[prepare] {stats['num_pivots']} pivots ({selection.num_skipped} skipped: no valid entity) -> {directory}")
     return _load_prepared(directory, key, pool, data.document.num_similar)
@@ -464,7 +448,7 @@ def write_documents(config: Any, prepared: PreparedData, tokenizer: Tokenizer, *
                 f,
             )
 
-    _write_atomically(directory, write)
+    write_directory_atomically(directory, write)
     return [os.path.join(directory, n) for n in names]
 
 

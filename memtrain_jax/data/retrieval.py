@@ -23,13 +23,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from memtrain_jax.data.atomic import write_directory_atomically
 from memtrain_jax.data.types import Paragraph
 
 # Bump when the on-disk layout of an index changes: old caches then get a new key.
@@ -501,16 +500,7 @@ def load_or_build_index(
         return directory
     log(f"[retrieval] building {retriever.name} index over {len(paragraphs)} paragraphs ...")
     retriever.build(paragraphs)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{retriever.name}-", dir=cache_dir)
-    try:
-        retriever.save(tmp)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_directory_atomically(directory, retriever.save)
     log(f"[retrieval] saved index to {directory}")
     return directory
 
