@@ -2,10 +2,11 @@
 
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.model.transformer import (
-    CACHE_LOGICAL_AXES,
     KVCache,
     Transformer,
     apply_model,
+    cache_length,
+    cache_logical_specs,
     cache_shardings,
     default_positions,
     forward,
@@ -19,11 +20,12 @@ from memtrain_jax.model.transformer import (
 )
 
 __all__ = [
-    "CACHE_LOGICAL_AXES",
     "KVCache",
     "ModelConfig",
     "Transformer",
     "apply_model",
+    "cache_length",
+    "cache_logical_specs",
     "cache_shardings",
     "default_positions",
     "forward",

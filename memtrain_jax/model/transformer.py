@@ -2,11 +2,17 @@
 
 One code path serves training (full sequence, no cache), prefill and incremental
 decoding. The new tokens attend causally to each other and, with a cache, to every
-valid slot already in it (all of which precede them). The cache is only read inside
-the layers; the new keys/values are written into it once per call, at slots
-index..index+t-1, so a decode step never copies the cache. Prompts are left padded, so
-every row advances through the cache in lockstep and the rotary position of a token is
-the number of real tokens before it in its row.
+valid slot already in it (all of which precede them). The new keys/values are written
+at slots index..index+t-1. Prompts are left padded, so every row advances through the
+cache in lockstep and the rotary position of a token is the number of real tokens
+before it in its row.
+
+Cache layout, chosen so that a donated cache is updated in place and never copied: with
+unrolled layers, one [B, K, S, D] buffer per layer (slicing a stacked [L, ...] buffer
+inside a decode loop makes XLA materialise every layer's slice); with scanned layers, the
+stacked [L, B, K, S, D] buffer that nn.scan slices. Each layer writes its new keys/values
+into its buffer first and then attends over the whole buffer, so the write never races a
+read of the old value. Heads-major, so the attention matmuls read it without transposes.
 
 Shapes: B batch, T new tokens, S cache slots, L layers, H hidden, N query heads,
 K kv heads, G = N // K, D head dim, M mlp, V vocab.
@@ -25,7 +31,8 @@ from flax import linen as nn
 from memtrain_jax import sharding
 from memtrain_jax.model.config import ModelConfig
 
-KVCache = dict[str, jax.Array]  # k, v: [L, B, S, K, D]; mask: [B, S] bool; index: int32 scalar
+# k, v: L buffers [B, K, S, D] (scan_layers: one [L, B, K, S, D]); mask: [B, S] bool; index: int32 scalar.
+KVCache = dict[str, Any]
 Params = dict[str, Any]
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -121,38 +128,19 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    mask: jax.Array,
-    cached: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention, softmax in float32.
 
-    q: [B, T, N, D]; k, v: [B, T', K, D]; mask: [B, T, T'] (True = may attend).
-    cached: optional (k_cache, v_cache [B, S, K, D], cache_mask [B, S]) of earlier keys that every
-    query may attend to where cache_mask holds; scored separately so the cache is never copied.
-    Returns [B, T, N, D].
+    q: [B, T, N, D]; k, v: [B, K, S, D] (heads-major, the cache's layout); mask: [B, T, S]
+    (True = may attend). Returns [B, T, N, D].
     """
     b, t, n, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     q = q.reshape(b, t, kv_heads, n // kv_heads, d)
-
-    def scores(keys, key_mask):  # key_mask broadcastable to [B, T, S]
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
-        return jnp.where(key_mask[:, None, None, :, :], logits / math.sqrt(d), _MASK_VALUE)
-
-    blocks = [(scores(k, mask), v)]
-    if cached is not None:
-        k_cache, v_cache, cache_mask = cached
-        blocks.insert(0, (scores(k_cache, cache_mask[:, None, :]), v_cache))
-    probs = jax.nn.softmax(jnp.concatenate([sc for sc, _ in blocks], axis=-1), axis=-1)
-    out, start = 0.0, 0
-    for sc, values in blocks:
-        p = probs[..., start : start + sc.shape[-1]].astype(q.dtype)
-        out = out + jnp.einsum("bkgts,bskd->btkgd", p, values.astype(q.dtype))
-        start += sc.shape[-1]
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None, :, :], scores / math.sqrt(d), _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype))
     return out.reshape(b, t, n, d)
 
 
@@ -160,10 +148,13 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, layer_cache):
-        """x: [B, T, H]; mask: [B, T, T]; layer_cache: (k, v [B, S, K, D], mask [B, S]) or None.
+    def __call__(self, x, cos, sin, mask, layer_cache, cache_index):
+        """x: [B, T, H]; mask: [B, T, S]; layer_cache: (k, v) buffers [B, K, S, D] or None.
 
-        Returns (output [B, T, H], (k, v) of the new tokens [B, T, K, D]).
+        With a cache, the new keys/values are first written at slots cache_index..cache_index+T-1,
+        then the queries attend over the whole buffer (`mask` says which slots). Writing before
+        reading lets XLA update a donated buffer in place. Returns (output [B, T, H], updated
+        (k, v) buffers, or the new tokens' (k, v) [B, K, T, D] without a cache).
         """
         c = self.config
         proj = functools.partial(Projection, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
@@ -175,7 +166,11 @@ class Attention(nn.Module):
             q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-        out = attend(q, k, v, mask, layer_cache)
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # heads-major [B, K, T, D]
+        if layer_cache is not None:
+            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, cache_index, 0))
+            k, v = write(layer_cache[0], k), write(layer_cache[1], v)
+        out = attend(q, k, v, mask)
         out = proj((c.hidden_size,), 2, ("heads", "head_dim", "embed"), False, name="o_proj")(out)
         return out, (k, v)
 
@@ -199,19 +194,18 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, mask, cache_mask):
-        """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) [B, S, K, D] or None; cache_mask: [B, S] or None.
+    def __call__(self, x, layer_cache, cos, sin, mask, cache_index):
+        """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) buffers [B, K, S, D] or None.
 
-        Returns (x, new tokens' (k, v) [B, T, K, D]). The signature fits nn.scan (carry, scanned, broadcast...).
+        Returns (x, (k, v) as Attention returns them). The signature fits nn.scan (carry, scanned, broadcast...).
         """
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
-        cached = None if layer_cache is None else (*layer_cache, cache_mask)
-        attn_out, new_kv = Attention(c, name="attn")(norm(name="input_norm")(x), cos, sin, mask, cached)
+        attn_out, kv = Attention(c, name="attn")(norm(name="input_norm")(x), cos, sin, mask, layer_cache, cache_index)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, new_kv
+        return x, kv
 
 
 def _layer_class(config: ModelConfig):
@@ -245,8 +239,14 @@ class Transformer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = rope_tables(c, positions)
         t = tokens.shape[1]
-        mask = attention_mask[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        cache_mask = None if cache is None else cache["mask"]
+        if cache is None:
+            index = 0
+            mask = attention_mask[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
+        else:  # slot s holds a real token and is not after the query's own slot
+            index = cache["index"]
+            key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
+            slots = jnp.arange(key_mask.shape[1])
+            mask = key_mask[:, None, :] & (slots[None, None, :] <= index + jnp.arange(t)[None, :, None])
         layer_cls = _layer_class(c)
 
         if c.scan_layers:
@@ -259,14 +259,15 @@ class Transformer(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             xs = None if cache is None else (cache["k"], cache["v"])
-            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, mask, cache_mask)
+            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, mask, index)
         else:
-            new_kv = []
+            new_k, new_v = [], []
             for i in range(c.num_layers):
                 layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-                x, kv = layer_cls(c, name=f"layers_{i}")(x, layer_cache, cos, sin, mask, cache_mask)
-                new_kv.append(kv)
-            new_k, new_v = (jnp.stack(a) for a in zip(*new_kv, strict=True))
+                x, (k, v) = layer_cls(c, name=f"layers_{i}")(x, layer_cache, cos, sin, mask, index)
+                new_k.append(k)
+                new_v.append(v)
+            new_k, new_v = tuple(new_k), tuple(new_v)
 
         if last_only:
             x = x[:, -1:]
@@ -279,13 +280,7 @@ class Transformer(nn.Module):
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
-        index = cache["index"]
-        new_cache = {  # written once per call; in place when the cache buffers are donated
-            "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cache["k"].dtype), (0, 0, index, 0, 0)),
-            "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cache["v"].dtype), (0, 0, index, 0, 0)),
-            "mask": jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index)),
-            "index": index + t,
-        }
+        new_cache = {"k": new_k, "v": new_v, "mask": key_mask, "index": index + t}
         return logits, new_cache
 
 
@@ -335,8 +330,7 @@ def param_shardings(config: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding
 
 def cache_shardings(config: ModelConfig, cache: KVCache, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
     """NamedShardings of a KV cache on `mesh`: batch over the data axes, kv heads over tensor."""
-    specs = {k: jax.sharding.PartitionSpec(*v) for k, v in CACHE_LOGICAL_AXES.items()}
-    return sharding.tree_shardings(mesh, specs, rules, shapes=cache)
+    return sharding.tree_shardings(mesh, cache_logical_specs(config), rules, shapes=cache)
 
 
 def init_params(config: ModelConfig, rng: jax.Array, shardings: Params | None = None) -> Params:
@@ -382,8 +376,8 @@ def apply_model(
     already in it). With a cache, the tokens are written at slots index..index+T-1.
     `last_only`: logits of the last position only, [B, 1, V].
     """
-    if cache is not None and tokens.shape[1] > cache["k"].shape[2]:
-        raise ValueError(f"{tokens.shape[1]} new tokens do not fit a KV cache of {cache['k'].shape[2]} slots.")
+    if cache is not None and tokens.shape[1] > cache_length(cache):
+        raise ValueError(f"{tokens.shape[1]} new tokens do not fit a KV cache of {cache_length(cache)} slots.")
     if attention_mask is None:
         attention_mask = jnp.ones(tokens.shape, bool)
     attention_mask = attention_mask.astype(bool)
@@ -417,24 +411,35 @@ def forward(
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
-    """An empty cache: k, v [L, B, S, K, D] zeros, mask [B, S] False, index 0.
+    """An empty cache: k, v zeros (L buffers [B, K, S, D], or one [L, B, K, S, D] with scan_layers),
+    mask [B, S] False, index 0.
 
     The caller keeps index + new tokens <= max_length: past the end, XLA clamps the write position
     and the last slots would be overwritten (the sampler sizes its cache from the prompt and budget).
     """
     dtype = dtype or config.compute_dtype
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "mask": jnp.zeros((batch_size, max_length), bool),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    layer_shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+    if config.scan_layers:
+        k = v = jnp.zeros((config.num_layers, *layer_shape), dtype)
+    else:
+        k = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+    return {"k": k, "v": v, "mask": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
 
 
-CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "mask": ("batch", "cache_length"),
-    "index": (),
-}
+def cache_length(cache: KVCache) -> int:
+    """Number of slots S of a cache."""
+    return jax.tree.leaves(cache["k"])[0].shape[-2]
+
+
+CACHE_LAYER_AXES = ("batch", "kv_heads", "cache_length", "head_dim")  # one layer's k or v buffer
+
+
+def cache_logical_specs(config: ModelConfig) -> dict[str, Any]:
+    """PartitionSpecs of logical axis names with the structure of `init_cache(config, ...)`."""
+    P = jax.sharding.PartitionSpec
+    if config.scan_layers:
+        kv = P("layers", *CACHE_LAYER_AXES)
+    else:
+        kv = tuple(P(*CACHE_LAYER_AXES) for _ in range(config.num_layers))
+    return {"k": kv, "v": kv, "mask": P("batch", "cache_length"), "index": P()}

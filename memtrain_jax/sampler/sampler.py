@@ -1,0 +1,525 @@
+"""Batched autoregressive sampling with a KV cache, as one jitted, mesh-sharded program per shape bucket.
+
+Prompts are left padded to a common length so every row writes the cache in lockstep. One program
+prefills the whole batch, then runs a `lax.while_loop` of one-token decode steps that ends as soon
+as every row has hit a stop token or its budget. Batch size, prompt length, decode budget and the
+number of stop tokens are rounded up to buckets (powers of two with configurable minimums), so a
+training run compiles a handful of programs; temperature, top-p, the per-row budgets and the stop
+tokens are runtime values of a compiled program, only `top_k` (and whether top-p is on) are static.
+
+Log-probabilities are those of the policy itself: log_softmax of the model's logits before
+temperature, top-k or top-p, at the sampled token.
+
+Shapes: B batch (bucketed), P prompt slots, N decode budget (bucketed), E stop-token slots,
+S cache slots, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from memtrain_jax import sharding
+from memtrain_jax.model.config import ModelConfig
+from memtrain_jax.model.transformer import (
+    KVCache,
+    Params,
+    apply_model,
+    cache_length,
+    cache_shardings,
+    init_cache,
+    param_shapes,
+    param_shardings,
+)
+
+NO_STOP = -1  # fills unused stop-token slots; never equal to a sampled token id
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """What one sampling call returns (arrays; B rows, N decode slots).
+
+    tokens: [B, N] int32 generated ids, `pad_id` after each row's length (a stop token is included).
+    logprobs: [B, N] float32 log-probability of each generated token under the policy's logits
+        (before temperature / top-k / top-p), 0 after each row's length.
+    lengths: [B] int32 number of generated tokens.
+    stopped: [B] bool, True if the row ended on one of its stop tokens, False if it hit its budget.
+    steps: int32 scalar, number of decode steps (model calls after the prefill) the loop ran.
+    """
+
+    tokens: Any
+    logprobs: Any
+    lengths: Any
+    stopped: Any
+    steps: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    """One prompt's continuation: token ids, their log-probs, and whether it ended on a stop token."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    stopped: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """Shape buckets: each size is rounded up to the next power of two that is at least the minimum.
+
+    The batch bucket is further rounded up to a multiple of the mesh's data-parallel size so the
+    batch always splits evenly over the data axes.
+    """
+
+    min_batch: int = 1
+    min_prompt_length: int = 16
+    min_new_tokens: int = 16
+    min_stop_tokens: int = 4
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Buckets.{field.name} must be a positive int, got {value!r}.")
+
+    @staticmethod
+    def round_up(n: int, minimum: int, multiple: int = 1) -> int:
+        """Smallest power of two >= max(n, minimum), then rounded up to a multiple of `multiple`."""
+        size = 1 << (max(n, minimum, 1) - 1).bit_length()
+        return -(-size // multiple) * multiple
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure core (traceable).
+# --------------------------------------------------------------------------------------------------
+
+
+def next_token_logits(
+    config: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """Writes tokens [B, T] into the cache and returns the logits [B, V] float32 after the last one.
+
+    Only the last position goes through the lm head: a prefill needs no other logits.
+    """
+    logits, cache = apply_model(config, params, tokens, attention_mask=attention_mask, cache=cache, last_only=True)
+    return logits[:, -1], cache
+
+
+def choose_tokens(
+    logits: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    top_k: int | None,
+    use_top_p: bool,
+) -> jax.Array:
+    """Picks one token per row from logits [B, V]: argmax if temperature == 0, else a sample.
+
+    keys: [B] one PRNG key per row. Sampling follows the usual order: divide by the temperature,
+    keep the `top_k` largest logits, then keep the smallest prefix (by descending probability) whose
+    tempered, top-k renormalised probability mass reaches `top_p`. Returns ids [B] int32.
+    """
+
+    def sampled(logits):
+        scaled = logits / temperature
+        if top_k is not None:
+            values, ids = jax.lax.top_k(scaled, top_k)  # sorted descending
+        elif use_top_p:
+            iota = jnp.broadcast_to(jnp.arange(scaled.shape[-1], dtype=jnp.int32), scaled.shape)
+            neg_sorted, ids = jax.lax.sort((-scaled, iota), dimension=-1, num_keys=1)
+            values = -neg_sorted
+        else:
+            values, ids = scaled, None
+        if use_top_p:
+            probs = jax.nn.softmax(values, axis=-1)
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            # The top token always survives (mass_before == 0 < top_p).
+            values = jnp.where(mass_before < top_p, values, -jnp.inf)
+        choice = jax.vmap(jax.random.categorical)(keys, values).astype(jnp.int32)
+        if ids is None:
+            return choice
+        return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+    greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # A real branch, so greedy decoding pays nothing for the random draws and sorts.
+    return jax.lax.cond(temperature > 0, sampled, greedy, logits)
+
+
+def sample(
+    config: ModelConfig,
+    params: Params,
+    cache: KVCache,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    max_new: jax.Array,
+    stop_tokens: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    num_steps: int,
+    top_k: int | None = None,
+    use_top_p: bool = False,
+    pad_id: int = 0,
+) -> tuple[SampleOutput, KVCache]:
+    """Prefill + decode loop (traceable; call inside jit). Returns (SampleOutput, the filled cache).
+
+    cache: an empty cache (init_cache) with S >= P + num_steps - 1 slots.
+    prompt: [B, P] int32, left padded; prompt_mask: [B, P] bool, False on padding (each row needs
+        at least one real token). rng: a PRNG key; row i draws from fold_in(fold_in(rng, i), step),
+        so a row's sample does not depend on the batch it was padded into.
+    max_new: [B] int32 per-row budget, 0 <= max_new <= num_steps. stop_tokens: [B, E] int32 ids
+        ending a row, NO_STOP (-1) in unused slots. temperature: float32 scalar (0 = greedy).
+    top_p: float32 scalar in (0, 1], used when `use_top_p`. top_k: static, None = no top-k.
+    num_steps: static decode budget N, the width of the outputs.
+    """
+    b, p = prompt.shape
+    slots = cache_length(cache)
+    if slots < p + num_steps - 1:
+        raise ValueError(f"Cache has {slots} slots but prompt {p} + {num_steps} new tokens need {p + num_steps - 1}.")
+    if stop_tokens.ndim != 2 or stop_tokens.shape[0] != b:
+        raise ValueError(f"stop_tokens must be [batch={b}, E], got shape {stop_tokens.shape}.")
+    temperature = jnp.asarray(temperature, jnp.float32)
+    top_p = jnp.asarray(top_p, jnp.float32)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(b, dtype=jnp.uint32))
+
+    def record(state: dict, logits: jax.Array) -> dict:
+        """Samples the next token of every row from logits [B, V] and books it at column `step`."""
+        step = state["step"]
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step.astype(jnp.uint32))
+        token = choose_tokens(logits, keys, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+        active = ~state["done"]
+        lengths = state["lengths"] + active.astype(jnp.int32)
+        hit_stop = active & jnp.any(token[:, None] == stop_tokens, axis=-1)
+        return {
+            **state,
+            "tokens": state["tokens"].at[:, step].set(jnp.where(active, token, pad_id)),
+            "logprobs": state["logprobs"].at[:, step].set(jnp.where(active, logprob, 0.0)),
+            "lengths": lengths,
+            "stopped": state["stopped"] | hit_stop,
+            "done": state["done"] | hit_stop | (lengths >= max_new),
+            "last": token,
+            "step": step + 1,
+        }
+
+    logits, cache = next_token_logits(config, params, prompt, prompt_mask, cache)
+    state = {
+        "tokens": jnp.full((b, num_steps), pad_id, jnp.int32),
+        "logprobs": jnp.zeros((b, num_steps), jnp.float32),
+        "lengths": jnp.zeros((b,), jnp.int32),
+        "stopped": jnp.zeros((b,), bool),
+        "done": max_new <= 0,
+        "last": jnp.zeros((b,), jnp.int32),
+        "step": jnp.zeros((), jnp.int32),
+        "cache": cache,
+    }
+    state = record(state, logits)
+
+    def keep_going(state):
+        return (state["step"] < num_steps) & ~jnp.all(state["done"])
+
+    def decode(state):
+        ones = jnp.ones((b, 1), bool)
+        logits, cache = next_token_logits(config, params, state["last"][:, None], ones, state["cache"])
+        return record({**state, "cache": cache}, logits)
+
+    state = jax.lax.while_loop(keep_going, decode, state)
+    output = SampleOutput(
+        tokens=state["tokens"],
+        logprobs=state["logprobs"],
+        lengths=state["lengths"],
+        stopped=state["stopped"],
+        steps=state["step"] - 1,
+    )
+    return output, state["cache"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampler: bucketing, shardings, compiled programs.
+# --------------------------------------------------------------------------------------------------
+
+
+def _batch_axes(mesh: Mesh, rules) -> tuple[str, ...]:
+    """Mesh axes the logical `batch` axis maps to under `rules`."""
+    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
+    if spec is None:
+        return ()
+    return tuple(spec) if isinstance(spec, tuple) else (spec,)
+
+
+class Sampler:
+    """Holds a model config, a mesh and the compiled sampling programs for it.
+
+    Call it with a list of token-id prompts; it pads them into buckets, runs the jitted `sample`
+    program (compiled once per bucket and static setting) and returns trimmed NumPy results.
+    `compile_count` counts traces of its jitted functions (sampling program and cache allocation).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        mesh: Mesh | None = None,
+        rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+        buckets: Buckets | None = None,
+        pad_id: int = 0,
+        cache_dtype: Any = None,
+    ):
+        if not 0 <= pad_id < config.vocab_size:
+            raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {config.vocab_size}).")
+        self.config = config
+        self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+        self.rules = tuple(rules)
+        self.buckets = buckets or Buckets()
+        self.pad_id = pad_id
+        self.cache_dtype = cache_dtype
+        self.compile_count = 0
+        self.batch_multiple = int(np.prod([self.mesh.shape[a] for a in _batch_axes(self.mesh, self.rules)]))
+
+        self.param_shardings = param_shardings(config, self.mesh, self.rules)
+        self._param_structure = jax.tree.structure(param_shapes(config))
+        batch = lambda *rest: NamedSharding(self.mesh, PartitionSpec(_batch_axes(self.mesh, self.rules) or None, *rest))
+        probe = jax.eval_shape(lambda: init_cache(config, self.batch_multiple, 1, cache_dtype))
+        self.cache_shardings = cache_shardings(config, probe, self.mesh, self.rules)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        # (params, cache, prompt, prompt_mask, rng, max_new, stop_tokens, temperature, top_p)
+        self._in_shardings = (
+            self.param_shardings,
+            self.cache_shardings,
+            batch(None),
+            batch(None),
+            replicated,
+            batch(),
+            batch(None),
+            replicated,
+            replicated,
+        )
+        self._out_shardings = (
+            SampleOutput(batch(None), batch(None), batch(), batch(), replicated),
+            self.cache_shardings,
+        )
+        self._programs: dict[tuple, Any] = {}
+        self._cache_allocators: dict[tuple[int, int], Any] = {}
+
+    def _program(self, num_steps: int, top_k: int | None, use_top_p: bool):
+        """The jitted sampling program for one set of static settings (jit caches shapes itself)."""
+        key = (num_steps, top_k, use_top_p)
+        if key not in self._programs:
+
+            def traced(*args):
+                self.compile_count += 1  # runs at trace time only: counts compilations
+                return sample(
+                    self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
+                )
+
+            self._programs[key] = jax.jit(
+                traced, in_shardings=self._in_shardings, out_shardings=self._out_shardings, donate_argnums=1
+            )
+        return self._programs[key]
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """An empty cache [L, batch_size, max_length, K, D], created sharded on the mesh."""
+        key = (batch_size, max_length)
+        if key not in self._cache_allocators:
+
+            def allocate():
+                self.compile_count += 1
+                return init_cache(self.config, batch_size, max_length, self.cache_dtype)
+
+            self._cache_allocators[key] = jax.jit(allocate, out_shardings=self.cache_shardings)
+        with jax.set_mesh(self.mesh):
+            return self._cache_allocators[key]()
+
+    def place_params(self, params: Params) -> Params:
+        """Puts params on this sampler's mesh layout (a no-op for leaves already laid out so)."""
+        expected = self._param_structure
+        if jax.tree.structure(params) != expected:
+            raise ValueError(
+                "params do not match the model config's parameter tree; got "
+                f"{jax.tree.structure(params)}, expected {expected} (scan_layers={self.config.scan_layers})."
+            )
+        return jax.tree.map(
+            lambda x, s: x if getattr(x, "sharding", None) == s else jax.device_put(x, s), params, self.param_shardings
+        )
+
+    def prepare(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
+    ) -> dict[str, np.ndarray]:
+        """Pads a batch into its buckets. Returns host arrays prompt [B, P], prompt_mask, max_new [B], stop_tokens.
+
+        Padding rows (beyond len(prompts)) hold one pad token and a budget of 0, so they finish at once.
+        """
+        n = len(prompts)
+        if n == 0:
+            raise ValueError("prompts is empty; pass at least one prompt (a list of token ids).")
+        prompts = [list(map(int, p)) for p in prompts]
+        vocab = self.config.vocab_size
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"Prompt {i} is empty; every prompt needs at least one token (e.g. BOS).")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise ValueError(
+                    f"Prompt {i} has token ids outside [0, {vocab}): min {min(prompt)}, max {max(prompt)}."
+                )
+        budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (n,)) if np.ndim(max_new_tokens) == 0 else None
+        if budgets is None:
+            budgets = np.asarray(max_new_tokens, np.int64)
+            if budgets.shape != (n,):
+                raise ValueError(
+                    f"max_new_tokens has {budgets.shape[0]} entries for {n} prompts; give one int or one per prompt."
+                )
+        if (budgets < 0).any():
+            raise ValueError(f"max_new_tokens must be >= 0, got {budgets.tolist()}.")
+        longest = max(len(p) + int(b) for p, b in zip(prompts, budgets, strict=True))
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"A prompt plus its max_new_tokens reaches {longest} tokens, beyond the model's "
+                f"max_position_embeddings={self.config.max_position_embeddings}; shorten the prompt or the budget."
+            )
+        stop_rows = _stop_rows(stop_tokens, n, vocab)
+
+        bk = self.buckets
+        b = bk.round_up(n, bk.min_batch, self.batch_multiple)
+        p = bk.round_up(max(len(q) for q in prompts), bk.min_prompt_length)
+        e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
+        prompt = np.full((b, p), self.pad_id, np.int32)
+        mask = np.zeros((b, p), bool)
+        mask[n:, -1] = True  # padding rows: one pad token
+        stops = np.full((b, e), NO_STOP, np.int32)
+        max_new = np.zeros((b,), np.int32)
+        max_new[:n] = budgets
+        for i, (q, s) in enumerate(zip(prompts, stop_rows, strict=True)):
+            prompt[i, p - len(q) :] = q
+            mask[i, p - len(q) :] = True
+            stops[i, : len(s)] = s
+        return {"prompt": prompt, "prompt_mask": mask, "max_new": max_new, "stop_tokens": stops}
+
+    def __call__(
+        self,
+        params: Params,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int | Sequence[int],
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
+        seed: int | jax.Array = 0,
+    ) -> SampleOutput:
+        """Samples continuations of `prompts` (lists of token ids). Returns a SampleOutput of NumPy arrays.
+
+        Arrays are trimmed to [len(prompts), max(max_new_tokens)]. `max_new_tokens` is one int or one
+        per prompt; `stop_tokens` is one list of ids shared by every row or one list per row.
+        temperature 0 is greedy; top_p None or 1.0 disables top-p. `seed` is an int or a PRNG key.
+        """
+        temperature = float(temperature)
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}.")
+        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= self.config.vocab_size):
+            raise ValueError(f"top_k must be None or an int in [1, {self.config.vocab_size}], got {top_k!r}.")
+        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}.")
+        use_top_p = top_p is not None and float(top_p) < 1.0
+        batch = self.prepare(prompts, max_new_tokens, stop_tokens)
+        b, p = batch["prompt"].shape
+        num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
+        rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
+
+        params = self.place_params(params)
+        cache = self.new_cache(b, p + num_steps)
+        program = self._program(num_steps, top_k, use_top_p)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            output, _ = program(
+                params,
+                cache,
+                batch["prompt"],
+                batch["prompt_mask"],
+                rng,
+                batch["max_new"],
+                batch["stop_tokens"],
+                np.float32(temperature),
+                np.float32(1.0 if top_p is None else top_p),
+            )
+        n, width = len(prompts), int(batch["max_new"].max())
+        return SampleOutput(
+            tokens=np.asarray(output.tokens)[:n, :width],
+            logprobs=np.asarray(output.logprobs)[:n, :width],
+            lengths=np.asarray(output.lengths)[:n],
+            stopped=np.asarray(output.stopped)[:n],
+            steps=int(output.steps),
+        )
+
+
+def _stop_rows(stop_tokens, n: int, vocab: int) -> list[list[int]]:
+    """Normalises shared (list of ids) or per-row (list of lists) stop tokens to one list per row."""
+    stop_tokens = list(stop_tokens)
+    per_row = bool(stop_tokens) and all(isinstance(s, (list, tuple, np.ndarray)) for s in stop_tokens)
+    if per_row:
+        if len(stop_tokens) != n:
+            raise ValueError(f"Per-row stop_tokens has {len(stop_tokens)} rows for {n} prompts.")
+        rows = [[int(t) for t in s] for s in stop_tokens]
+    else:
+        rows = [[int(t) for t in stop_tokens]] * n
+    for i, row in enumerate(rows):
+        bad = [t for t in row if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"stop_tokens of row {i} has ids outside [0, {vocab}): {bad}.")
+    return rows
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sampler(config: ModelConfig, mesh: Mesh | None) -> Sampler:
+    return Sampler(config, mesh)
+
+
+def generate(
+    model_config: ModelConfig,
+    params: Params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    seed: int = 0,
+    mesh: Mesh | None = None,
+) -> list[GenerationResult]:
+    """Generates a continuation of each prompt (a list of token ids); one GenerationResult per prompt.
+
+    Greedy when temperature == 0. Each result holds the new token ids (a final stop token included),
+    their log-probs under the model's own (untempered) distribution and whether a stop token ended it.
+    Compiled programs are reused across calls with the same config and mesh.
+    """
+    out = _cached_sampler(model_config, mesh)(
+        params,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=stop_tokens,
+        seed=seed,
+    )
+    return [
+        GenerationResult(
+            tokens=out.tokens[i, :length].tolist(),
+            logprobs=out.logprobs[i, :length].tolist(),
+            stopped=bool(out.stopped[i]),
+        )
+        for i, length in enumerate(out.lengths.tolist())
+    ]

@@ -1,0 +1,250 @@
+"""Sampler tests: parity with full-forward reference loops, log-prob exactness, sampling statistics,
+sharding invariance, compile counts and early stopping. Tiny random GQA model on CPU."""
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from memtrain_jax.model import ModelConfig, forward, init_params
+from memtrain_jax.sampler import Buckets, GenerationResult, Sampler, generate
+from memtrain_jax.sharding import make_mesh
+
+CONFIG = ModelConfig(
+    vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
+)
+PROMPTS = [[3, 17, 29], [200, 1, 5, 77, 9, 13, 42, 8, 100, 250, 31], [64], [9, 9, 9, 9, 120, 7]]
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CONFIG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return Sampler(CONFIG, pad_id=PAD)
+
+
+def full_logits(params, sequences):
+    """Teacher-forced logits [R, L, V] (float64) of right-padded sequences; causal, so padding is inert."""
+    length = max(len(s) for s in sequences)
+    tokens = np.zeros((len(sequences), length), np.int32)
+    for i, s in enumerate(sequences):
+        tokens[i, : len(s)] = s
+    return np.asarray(forward(CONFIG, params, tokens), np.float64)
+
+
+def reference_greedy(params, prompts, steps):
+    """Greedy decoding that recomputes the full forward pass every step."""
+    seqs = [list(p) for p in prompts]
+    for _ in range(steps):
+        logits = full_logits(params, seqs)
+        for i, s in enumerate(seqs):
+            s.append(int(np.argmax(logits[i, len(s) - 1])))
+    return [s[len(p) :] for s, p in zip(seqs, prompts, strict=True)]
+
+
+def log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_greedy_matches_full_forward_reference(params):
+    results = generate(CONFIG, params, PROMPTS, max_new_tokens=10)
+    expected = reference_greedy(params, PROMPTS, 10)
+    assert [r.tokens for r in results] == expected
+    assert all(isinstance(r, GenerationResult) and not r.stopped and len(r.logprobs) == 10 for r in results)
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(0.0, None, None), (0.7, None, None), (1.6, None, None), (1.3, 12, 0.8)]
+)
+def test_logprobs_equal_teacher_forced_log_softmax(params, sampler, temperature, top_k, top_p):
+    out = sampler(params, PROMPTS, max_new_tokens=9, temperature=temperature, top_k=top_k, top_p=top_p, seed=5)
+    sequences = [p + out.tokens[i].tolist() for i, p in enumerate(PROMPTS)]
+    logp = log_softmax(full_logits(params, sequences))
+    for i, prompt in enumerate(PROMPTS):
+        positions = len(prompt) - 1 + np.arange(9)  # logits at position t predict token t + 1
+        expected = logp[i, positions, out.tokens[i]]
+        np.testing.assert_allclose(out.logprobs[i], expected, rtol=0, atol=1e-5)
+
+
+def test_temperature_sampling_matches_tempered_softmax(params, sampler):
+    rows, temperature, prompt = 4096, 0.7, [5, 17, 42, 99, 3]
+    out = sampler(params, [prompt] * rows, max_new_tokens=1, temperature=temperature, seed=11)
+    logits = full_logits(params, [prompt])[0, -1]
+    counts = np.bincount(out.tokens[:, 0], minlength=CONFIG.vocab_size)
+
+    def chi_square_pvalue(probs):
+        expected = probs * rows
+        big = expected >= 5  # pool the rare tokens into one bin so the chi-square approximation holds
+        obs = np.append(counts[big], counts[~big].sum())
+        exp = np.append(expected[big], expected[~big].sum())
+        return stats.chisquare(obs, exp).pvalue
+
+    tempered = np.exp(log_softmax(logits / temperature))
+    # Fixed seed, so deterministic; a correct sampler fails this only with probability 1e-4.
+    assert chi_square_pvalue(tempered) > 1e-4
+    # The test has power: the untempered distribution (a classic temperature bug) is rejected.
+    assert chi_square_pvalue(np.exp(log_softmax(logits))) < 1e-6
+
+
+def allowed_mask(logits, temperature, top_k, top_p, margin):
+    """NumPy reference of top-k then top-p filtering. logits [..., V] -> (surely allowed, surely excluded).
+
+    Tokens whose preceding probability mass lies within `margin` of top_p are neither (float32 vs
+    float64 rounding could put them on either side).
+    """
+    scaled = logits / temperature
+    keep = np.ones(scaled.shape, bool)
+    if top_k is not None:
+        kth = np.sort(scaled, axis=-1)[..., -top_k][..., None]
+        keep = scaled >= kth
+    if top_p is None:
+        return keep, ~keep
+    masked = np.where(keep, scaled, -np.inf)
+    probs = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1)
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    before_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+    before = np.empty_like(before_sorted)
+    np.put_along_axis(before, order, before_sorted, axis=-1)
+    sure = keep & (before < top_p - margin)
+    excluded = ~keep | (before > top_p + margin)
+    return sure, excluded
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, None), (None, "mid"), (20, "mid")])
+def test_top_k_top_p_never_emit_excluded_tokens(params, sampler, top_k, top_p):
+    rows, steps, temperature, prompt = 512, 4, 1.5, [7, 8, 9, 10]
+    first = full_logits(params, [prompt])[0, -1]
+    if top_p == "mid":
+        # Put top_p midway between two cumulative masses of the first step, so step 0 is exact.
+        sure, _ = allowed_mask(first, temperature, top_k, None, 0.0)
+        probs = np.sort(np.exp(log_softmax(np.where(sure, first / temperature, -np.inf))))[::-1]
+        cumulative = np.cumsum(probs)
+        top_p = float((cumulative[5] + cumulative[6]) / 2)
+    out = sampler(
+        params, [prompt] * rows, max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=2
+    )
+    assert (out.lengths == steps).all()
+    logits = full_logits(params, [prompt + t for t in out.tokens.tolist()])[:, len(prompt) - 1 : -1]
+    sure, excluded = allowed_mask(logits, temperature, top_k, top_p, margin=1e-4)
+    picked = lambda m: np.take_along_axis(m, out.tokens[..., None], axis=-1)[..., 0]
+    assert not picked(excluded).any(), "sampled a token that top-k/top-p excludes"
+    assert picked(sure)[:, 0].all()  # step 0 has no borderline tokens by construction
+    assert picked(sure).mean() > 0.99  # borderline tokens are rare
+    # The filter keeps more than one token and the rows really draw different samples.
+    allowed_first = int(sure[0, 0].sum())
+    assert allowed_first > 1
+    assert len(set(out.tokens[:, 0].tolist())) == allowed_first
+
+
+def test_sharded_matches_single_device(params, sampler):
+    sharded = Sampler(CONFIG, mesh=make_mesh((2, 2, 2)), pad_id=PAD)
+    assert sharded.batch_multiple == 4
+    prompts = PROMPTS + [[11, 12], [250, 251, 252]]  # 6 prompts -> bucket of 8 rows, split 4 ways
+    for settings in (dict(temperature=0.0), dict(temperature=0.9, top_k=30, top_p=0.95, stop_tokens=[3, 4])):
+        one = sampler(params, prompts, max_new_tokens=12, seed=7, **settings)
+        many = sharded(params, prompts, max_new_tokens=12, seed=7, **settings)
+        np.testing.assert_array_equal(one.tokens, many.tokens)
+        np.testing.assert_array_equal(one.lengths, many.lengths)
+        np.testing.assert_array_equal(one.stopped, many.stopped)
+        np.testing.assert_allclose(one.logprobs, many.logprobs, rtol=0, atol=1e-5)
+
+
+def test_same_bucket_compiles_nothing(params):
+    fresh = Sampler(CONFIG, buckets=Buckets(min_batch=4, min_prompt_length=16, min_new_tokens=16))
+    fresh(params, PROMPTS[:3], max_new_tokens=5, temperature=0.5, top_p=0.9, stop_tokens=[7], seed=1)
+    compiled = fresh.compile_count
+    assert compiled > 0
+    # New prompts, lengths, batch size, budget, temperature, top_p, stop tokens and seed, same buckets.
+    fresh(
+        params,
+        [[1, 2], [3] * 16, [4, 5, 6], [7]],
+        max_new_tokens=16,
+        temperature=1.2,
+        top_p=0.5,
+        stop_tokens=[3, 9, 11],
+        seed=9,
+    )
+    fresh(params, [[8, 9, 10]], max_new_tokens=[2], temperature=0.0, top_p=0.3, stop_tokens=[[1, 2, 3, 4]], seed=2)
+    assert fresh.compile_count == compiled
+    # A bigger budget leaves the bucket: exactly one new sampling program and one cache allocator.
+    fresh(params, PROMPTS[:3], max_new_tokens=17, temperature=0.5, top_p=0.9, seed=1)
+    assert fresh.compile_count == compiled + 2
+
+
+def test_early_stop_padding_lengths_and_loop_exit(params, sampler):
+    ref = reference_greedy(params, PROMPTS, 16)
+    first_index = lambda row, token: ref[row].index(token)
+    stops = [
+        [ref[0][4], ref[0][2]],  # several stop tokens: the first to appear ends the row
+        [t for t in range(CONFIG.vocab_size) if t not in ref[1]][:2],  # never generated: runs to its budget
+        [ref[2][6]],
+        [ref[3][1]],
+    ]
+    budgets = [16, 13, 16, 16]
+    out = sampler(params, PROMPTS, max_new_tokens=budgets, stop_tokens=stops)
+    expected_lengths = [
+        min(first_index(0, ref[0][4]), first_index(0, ref[0][2])) + 1,
+        13,
+        first_index(2, ref[2][6]) + 1,
+        first_index(3, ref[3][1]) + 1,
+    ]
+    np.testing.assert_array_equal(out.lengths, expected_lengths)
+    np.testing.assert_array_equal(out.stopped, [True, False, True, True])
+    for i, n in enumerate(expected_lengths):
+        assert out.tokens[i, :n].tolist() == ref[i][:n]
+        assert (out.tokens[i, n:] == PAD).all() and (out.logprobs[i, n:] == 0).all()
+        assert (out.logprobs[i, :n] < 0).all()
+    assert out.steps == max(expected_lengths) - 1
+
+    # Every row stops early: the loop exits well before the 16-token budget.
+    early = [[ref[i][1]] for i in range(len(PROMPTS))]
+    out = sampler(params, PROMPTS, max_new_tokens=16, stop_tokens=early)
+    lengths = [first_index(i, ref[i][1]) + 1 for i in range(len(PROMPTS))]
+    np.testing.assert_array_equal(out.lengths, lengths)
+    assert out.stopped.all()
+    assert out.steps == max(lengths) - 1 < 15
+
+    results = generate(CONFIG, params, PROMPTS, max_new_tokens=16, stop_tokens=[ref[0][2]])
+    assert results[0].tokens == ref[0][: first_index(0, ref[0][2]) + 1] and results[0].stopped
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompts=[[1], []]), "Prompt 1 is empty"),
+        (dict(prompts=[[1, 256]]), r"outside \[0, 256\)"),
+        (dict(temperature=-1.0), "temperature must be"),
+        (dict(top_p=0.0), "top_p must be"),
+        (dict(top_k=0), "top_k must be"),
+        (dict(max_new_tokens=[1, 2]), "2 entries for 1 prompts"),
+        (dict(stop_tokens=[[1], [2]]), "2 rows for 1 prompts"),
+        (dict(prompts=[]), "prompts is empty"),
+    ],
+)
+def test_bad_input_raises_clear_error(params, sampler, kwargs, message):
+    call = dict(prompts=[[1, 2]], max_new_tokens=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        sampler(params, call.pop("prompts"), **call)
+
+
+@pytest.mark.parametrize(
+    "n, minimum, multiple, expected",
+    [(1, 1, 1, 1), (3, 1, 1, 4), (4, 4, 1, 4), (5, 4, 1, 8), (17, 16, 1, 32), (3, 1, 6, 6)],
+)
+def test_bucket_rounding(n, minimum, multiple, expected):
+    assert Buckets.round_up(n, minimum, multiple) == expected
+
+
+def test_row_samples_do_not_depend_on_batch_padding(params, sampler):
+    settings = dict(max_new_tokens=6, temperature=1.0, top_k=50, seed=4)
+    alone = sampler(params, PROMPTS[:1], **settings)
+    with_others = sampler(params, PROMPTS[:3], **settings)  # a bigger batch bucket, same row 0
+    np.testing.assert_array_equal(alone.tokens[0], with_others.tokens[0])
+    np.testing.assert_allclose(alone.logprobs[0], with_others.logprobs[0], rtol=0, atol=1e-5)
