@@ -30,41 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.sampler import Buckets, Sampler
 
+# Shapes from the size presets in configs/models.py (the same definitions the tests check).
 MODELS = {
-    "tiny": ModelConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
-    ),
-    "smollm2-135m": ModelConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        tie_embeddings=True,
-        max_position_embeddings=8192,
-        family="llama",
-    ),
-    "qwen2.5-0.5b": ModelConfig(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_layers=24,
-        num_heads=14,
-        num_kv_heads=2,
-        head_dim=64,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        qkv_bias=True,
-        tie_embeddings=True,
-        family="qwen2",
-    ),
+    name: ModelConfig.from_dict(load_config(f"configs/models.py:{name}"))
+    for name in ("tiny", "smollm2-135m", "qwen2.5-0.5b")
 }
 
 
