@@ -30,7 +30,11 @@ EXTRAS_REQUIRE = {
     "dense": ["torch", "transformers"],
     "test": [
         "pytest",
+        "hypothesis",
+        "scipy",
         "ruff",
+        # Ships a real Wikipedia XML dump sample (206 pages) that the source tests parse.
+        "gensim",
         # Numerical references only; never imported by the library itself.
         "torch==2.13.0",
         "transformers",
