@@ -198,37 +198,26 @@ def tunix_sampler(config: ModelConfig, cache_size: int):
     from flax import nnx
     from tunix.generate import sampler as tunix_sampling
 
+    shape = dict(
+        num_layers=config.num_layers,
+        vocab_size=config.vocab_size,
+        embed_dim=config.hidden_size,
+        hidden_dim=config.intermediate_size,
+        num_heads=config.num_heads,
+        head_dim=config.head_dim,
+        num_kv_heads=config.num_kv_heads,
+        rope_theta=int(config.rope_theta),
+        norm_eps=config.rms_norm_eps,
+    )
     if config.family == "qwen2":
         from tunix.models.qwen2 import model as tunix_model
 
-        tconfig = tunix_model.ModelConfig(
-            num_layers=config.num_layers,
-            vocab_size=config.vocab_size,
-            embed_dim=config.hidden_size,
-            hidden_dim=config.intermediate_size,
-            num_heads=config.num_heads,
-            head_dim=config.head_dim,
-            num_kv_heads=config.num_kv_heads,
-            rope_theta=int(config.rope_theta),
-            norm_eps=config.rms_norm_eps,
-            use_tied_embedding=config.tie_embeddings,
-        )
+        tconfig = tunix_model.ModelConfig(**shape, use_tied_embedding=config.tie_embeddings)
         model = tunix_model.Qwen2(tconfig, rngs=nnx.Rngs(0))
     else:
         from tunix.models.llama3 import model as tunix_model
 
-        tconfig = tunix_model.ModelConfig(
-            num_layers=config.num_layers,
-            vocab_size=config.vocab_size,
-            embed_dim=config.hidden_size,
-            hidden_dim=config.intermediate_size,
-            num_heads=config.num_heads,
-            head_dim=config.head_dim,
-            num_kv_heads=config.num_kv_heads,
-            rope_theta=int(config.rope_theta),
-            norm_eps=config.rms_norm_eps,
-            weight_tying=config.tie_embeddings,
-        )
+        tconfig = tunix_model.ModelConfig(**shape, weight_tying=config.tie_embeddings)
         model = tunix_model.Llama3(tconfig, rngs=nnx.Rngs(0))
     cache = tunix_sampling.CacheConfig(
         cache_size=cache_size, num_layers=config.num_layers, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim
