@@ -6,6 +6,8 @@ prompt and generates.
 
 import ml_collections
 
+from memtrain_jax import sharding
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -22,8 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Chat format by name ("chatml", "llama3", "plain"); empty = the checkpoint's own.
     config.chat_format = ""
 
-    # Mesh (data, fsdp, tensor); -1 takes the remaining devices.
+    # Mesh (data, fsdp, tensor); -1 takes the remaining devices. Logical axis -> mesh axes rules
+    # (memtrain_jax/sharding.py lists the logical names); change them to change the parallelism.
     config.mesh_shape = (-1, 1, 1)
+    config.axis_rules = sharding.DEFAULT_RULES
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.max_new_tokens = 48

@@ -482,8 +482,8 @@ def _stop_rows(stop_tokens, n: int, vocab: int) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_sampler(config: ModelConfig, mesh: Mesh | None) -> Sampler:
-    return Sampler(config, mesh)
+def _cached_sampler(config: ModelConfig, mesh: Mesh | None, rules: tuple) -> Sampler:
+    return Sampler(config, mesh, rules)
 
 
 def generate(
@@ -498,6 +498,7 @@ def generate(
     stop_tokens: Sequence[int] = (),
     seed: int = 0,
     mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
 ) -> list[GenerationResult]:
     """Generates a continuation of each prompt (a list of token ids); one GenerationResult per prompt.
 
@@ -505,7 +506,7 @@ def generate(
     their log-probs under the model's own (untempered) distribution and whether a stop token ended it.
     Compiled programs are reused across calls with the same config and mesh.
     """
-    out = _cached_sampler(model_config, mesh)(
+    out = _cached_sampler(model_config, mesh, tuple(rules))(
         params,
         prompts,
         max_new_tokens=max_new_tokens,

@@ -35,12 +35,14 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
-def load_policy(model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[ModelConfig, dict, Tokenizer, str]:
-    """(model config, params placed on `mesh`, tokenizer, chat format name) for `config.model`."""
+def load_policy(
+    model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: tuple
+) -> tuple[ModelConfig, dict, Tokenizer, str]:
+    """(model config, params placed on `mesh` by the logical-axis `rules`, tokenizer, chat format name)."""
     if model.source == "gguf":
         path = model.path or default_gguf_path()
         config, params, tokenizer, chat_name = import_gguf_cached(path, model.cache_dir)
-        params = sharding.shard_tree(params, param_shardings(config, mesh))
+        params = sharding.shard_tree(params, param_shardings(config, mesh, rules))
         return config, params, tokenizer, chat_name
     if model.source == "hf":
         if not model.path:
@@ -48,7 +50,7 @@ def load_policy(model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tu
         with open(os.path.join(model.path, "config.json"), encoding="utf-8") as f:
             config = config_from_hf(json.load(f), source=os.path.join(model.path, "config.json"))
         # Each tensor is placed on the mesh as it is read: the whole model never sits in host memory.
-        config, params = load_hf_checkpoint(model.path, shardings=param_shardings(config, mesh))
+        config, params = load_hf_checkpoint(model.path, shardings=param_shardings(config, mesh, rules))
         tokenizer = HFTokenizer.from_directory(model.path)
         template = None
         tokenizer_config = os.path.join(model.path, "tokenizer_config.json")
@@ -69,10 +71,11 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     logging.info("Config:\n%s", config)
     mesh = sharding.make_mesh(tuple(config.mesh_shape))
+    rules = sharding.rules_from_config(config.axis_rules)
     print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
 
     start = time.perf_counter()
-    model_config, params, tokenizer, chat_name = load_policy(config.model, mesh)
+    model_config, params, tokenizer, chat_name = load_policy(config.model, mesh, rules)
     check_tokenizer_fits_model(tokenizer, model_config)
     chat = get_chat_format(config.chat_format or chat_name)
     print(
@@ -95,6 +98,7 @@ def main(argv: list[str]) -> None:
         stop_tokens=chat.stop_tokens(tokenizer),
         seed=config.seed,
         mesh=mesh,
+        rules=rules,
     )
     seconds = time.perf_counter() - start  # includes compilation on the first call
     print(f"user: {config.prompt}")
