@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memtrain_jax.checkpoint.hf import save_hf_checkpoint
 from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.sampler import Buckets, Sampler
@@ -93,59 +94,14 @@ def decode_bytes_per_step(config: ModelConfig, params, batch: int, cache_slots: 
 
 
 def hf_model(config: ModelConfig, params, device: str):
-    """A transformers causal LM of the same shape holding a copy of our params (float32)."""
-    import torch
+    """A transformers causal LM holding our params (float32), written by our own HF export path."""
+    import tempfile
+
     import transformers
 
-    common = dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
-        rope_theta=config.rope_theta,
-        rms_norm_eps=config.rms_norm_eps,
-        tie_word_embeddings=config.tie_embeddings,
-        max_position_embeddings=config.max_position_embeddings,
-        torch_dtype="float32",
-    )
-    if config.family == "qwen2":
-        hf_config = transformers.Qwen2Config(**common)
-        model_cls = transformers.Qwen2ForCausalLM
-    else:
-        hf_config = transformers.LlamaConfig(**common, attention_bias=config.qkv_bias, mlp_bias=False)
-        model_cls = transformers.LlamaForCausalLM
-    hf_config.rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
-    model = model_cls(hf_config).eval()
-
-    t = lambda x: torch.from_numpy(np.array(x, np.float32))  # a writable copy
-    h = config.hidden_size
-    state = {
-        "model.embed_tokens.weight": t(params["embedder"]["embedding"]),
-        "model.norm.weight": t(params["final_norm"]["scale"]),
-    }
-    if not config.tie_embeddings:
-        state["lm_head.weight"] = t(np.asarray(params["lm_head"]["kernel"]).T)
-    for i in range(config.num_layers):
-        layer, prefix = params[f"layers_{i}"], f"model.layers.{i}."
-        attn = layer["attn"]
-        for name in ("q_proj", "k_proj", "v_proj"):
-            state[prefix + f"self_attn.{name}.weight"] = t(np.asarray(attn[name]["kernel"]).reshape(h, -1).T)
-            if config.qkv_bias:
-                state[prefix + f"self_attn.{name}.bias"] = t(np.asarray(attn[name]["bias"]).reshape(-1))
-        state[prefix + "self_attn.o_proj.weight"] = t(np.asarray(attn["o_proj"]["kernel"]).reshape(-1, h).T)
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            state[prefix + f"mlp.{name}.weight"] = t(np.asarray(layer["mlp"][name]["kernel"]).T)
-        state[prefix + "input_layernorm.weight"] = t(layer["input_norm"]["scale"])
-        state[prefix + "post_attention_layernorm.weight"] = t(layer["post_attn_norm"]["scale"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (config.tie_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise RuntimeError(f"Weight copy to transformers failed: missing {missing}, unexpected {unexpected}.")
-    if config.tie_embeddings:
-        model.tie_weights()
+    with tempfile.TemporaryDirectory() as directory:
+        save_hf_checkpoint(config, params, directory)
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype="float32").eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.to(device)
