@@ -11,6 +11,7 @@ import gguf
 import jax
 import numpy as np
 import pytest
+from numpy_reference import np_forward
 
 from memtrain_jax import sharding
 from memtrain_jax.checkpoint.gguf import (
@@ -268,14 +269,16 @@ def tokens(converted) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def hf_reference(tokens):
-    """transformers' model from the same GGUF: its state dict, config and float32 / float64 logits."""
+def hf_reference(converted, tokens):
+    """transformers' model from the same GGUF: its state dict, config and float32 / float64 logits, and the
+    exact logits: our float64 NumPy model on the converted weights (identical to transformers', tested above)."""
     import torch
 
     model = _hf_from_pretrained(default_gguf_path(), torch.float32)
     logits32 = _hf_logits(model, tokens)
     logits64 = _hf_logits(copy.deepcopy(model).double(), tokens)
-    return model.state_dict(), model.config, logits32, logits64
+    exact = np_forward(converted[0], converted[1], tokens)
+    return model.state_dict(), model.config, logits32, logits64, exact
 
 
 def test_default_gguf_path():
@@ -285,7 +288,7 @@ def test_default_gguf_path():
 
 def test_real_config_and_weights_match_transformers(converted, hf_reference):
     config, params, _, chat_format = converted
-    state, hf_config, _, _ = hf_reference
+    state, hf_config, *_ = hf_reference
     assert chat_format == "smollm2"
     assert config.vocab_size == hf_config.vocab_size == 49152
     assert (config.hidden_size, config.intermediate_size) == (hf_config.hidden_size, hf_config.intermediate_size)
@@ -302,15 +305,46 @@ def test_real_config_and_weights_match_transformers(converted, hf_reference):
         _assert_trees_equal(params[f"layers_{i}"], _hf_kernels(state, i, config))
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _float32_units(logits64: np.ndarray) -> float:
+    """One unit of float32 rounding at the logits' scale: machine epsilon times their RMS."""
+    return float(np.finfo(np.float32).eps * np.sqrt(np.mean(logits64**2)))
+
+
+def _logprob_rms_error(logits: np.ndarray, logits64: np.ndarray) -> float:
+    """RMS over every position and vocabulary entry of |log_softmax(logits) - log_softmax(logits64)|."""
+    return float(np.sqrt(np.mean((_log_softmax(logits) - _log_softmax(logits64)) ** 2)))
+
+
+# Float32 error budget, in units of eps32 * RMS(logits), for the log-probabilities of 2 x 16 positions.
+# Why this statistic: a maximum over 1.5M float32 roundings (the old bound) moves with the machine's matmul
+# kernels; an RMS over all of them does not, and log-probabilities ignore the per-position constant shift
+# of the logits that softmax cancels (most of the raw logit error here). The reference is our float64 NumPy
+# model (tests/numpy_reference.py), not transformers' "float64" model, which computes RMSNorm in float32.
+# Measured on the machine that wrote this test: transformers float32 6.4 units, ours 9.4 units on one device
+# and 6.7 on the (2,2,2) mesh. A precision slip (one bfloat16 matmul) costs ~10^4 units.
+FLOAT32_BUDGET_UNITS = 32.0
+# transformers' float64 model against pure float64: its float32 RMSNorm alone (measured: 1.9 units).
+MATH_PARITY_UNITS = 8.0
+
+
 def _check_logits(ours: np.ndarray, hf_reference) -> None:
-    """Our float32 logits must be as close to transformers' float64 logits as transformers' own float32 ones
-    (within 2x): 30 layers with activations up to ~2.5e4 leave ~1e-4 of float32 rounding in the logits."""
-    _, _, logits32, logits64 = hf_reference
-    hf_error = np.abs(logits32 - logits64).max()
-    our_error = np.abs(ours - logits64).max()
-    assert our_error <= 2 * hf_error, (our_error, hf_error)
-    assert np.abs(ours - logits32).max() <= 3 * hf_error
-    np.testing.assert_array_equal(ours.argmax(-1), logits32.argmax(-1))
+    """Our float32 log-probabilities stay within a float32 rounding budget of the exact (float64) model,
+    with the same argmax at every position; the float64 model is transformers' math."""
+    _, _, logits32, logits64, exact = hf_reference
+    unit = _float32_units(exact)
+    figures = {
+        "ours": _logprob_rms_error(ours, exact) / unit,
+        "transformers_float32": _logprob_rms_error(logits32, exact) / unit,
+        "transformers_float64": _logprob_rms_error(logits64, exact) / unit,
+    }
+    assert figures["transformers_float64"] <= MATH_PARITY_UNITS, figures
+    assert figures["ours"] <= FLOAT32_BUDGET_UNITS, figures
+    np.testing.assert_array_equal(ours.argmax(-1), exact.argmax(-1))
 
 
 def test_real_logits_match_transformers_one_device(converted, tokens, hf_reference):
