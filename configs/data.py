@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.document.mask_token = "[MASK]"
     c.document.header = "Document {i}:"
     c.document.separator = "\n\n"
+    # True: never mask an entity that stays readable inside a longer word ("Brazil" in "Brazilian") or in
+    # another casing; the paper keeps them (False). prepare and preview count them.
+    c.document.skip_leaking_entities = False
 
     # What the agent reads: centre-truncated to max_chunks * chunk_size tokens, then chunked.
     c.chunking = ml_collections.ConfigDict()

@@ -224,3 +224,35 @@ def test_draw_random_is_exhaustive_and_distinct():
     assert sorted(drawn) == [1, 2, 3, 4, 6, 7, 8, 9] and taken == set(range(10))
     with pytest.raises(PoolTooSmallError):
         documents._draw_random(rng, 10, taken, 1)
+
+
+def _leak_pool() -> list[Paragraph]:
+    texts = [
+        "Brazil borders Peru. Lima is the capital of Peru.",  # the pivot
+        "The Brazilian team played in Lima.",  # "Brazil" leaks through "Brazilian"
+        "Oranges grow in warm places.",
+        "Rivers flow to the sea.",
+    ]
+    return [Paragraph(id=f"p{i}", title=f"t{i}", text=t) for i, t in enumerate(texts)]
+
+
+def test_leaking_entities_are_counted_kept_by_default_and_skipped_on_request():
+    pool = _leak_pool()
+    config = DocumentConfig(num_paragraphs=4, num_similar=1)
+    assert documents.entity_leaks("[MASK] borders Peru. The Brazilian team", "Brazil")  # word-boundary masking
+    assert documents.entity_leaks("the brazil nut", "Brazil")  # another casing also gives it away
+    assert not documents.entity_leaks("The [MASK] team", "Brazil")
+    # The paper's rule keeps a leaking entity: over seeds, "Brazil" is drawn and stays readable.
+    golds = set()
+    for seed in range(20):
+        doc = build_document(pool, 0, [1], document_rng(seed, 0), config, entities=["Brazil", "Peru"])
+        golds.add(doc.gold)
+        assert documents.entity_leaks(doc.text, doc.gold) == (doc.gold == "Brazil")
+    assert golds == {"Brazil", "Peru"}
+    # With the switch, only non-leaking entities are ever masked; with none left, the pivot is skipped.
+    skip = DocumentConfig(num_paragraphs=4, num_similar=1, skip_leaking_entities=True)
+    for seed in range(20):
+        doc = build_document(pool, 0, [1], document_rng(seed, 0), skip, entities=["Brazil", "Peru"])
+        assert doc.gold == "Peru" and not documents.entity_leaks(doc.text, doc.gold)
+    with pytest.raises(NoValidEntityError, match="leaks"):
+        build_document(pool, 0, [1], document_rng(0, 0), skip, entities=["Brazil"])

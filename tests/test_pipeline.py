@@ -99,13 +99,22 @@ def test_prepared_data_errors(env, tmp_path):
 
 def test_episode_contents(env):
     config, _, tokenizer, prepared = env
-    episodes = _stream(env, 6, batch=False, num_epochs=1)
+    episodes = _stream(env, NUM_PIVOTS, batch=False, num_epochs=1)
     budget = config.chunking.chunk_size * config.chunking.max_chunks
+    skipped = 0
     for ep in episodes:
         slot = int(ep["episode_id"]) % NUM_PIVOTS
         assert int(ep["epoch"]) == 0 and int(ep["seed"]) == config.seed
+        assert str(ep["tokenizer_id"]) == pipeline.tokenizer_fingerprint(tokenizer)
         doc = pipeline.build_episode_document(prepared, slot, int(ep["episode_id"]), config, tokenizer)
         ids = tokenizer.encode(doc.text)
+        masks_read = tokenizer.decode(centre_truncate(ids, budget).tolist()).count("[MASK]")
+        assert bool(ep["usable"]) == (masks_read > 0)  # truncation that drops every mask: never trained on
+        if not ep["usable"]:
+            skipped += 1
+            assert int(ep["num_chunks"]) == 0 and not ep["chunk_lengths"].any()
+            continue
+        assert int(ep["masks_kept"]) == masks_read
         assert int(ep["num_tokens"]) == len(ids)
         lengths = ep["chunk_lengths"]
         kept = np.concatenate([ep["tokens"][i, : lengths[i]] for i in range(int(ep["num_chunks"]))])
@@ -117,6 +126,9 @@ def test_episode_contents(env):
         assert tokenizer.decode(ep["answer_ids"][: ep["answer_length"]].tolist()) == doc.gold
         assert int(ep["mask_count"]) == doc.text.count("[MASK]") == doc.mask_count
         assert doc.gold in prepared.entities[slot]
+    assert 0 < skipped < NUM_PIVOTS // 2  # this config truncates hard: some documents lose every mask
+    stats = pipeline.document_statistics(config, prepared, tokenizer, NUM_PIVOTS)
+    assert stats["skipped_all_masks_truncated"] == skipped and stats["used"] == NUM_PIVOTS - skipped
 
 
 @pytest.mark.parametrize("shard_count", [1, 3, 5])

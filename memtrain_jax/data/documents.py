@@ -16,6 +16,12 @@ A document (paper: 150 paragraphs, 24k-40k tokens) is built from a pivot paragra
    "Document i:" headers are formatting and never masked, so an entity such as "3" cannot
    corrupt them).
 
+Leaks: word-boundary masking (the paper's rule, the default) leaves the answer inside longer words
+("Brazil" in "Brazilian", "German" in "Germany") and in other casings; `entity_leaks` tells when
+the masked document still contains the gold, case-insensitively. With `skip_leaking_entities`, such
+an entity is replaced by another of the pivot's entities (drawn with the same rng) that does not
+leak, and a pivot with none raises NoValidEntityError (the pipeline skips and counts it).
+
 All randomness comes from the `rng` argument; the pipeline derives it from (seed, episode id)
 with `document_rng`, so a seed fixes every document.
 """
@@ -58,6 +64,7 @@ class DocumentConfig:
     mask_token: str = MASK_TOKEN
     header: str = "Document {i}:"
     separator: str = "\n\n"
+    skip_leaking_entities: bool = False  # paper: False (its word-boundary rule leaves e.g. "Brazil" in "Brazilian")
 
     def __post_init__(self):
         if self.num_paragraphs < 1:
@@ -128,6 +135,12 @@ def document_rng(seed: int, episode_id: int) -> np.random.Generator:
 def maskable_entities(entities: Sequence[str], mask_token: str) -> list[str]:
     """Entities that `mask_entity` accepts: non-blank, not containing the mask token, not occurring in it."""
     return [e for e in entities if e.strip() and mask_token not in e and not count_occurrences(mask_token, e)]
+
+
+def entity_leaks(masked_text: str, entity: str) -> bool:
+    """True when `entity` still occurs in `masked_text` case-insensitively, e.g. inside a longer word
+    ("Brazil" in "Brazilian") or in another casing: the answer can be read off the document."""
+    return entity.casefold() in masked_text.casefold()
 
 
 def _draw_random(rng: np.random.Generator, pool_size: int, taken: set[int], n: int) -> list[int]:
@@ -221,11 +234,26 @@ def build_document(
 
     chosen = np.asarray([pivot_index, *similar, *randoms], dtype=np.int64)
     order = chosen[rng.permutation(len(chosen))].tolist()
-    parts, mask_count = [], 0
-    for position, i in enumerate(order):
-        body, n = mask_entity(pool[i].text, gold, config.mask_token)
-        mask_count += n
-        parts.append(config.header.format(i=position + 1) + "\n" + body)
+
+    def masked_parts(entity: str) -> tuple[list[str], int]:
+        parts, count = [], 0
+        for position, i in enumerate(order):
+            body, n = mask_entity(pool[i].text, entity, config.mask_token)
+            count += n
+            parts.append(config.header.format(i=position + 1) + "\n" + body)
+        return parts, count
+
+    parts, mask_count = masked_parts(gold)
+    if config.skip_leaking_entities:
+        untried = [e for e in maskable_entities(entities, config.mask_token) if e != gold]
+        while entity_leaks(config.separator.join(parts), gold):
+            gold = choose_entity(untried, rng)
+            if gold is None:
+                raise NoValidEntityError(
+                    f"Every entity of pivot {pool[pivot_index].id!r} leaks into its document (skip_leaking_entities)."
+                )
+            untried.remove(gold)
+            parts, mask_count = masked_parts(gold)
     if count_occurrences(pool[pivot_index].text, gold) == 0:
         raise NoValidEntityError(
             f"Entity {gold!r} does not occur in pivot {pool[pivot_index].id!r}; the extractor is wrong."

@@ -21,10 +21,19 @@ Two stages:
        answer_ids     [max_answer_tokens] int32       encode(answer), pad_id-padded, cut at max
        answer_length  [] int32   min(len(encode(answer)), max_answer_tokens)
        mask_count     [] int32   "[MASK]" occurrences in the document
+       masks_kept     [] int32   "[MASK]" occurrences in what the agent reads (after centre truncation)
+       tokenizer_id   [] str     tokenizer_fingerprint of the tokenizer the chunks are in
+       usable         [] bool    False: skipped, never trained on (see below); then num_chunks = 0
        pivot_index    [] int32   pool index of the pivot
        episode_id     [] int64   epoch * num_pivots + pivot slot: unique over hosts and epochs
        epoch          [] int32
        seed           [] int64   the global data seed (probes: probe_rng(seed, episode_id, step))
+
+Never trained on: a document whose centre truncation dropped every mask (nothing left to
+reconstruct), and, with `document.skip_leaking_entities`, a pivot whose every entity leaks. Such
+an episode stays in the stream with `usable` False (and no chunks), so every host keeps the same
+number of steps and the same pivot coverage; the agent leaves it out of its rollouts and counts
+it. `document_statistics` counts both (and the leaks the default keeps) for `prepare`/`preview`.
 
 Determinism: the document of an episode is drawn from `document_rng(seed, episode_id)`, so it
 does not depend on the host count, worker count or position in the stream. Epoch e of every
@@ -40,6 +49,7 @@ the "spawn" method: the script that builds the iterator must guard its entry poi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -56,18 +66,22 @@ from memtrain_jax.data.chunking import chunk_document, pad_chunks
 from memtrain_jax.data.documents import (
     Document,
     DocumentConfig,
+    NoValidEntityError,
     PivotSelection,
     PoolTooSmallError,
     build_document,
     document_rng,
+    entity_leaks,
     select_pivots,
 )
+from memtrain_jax.data.masking import mask_entity
 from memtrain_jax.data.types import Paragraph
 from memtrain_jax.tokenizer.base import Tokenizer
 
 Log = Callable[[str], None]
 _PREPARED_FORMAT = 1
 DOCUMENT_MODES = ("on_the_fly", "array_record")
+_SKIPPED_RECORD = b"null"  # a pre-built slot whose document is skipped
 
 
 class PreparedDataError(RuntimeError):
@@ -329,7 +343,7 @@ def build_episode_document(
 
 
 def episode_from_document(
-    document: Document,
+    document: Document | None,
     tokenizer: Tokenizer,
     *,
     chunk_size: int,
@@ -338,9 +352,26 @@ def episode_from_document(
     episode_id: int,
     epoch: int,
     seed: int,
+    mask_token: str = "[MASK]",
+    tokenizer_id: str | None = None,
+    pivot_index: int = -1,
 ) -> dict[str, np.ndarray]:
-    """Tokenises, truncates, chunks and pads one document into an episode dict (module docstring)."""
-    chunks = chunk_document(document.text, tokenizer, chunk_size, max_chunks, decode=False)
+    """Tokenises, truncates, chunks and pads one document into an episode dict (module docstring).
+
+    `document` None (its pivot was skipped) or a document whose every mask was truncated away gives an
+    episode with `usable` False and no chunks. `tokenizer_id`: `tokenizer_fingerprint(tokenizer)` when the
+    caller has it already; `pivot_index`: recorded for a skipped document."""
+    usable = document is not None
+    if usable:
+        chunks = chunk_document(document.text, tokenizer, chunk_size, max_chunks, decode=False)
+        kept = document.text if not chunks.num_dropped else tokenizer.decode(np.concatenate(chunks.tokens).tolist())
+        masks_kept = kept.count(mask_token)
+        usable = masks_kept > 0
+    if not usable:
+        return _skipped_episode(
+            document, tokenizer, chunk_size, max_chunks, max_answer_tokens, episode_id, epoch, seed, pivot_index,
+            tokenizer_id or tokenizer_fingerprint(tokenizer),
+        )
     tokens, lengths = pad_chunks(chunks.tokens, max_chunks, chunk_size, tokenizer.pad_id)
     answer = np.asarray(tokenizer.encode(document.gold), dtype=np.int32)
     answer_ids = np.full((max_answer_tokens,), tokenizer.pad_id, dtype=np.int32)
@@ -355,7 +386,43 @@ def episode_from_document(
         "answer_ids": answer_ids,
         "answer_length": np.int32(n_answer),
         "mask_count": np.int32(document.mask_count),
+        "masks_kept": np.int32(masks_kept),
+        "tokenizer_id": np.str_(tokenizer_id or tokenizer_fingerprint(tokenizer)),
+        "usable": np.bool_(True),
         "pivot_index": np.int32(document.pivot_index),
+        "episode_id": np.int64(episode_id),
+        "epoch": np.int32(epoch),
+        "seed": np.int64(seed),
+    }
+
+
+def _skipped_episode(
+    document: Document | None,
+    tokenizer: Tokenizer,
+    chunk_size: int,
+    max_chunks: int,
+    max_answer_tokens: int,
+    episode_id: int,
+    epoch: int,
+    seed: int,
+    pivot_index: int,
+    tokenizer_id: str,
+) -> dict[str, np.ndarray]:
+    """The placeholder of a skipped episode: same keys and shapes, no chunks, `usable` False."""
+    pad = tokenizer.pad_id
+    return {
+        "tokens": np.full((max_chunks, chunk_size), pad, np.int32),
+        "chunk_lengths": np.zeros((max_chunks,), np.int32),
+        "num_chunks": np.int32(0),
+        "num_tokens": np.int32(0),
+        "answer": np.str_(document.gold if document is not None else ""),
+        "answer_ids": np.full((max_answer_tokens,), pad, np.int32),
+        "answer_length": np.int32(0),
+        "mask_count": np.int32(document.mask_count if document is not None else 0),
+        "masks_kept": np.int32(0),
+        "tokenizer_id": np.str_(tokenizer_id),
+        "usable": np.bool_(False),
+        "pivot_index": np.int32(document.pivot_index if document is not None else pivot_index),
         "episode_id": np.int64(episode_id),
         "epoch": np.int32(epoch),
         "seed": np.int64(seed),
@@ -370,17 +437,20 @@ class _EpisodeMap:
         self.prepared, self.tokenizer, self.config = prepared, tokenizer, data
         self.slots_per_epoch, self.prebuilt = slots_per_epoch, prebuilt
         self.count_tokens = TokenCounter(tokenizer)
+        self.tokenizer_id = tokenizer_fingerprint(tokenizer)
 
     def __call__(self, index: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
         slot, record = item
         epoch = int(index) // self.slots_per_epoch
         episode_id = epoch * self.prepared.num_pivots + int(slot)
+        document = None
         if self.prebuilt:
-            document = Document.from_json(record)
+            document = None if record == _SKIPPED_RECORD else Document.from_json(record)
         else:
-            document = build_episode_document(
-                self.prepared, int(slot), episode_id, self.config, self.tokenizer, count_tokens=self.count_tokens
-            )
+            with contextlib.suppress(NoValidEntityError):  # every entity leaks: a skipped episode
+                document = build_episode_document(
+                    self.prepared, int(slot), episode_id, self.config, self.tokenizer, count_tokens=self.count_tokens
+                )
         return episode_from_document(
             document,
             self.tokenizer,
@@ -390,7 +460,56 @@ class _EpisodeMap:
             episode_id=episode_id,
             epoch=epoch,
             seed=self.config.seed,
+            mask_token=self.config.document.mask_token,
+            tokenizer_id=self.tokenizer_id,
+            pivot_index=int(self.prepared.pivots[int(slot)]),
         )
+
+
+def pivot_entity_leaks(prepared: PreparedData, mask_token: str = "[MASK]") -> tuple[int, int]:
+    """(leaking, total) pivot/entity pairs: masking the entity in its own pivot paragraph leaves it readable
+    (`entity_leaks`), e.g. "Brazil" next to "Brazilian"."""
+    leaking = total = 0
+    for pivot, entities in zip(prepared.pivots.tolist(), prepared.entities, strict=True):
+        text = prepared.pool[pivot].text
+        for entity in entities:
+            total += 1
+            leaking += entity_leaks(mask_entity(text, entity, mask_token)[0], entity)
+    return leaking, total
+
+
+def document_statistics(
+    config: Any, prepared: PreparedData, tokenizer: Tokenizer, num_documents: int, epoch: int = 0
+) -> dict[str, int]:
+    """Builds the first `num_documents` episodes of `epoch` (slot order) and counts what the stream skips
+    or keeps: documents whose gold leaks, whose truncation dropped every mask, whose pivot had only leaking
+    entities (with `document.skip_leaking_entities`), and those used."""
+    data = data_section(config)
+    counter = TokenCounter(tokenizer)
+    stats = {"documents": 0, "gold_leaks": 0, "skipped_all_masks_truncated": 0, "skipped_every_entity_leaks": 0}
+    for slot in range(min(num_documents, prepared.num_pivots)):
+        stats["documents"] += 1
+        episode_id = epoch * prepared.num_pivots + slot
+        try:
+            document = build_episode_document(prepared, slot, episode_id, data, tokenizer, count_tokens=counter)
+        except NoValidEntityError:
+            stats["skipped_every_entity_leaks"] += 1
+            continue
+        stats["gold_leaks"] += entity_leaks(document.text, document.gold)
+        episode = episode_from_document(
+            document,
+            tokenizer,
+            chunk_size=data.chunking.chunk_size,
+            max_chunks=data.chunking.max_chunks,
+            max_answer_tokens=data.loader.max_answer_tokens,
+            episode_id=episode_id,
+            epoch=epoch,
+            seed=data.seed,
+            mask_token=data.document.mask_token,
+        )
+        stats["skipped_all_masks_truncated"] += int(not episode["usable"])
+    stats["used"] = stats["documents"] - stats["skipped_all_masks_truncated"] - stats["skipped_every_entity_leaks"]
+    return stats
 
 
 # --- pre-built documents (ArrayRecord) -----------------------------------------------------------
@@ -437,8 +556,11 @@ def write_documents(config: Any, prepared: PreparedData, tokenizer: Tokenizer, *
         for shard, name in enumerate(names):
             writer = ArrayRecordWriter(os.path.join(tmp, name), "group_size:1")
             for slot in range(bounds[shard], bounds[shard + 1]):
-                document = build_episode_document(prepared, slot, slot, data, tokenizer, count_tokens=counter)
-                writer.write(document.to_json())
+                try:
+                    document = build_episode_document(prepared, slot, slot, data, tokenizer, count_tokens=counter)
+                    writer.write(document.to_json())
+                except NoValidEntityError:
+                    writer.write(_SKIPPED_RECORD)  # keeps slot i at record i; the stream skips it
             writer.close()
             if log:
                 log(f"[documents] wrote {bounds[shard + 1]}/{prepared.num_pivots} documents")

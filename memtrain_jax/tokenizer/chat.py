@@ -25,6 +25,8 @@ SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained b
 Message = Mapping[str, str]
 
 _UNSET = object()
+_EOS = -1  # the tokenizer's EOS in a "plain" conversation, which has no text for it
+_CONTENT = "\x00memtrain-user-content\x00"  # stands for a user message's content while it is rendered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,23 +68,44 @@ class ChatFormat:
             out.insert(0, ("system", self.default_system))
         return out
 
+    def _segments(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[tuple[str | int, bool]]:
+        """The conversation as (text or special id, is assistant output) pieces, in order.
+
+        Texts concatenate to `render(...)` (ids only appear in "plain", whose BOS/EOS have no text). The
+        assistant flag marks what a model generates: an assistant message's content and its end marker.
+        """
+        msgs = self._messages(messages)
+        out: list[tuple[str | int, bool]] = []
+        if self.base == "chatml":
+            for role, content in msgs:
+                mine = role == "assistant"
+                out += [(f"<|im_start|>{role}\n", False), (content, mine), ("<|im_end|>", mine), ("\n", False)]
+            if add_generation_prompt:
+                out.append(("<|im_start|>assistant\n", False))
+        elif self.base == "llama3":
+            out.append(("<|begin_of_text|>", False))
+            for role, content in msgs:
+                mine = role == "assistant"
+                header = f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+                out += [(header, False), (content.strip(), mine), ("<|eot_id|>", mine)]
+            if add_generation_prompt:
+                out.append(("<|start_header_id|>assistant<|end_header_id|>\n\n", False))
+        else:
+            for role, content in msgs:
+                if role == "assistant":  # the model writes what follows "Assistant:" (the generation prompt)
+                    out += [("Assistant:", False), (f" {content}\n", True), (_EOS, True)]
+                else:
+                    out.append((f"{role.capitalize()}: {content}\n", False))
+            if add_generation_prompt:
+                out.append(("Assistant:", False))
+        return [(piece, mine) for piece, mine in out if piece != ""]
+
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """Conversation -> prompt text, with chat markers written as their token strings.
 
         messages: [{"role": "system"|"user"|"assistant"|..., "content": str}, ...].
         """
-        msgs = self._messages(messages)
-        if self.base == "chatml":
-            text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in msgs)
-            return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-        if self.base == "llama3":
-            body = "".join(
-                f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>" for role, content in msgs
-            )
-            text = "<|begin_of_text|>" + body
-            return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
-        text = "".join(f"{role.capitalize()}: {content}\n" for role, content in msgs)
-        return text + ("Assistant:" if add_generation_prompt else "")
+        return "".join(p for p, _ in self._segments(messages, add_generation_prompt) if isinstance(p, str))
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Raises ValueError when a marker of this format is not a single token of `tokenizer`."""
@@ -92,6 +115,11 @@ class ChatFormat:
                 f"Chat format {self.name!r} needs the tokens {missing} but tokenizer {tokenizer!r} lacks them; "
                 "train the tokenizer with them as user-defined symbols or use chat format 'plain'."
             )
+
+    def _encode_piece(self, tokenizer: Tokenizer, piece: str | int) -> list[int]:
+        if isinstance(piece, int):  # only _EOS is an int piece
+            return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        return tokenizer.encode(piece)
 
     def encode(
         self, tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True
@@ -105,14 +133,60 @@ class ChatFormat:
         self.check_tokenizer(tokenizer)
         if self.base != "plain":
             return tokenizer.encode(self.render(messages, add_generation_prompt))
-        ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-        for role, content in self._messages(messages):
-            ids += tokenizer.encode(f"{role.capitalize()}: {content}\n")
-            if role == "assistant" and tokenizer.eos_id is not None:
-                ids.append(tokenizer.eos_id)
-        if add_generation_prompt:
-            ids += tokenizer.encode("Assistant:")
-        return ids
+        return self.encode_with_assistant_mask(tokenizer, messages, add_generation_prompt)[0]
+
+    def encode_with_assistant_mask(
+        self, tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[bool]]:
+        """Conversation -> (ids, mask): mask[i] is True where id i is assistant output (content and end marker),
+        the tokens a supervised loss trains on. Each piece is encoded on its own; the ids equal `encode(...)`
+        wherever the tokenizer does not merge across a chat marker or the start of a message's content."""
+        self.check_tokenizer(tokenizer)
+        ids: list[int] = [tokenizer.bos_id] if self.base == "plain" and tokenizer.bos_id is not None else []
+        mask: list[bool] = [False] * len(ids)
+        for piece, mine in self._segments(messages, add_generation_prompt):
+            piece_ids = self._encode_piece(tokenizer, piece)
+            ids += piece_ids
+            mask += [mine] * len(piece_ids)
+        return ids, mask
+
+    def user_turn_wrapper(self, tokenizer: Tokenizer, system: str | None = None) -> tuple[list[int], list[int]]:
+        """(prefix ids, suffix ids) around the content of one user message: an optional system message (else
+        the format's default one), the user header, then after the content the end marker and the generation
+        prompt. `prefix + encode(content) + suffix` is the prompt of a one-message conversation."""
+        self.check_tokenizer(tokenizer)
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": _CONTENT}
+        ]
+        prefix: list[int] = [tokenizer.bos_id] if self.base == "plain" and tokenizer.bos_id is not None else []
+        suffix: list[int] = []
+        current = prefix
+        for piece, _ in self._segments(messages, add_generation_prompt=True):
+            if isinstance(piece, str) and _CONTENT in piece:
+                before, after = piece.split(_CONTENT)
+                prefix += tokenizer.encode(before) if before else []
+                current = suffix
+                suffix += tokenizer.encode(after) if after else []
+            else:
+                current += self._encode_piece(tokenizer, piece)
+        return prefix, suffix
+
+    def encode_user_turn(
+        self, tokenizer: Tokenizer, pieces: Sequence[str | Sequence[int]], system: str | None = None
+    ) -> list[int]:
+        """One user message plus the generation prompt, built in token space: the message content is the
+        concatenation of `pieces`, each a text (encoded on its own) or a list of ids (spliced in as they
+        are, never decoded and re-encoded). See `user_turn_wrapper` for what surrounds the content.
+
+        This is how the memory agent splices document chunks and memories into its prompt so that a chunk
+        of `chunk_size` tokens stays exactly that. Equal to `encode` of the rendered text wherever the
+        tokenizer does not merge across a piece boundary. llama3's strip of the content is not applied.
+        """
+        prefix, suffix = self.user_turn_wrapper(tokenizer, system)
+        ids = list(prefix)
+        for part in pieces:
+            ids += tokenizer.encode(part) if isinstance(part, str) else [int(i) for i in part]
+        return ids + suffix
 
     def stop_tokens(self, tokenizer: Tokenizer) -> tuple[int, ...]:
         """Ids that end an assistant turn: the end-of-turn marker, then the tokenizer's EOS (deduplicated)."""

@@ -21,6 +21,9 @@ from ml_collections import config_flags
 from memtrain_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config, e.g. configs/data.py:cpu.", lock_config=True)
+_SCAN_DOCUMENTS = flags.DEFINE_integer(
+    "scan_documents", 64, "Build this many documents and count leaks and skipped ones (0 = do not scan)."
+)
 _WRITE_DOCUMENTS = flags.DEFINE_bool(
     "write_documents", False, "Also write pre-built ArrayRecord documents (implied by loader.documents=array_record)."
 )
@@ -44,6 +47,14 @@ def main(argv: list[str]) -> None:
     prepared = pipeline.prepare_data(data, pool=pool, build=True, log=_log)
     for key, value in prepared.stats.items():
         _log(f"[prepare]   {key}: {value}")
+    leaking, total = pipeline.pivot_entity_leaks(prepared, data.document.mask_token)
+    _log(
+        f"[prepare]   pivot/entity pairs whose entity leaks through word-boundary masking: {leaking}/{total} "
+        f"({100 * leaking / max(total, 1):.1f}%); document.skip_leaking_entities={data.document.skip_leaking_entities}"
+    )
+    if _SCAN_DOCUMENTS.value:
+        stats = pipeline.document_statistics(data, prepared, tokenizer, _SCAN_DOCUMENTS.value)
+        _log(f"[prepare]   first {stats['documents']} documents: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     if _WRITE_DOCUMENTS.value or data.loader.documents == "array_record":
         paths = pipeline.write_documents(data, prepared, tokenizer, log=_log)
         _log(

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from memtrain_jax.data import pipeline
 from memtrain_jax.data.chunking import chunk_document
+from memtrain_jax.data.documents import entity_leaks
 from memtrain_jax.data.probes import make_probe, probe_rng
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config, e.g. configs/data.py:cpu.", lock_config=True)
@@ -52,6 +53,8 @@ def main(argv: list[str]) -> None:
     print(f"=== episode {episode_id} (slot {slot}, epoch {_EPOCH.value}, seed {data.seed}) ===")
     print(f"pivot: {doc.pivot_id!r} (pool index {doc.pivot_index})")
     print(f"gold answer: {doc.gold!r}   mask token: {data.document.mask_token!r} x {doc.mask_count}")
+    leaks = entity_leaks(doc.text, doc.gold)
+    print(f"gold still readable in the masked text (leak, e.g. inside a longer word): {leaks}")
     print(
         f"paragraphs: {len(doc.paragraph_ids)} (similar {len(similar)}), estimated tokens {doc.estimated_tokens}, "
         f"in range: {doc.in_token_range}"
@@ -62,9 +65,12 @@ def main(argv: list[str]) -> None:
     print(_cut(doc.text))
 
     chunks = chunk_document(doc.text, tokenizer, data.chunking.chunk_size, data.chunking.max_chunks)
+    kept = sum(text.count(data.document.mask_token) for text in chunks.texts)
     print(
         f"\n=== {chunks.num_chunks} chunks of <= {data.chunking.chunk_size} tokens "
-        f"({chunks.num_tokens} tokens, {chunks.num_dropped} dropped from the middle) ==="
+        f"({chunks.num_tokens} tokens, {chunks.num_dropped} dropped from the middle; {kept} masks kept"
+        + (": SKIPPED by the pipeline, nothing to reconstruct" if kept == 0 else "")
+        + ") ==="
     )
     for i, (ids, text) in enumerate(zip(chunks.tokens, chunks.texts, strict=True)):
         print(f"\n--- chunk {i}: {len(ids)} tokens, {text.count(data.document.mask_token)} masks ---")

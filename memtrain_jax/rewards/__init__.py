@@ -1,0 +1,26 @@
+"""Answer extraction and scoring (stable public API, documented in the README).
+
+  extract_boxed(text) -> str | None          content of the last \\boxed{...}
+  exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
+  qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
+"""
+
+from memtrain_jax.rewards.answers import (
+    EXTRACTORS,
+    exact_match,
+    extract_answer,
+    extract_boxed,
+    normalize_squad,
+    normalize_strict,
+    qa_scores,
+)
+
+__all__ = [
+    "EXTRACTORS",
+    "exact_match",
+    "extract_answer",
+    "extract_boxed",
+    "normalize_squad",
+    "normalize_strict",
+    "qa_scores",
+]
