@@ -84,6 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.mode = "paper"  # paper: chunk l < k | code: l in 1..k
     c.probes.target_token = "[TARGET]"
+    # Entities of a probed chunk: "" = entities.extractor ("links" needs link spans, which chunks lack: use rules).
+    c.probes.extractor = ""
 
     # Tokenizer used for chunking (memtrain_jax.data.pipeline.load_tokenizer).
     c.tokenizer = ml_collections.ConfigDict()

@@ -13,6 +13,11 @@ Modes (`mode`):
 Candidate chunks are tried in an rng-drawn order until one has a valid entity; `make_probe`
 returns None when none has (no probe for that trajectory). Randomness comes from `probe_rng`
 (global seed, episode id, step), so a probe is reproducible from the episode alone.
+
+`draw_probe` is the agent's entry point: one probe per trajectory (the `sample`-th of its episode's
+group), at a step k drawn uniformly from 1..num_chunks (every memory but the initial one; steps
+without a usable probe are tried in a drawn order), all from `trajectory_probe_rng(seed,
+episode_id, sample)`, so a resumed run draws the same probes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,13 @@ def probe_rng(seed: int, episode_id: int, step: int) -> np.random.Generator:
     """The generator of the probe at `step` of episode `episode_id` under global `seed`."""
     return np.random.default_rng(
         np.random.SeedSequence([int(seed), int(episode_id), int(step)], spawn_key=(_PROBE_STREAM,))
+    )
+
+
+def trajectory_probe_rng(seed: int, episode_id: int, sample: int) -> np.random.Generator:
+    """The generator of the probe of trajectory `sample` (0..G1-1) of episode `episode_id`."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), int(episode_id), int(sample)], spawn_key=(_PROBE_STREAM, 1))
     )
 
 
@@ -110,4 +122,36 @@ def make_probe(
         if count == 0:
             continue  # the extractor reported an entity the chunk does not hold verbatim
         return Probe(step=step_k, chunk_index=index, masked_chunk=masked, gold=gold, mask_count=count)
+    return None
+
+
+def draw_probe(
+    chunks_text: Sequence[str],
+    seed: int,
+    episode_id: int,
+    sample: int,
+    *,
+    extractor: Any,
+    mode: str = "paper",
+    target_token: str = TARGET_TOKEN,
+    max_occurrences: int = 5,
+    max_words: int = 8,
+) -> Probe | None:
+    """The recall probe of one trajectory (module docstring), or None when no step has a usable probe."""
+    rng = trajectory_probe_rng(seed, episode_id, sample)
+    for step_k in (rng.permutation(len(chunks_text)) + 1).tolist():
+        if not candidate_chunks(step_k, len(chunks_text), mode):
+            continue
+        probe = make_probe(
+            chunks_text,
+            step_k,
+            rng,
+            extractor=extractor,
+            mode=mode,
+            target_token=target_token,
+            max_occurrences=max_occurrences,
+            max_words=max_words,
+        )
+        if probe is not None:
+            return probe
     return None

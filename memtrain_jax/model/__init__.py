@@ -1,6 +1,7 @@
 """Decoder-only transformer: config, parameters, forward pass and KV cache."""
 
 from memtrain_jax.model.config import ModelConfig
+from memtrain_jax.model.logprobs import token_logprobs, token_logprobs_and_entropy
 from memtrain_jax.model.transformer import (
     KVCache,
     Transformer,
@@ -10,6 +11,7 @@ from memtrain_jax.model.transformer import (
     cache_shardings,
     default_positions,
     forward,
+    head_matrix,
     init_cache,
     init_params,
     param_logical_specs,
@@ -29,11 +31,14 @@ __all__ = [
     "cache_shardings",
     "default_positions",
     "forward",
+    "head_matrix",
     "init_cache",
     "init_params",
     "param_logical_specs",
     "param_shardings",
     "param_shapes",
     "stack_layers",
+    "token_logprobs",
+    "token_logprobs_and_entropy",
     "unstack_layers",
 ]

@@ -221,12 +221,22 @@ class Transformer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions, attention_mask, cache: KVCache | None = None, last_only: bool = False):
+    def __call__(
+        self,
+        tokens,
+        positions,
+        attention_mask,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        return_hidden: bool = False,
+    ):
         """positions: [B, T] rotary positions; attention_mask: [B, T] bool, False on left padding.
 
         With a cache, the new tokens also attend to its valid slots and the returned cache holds them
         at slots index..index+T-1. `last_only` computes logits for the last position only ([B, 1, V]):
-        a prefill needs no more, and the head is the largest matmul of a small model.
+        a prefill needs no more, and the head is the largest matmul of a small model. `return_hidden`
+        returns the final-normed hidden states [B, T, H] instead of logits, for callers that apply the
+        head in pieces (memtrain_jax.model.logprobs never holds [B, T, V] logits).
         """
         c = self.config
         embedding = self.param(
@@ -272,6 +282,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
+        if return_hidden:
+            return x, None
         if c.tie_embeddings:
             head = embedding.T
         else:
@@ -309,6 +321,11 @@ def _dummy_inputs(config: ModelConfig):
 
 def _boxed_init(config: ModelConfig, rng: jax.Array):
     return Transformer(config).init(rng, *_dummy_inputs(config))["params"]
+
+
+def head_matrix(config: ModelConfig, params: Params) -> jax.Array:
+    """The output projection [H, V]: the transposed embedding when tied, else `lm_head/kernel`."""
+    return params["embedder"]["embedding"].T if config.tie_embeddings else params["lm_head"]["kernel"]
 
 
 def param_logical_specs(config: ModelConfig) -> Params:
@@ -368,14 +385,18 @@ def apply_model(
     attention_mask: jax.Array | None = None,
     cache: KVCache | None = None,
     last_only: bool = False,
+    return_hidden: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Runs the model (traceable; call inside jit). Returns (logits [B, T, V] float32, new cache or None).
 
     tokens: [B, T] int32. attention_mask: [B, T] bool, False on left padding. positions: [B, T]
     rotary positions; by default derived from the mask (and, with a cache, from the real tokens
     already in it). With a cache, the tokens are written at slots index..index+T-1.
-    `last_only`: logits of the last position only, [B, 1, V].
+    `last_only`: logits of the last position only, [B, 1, V]. `return_hidden` (no cache): the final-normed
+    hidden states [B, T, H] in place of the logits.
     """
+    if return_hidden and cache is not None:
+        raise ValueError("return_hidden is for full-sequence passes; it cannot be combined with a KV cache.")
     if cache is not None and tokens.shape[1] > cache_length(cache):
         raise ValueError(f"{tokens.shape[1]} new tokens do not fit a KV cache of {cache_length(cache)} slots.")
     if attention_mask is None:
@@ -386,7 +407,9 @@ def apply_model(
         if cache is not None:  # continue after the real tokens already cached in each row
             positions = positions + jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
     module_params = _to_module_tree(params)
-    return Transformer(config).apply({"params": module_params}, tokens, positions, attention_mask, cache, last_only)
+    return Transformer(config).apply(
+        {"params": module_params}, tokens, positions, attention_mask, cache, last_only, return_hidden
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,8 +1,8 @@
 """Answer extraction and scoring (stable public API, documented in the README).
 
-  extract_boxed(text) -> str | None          content of the last \\boxed{...}
-  exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
-  qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
+extract_boxed(text) -> str | None          content of the last \\boxed{...}
+exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
+qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
 """
 
 from memtrain_jax.rewards.answers import (

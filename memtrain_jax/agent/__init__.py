@@ -1,0 +1,40 @@
+"""The memory agent: prompts in token space, batched multi-turn rollouts, recall probes and GRPO credit."""
+
+from memtrain_jax.agent.config import AgentConfig
+from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences, assign_credit, trajectory_rewards
+from memtrain_jax.agent.policy import CallStats, Policy, SamplerPolicy
+from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig, Template, TemplateError, load_template
+from memtrain_jax.agent.rollout import (
+    Episode,
+    Reply,
+    RolloutBatch,
+    Trajectory,
+    call_seed,
+    episodes_from_batch,
+    rollout,
+)
+from memtrain_jax.agent.scripted import ScriptedPolicy
+
+__all__ = [
+    "KIND_IDS",
+    "AgentConfig",
+    "CallStats",
+    "Episode",
+    "Policy",
+    "PromptBuilder",
+    "PromptConfig",
+    "Reply",
+    "RolloutBatch",
+    "SamplerPolicy",
+    "ScriptedPolicy",
+    "Template",
+    "TemplateError",
+    "TrainingSequences",
+    "Trajectory",
+    "assign_credit",
+    "call_seed",
+    "episodes_from_batch",
+    "load_template",
+    "rollout",
+    "trajectory_rewards",
+]

@@ -1,0 +1,86 @@
+"""What the agent asks of a policy: one batched generation call per turn."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from memtrain_jax.sampler import SampleOutput, Sampler
+
+
+class Policy(Protocol):
+    """Generates one reply per prompt, in one call for the whole batch.
+
+    prompts: token-id lists; max_new_tokens: one budget per prompt (0 = the row only rides along);
+    kind: "memory" / "answer" / "recall" (for accounting); seed: this call's randomness.
+    Returns a SampleOutput of NumPy arrays [n, width]: the reply ids (a final stop token included),
+    their log-probs under the policy, lengths and whether each row ended on a stop token.
+    """
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
+    ) -> SampleOutput: ...
+
+
+@dataclasses.dataclass
+class CallStats:
+    """Per kind of call: calls, rows, prompt tokens, generated tokens, seconds."""
+
+    calls: int = 0
+    rows: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+
+class SamplerPolicy:
+    """The real policy: a Sampler, the current parameters and the rollout's sampling settings.
+
+    `params` is replaced after every optimiser step; the sampler's compiled programs are reused.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        params: Any,
+        stop_tokens: Sequence[int],
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ):
+        self.sampler, self.params, self.stop_tokens = sampler, params, tuple(stop_tokens)
+        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.stats: dict[str, CallStats] = {}
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
+    ) -> SampleOutput:
+        start = time.perf_counter()
+        out = self.sampler(
+            self.params,
+            prompts,
+            max_new_tokens=list(max_new_tokens),
+            temperature=self.temperature,
+            top_k=self.top_k or None,
+            top_p=self.top_p if self.top_p < 1.0 else None,
+            stop_tokens=self.stop_tokens,
+            seed=seed,
+        )
+        stats = self.stats.setdefault(kind, CallStats())
+        stats.calls += 1
+        budgets = np.asarray(max_new_tokens)
+        stats.rows += int((budgets > 0).sum())
+        stats.prompt_tokens += sum(len(p) for p, b in zip(prompts, budgets, strict=True) if b > 0)
+        stats.generated_tokens += int(np.asarray(out.lengths).sum())
+        stats.seconds += time.perf_counter() - start
+        return out
+
+    def reset_stats(self) -> dict[str, CallStats]:
+        """The stats since the last reset (and starts new ones)."""
+        stats, self.stats = self.stats, {}
+        return stats

@@ -1,0 +1,101 @@
+"""Teacher-forced log-probabilities (and entropies) of given tokens, without [B, T, V] logits.
+
+The trainer scores every training sequence under the current policy and the reference policy.
+With Qwen's 152k vocabulary, float32 logits of 8k positions are 5 GB per row, so the head and the
+log-softmax run over blocks of `chunk_size` positions inside a scan, and each block is
+rematerialised in the backward pass: memory holds one [B, chunk_size, V] block at a time.
+
+Shapes: B batch, T sequence, H hidden, V vocab, C positions per block.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from memtrain_jax.model.config import ModelConfig
+from memtrain_jax.model.transformer import Params, apply_model, default_positions, head_matrix
+
+DEFAULT_CHUNK_SIZE = 256
+
+
+def _block_scores(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """hidden [B, C, H], head [H, V], targets [B, C] -> (log p(target) [B, C], entropy [B, C]), float32."""
+    logits = jnp.einsum("bch,hv->bcv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    probs = jnp.exp(logits - lse[..., None])
+    entropy = lse - jnp.sum(probs * logits, axis=-1)
+    return target - lse, entropy
+
+
+def token_logprobs_and_entropy(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[jax.Array, jax.Array]:
+    """(log p(tokens[:, j+1] | tokens[:, :j+1]), entropy of that distribution), both [B, T-1] float32.
+
+    Traceable (call inside jit; differentiable). tokens: [B, T] int32; attention_mask: [B, T] bool, False
+    on left padding. Position j is 0 in both outputs unless tokens j and j+1 are both real.
+    """
+    b, t = tokens.shape
+    if t < 2:
+        raise ValueError(f"token_logprobs needs sequences of at least 2 tokens, got shape {tokens.shape}.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), bool)
+    attention_mask = attention_mask.astype(bool)
+    hidden, _ = apply_model(
+        config, params, tokens, default_positions(attention_mask), attention_mask, return_hidden=True
+    )
+    hidden, targets = hidden[:, :-1], tokens[:, 1:]
+    valid = attention_mask[:, :-1] & attention_mask[:, 1:]
+    n = t - 1
+    chunk = min(chunk_size, n)
+    blocks = -(-n // chunk)
+    pad = blocks * chunk - n
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    # [blocks, B, C, ...]: scan over position blocks; each block's logits are recomputed for the gradient.
+    hidden = hidden.reshape(b, blocks, chunk, -1).swapaxes(0, 1)
+    targets = targets.reshape(b, blocks, chunk).swapaxes(0, 1)
+    head = head_matrix(config, params)
+    score = jax.checkpoint(functools.partial(_block_scores, head=head))
+    logp, entropy = jax.lax.map(lambda xs: score(xs[0], targets=xs[1]), (hidden, targets))
+    logp = logp.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
+    entropy = entropy.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
+    return jnp.where(valid, logp, 0.0), jnp.where(valid, entropy, 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _token_logprobs_jit(config, params, tokens, attention_mask, chunk_size):
+    return token_logprobs_and_entropy(config, params, tokens, attention_mask, chunk_size=chunk_size)[0]
+
+
+def token_logprobs(
+    model_config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+    """Log-probability of each token given the ones before it: [batch, seq-1] float32 (jitted).
+
+    tokens: [batch, seq] int32; attention_mask: [batch, seq] bool, False on left padding (default: all
+    real). Entry j scores tokens[:, j+1]; it is 0 where token j or j+1 is padding. Equal to
+    `log_softmax(forward(...))` at the target ids, computed `chunk_size` positions at a time.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    return _token_logprobs_jit(model_config, params, tokens, jnp.asarray(attention_mask, bool), chunk_size)

@@ -1,0 +1,100 @@
+"""token_logprobs: equal to the log-softmax of the full forward, its gradient, and the sampler's log-probs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import memtrain_jax
+from memtrain_jax.model import ModelConfig, forward, init_params, token_logprobs_and_entropy
+from memtrain_jax.sampler import Sampler
+from memtrain_jax.sharding import make_mesh
+
+CONFIG = ModelConfig(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_position_embeddings=128,
+)
+
+
+@pytest.fixture(scope="module")
+def params():
+    # Larger embeddings than init: peaked distributions make the comparison meaningful.
+    p = init_params(CONFIG, jax.random.key(3))
+    p["embedder"]["embedding"] = p["embedder"]["embedding"] * 3.0
+    return p
+
+
+def _reference(params, tokens, mask):
+    """log_softmax(forward) at the next token, and the entropy, in float64 NumPy; 0 where either token is padding."""
+    logits = np.asarray(forward(CONFIG, params, tokens, attention_mask=mask), np.float64)[:, :-1]
+    logits = logits - logits.max(-1, keepdims=True)
+    logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    target = np.take_along_axis(logp_all, np.asarray(tokens)[:, 1:, None], -1)[..., 0]
+    entropy = -(np.exp(logp_all) * logp_all).sum(-1)
+    valid = mask[:, :-1] & mask[:, 1:]
+    return np.where(valid, target, 0.0), np.where(valid, entropy, 0.0)
+
+
+def _left_padded(rng, lengths, width):
+    tokens = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros((len(lengths), width), bool)
+    for i, n in enumerate(lengths):
+        tokens[i, width - n :] = rng.integers(1, CONFIG.vocab_size, n)
+        mask[i, width - n :] = True
+    return tokens, mask
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 64])
+def test_equals_log_softmax_of_forward(params, chunk_size):
+    tokens, mask = _left_padded(np.random.default_rng(0), [19, 12, 2], 19)
+    logp, entropy = jax.jit(token_logprobs_and_entropy, static_argnums=0, static_argnames="chunk_size")(
+        CONFIG, params, tokens, mask, chunk_size=chunk_size
+    )
+    ref_logp, ref_entropy = _reference(params, tokens, mask)
+    assert np.abs(ref_logp).max() > 1.0
+    np.testing.assert_allclose(np.asarray(logp), ref_logp, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(entropy), ref_entropy, rtol=0, atol=1e-5)
+    public = memtrain_jax.token_logprobs(CONFIG, params, tokens, mask)
+    assert public.shape == (3, 18) and public.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(public), ref_logp, rtol=0, atol=1e-5)
+
+
+def test_gradient_equals_gradient_through_full_logits(params):
+    tokens, mask = _left_padded(np.random.default_rng(1), [16, 9], 16)
+    weights = jnp.asarray(np.random.default_rng(2).standard_normal((2, 15)), jnp.float32)
+
+    def chunked(p):
+        return jnp.sum(token_logprobs_and_entropy(CONFIG, p, tokens, mask, chunk_size=4)[0] * weights)
+
+    def full(p):
+        from memtrain_jax.model.transformer import apply_model, default_positions
+
+        logits, _ = apply_model(CONFIG, p, tokens, default_positions(jnp.asarray(mask)), jnp.asarray(mask))
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), tokens[:, 1:, None], -1)[..., 0]
+        return jnp.sum(jnp.where(mask[:, :-1] & mask[:, 1:], logp, 0.0) * weights)
+
+    ours, ref = jax.grad(chunked)(params), jax.grad(full)(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5), ours, ref)
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_sampler_logprobs_equal_teacher_forcing(params, mesh_shape):
+    """Sampled at temperature 1, the sampler's log-probs are the policy's: token_logprobs of prompt + completion."""
+    mesh = make_mesh(mesh_shape) if mesh_shape else None
+    sampler = Sampler(CONFIG, mesh)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(1, CONFIG.vocab_size, n).tolist() for n in (5, 11, 3)]
+    out = sampler(params, prompts, max_new_tokens=[9, 6, 12], temperature=1.0, seed=7)
+    for i, prompt in enumerate(prompts):
+        n = int(out.lengths[i])
+        seq = np.asarray([prompt + out.tokens[i, :n].tolist()], np.int32)
+        logp = np.asarray(memtrain_jax.token_logprobs(CONFIG, params, seq))[0, len(prompt) - 1 :]
+        np.testing.assert_allclose(out.logprobs[i, :n], logp, rtol=0, atol=1e-5)
