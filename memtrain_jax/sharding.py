@@ -126,3 +126,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_tree(tree: Any, shardings: Any) -> Any:
     """Places every leaf of `tree` on the device layout given by the matching sharding."""
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def batch_axes(mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the logical `batch` axis maps to under `rules` (e.g. ("data", "fsdp"))."""
+    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
+    if spec is None:
+        return ()
+    return tuple(spec) if isinstance(spec, tuple) else (spec,)
+
+
+def batch_axis_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many shards the batch is split into: a batch must be a multiple of this."""
+    return int(np.prod([mesh.shape[a] for a in batch_axes(mesh, rules)]))

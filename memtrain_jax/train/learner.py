@@ -1,0 +1,368 @@
+"""The update: jitted, mesh-sharded gradient accumulation and Optax steps, and teacher-forced scoring.
+
+Three programs, each `jax.jit` with explicit shardings from the config's logical-axis rules:
+
+  accumulate(params, grads, micro_batch) -> (grads + d loss_sum / d params, metric sums)
+      in:  params (rules), grads (= params' shardings, DONATED), micro-batch rows over the batch axes
+      out: grads (in place), metric sums (replicated)
+  apply(state, grads, count) -> (state', stats)
+      in:  state (params + optimizer state, rules; DONATED), grads, count (replicated)
+      out: state with params <- AdamW(grads / count)
+  score(params, tokens, attention_mask) -> log-probs [M, L-1]   (reference / recomputed old log-probs)
+
+Gradients of the loss *sum* are accumulated over micro-batches and divided by the total count c
+once per optimiser step, so any split into micro-batches gives the full-batch gradient (see
+memtrain_jax.rl.loss). One program per (micro-batch length bucket); `compile_count` counts traces.
+
+Objectives: "grpo" (the clipped surrogate + KL of rl.loss) and "sft" (cross-entropy on the masked
+tokens, the format warm-up), chosen per call; both go through the same accumulate/apply step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from memtrain_jax import sharding
+from memtrain_jax.model import ModelConfig, param_shardings, token_logprobs_and_entropy
+from memtrain_jax.rl.loss import LossConfig, aggregate, grpo_token_loss
+from memtrain_jax.train.batching import MicroBatch
+
+OBJECTIVES = ("grpo", "sft")
+
+
+def trainable_mask(config: ModelConfig, params: Any, trainable_layers: int = 0) -> Any:
+    """A tree of bools matching `params`: True for the parameters an update changes.
+
+    trainable_layers 0 trains everything (the paper). N > 0 trains only the last N decoder layers and
+    the final norm (embeddings and lower layers frozen): the backward pass then stops at layer L-N,
+    which makes updates of a 135M model affordable on a laptop CPU.
+    """
+    if trainable_layers == 0:
+        return jax.tree.map(lambda _: True, params)
+    if not 0 < trainable_layers <= config.num_layers:
+        raise ValueError(f"train.trainable_layers must be in [0, {config.num_layers}], got {trainable_layers}.")
+    if config.scan_layers:
+        raise ValueError("train.trainable_layers > 0 needs unrolled layers (scan_layers=False).")
+    first = config.num_layers - trainable_layers
+    trainable = {f"layers_{i}" for i in range(first, config.num_layers)} | {"final_norm"}
+    return {name: jax.tree.map(lambda _, t=name in trainable: t, sub) for name, sub in params.items()}
+
+
+def select(tree: Any, mask: Any) -> Any:
+    """The leaves of `tree` where `mask` is True (None elsewhere: an empty subtree)."""
+    return jax.tree.map(lambda m, x: x if m else None, mask, tree)
+
+
+def merge(mask: Any, selected: Any, full: Any) -> Any:
+    """`full` with the leaves where `mask` is True taken from `selected` (the inverse of `select`)."""
+    return jax.tree.map(lambda m, s, f: s if m else f, mask, selected, full, is_leaf=lambda x: x is None)
+
+
+METRIC_SUMS = ("loss", "tokens", "entropy", "kl", "clip", "ratio", "pg")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: optimiser steps taken; ref_params: the frozen KL reference (None without KL)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ref_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up to a constant lr and global-norm clipping (the paper's numbers by default).
+
+    With `format_steps` > 0 the first optimiser steps (the format warm-up of train/format.py) use the
+    constant `format_learning_rate`; the GRPO schedule (warm-up, then constant) starts after them.
+    """
+
+    learning_rate: float = 1e-6
+    warmup_steps: int = 20
+    format_learning_rate: float = 1e-4
+    format_steps: int = 0
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    @classmethod
+    def from_config(cls, section: Any) -> OptimConfig:
+        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"Unknown optim field(s) {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+    def schedule(self) -> optax.Schedule:
+        """Learning rate by optimiser step: format lr, then linear warm-up to the GRPO lr, then constant."""
+        warmup = max(self.warmup_steps, 0)
+        schedules = [
+            optax.linear_schedule(self.learning_rate / max(warmup, 1), self.learning_rate, warmup),
+            optax.constant_schedule(self.learning_rate),
+        ]
+        boundaries = [warmup]
+        if self.format_steps > 0:
+            schedules.insert(0, optax.constant_schedule(self.format_learning_rate))
+            boundaries = [self.format_steps, self.format_steps + warmup]
+        return optax.join_schedules(schedules, boundaries)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        schedule = self.schedule()
+        return optax.chain(
+            optax.clip_by_global_norm(self.clip_norm),
+            optax.adamw(schedule, b1=self.b1, b2=self.b2, eps=self.eps, weight_decay=self.weight_decay),
+        )
+
+
+def loss_config_from(rl: ml_collections.ConfigDict) -> LossConfig:
+    return LossConfig(
+        clip_low=float(rl.clip_low),
+        clip_high=float(rl.clip_high),
+        dual_clip=float(rl.dual_clip),
+        kl_coef=float(rl.kl_coef),
+        kl_estimator=rl.kl_estimator,
+        aggregation=rl.loss_aggregation,
+    )
+
+
+def loss_sums(
+    params: Any,
+    batch: MicroBatch,
+    model_config: ModelConfig,
+    loss_config: LossConfig,
+    objective: str,
+    chunk_size: int,
+    use_ref: bool,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(sum_i w_i sum_t m_it l_it, metric sums) of one micro-batch; see memtrain_jax.rl.loss."""
+    logp, entropy = token_logprobs_and_entropy(
+        model_config, params, batch.tokens, batch.attention_mask, chunk_size=chunk_size
+    )
+    mask = batch.loss_mask
+    if objective == "sft":
+        per_token = -logp
+        diag = {"ratio": jnp.ones_like(logp), "clipped": jnp.zeros_like(logp), "kl": jnp.zeros_like(logp), "pg": -logp}
+    else:
+        per_token, diag = grpo_token_loss(
+            logp, batch.old_logp, batch.ref_logp if use_ref else None, batch.advantages, loss_config
+        )
+    total = aggregate(per_token, mask, batch.weights)
+    sums = {
+        "loss": total,
+        "tokens": jnp.sum(mask),
+        "entropy": jnp.sum(entropy * mask),
+        "kl": jnp.sum(diag["kl"] * mask),
+        "clip": jnp.sum(diag["clipped"] * mask),
+        "ratio": jnp.sum(diag["ratio"] * mask),
+        "pg": jnp.sum(diag["pg"] * mask),
+        "ratio_max": jnp.max(jnp.where(mask > 0, diag["ratio"], 0.0)),
+        "count": jnp.sum(batch.counts),
+    }
+    return total, sums
+
+
+class Learner:
+    """Owns the mesh placement and the compiled update programs of one model (no global caches)."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        mesh: Mesh,
+        rules: tuple,
+        optim: OptimConfig,
+        loss_config: LossConfig,
+        *,
+        chunk_size: int = 256,
+        trainable_layers: int = 0,
+    ):
+        self.model_config, self.mesh, self.rules = model_config, mesh, tuple(rules)
+        self.loss_config, self.chunk_size = loss_config, chunk_size
+        self.use_ref = loss_config.kl_coef > 0
+        self.optimizer = optim.optimizer()
+        self.compile_count = 0
+        self.param_shardings = param_shardings(model_config, mesh, self.rules)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.replicated = replicated
+        rows = sharding.batch_axes(mesh, self.rules) or None
+        self._row = lambda *rest: NamedSharding(mesh, PartitionSpec(rows, *rest))
+        self.batch_multiple = sharding.batch_axis_size(mesh, self.rules)
+        from memtrain_jax.model import param_shapes
+
+        shapes = param_shapes(model_config)
+        self.mask = trainable_mask(model_config, shapes, trainable_layers)
+        self.grad_shardings = select(self.param_shardings, self.mask)
+        opt_shapes = jax.eval_shape(self.optimizer.init, select(shapes, self.mask))
+        self.opt_shardings = optax.tree_map_params(
+            self.optimizer,
+            lambda _, s: s,
+            opt_shapes,
+            self.grad_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        self.state_shardings = TrainState(
+            replicated, self.param_shardings, self.opt_shardings, self.param_shardings if self.use_ref else None
+        )
+        mb = MicroBatch(
+            self._row(None),
+            self._row(None),
+            self._row(None),
+            self._row(None),
+            self._row(None),
+            self._row(),
+            self._row(),
+            self._row(),
+        )
+        self.batch_shardings = mb
+        self._accumulate = {
+            objective: jax.jit(
+                functools.partial(self._accumulate_fn, objective=objective),
+                in_shardings=(self.param_shardings, self.grad_shardings, mb),
+                out_shardings=(self.grad_shardings, replicated),
+                donate_argnums=1,
+            )
+            for objective in OBJECTIVES
+        }
+        self._apply = jax.jit(
+            self._apply_fn,
+            in_shardings=(self.state_shardings, self.grad_shardings, replicated),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+        self._score = jax.jit(
+            self._score_fn,
+            in_shardings=(self.param_shardings, self._row(None), self._row(None)),
+            out_shardings=self._row(None),
+        )
+        self._zeros = jax.jit(
+            lambda params: jax.tree.map(jnp.zeros_like, select(params, self.mask)),
+            in_shardings=(self.param_shardings,),
+            out_shardings=self.grad_shardings,
+        )
+
+    # --- traced bodies (compile_count += 1 runs only while tracing) --------------------------------
+
+    def _accumulate_fn(self, params, grads, batch: MicroBatch, objective: str):
+        self.compile_count += 1
+
+        # Differentiating only the trainable leaves lets XLA drop the backward pass below them.
+        def loss(trainable):
+            merged = merge(self.mask, trainable, params)
+            return loss_sums(
+                merged, batch, self.model_config, self.loss_config, objective, self.chunk_size, self.use_ref
+            )
+
+        new, sums = jax.grad(loss, has_aux=True)(select(params, self.mask))
+        return jax.tree.map(jnp.add, grads, new), sums
+
+    def _apply_fn(self, state: TrainState, grads, count):
+        self.compile_count += 1
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1e-9), grads)
+        trainable = select(state.params, self.mask)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
+        params = merge(self.mask, optax.apply_updates(trainable, updates), state.params)
+        stats = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), stats
+
+    def _score_fn(self, params, tokens, attention_mask):
+        self.compile_count += 1
+        return token_logprobs_and_entropy(
+            self.model_config, params, tokens, attention_mask, chunk_size=self.chunk_size
+        )[0]
+
+    # --- host API -------------------------------------------------------------------------------
+
+    def init_state(self, params: Any, *, with_ref: bool | None = None) -> TrainState:
+        """A fresh state: step 0, AdamW state created sharded, the reference a copy of `params` when KL is on."""
+        with_ref = self.use_ref if with_ref is None else with_ref
+        # A copy: the state is donated to every update, the caller's arrays must survive it.
+        copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)
+        params = copy(params)
+        opt_state = jax.jit(lambda p: self.optimizer.init(select(p, self.mask)), out_shardings=self.opt_shardings)(
+            params
+        )
+        ref = copy(params) if with_ref else None
+        return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params, opt_state, ref)
+
+    def set_reference(self, state: TrainState) -> TrainState:
+        """The current parameters become the KL reference (e.g. after the format warm-up)."""
+        if not self.use_ref:
+            return state
+        return state.replace(ref_params=jax.tree.map(jnp.copy, state.params))
+
+    def _place(self, batch: MicroBatch) -> MicroBatch:
+        return jax.device_put(batch, self.batch_shardings)
+
+    def score(self, params: Any, batch: MicroBatch) -> jax.Array:
+        """log p(tokens[:, j+1] | ...) [M, L-1] under `params` (for reference and recomputed old log-probs)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._score(params, batch.tokens, batch.attention_mask)
+
+    def _accumulated(self, state: TrainState, micro_batches: list[MicroBatch], objective: str):
+        """(summed gradients, summed metrics) over the micro-batches; call under the mesh and rules."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
+        if not micro_batches:
+            raise ValueError("an update needs at least one micro-batch.")
+        grads = self._zeros(state.params)
+        totals: dict[str, float] = {}
+        for mb in micro_batches:
+            if mb.tokens.shape[0] % self.batch_multiple:
+                raise ValueError(
+                    f"Micro-batch of {mb.tokens.shape[0]} rows does not split over the batch axes "
+                    f"({self.batch_multiple} shards); use a multiple for train.micro_batch_size."
+                )
+            mb = self._place(mb)
+            if objective == "grpo" and self.use_ref:
+                mb = mb.replace(ref_logp=self._score(state.ref_params, mb.tokens, mb.attention_mask))
+            grads, sums = self._accumulate[objective](state.params, grads, mb)
+            for key, value in jax.device_get(sums).items():
+                value = float(value)
+                totals[key] = max(totals.get(key, 0.0), value) if key == "ratio_max" else totals.get(key, 0.0) + value
+        return grads, totals
+
+    def gradients(
+        self, state: TrainState, micro_batches: list[MicroBatch], objective: str = "grpo"
+    ) -> tuple[Any, float]:
+        """(d loss / d params, loss) of the whole batch: summed over micro-batches, divided by the total count."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            grads, totals = self._accumulated(state, micro_batches, objective)
+        count = max(totals["count"], 1e-9)
+        return jax.tree.map(lambda g: g / count, grads), totals["loss"] / count
+
+    def update(
+        self, state: TrainState, micro_batches: list[MicroBatch], objective: str = "grpo"
+    ) -> tuple[TrainState, dict[str, float]]:
+        """One optimiser step over `micro_batches` (gradients accumulated, divided by the summed count)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            grads, totals = self._accumulated(state, micro_batches, objective)
+            count = totals["count"]
+            state, stats = self._apply(state, grads, jnp.float32(count))
+        tokens = max(totals["tokens"], 1.0)
+        metrics = {
+            "loss": totals["loss"] / max(count, 1e-9),
+            "entropy": totals["entropy"] / tokens,
+            "kl": totals["kl"] / tokens,
+            "clip_fraction": totals["clip"] / tokens,
+            "ratio_mean": totals["ratio"] / tokens,
+            "ratio_max": totals["ratio_max"],
+            "pg_loss": totals["pg"] / tokens,
+            "loss_tokens": totals["tokens"],
+            **{k: float(v) for k, v in jax.device_get(stats).items()},
+        }
+        return state, metrics

@@ -1,0 +1,93 @@
+"""Metrics out of a run: one JSON object per step in `metrics.jsonl`, TensorBoard event files, text samples.
+
+Only process 0 writes (every host computes the same global metrics). A resumed run appends to the
+same files; steps already written by a previous attempt past the restored checkpoint are dropped
+from `metrics.jsonl` first, so the file holds each step once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricWriter:
+    """JSONL + TensorBoard writer for a workdir (a no-op on processes other than 0)."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.active = jax.process_index() == 0
+        self.workdir = workdir
+        self.tb = None
+        if not self.active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        for name in (METRICS_FILE, EVAL_FILE, SAMPLES_FILE):
+            self._truncate_after(os.path.join(workdir, name), resume_step)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step or None)
+
+    @staticmethod
+    def _truncate_after(path: str, step: int) -> None:
+        """Keeps the records of steps < `step` (a restarted run rewrites the later ones)."""
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) < step]
+        if len(kept) != len(lines):
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+
+    def _append(self, name: str, record: Mapping[str, Any]) -> None:
+        with open(os.path.join(self.workdir, name), "a", encoding="utf-8") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n")
+
+    def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "train") -> None:
+        """One step's scalars: JSONL (train: metrics.jsonl, eval: eval.jsonl) and TensorBoard under `prefix/`."""
+        if not self.active:
+            return
+        self._append(METRICS_FILE if prefix == "train" else EVAL_FILE, {"step": step, **metrics})
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        self.tb.flush()
+
+    def write_text(self, step: int, name: str, text: str) -> None:
+        """A text sample (e.g. the memories of one episode): samples.jsonl and TensorBoard's text tab."""
+        if not self.active:
+            return
+        self._append(SAMPLES_FILE, {"step": step, "name": name, "text": text})
+        self.tb.add_text(name, f"```\n{text}\n```", step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(workdir: str, name: str = METRICS_FILE) -> list[dict[str, Any]]:
+    """The records of a metrics file, in step order."""
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return sorted(records, key=lambda r: r.get("step", 0))

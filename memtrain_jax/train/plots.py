@@ -1,0 +1,71 @@
+"""Curves of a run as a PNG: rewards and accuracies (rollouts and held-out), loss, KL and entropy."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from memtrain_jax.train.metrics import EVAL_FILE, METRICS_FILE, read_metrics
+
+
+def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*points, strict=True)
+    return np.asarray(steps), np.asarray(values, np.float64)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or values.size < window:
+        return values
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
+    """Writes the curves of `workdir` to a PNG and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in read_metrics(workdir, METRICS_FILE) if r.get("phase") == "grpo"]
+    evaluation = read_metrics(workdir, EVAL_FILE)
+    if not train and not evaluation:
+        raise FileNotFoundError(f"No metrics in {workdir} ({METRICS_FILE}, {EVAL_FILE}); train first.")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for key, label in (
+        ("reward_e2e", "E2E reward (R_E)"),
+        ("acc_e2e", "E2E accuracy"),
+        ("acc_recall", "recall accuracy"),
+    ):
+        steps, values = _series(train, key)
+        if steps.size:
+            axes[0].plot(steps, _smooth(values, smooth), label=f"{label}, rollouts (avg {smooth})")
+    for key, label in (("acc_e2e", "E2E accuracy"), ("acc_recall", "recall accuracy")):
+        steps, values = _series(evaluation, key)
+        if steps.size:
+            axes[1].plot(steps, values, marker="o", label=f"{label}, held-out greedy")
+    steps, values = _series(evaluation, "missing_box_answer")
+    if steps.size:
+        axes[1].plot(steps, 1 - values, marker="s", linestyle="--", label="boxed answers, held-out")
+    for key in ("loss", "kl", "entropy"):
+        steps, values = _series(train, key)
+        if steps.size:
+            axes[2].plot(steps, _smooth(values, smooth), label=key)
+    titles = ("rollouts during training", "held-out evaluation", "update")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.suptitle(f"MemTrain run {os.path.basename(os.path.abspath(workdir))}")
+    fig.tight_layout()
+    out = out or os.path.join(workdir, "curves.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

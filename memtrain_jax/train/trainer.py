@@ -1,0 +1,374 @@
+"""MemTrain's training loop: rollouts -> rewards -> advantages -> update -> metrics -> checkpoint.
+
+    ---------------------------------------------------------------- set-up (before any compute)
+    AgentSetup.build(config)     mesh, policy + tokenizer, data in the policy's tokens, prompts, sampler;
+                                 every turn checked against the model's window
+    check_workdir                a workdir of another model or tokenizer is refused
+    Learner                      jitted accumulate / apply / score programs with the config's shardings
+    RunCheckpointer.restore      the latest readable checkpoint: state, data position, phase
+    ---------------------------------------------------------------- one step
+    format steps (train.format_steps)    answer/memory-format examples of the batch (train/format.py), cross-entropy
+    GRPO steps                           rollout (agent) -> credit (agent.credit) -> for each of
+                                         rl.updates_per_batch mini-batches: pack into length buckets ->
+                                         accumulate gradients -> one AdamW step
+    metrics                              metrics.jsonl, TensorBoard, console; sample memories every N steps
+    checkpoint                           every N steps (async), at the end, and on SIGTERM (preemption)
+    evaluation                           greedy, on held-out episodes, every N steps and before/after
+
+Determinism: rollout randomness comes from (seed, step, call), the data order from the Grain
+iterator (checkpointed), the initialisation from the seed; a resumed run continues the same stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit
+from memtrain_jax.agent.rollout import episodes_from_batch
+from memtrain_jax.data import pipeline
+from memtrain_jax.data.pipeline import tokenizer_fingerprint
+from memtrain_jax.rl.loss import aggregation_weights
+from memtrain_jax.train.batching import LengthBuckets, pack
+from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
+from memtrain_jax.train.format import format_examples
+from memtrain_jax.train.learner import Learner, OptimConfig, TrainState, loss_config_from
+from memtrain_jax.train.metrics import MetricWriter
+
+Log = Callable[[str], None]
+CONFIG_FILE = "config.json"
+EVAL_KEYS = ("acc_e2e", "reward_e2e", "acc_recall", "reward_recall", "missing_box_answer", "missing_box_recall")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train` config section (see configs/memtrain.py for what each field means)."""
+
+    steps: int = 300
+    format_steps: int = 0
+    micro_batch_size: int = 8
+    length_block: int = 256
+    logprob_chunk: int = 256
+    trainable_layers: int = 0
+    log_every: int = 1
+    sample_every: int = 10
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    eval_every: int = 50
+    eval_episodes: int = 16
+
+    @classmethod
+    def from_config(cls, section: Any) -> TrainConfig:
+        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"Unknown train field(s) {unknown}; known: {sorted(known)}.")
+        config = cls(**values)
+        for name in ("steps", "micro_batch_size", "length_block", "logprob_chunk", "log_every", "checkpoint_every"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
+        if not 0 <= config.format_steps <= config.steps:
+            raise ValueError(
+                f"train.format_steps must be in [0, train.steps={config.steps}], got {config.format_steps}."
+            )
+        return config
+
+
+def run_identity(setup: AgentSetup) -> dict[str, Any]:
+    """What a workdir trains: the model's shapes, the tokenizer and the seed (checked on every restart)."""
+    return {
+        "model_config": setup.policy.model_config.to_dict(),
+        "tokenizer": tokenizer_fingerprint(setup.tokenizer),
+        "seed": int(setup.config.seed),
+    }
+
+
+class Trainer:
+    """Builds a run from a config and a workdir; `train()` runs (or resumes) it to `train.steps`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log: Log = print):
+        self.config, self.workdir, self.log = config, workdir, log
+        self.train_config = TrainConfig.from_config(config.train)
+        self.optim = dataclasses.replace(
+            OptimConfig.from_config(config.optim), format_steps=self.train_config.format_steps
+        )
+        self.loss_config = loss_config_from(config.rl)
+        if int(config.rl.updates_per_batch) < 1:
+            raise ValueError(f"rl.updates_per_batch must be >= 1, got {config.rl.updates_per_batch}.")
+        os.makedirs(workdir, exist_ok=True)
+        self.setup = AgentSetup.build(config, log=log)
+        check_workdir(workdir, run_identity(self.setup))
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+        setup = self.setup
+        lengths = setup.agent.prompt_lengths(
+            {k: setup.builder.overhead(k) for k in ("memory", "final", "recall")},
+            len(setup.builder.problem_ids),
+            len(setup.builder.no_memory_ids),
+        )
+        block = self.train_config.length_block
+        self.buckets = LengthBuckets(block, -(-max(lengths.values()) // block) * block)
+        self.learner = Learner(
+            setup.policy.model_config,
+            setup.mesh,
+            setup.rules,
+            self.optim,
+            self.loss_config,
+            chunk_size=self.train_config.logprob_chunk,
+            trainable_layers=self.train_config.trainable_layers,
+        )
+        micro = self.train_config.micro_batch_size
+        if micro % self.learner.batch_multiple:
+            raise ValueError(
+                f"train.micro_batch_size={micro} must be a multiple of the batch shards "
+                f"({self.learner.batch_multiple}) of the mesh."
+            )
+        num_eval = min(self.train_config.eval_episodes, setup.prepared.num_pivots - 1)
+        self.train_slots = setup.prepared.num_pivots - num_eval
+        self.eval_slots = list(range(self.train_slots, setup.prepared.num_pivots))
+        self.eval_policy = SamplerPolicy(
+            setup.sampler, setup.policy.params, setup.chat.stop_tokens(setup.tokenizer), temperature=0.0
+        )
+        self.checkpointer = RunCheckpointer(
+            workdir, max_to_keep=self.train_config.keep_checkpoints, asynchronous=self.train_config.async_checkpoints
+        )
+        self.stop_id = setup.chat.stop_tokens(setup.tokenizer)[0]
+        self._preempted = False
+        self.last_eval_sample = ""
+
+    # ------------------------------------------------------------------------------- state
+
+    def initial_state(self) -> TrainState:
+        return self.learner.init_state(self.setup.policy.params)
+
+    def restore_or_init(self, iterator: Any) -> tuple[int, TrainState]:
+        """(steps done, state): the latest readable checkpoint (iterator moved to its position), or a fresh state."""
+        state = self.initial_state()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        restored = self.checkpointer.restore(abstract, iterator)
+        if restored is None:
+            return 0, state
+        step, state, meta = restored
+        self.log(f"[train] resumed from step {step} of {self.checkpointer.directory} (phase {meta.get('phase')})")
+        return step, state
+
+    # ------------------------------------------------------------------------------- steps
+
+    def _updates(self, state: TrainState, sequences: TrainingSequences, objective: str, step: int):
+        """rl.updates_per_batch optimiser steps over mini-batches of `sequences`; returns (state, metrics)."""
+        rl = self.config.rl
+        aggregation = self.loss_config.aggregation if objective == "grpo" else "token_mean"
+        lengths = np.asarray([m.sum() for m in sequences.loss_masks])
+        constant = max(self.setup.agent.memory_tokens, self.setup.agent.answer_tokens, self.setup.agent.recall_tokens)
+        weights, counts = aggregation_weights(aggregation, lengths, sequences.conversations, constant)
+        order = np.random.default_rng([int(self.config.seed), step, 11]).permutation(len(sequences))
+        parts = np.array_split(order, min(int(rl.updates_per_batch), len(sequences)))
+        metrics: list[dict[str, float]] = []
+        for part in parts:
+            micro = pack(
+                sequences,
+                weights,
+                counts,
+                self.buckets,
+                self.train_config.micro_batch_size,
+                self.setup.tokenizer.pad_id,
+                part,
+            )
+            if objective == "grpo" and bool(rl.recompute_old_logprobs):
+                micro = [mb.replace(old_logp=np.asarray(self.learner.score(state.params, mb))) for mb in micro]
+            state, m = self.learner.update(state, micro, objective)
+            metrics.append(m)
+        merged = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        merged["ratio_max"] = max(m["ratio_max"] for m in metrics)
+        merged["optimizer_steps"] = len(metrics)
+        return state, merged
+
+    def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
+        episodes, skipped = episodes_from_batch(batch, self.setup.tokenizer)
+        examples = format_examples(
+            episodes,
+            self.setup.builder,
+            self.setup.tokenizer,
+            self.setup.agent,
+            self.stop_id,
+            self.setup.extractor,
+            np.random.default_rng([int(self.config.seed), step, 13]),
+        )
+        metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
+        if not len(examples):
+            return state, {**metrics, "skipped_update": 1}
+        start = time.perf_counter()
+        state, update = self._updates(state, examples, "sft", step)
+        metrics.update(update, sequences=len(examples), update_s=time.perf_counter() - start)
+        return state, metrics
+
+    def grpo_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any], Any]:
+        setup = self.setup
+        setup.sampler_policy.params = state.params
+        setup.sampler_policy.reset_stats()
+        start = time.perf_counter()
+        result = setup.rollout(batch, step)
+        rollout_s = time.perf_counter() - start
+        if result is None:
+            self.log(f"[train] WARNING step {step}: every episode of the batch was skipped by the pipeline; no update")
+            return state, {"phase": "grpo", "skipped_update": 1, "rollout_s": rollout_s}, None
+        sequences, metrics = assign_credit(result, setup.agent)
+        stats = setup.sampler_policy.reset_stats()
+        rollout_tokens = sum(s.prompt_tokens + s.generated_tokens for s in stats.values())
+        metrics.update(
+            phase="grpo",
+            rollout_s=rollout_s,
+            rollout_tokens_per_s=rollout_tokens / max(rollout_s, 1e-9),
+            generated_tokens_per_s=sum(s.generated_tokens for s in stats.values()) / max(rollout_s, 1e-9),
+            **{f"{kind}_s": s.seconds for kind, s in stats.items()},
+        )
+        if not len(sequences):
+            self.log(f"[train] WARNING step {step}: the DAPO filter dropped every group (all rewards equal); no update")
+            return state, {**metrics, "skipped_update": 1, "update_s": 0.0}, result
+        start = time.perf_counter()
+        state, update = self._updates(state, sequences, "grpo", step)
+        update_s = time.perf_counter() - start
+        tokens = sum(len(p) + len(r) for p, r in zip(sequences.prompts, sequences.responses, strict=True))
+        metrics.update(update, update_s=update_s, update_tokens_per_s=tokens / max(update_s, 1e-9), skipped_update=0)
+        return state, metrics, result
+
+    # ------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, params: Any, step: int = 0) -> dict[str, float]:
+        """Greedy rollouts of the held-out episodes (one trajectory and one recall sample each); the text of
+        the first one is kept in `self.last_eval_sample`."""
+        setup = self.setup
+        batch = pipeline.episode_batch(setup.config.data, setup.prepared, setup.tokenizer, self.eval_slots)
+        agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
+        self.eval_policy.params = params
+        episodes, _ = episodes_from_batch(batch, setup.tokenizer)
+        if not episodes:
+            return {}
+        from memtrain_jax.agent.rollout import rollout
+
+        start = time.perf_counter()
+        result = rollout(
+            self.eval_policy,
+            episodes,
+            setup.builder,
+            setup.tokenizer,
+            agent,
+            seed=int(self.config.seed),
+            step=0,  # greedy: the step only seeds the (unused) sampling
+            extractor=setup.extractor,
+            window=setup.policy.model_config.max_position_embeddings,
+        )
+        _, metrics = assign_credit(result, agent)
+        self.last_eval_sample = self._sample_text(result)
+        out = {k: float(metrics[k]) for k in EVAL_KEYS}
+        out.update(episodes=len(episodes), eval_s=time.perf_counter() - start)
+        return out
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._preempted = True
+        self.log("[train] SIGTERM: saving a checkpoint after this step, then stopping")
+
+    def _sample_text(self, result: Any) -> str:
+        decode = self.setup.tokenizer.decode
+        traj = result.trajectories[0]
+        lines = [f"gold: {result.episodes[traj.episode].answer}"]
+        lines += [f"memory {t + 1}: {decode(r.content.tolist())}" for t, r in enumerate(traj.memory_turns)]
+        lines.append(f"answer: {traj.answer_text}")
+        if traj.probe is not None:
+            lines.append(
+                f"recall probe (memory of step {traj.probe.step}): gold {traj.probe.gold}, "
+                f"answers {traj.recall_predictions}"
+            )
+        return "\n".join(lines)
+
+    def train(self) -> dict[str, Any]:
+        """Runs (or resumes) to train.steps; returns {"before": eval, "after": eval, "steps": n, ...}."""
+        tc = self.train_config
+        iterator = iter(self.setup.dataset(num_slots=self.train_slots))
+        step, state = self.restore_or_init(iterator)
+        writer = MetricWriter(self.workdir, resume_step=step)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        summary: dict[str, Any] = {"workdir": self.workdir, "start_step": step}
+        try:
+            if step == 0 and tc.eval_every > 0:
+                summary["before"] = self.evaluate(state.params, 0)
+                writer.write(0, summary["before"], prefix="eval")
+                writer.write_text(0, "eval/memories", self.last_eval_sample)
+                self.log(f"[eval] step 0 (before training): {_format(summary['before'])}")
+            progress = _progress(step, tc.steps)
+            while step < tc.steps and not self._preempted:
+                batch = next(iterator)
+                start = time.perf_counter()
+                if step < tc.format_steps:
+                    state, metrics = self.format_step(state, batch, step)
+                    result = None
+                else:
+                    if step == tc.format_steps and tc.format_steps > 0:
+                        state = self.learner.set_reference(state)  # KL to the warmed-up policy
+                    state, metrics, result = self.grpo_step(state, batch, step)
+                step += 1
+                metrics["episode_ids"] = [int(i) for i in batch["episode_id"]]  # the data order, for audits
+                metrics["step_s"] = time.perf_counter() - start
+                metrics["compilations"] = self.learner.compile_count + self.setup.sampler.compile_count
+                writer.write(step, metrics)
+                if result is not None and tc.sample_every and step % tc.sample_every == 0:
+                    writer.write_text(step, "rollout/memories", self._sample_text(result))
+                progress(step, metrics)
+                last = step == tc.steps or self._preempted
+                if step % tc.checkpoint_every == 0 or last:
+                    self.checkpointer.save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
+                if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
+                    evaluation = self.evaluate(state.params, step)
+                    writer.write(step, evaluation, prefix="eval")
+                    writer.write_text(step, "eval/memories", self.last_eval_sample)
+                    self.log(f"[eval] step {step}: {_format(evaluation)}")
+                    if step == tc.steps:
+                        summary["after"] = evaluation
+            self.setup.sampler_policy.params = state.params
+            summary.update(steps=step, preempted=self._preempted, state=state)
+            return summary
+        finally:
+            self.checkpointer.wait()
+            writer.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _progress(start: int, total: int) -> Callable[[int, dict[str, Any]], None]:
+    """A console progress bar (tqdm) with the key figures of the latest step."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
+
+    def update(step: int, m: dict[str, Any]) -> None:
+        keys = ("reward_e2e", "acc_e2e", "acc_recall", "loss", "kl", "step_s")
+        bar.set_postfix({k: f"{m[k]:.3g}" for k in keys if isinstance(m.get(k), float) and math.isfinite(m[k])})
+        bar.update(step - bar.n)
+        if step == total:
+            bar.close()
+
+    return update

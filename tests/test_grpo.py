@@ -1,0 +1,277 @@
+"""GRPO loss and update: NumPy references for the loss, KL estimators and aggregations; gradients;
+exact micro-batching; the sharded step equals the single-device step; no recompiles."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memtrain_jax.agent.credit import TrainingSequences
+from memtrain_jax.model import ModelConfig, init_params, token_logprobs_and_entropy
+from memtrain_jax.rl.loss import (
+    LossConfig,
+    aggregate,
+    aggregation_weights,
+    clipped_surrogate,
+    grpo_token_loss,
+    kl_estimate,
+)
+from memtrain_jax.sharding import make_mesh
+from memtrain_jax.train.batching import LengthBuckets, pack
+from memtrain_jax.train.learner import Learner, OptimConfig, loss_sums
+
+# ------------------------------------------------------------------------------------ NumPy references
+
+
+def np_kl(logp, ref, estimator):
+    d = ref.astype(np.float64) - logp
+    return {"k1": -d, "k2": 0.5 * d**2, "k3": np.exp(d) - d - 1}[estimator]
+
+
+def np_token_loss(logp, old, ref, adv, clip_low, clip_high, dual, beta, estimator):
+    ratio = np.exp(logp.astype(np.float64) - old)
+    a = adv[:, None].astype(np.float64)
+    loss = np.maximum(-a * ratio, -a * np.clip(ratio, 1 - clip_low, 1 + clip_high))
+    if dual:
+        loss = np.where(a < 0, np.minimum(loss, -dual * a), loss)
+    return loss + beta * np_kl(logp, ref, estimator)
+
+
+def np_aggregate(per_token, mask, lengths, conversations, mode, constant):
+    """The loss of each aggregation, written out directly from its definition."""
+    seq_sums = (per_token * mask).sum(1)
+    if mode == "token_mean":
+        return seq_sums.sum() / mask.sum()
+    if mode == "sequence_mean":
+        return np.mean(seq_sums / lengths)
+    if mode == "trajectory_mean":
+        means = [
+            seq_sums[conversations == k].sum() / lengths[conversations == k].sum() for k in np.unique(conversations)
+        ]
+        return np.mean(means)
+    return seq_sums.sum() / (constant * len(lengths))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("dual", [0.0, 3.0])
+def test_token_loss_matches_numpy(estimator, dual):
+    rng = np.random.default_rng(0)
+    logp = rng.normal(-2, 1, (6, 9)).astype(np.float32)
+    old = (logp + rng.normal(0, 0.4, logp.shape)).astype(np.float32)
+    ref = (logp + rng.normal(0, 0.3, logp.shape)).astype(np.float32)
+    adv = rng.normal(0, 1, 6).astype(np.float32)
+    config = LossConfig(clip_low=0.2, clip_high=0.28, dual_clip=dual, kl_coef=0.05, kl_estimator=estimator)
+    ours, diag = grpo_token_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), config)
+    ref_loss = np_token_loss(logp, old, ref, adv, 0.2, 0.28, dual, 0.05, estimator)
+    np.testing.assert_allclose(np.asarray(ours), ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(diag["kl"]), np_kl(logp, ref, estimator), rtol=1e-5, atol=1e-6)
+    assert np.asarray(diag["clipped"]).any() and not np.asarray(diag["clipped"]).all()
+
+
+def test_kl_estimators_are_unbiased_where_they_should_be():
+    """E_pi[k1] = E_pi[k3] = KL(pi || ref) exactly, computed over a whole categorical distribution."""
+    rng = np.random.default_rng(1)
+    p = jax.nn.log_softmax(jnp.asarray(rng.normal(size=50)))
+    q = jax.nn.log_softmax(jnp.asarray(rng.normal(size=50)))
+    exact = float(jnp.sum(jnp.exp(p) * (p - q)))
+    for name in ("k1", "k3"):
+        assert float(jnp.sum(jnp.exp(p) * kl_estimate(p, q, name))) == pytest.approx(exact, rel=1e-5)
+    assert float(jnp.min(kl_estimate(p, q, "k3"))) >= 0.0
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "sequence_mean", "trajectory_mean", "constant"])
+def test_aggregations_match_their_definitions(mode):
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 9, 7)
+    mask = (np.arange(9)[None, :] < lengths[:, None]).astype(np.float32)
+    per_token = rng.normal(size=(7, 9)).astype(np.float32)
+    conversations = np.asarray([0, 0, 0, 1, 2, 2, 3])
+    w, c = aggregation_weights(mode, lengths, conversations, constant_length=12)
+    ours = float(aggregate(jnp.asarray(per_token), jnp.asarray(mask), jnp.asarray(w, jnp.float32))) / c.sum()
+    assert ours == pytest.approx(np_aggregate(per_token, mask, lengths, conversations, mode, 12), rel=1e-5)
+    # Any split into micro-batches adds up to the same loss: (sum, count) pairs are exact.
+    parts = [slice(0, 2), slice(2, 5), slice(5, 7)]
+    sums = [
+        float(aggregate(jnp.asarray(per_token[s]), jnp.asarray(mask[s]), jnp.asarray(w[s], jnp.float32))) for s in parts
+    ]
+    assert sum(sums) / sum(c[s].sum() for s in parts) == pytest.approx(ours, rel=1e-5)
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="'k4'"):
+        LossConfig(kl_estimator="k4")
+    with pytest.raises(ValueError, match="'mean'"):
+        LossConfig(aggregation="mean")
+    with pytest.raises(ValueError, match="'mean'"):
+        aggregation_weights("mean", np.ones(2), np.zeros(2))
+
+
+def test_clipped_region_has_zero_gradient():
+    config = LossConfig(clip_low=0.2, clip_high=0.2)
+    old = jnp.zeros((1, 4))
+    # ratios 1.5 (A > 0: clipped), 0.5 (A < 0: clipped), 1.1 and 0.9 (inside the range)
+    logp = jnp.log(jnp.asarray([[1.5, 0.5, 1.1, 0.9]]))
+    for adv, clipped in ((1.0, [True, False, False, False]), (-1.0, [False, True, False, False])):
+        grad = jax.grad(lambda lp, a=adv: jnp.sum(clipped_surrogate(lp, old, jnp.asarray([[a]]), config)[0]))(logp)
+        assert (np.asarray(grad)[0] == 0).tolist() == clipped
+
+
+# ------------------------------------------------------------------------------------ the model update
+
+CONFIG = ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
+
+
+def _sequences(n=8, seed=0) -> TrainingSequences:
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(1, 64, rng.integers(3, 9)).astype(np.int32) for _ in range(n)]
+    responses = [rng.integers(1, 64, rng.integers(2, 7)).astype(np.int32) for _ in range(n)]
+    return TrainingSequences(
+        prompts=prompts,
+        responses=responses,
+        logprobs=[rng.normal(-3, 0.3, len(r)).astype(np.float32) for r in responses],
+        loss_masks=[np.ones(len(r), bool) for r in responses],
+        advantages=rng.normal(0, 1, n).astype(np.float32),
+        rewards=np.zeros(n, np.float32),
+        episode_ids=np.zeros(n, np.int64),
+        trajectories=np.arange(n, dtype=np.int32),
+        conversations=np.asarray([i // 3 for i in range(n)], np.int32),
+        groups=np.zeros(n, np.int32),
+        turns=np.zeros(n, np.int32),
+        kinds=np.zeros(n, np.int32),
+    )
+
+
+def _learner(mesh_shape=(1, 1, 1), kl=0.0, **loss):
+    mesh = make_mesh(mesh_shape, devices=jax.devices()[: int(np.prod(mesh_shape))])
+    optim = OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    return Learner(
+        CONFIG,
+        mesh,
+        (("batch", ("data", "fsdp")),) + tuple(_rules()),
+        optim,
+        LossConfig(kl_coef=kl, **loss),
+        chunk_size=4,
+    )
+
+
+def _rules():
+    from memtrain_jax.sharding import DEFAULT_RULES
+
+    return [r for r in DEFAULT_RULES if r[0] != "batch"]
+
+
+def _micro_batches(seqs, size, mode="sequence_mean"):
+    w, c = aggregation_weights(mode, np.asarray([m.sum() for m in seqs.loss_masks]), seqs.conversations)
+    return pack(seqs, w, c, LengthBuckets(block=8, max_length=16), size, pad_id=0)
+
+
+def test_ratio_one_gradient_is_reinforce():
+    """With old log-probs equal to the current ones and no KL, d loss_sum = -sum_i w_i A_i sum_t d log pi."""
+    params = init_params(CONFIG, jax.random.key(0))
+    seqs = _sequences()
+    (mb,) = _micro_batches(seqs, 8)
+    current, _ = token_logprobs_and_entropy(CONFIG, params, mb.tokens, mb.attention_mask)
+    mb = mb.replace(old_logp=np.asarray(current))
+    config = LossConfig(kl_coef=0.0)
+    ours = jax.jit(jax.grad(lambda p: loss_sums(p, mb, CONFIG, config, "grpo", 4, False)[0]))(params)
+
+    def reinforce(p):
+        logp, _ = token_logprobs_and_entropy(CONFIG, p, mb.tokens, mb.attention_mask)
+        return -jnp.sum(mb.weights[:, None] * mb.advantages[:, None] * mb.loss_mask * logp)
+
+    ref = jax.jit(jax.grad(reinforce))(params)
+    _assert_trees_close(ours, ref)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(ours)) > 1e-4
+
+
+def _assert_trees_close(a, b, rtol=1e-5):
+    """Leaf-wise closeness relative to each leaf's scale (gradients span many magnitudes)."""
+    for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * float(np.abs(y).max()))
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "sequence_mean", "trajectory_mean"])
+def test_micro_batched_gradient_equals_full_batch(mode):
+    params = init_params(CONFIG, jax.random.key(1))
+    seqs = _sequences(8, seed=3)
+    learner = _learner(kl=0.01, aggregation=mode)
+    state = learner.init_state(params)
+    full, loss_full = learner.gradients(state, _micro_batches(seqs, 8, mode))
+    assert len(_micro_batches(seqs, 2, mode)) == 4
+    split, loss_split = learner.gradients(state, _micro_batches(seqs, 2, mode))
+    _assert_trees_close(full, split)
+    assert loss_full == pytest.approx(loss_split, rel=1e-5)
+    state, metrics = learner.update(state, _micro_batches(seqs, 2, mode))
+    assert int(state.step) == 1 and metrics["loss"] == pytest.approx(loss_full, rel=1e-5)
+
+
+def test_sharded_step_equals_single_device():
+    params = init_params(CONFIG, jax.random.key(2))
+    seqs = _sequences(16, seed=4)
+    single, sharded = _learner((1, 1, 1), kl=0.01), _learner((2, 2, 2), kl=0.01)
+    g_single, loss_single = single.gradients(single.init_state(params), _micro_batches(seqs, 8))
+    g_sharded, loss_sharded = sharded.gradients(sharded.init_state(params), _micro_batches(seqs, 8))
+    _assert_trees_close(g_single, g_sharded)
+    assert loss_single == pytest.approx(loss_sharded, rel=1e-5)
+    # And the optimiser step on the mesh applies the same update (SGD-like first Adam step: sign of the gradient).
+    s1, _ = single.update(single.init_state(params), _micro_batches(seqs, 8))
+    s8, _ = sharded.update(sharded.init_state(params), _micro_batches(seqs, 8))
+    moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), s1.params, params)
+    same = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), s1.params, s8.params)
+    assert np.mean([(d < 1e-6).mean() for d in jax.tree.leaves(same)]) > 0.999
+    assert max(float(d.max()) for d in jax.tree.leaves(moved)) > 1e-3
+
+
+def test_no_recompiles_after_warm_up():
+    """One program per length bucket: once both buckets (8 and 16) have run, new batches compile nothing."""
+    params = init_params(CONFIG, jax.random.key(2))
+    learner = _learner((2, 2, 2), kl=0.01)
+    state = learner.init_state(params)
+
+    def batches(seed):
+        seqs = _sequences(16, seed=seed)
+        micro = _micro_batches(seqs, 8)
+        short = seqs.select([i for i in range(16) if len(seqs.prompts[i]) + len(seqs.responses[i]) <= 8])
+        return micro + (_micro_batches(short, 8) if len(short) else [])
+
+    first = batches(4)
+    assert {b.length for b in first} == {8, 16}
+    state, _ = learner.update(state, first)
+    warm = learner.compile_count
+    for seed in (5, 6, 7):
+        state, _ = learner.update(state, batches(seed))
+    assert learner.compile_count == warm
+
+
+def test_trainable_layers_update_only_the_top_and_keep_the_full_gradient():
+    """With the last layer trainable, its gradient equals that part of the full gradient; the rest never moves."""
+    params = init_params(CONFIG, jax.random.key(3))
+    seqs = _sequences(8, seed=8)
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    rules = (("batch", ("data", "fsdp")),) + tuple(_rules())
+    optim = OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    full = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), chunk_size=4)
+    top = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), chunk_size=4, trainable_layers=1)
+    g_full, _ = full.gradients(full.init_state(params), _micro_batches(seqs, 8))
+    g_top, _ = top.gradients(top.init_state(params), _micro_batches(seqs, 8))
+    trained = sorted(k for k in g_top if jax.tree.leaves(g_top[k]))
+    assert trained == ["final_norm", "layers_1"]
+    _assert_trees_close({k: g_full[k] for k in trained}, {k: g_top[k] for k in trained})
+    state, _ = top.update(top.init_state(params), _micro_batches(seqs, 8))
+    after = jax.device_get(state.params)
+    for name in ("embedder", "layers_0"):
+        jax.tree.map(np.testing.assert_array_equal, after[name], jax.device_get(params[name]))
+    assert not np.array_equal(
+        after["layers_1"]["mlp"]["up_proj"]["kernel"], params["layers_1"]["mlp"]["up_proj"]["kernel"]
+    )

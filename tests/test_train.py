@@ -1,0 +1,279 @@
+"""The training run: exact resume, SIGTERM, refused workdirs, corrupt checkpoints, and learnability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tokenizers
+
+from memtrain_jax.agent import (
+    AgentConfig,
+    PromptBuilder,
+    PromptConfig,
+    SamplerPolicy,
+    assign_credit,
+    episodes_from_batch,
+    rollout,
+)
+from memtrain_jax.config import load_config
+from memtrain_jax.data.pipeline import tokenizer_fingerprint
+from memtrain_jax.model import ModelConfig, init_params
+from memtrain_jax.rl import group_advantages
+from memtrain_jax.rl.loss import LossConfig, aggregation_weights
+from memtrain_jax.sampler import Sampler
+from memtrain_jax.sharding import DEFAULT_RULES, make_mesh
+from memtrain_jax.tokenizer import HFTokenizer, get_chat_format
+from memtrain_jax.train import Learner, LengthBuckets, OptimConfig, Trainer, WorkdirMismatchError, pack, read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(cache_dir, **overrides):
+    config = load_config("memtrain.py:tiny")
+    config.data.cache_dir = str(cache_dir)
+    config.model.cache_dir = str(cache_dir)
+    config.rl.dapo_filter = False  # the random model's rewards are all 0: keep the GRPO updates in the test
+    config.train.eval_every = 0
+    config.train.async_checkpoints = False
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("train-cache")
+
+
+def _quiet(_message):
+    pass
+
+
+def _run(config, workdir):
+    trainer = Trainer(config, str(workdir), log=_quiet)
+    summary = trainer.train()
+    return trainer, summary
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_resume_equals_uninterrupted(cache, tmp_path):
+    """4 steps in one go == 2 steps, a new process-like restart from the checkpoint, 2 more steps."""
+    full_cfg = _tiny(cache, **{"train.steps": 4, "train.format_steps": 2, "train.checkpoint_every": 2})
+    _, full = _run(full_cfg, tmp_path / "full")
+    half_cfg = _tiny(cache, **{"train.steps": 2, "train.format_steps": 2, "train.checkpoint_every": 2})
+    _run(half_cfg, tmp_path / "split")
+    _, resumed = _run(full_cfg, tmp_path / "split")
+    assert resumed["start_step"] == 2 and resumed["steps"] == 4
+    for a, b in zip(_leaves(full["state"]), _leaves(resumed["state"]), strict=True):
+        np.testing.assert_array_equal(a, b)  # parameters, optimizer state, step, reference
+    order = lambda d: [r["episode_ids"] for r in read_metrics(str(d))]
+    assert order(tmp_path / "full") == order(tmp_path / "split")  # the same data, in the same order
+    assert [r["phase"] for r in read_metrics(str(tmp_path / "split"))] == ["format", "format", "grpo", "grpo"]
+    # The warm-up really trained (the loss is the cross-entropy of the answer tokens).
+    warm = [r["loss"] for r in read_metrics(str(tmp_path / "full")) if r["phase"] == "format"]
+    assert all(np.isfinite(warm)) and int(np.asarray(jax.device_get(full["state"].step))) == 4
+
+
+def test_sigterm_saves_a_restorable_checkpoint(cache, tmp_path):
+    workdir = tmp_path / "preempted"
+    command = [
+        sys.executable,
+        "-m",
+        "memtrain_jax.tools.main",
+        "train",
+        "--config",
+        "configs/memtrain.py:tiny",
+        f"--workdir={workdir}",
+        "--config.train.steps=500",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=1000",
+        f"--config.data.cache_dir={cache}",
+        "--config.rl.dapo_filter=False",
+    ]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert "SIGTERM" in output
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    done = len(read_metrics(str(workdir)))
+    assert steps == [done] and 2 <= done < 500  # saved where it stopped, not at a checkpoint_every boundary
+    trainer = Trainer(_tiny(cache, **{"train.steps": 500}), str(workdir), log=_quiet)
+    step, _ = trainer.restore_or_init(iter(trainer.setup.dataset(num_slots=trainer.train_slots)))
+    assert step == done
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept(cache, tmp_path):
+    config = _tiny(cache, **{"train.steps": 4, "train.format_steps": 1, "train.checkpoint_every": 2})
+    _run(config, tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    for path in (checkpoints / "4" / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 7)  # damage every file of the latest state
+    trainer = Trainer(config, str(tmp_path), log=_quiet)
+    with pytest.warns(RuntimeWarning, match="cannot be restored"):
+        step, _ = trainer.restore_or_init(iter(trainer.setup.dataset(num_slots=trainer.train_slots)))
+    assert step == 2
+    assert (checkpoints / "4.corrupt").is_dir()  # set aside, never deleted
+
+
+def test_bad_inputs_are_refused_before_compute(cache, tmp_path):
+    # A workdir of another model (here another vocabulary, so other embedding shapes).
+    _run(_tiny(cache, **{"train.steps": 1, "train.format_steps": 1}), tmp_path / "run")
+    other = _tiny(cache, **{"data.tokenizer.vocab_size": 1500})
+    with pytest.raises(WorkdirMismatchError, match="another model"):
+        Trainer(other, str(tmp_path / "run"), log=_quiet)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]  # untouched
+    # An unknown config field.
+    config = _tiny(cache)
+    config.train.stepz = 3
+    with pytest.raises(KeyError, match="stepz"):
+        Trainer(config, str(tmp_path / "new"), log=_quiet)
+    # Turns that do not fit the model's window (2048 positions for the tiny preset).
+    with pytest.raises(ValueError, match="do not fit the model's window"):
+        Trainer(_tiny(cache, **{"data.chunking.chunk_size": 4096}), str(tmp_path / "new2"), log=_quiet)
+    assert not (tmp_path / "new2" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------ learnability
+
+TINY = ModelConfig(
+    vocab_size=32,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+)
+
+
+def _update_from(learner, state, sequences):
+    lengths = np.asarray([m.sum() for m in sequences.loss_masks])
+    w, c = aggregation_weights("token_mean", lengths, sequences.conversations)
+    micro = pack(sequences, w, c, LengthBuckets(16, 512), 16, pad_id=0)
+    return learner.update(state, micro)
+
+
+def test_grpo_raises_a_verifiable_reward():
+    """A bandit on the tiny model: reward 1 when the first sampled token is one of the 4 lowest ids."""
+    from memtrain_jax.agent.credit import TrainingSequences
+
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    learner = Learner(TINY, mesh, DEFAULT_RULES, OptimConfig(learning_rate=3e-3, warmup_steps=0), LossConfig(kl_coef=0))
+    sampler = Sampler(TINY, mesh)
+    state = learner.init_state(init_params(TINY, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    means = []
+    for step in range(30):
+        prompts = [rng.integers(4, 32, 5).tolist() for _ in range(4)]
+        rows = [p for p in prompts for _ in range(8)]
+        out = sampler(state.params, rows, max_new_tokens=1, temperature=1.0, seed=step)
+        rewards = (out.tokens[:, 0] < 4).astype(np.float32)
+        means.append(rewards.mean())
+        groups = np.repeat(np.arange(4), 8)
+        adv = np.asarray(group_advantages(rewards, groups, 4))
+        n = len(rows)
+        seqs = TrainingSequences(
+            [np.asarray(p, np.int32) for p in rows],
+            [out.tokens[i, :1].astype(np.int32) for i in range(n)],
+            [out.logprobs[i, :1] for i in range(n)],
+            [np.ones(1, bool)] * n,
+            adv,
+            rewards,
+            np.zeros(n, np.int64),
+            np.arange(n, dtype=np.int32),
+            np.arange(n, dtype=np.int32),
+            groups.astype(np.int32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+        )
+        state, _ = _update_from(learner, state, seqs)
+    assert np.mean(means[:5]) < 0.3 and np.mean(means[-5:]) > 0.6, means
+
+
+def _word_tokenizer() -> HFTokenizer:
+    words = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "alpha", "beta", "gamma", "delta"]
+    words += ["the", "a", "of", "and", "in", "to", "is", "was", "on", "for", "it", "with", "as", "by", "at", "an"]
+    words += ["user", "assistant", "system", "[MASK]", "[TARGET]", "memory", "section", "problem"]
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in ("<|im_start|>", "<|im_end|>")])
+    backend.decoder = tokenizers.decoders.WordPiece(prefix="##")
+    return HFTokenizer.from_tokenizer(backend, eos_token="<|im_end|>", pad_token="<pad>")
+
+
+def test_memory_loop_learns_to_carry_a_token_forward():
+    """The real rollout -> credit -> update loop on a task only a memory can solve: the answer is the entity
+    word at the start of the one chunk, and the final turn sees only the (one-token) memory."""
+    tokenizer = _word_tokenizer()
+    config = TINY.replace(vocab_size=tokenizer.vocab_size)
+    chat = get_chat_format("chatml")
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    agent = AgentConfig(
+        group_size=8,
+        memory_tokens=1,
+        answer_tokens=1,
+        recall_tokens=1,
+        imr=False,
+        chunk_size=6,
+        max_chunks=1,
+        answer_extractor="boxed_or_line",
+        dapo_filter=True,
+    )
+    builder = PromptBuilder(tokenizer, chat, PromptConfig(problem="which word", no_memory="none"))
+    learner = Learner(
+        config, mesh, DEFAULT_RULES, OptimConfig(learning_rate=3e-3, warmup_steps=0), LossConfig(kl_coef=0)
+    )
+    state = learner.init_state(init_params(config, jax.random.key(1)))
+    sampler = Sampler(config, mesh, pad_id=tokenizer.pad_id)
+    policy = SamplerPolicy(sampler, state.params, chat.stop_tokens(tokenizer), temperature=1.0)
+    entities = ["alpha", "beta", "gamma", "delta"]
+    rng = np.random.default_rng(2)
+    accuracy = []
+    for step in range(40):
+        golds = rng.choice(entities, 4)
+        chunks = np.zeros((4, 1, 6), np.int32)
+        for i, gold in enumerate(golds):
+            chunks[i, 0] = tokenizer.encode(f"{gold} " + " ".join(rng.choice(["the", "of", "and", "in", "is"], 5)))
+        batch = {
+            "tokens": chunks,
+            "chunk_lengths": np.full((4, 1), 6, np.int32),
+            "num_chunks": np.ones(4, np.int32),
+            "answer": golds,
+            "episode_id": np.arange(4) + 4 * step,
+            "usable": np.ones(4, bool),
+            "tokenizer_id": np.asarray([tokenizer_fingerprint(tokenizer)] * 4),
+        }
+        episodes, _ = episodes_from_batch(batch, tokenizer)
+        policy.params = state.params
+        result = rollout(policy, episodes, builder, tokenizer, agent, seed=0, step=step)
+        sequences, metrics = assign_credit(result, agent)
+        accuracy.append(metrics["acc_e2e"])
+        if len(sequences):
+            state, _ = _update_from(learner, state, sequences)
+    first, last = np.mean(accuracy[:8]), np.mean(accuracy[-8:])
+    assert last > first + 0.15 and last > 0.3, accuracy
