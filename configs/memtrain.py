@@ -158,7 +158,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
     # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
     c.train.format_steps = {"paper": 0, "cpu": 4, "cpu_long": 12, "tiny": 1}[variant]
-    c.train.micro_batch_size = 8 if not tiny else 4  # sequences per micro-batch (a multiple of the batch shards)
+    c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
     c.train.length_block = 1024 if paper else 128  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection
     # 0 = train every parameter (the paper). N = only the last N layers and the final norm: the backward pass

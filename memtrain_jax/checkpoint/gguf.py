@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 import warnings
 import zlib
 from typing import Any
@@ -33,6 +32,7 @@ from gguf.quants import dequantize
 from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
+from memtrain_jax.atomic import write_directory_atomically
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.tokenizer.chat import chat_format_from_template
 from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
@@ -419,31 +419,23 @@ def _file_crcs(directory: str) -> dict[str, int]:
 
 
 def _write_entry(entry: str, config: ModelConfig, params: Params, tokenizer: HFTokenizer, meta: dict) -> None:
-    """Writes a complete entry under a temporary name, then renames it into place (atomic publish)."""
+    """Writes a complete entry under a temporary name, then publishes it (memtrain_jax.atomic); when another
+    process published the same entry meanwhile, theirs is kept."""
     import orbax.checkpoint as ocp  # lazy: orbax is slow to import
 
-    tmp = f"{entry}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
-    try:
+    def write(tmp: str) -> None:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.join(tmp, _PARAMS_DIR), params)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        meta = {**meta, "param_files": _file_crcs(os.path.join(tmp, _PARAMS_DIR))}
+        entry_meta = {**meta, "param_files": _file_crcs(os.path.join(tmp, _PARAMS_DIR))}
         tokenizer.save(tmp)
         with open(os.path.join(tmp, _MODEL_CONFIG), "w") as f:
             json.dump(config.to_dict(), f, indent=1)
         with open(os.path.join(tmp, _META), "w") as f:  # written last: its presence marks a complete entry
-            json.dump(meta, f, indent=1)
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not os.path.isfile(os.path.join(entry, _META)):
-                raise
-            shutil.rmtree(tmp)  # another process published the entry meanwhile; ours is redundant
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            json.dump(entry_meta, f, indent=1)
+
+    write_directory_atomically(entry, write, replace=False)
 
 
 def _read_entry(entry: str, shardings: Params | None) -> tuple[ModelConfig, Params, HFTokenizer, str]:

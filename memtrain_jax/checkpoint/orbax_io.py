@@ -1,8 +1,9 @@
 """Parameter checkpoints with orbax: `<path>/params` (orbax) beside `<path>/model_config.json`.
 
-Saving is atomic at the directory level: everything is written to `<path>.tmp-save`, and only
-when orbax has finalised it does it replace `<path>` (the previous checkpoint is moved aside and
-deleted last; if a crash falls between the two renames, restoring finds it aside). Restoring
+Saving is atomic at the directory level (memtrain_jax.atomic): everything is written to
+`<path>.tmp-save`, and only when orbax has finalised it does it replace `<path>` (the previous
+checkpoint is moved aside and deleted last; if a crash falls between the two renames, restoring
+finds it aside). Restoring
 checks the stored shapes against the requested config first, so a mismatch is an error naming
 the tensor and both shapes, never a silent pad, truncation or broadcast; a different
 `scan_layers` layout is converted with stack_layers / unstack_layers.
@@ -19,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from memtrain_jax.atomic import publish_directory, resolve
 from memtrain_jax.checkpoint.hf import load_hf_checkpoint
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.model.transformer import param_shapes, stack_layers, unstack_layers
@@ -80,7 +82,6 @@ def save_params(path: str | os.PathLike, params: Params, config: ModelConfig) ->
     check_shapes(param_shapes(config), params, "params", f"the model config ({config.family})")
     path = epath.Path(path)
     tmp = path.parent / f"{path.name}.tmp-save"  # same name on every host: they write one checkpoint
-    old = path.parent / f"{path.name}.old-save"
     if jax.process_index() == 0:
         if tmp.exists():  # left over from an interrupted save; never a finished checkpoint
             tmp.rmtree()
@@ -92,27 +93,13 @@ def save_params(path: str | os.PathLike, params: Params, config: ModelConfig) ->
     checkpointer.close()
     if jax.process_index() == 0:
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        if old.exists():
-            old.rmtree()
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            old.rmtree()
+        publish_directory(tmp, path)
     _sync("memtrain_save_params_done")
-
-
-def _resolve(path: epath.Path) -> epath.Path:
-    """`path`, or the previous checkpoint if a save was interrupted between its two renames."""
-    old = path.parent / f"{path.name}.old-save"
-    if not path.exists() and (old / CONFIG_FILE).exists():
-        return old
-    return path
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig stored beside a parameter checkpoint."""
-    file = _resolve(epath.Path(path)) / CONFIG_FILE
+    file = resolve(epath.Path(path)) / CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{file} not found: {path} is not a checkpoint written by save_params.")
     return ModelConfig.from_dict(json.loads(file.read_text()))
@@ -128,7 +115,7 @@ def restore_params(
     both shapes). `shardings` (e.g. `param_shardings(config, mesh)`) places each array; without it
     every array goes to the first local device.
     """
-    path = _resolve(epath.Path(path))
+    path = resolve(epath.Path(path))
     saved = load_config(path)
     config = saved if config is None else config
     stored_layout = config.replace(scan_layers=saved.scan_layers)

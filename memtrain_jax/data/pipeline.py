@@ -60,8 +60,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from memtrain_jax.atomic import write_directory_atomically
 from memtrain_jax.data import retrieval
-from memtrain_jax.data.atomic import write_directory_atomically
 from memtrain_jax.data.chunking import chunk_document, pad_chunks
 from memtrain_jax.data.documents import (
     Document,

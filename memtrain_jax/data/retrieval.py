@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from memtrain_jax.data.atomic import write_directory_atomically
+from memtrain_jax.atomic import write_directory_atomically
 from memtrain_jax.data.types import Paragraph
 
 # Bump when the on-disk layout of an index changes: old caches then get a new key.

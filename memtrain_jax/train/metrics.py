@@ -1,8 +1,8 @@
 """Metrics out of a run: one JSON object per step in `metrics.jsonl`, TensorBoard event files, text samples.
 
 Only process 0 writes (every host computes the same global metrics). A resumed run appends to the
-same files; steps already written by a previous attempt past the restored checkpoint are dropped
-from `metrics.jsonl` first, so the file holds each step once.
+same files; records of steps after the restored checkpoint (written by the attempt that did not
+finish them) are dropped first, so each step appears once.
 """
 
 from __future__ import annotations
@@ -40,16 +40,17 @@ class MetricWriter:
             self._truncate_after(os.path.join(workdir, name), resume_step)
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step or None)
+        purge = resume_step + 1 if resume_step else None  # events after the checkpoint are rewritten
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     @staticmethod
     def _truncate_after(path: str, step: int) -> None:
-        """Keeps the records of steps < `step` (a restarted run rewrites the later ones)."""
+        """Keeps the records of steps <= `step` (a run restarted from checkpoint `step` rewrites the later ones)."""
         if not os.path.isfile(path):
             return
         with open(path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) < step]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
         if len(kept) != len(lines):
             tmp = path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:

@@ -1,0 +1,76 @@
+"""All-or-nothing directory writes: the one publishing scheme of every cache and checkpoint folder.
+
+A folder is written complete under a temporary sibling name, then renamed into place. Replacing an
+existing folder moves it aside to `<name>.old-save` first and deletes it only after the new one is in
+place; if a crash falls between the two renames, `resolve` finds the old folder aside, so a reader
+never sees a half-written folder and a previous version is never lost. Paths may be local or URLs
+that `etils.epath` understands (e.g. gs://; there a rename is a copy, so the guarantee is weaker).
+Imported by the data caches, the GGUF cache and the parameter checkpoints alike.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+
+from etils import epath
+
+OLD_SUFFIX = ".old-save"
+
+
+def _path(path: str | os.PathLike) -> epath.Path:
+    return epath.Path(path if "://" in os.fspath(path) else os.path.abspath(os.fspath(path)))
+
+
+def resolve(directory: str | os.PathLike) -> epath.Path:
+    """`directory`, or its previous version when a replacement was interrupted between its two renames."""
+    path = _path(directory)
+    old = path.parent / f"{path.name}{OLD_SUFFIX}"
+    return old if not path.exists() and old.exists() else path
+
+
+def publish_directory(tmp: str | os.PathLike, directory: str | os.PathLike, *, replace: bool = True) -> bool:
+    """Moves the complete folder `tmp` to `directory`; returns True when it was published.
+
+    With `replace` False an existing `directory` wins (another process published the same content
+    meanwhile): `tmp` is deleted and False is returned.
+    """
+    tmp, path = _path(tmp), _path(directory)
+    old = path.parent / f"{path.name}{OLD_SUFFIX}"
+    if path.exists() and not replace:
+        tmp.rmtree()
+        return False
+    if old.exists():
+        old.rmtree()
+    if path.exists():
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not replace and path.exists():  # lost a race against another writer: theirs is complete
+            tmp.rmtree()
+            return False
+        raise
+    if old.exists():
+        old.rmtree()
+    return True
+
+
+def write_directory_atomically(
+    directory: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True
+) -> bool:
+    """Runs `write(tmp)` in a fresh temporary sibling folder, then publishes it as `directory`.
+
+    A failing `write` leaves `directory` as it was and removes the temporary folder.
+    """
+    path = _path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(os.fspath(tmp))
+        return publish_directory(tmp, path, replace=replace)
+    finally:
+        if tmp.exists():
+            tmp.rmtree()
