@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "gguf",
     "tqdm",
     "tensorboardX",
+    "matplotlib",  # memtrain plot: reward curves as PNG
     # Wikipedia paragraphs, entities and retrieval (data pipeline).
     "mwparserfromhell",
     "pyarrow",

@@ -2,41 +2,49 @@
 
 One process measures everything side by side, so the ratios hold even on a shared, noisy CPU:
 
-* the machine's float32 matmul peak, measured here with jax on the update's own matmul shapes
-  ([B*L, H] x [H, F] of the MLP, [B*L, H] x [H, V] of the head) and a square one; the best is the peak;
-* per model (tiny, SmolLM2-135M) and sequence length L at micro-batch B: one GRPO optimiser step of
-  ours (`Learner.update`: pack -> accumulate -> AdamW, full fine-tuning) and of google-tunix on the
-  same shapes, timed back to back (alternating, median of the repeats, after a warm-up step that
-  compiles), as tokens/s, MFU and the tunix/ours time ratio, plus the XLA compilations each side
-  made during its timed steps (must be 0);
-* the share of a whole MemTrain training step spent in rollout vs update, from a few steps of
-  `Trainer(configs/memtrain.py:tiny).train()` (its metrics.jsonl), and the compilations after the
-  first step (must not grow); `--workdir DIR` prints the same from an existing run's metrics.jsonl.
+* the machine's float32 matmul peak, measured here with jax on SmolLM2's update matmuls (MLP
+  [4096, 576] x [576, 1536], head [1024, 576] x [576, 49152]) and a square 2048 one; the best is the peak;
+* the share of a whole MemTrain training step spent in rollout vs update, from a few GRPO steps of
+  `Trainer(configs/memtrain.py:tiny).train()` (its metrics.jsonl: rollout_s, update_s, step_s), and
+  the compilations after the first step (must not grow); `--workdir DIR` prints the same split from an
+  existing run's metrics.jsonl (e.g. runs/memtrain-cpu_long);
+* per model (tiny; SmolLM2-135M's shapes) and sequence length L at micro-batch B = 8: one GRPO
+  optimiser step of ours (`Learner.update`: accumulate over the packed micro-batch -> AdamW; full
+  fine-tuning) and of google-tunix on the same shapes, timed back to back (alternating; median of the
+  timed steps after a warm-up step that compiles), as tokens/s, MFU and the tunix/ours time ratio, with
+  the XLA compilations each side made during its timed steps (must be 0).
 
-The batch: B rows of exactly L tokens (no padding), a prompt of L - R tokens and a response of
-R = L/4 tokens, every response token in the loss; advantages ~ N(0, 1), old log-probs near -log V
-(importance ratios near 1); sequence-mean aggregation (tunix: "sequence-mean-token-mean"), clip
-0.2/0.2, KL off on both sides (beta = kl_coef = 0: the CPU configs' setting), AdamW (b 0.9/0.999,
-eps 1e-8, weight decay 0.01) after global-norm clipping at 1.0, float32 weights and compute, no
-rematerialisation, random weights. Ours scores the response with its blocked log-softmax (and
-entropy) and accumulates into a donated gradient buffer; tunix runs its RL actor trainer's jitted
-step (`rl.trainer.Trainer`, i.e. `PeftTrainer._train_step` under `nnx.jit`: `nnx.value_and_grad` of
-`algo_core.grpo_loss_fn`, wired as `GRPOLearner` wires it, then `nnx.Optimizer.update`) on its own
-Llama3 nnx model of the same shape, fed a `TrainExample` (prompt ids, completion ids and mask,
-advantages, old per-token log-probs). Neither side's timing includes a rollout or reference model.
+What is timed. The batch: B rows of exactly L tokens (no padding), a prompt of L - R tokens and a
+response of R = L/4 tokens, every response token in the loss; advantages ~ N(0, 1), old log-probs near
+-log V (importance ratios near 1). Both sides: sequence-mean aggregation (tunix:
+"sequence-mean-token-mean"), clip 0.2/0.2, KL off (beta = kl_coef = 0, the CPU configs' setting, so no
+reference model), AdamW (lr 1e-6, b 0.9/0.999, eps 1e-8, weight decay 0.01) after global-norm clipping
+at 1.0, float32 weights and compute, no rematerialisation, random weights, no rollout. Ours: the
+micro-batch packed by `train.batching.pack` from `TrainingSequences`, then `Learner.update` (placement,
+the jitted accumulate with a donated gradient buffer, the jitted AdamW apply, metrics to the host).
+tunix: its RL actor trainer's jitted step (`rl.trainer.Trainer` = `PeftTrainer._train_step` under
+`nnx.jit`: `nnx.value_and_grad` of `algo_core.grpo_loss_fn`, wired as `GRPOLearner` wires it, then
+`nnx.Optimizer.update`) on its own Llama3 nnx model of the same shape, fed a `TrainExample` (prompt
+ids, completion ids and mask, advantages, old per-token log-probs), as `PeftTrainer.train` calls it
+once per step. SmolLM2 runs its first 6 of 30 layers by default (`--smollm2-layers`): every layer and
+the head keep their shapes, but the full model at B x L = 8 x 512 needs ~15 GiB and minutes a step on
+a 2-core machine; the head is then a larger share of the work than in the full model.
 
-Model FLOPs per update (both sides credited the same count, so the MFU ratio is the speed ratio):
-6 x (matmul parameters of the layers + the LM head H x V) x B x L, plus causal attention
-3 x 2 x N x D x L x (L + 1) per layer and row (QK and PV forward, twice that backward). Embedding
-look-ups, norms, softmaxes and our recomputation of the head in the backward pass are not counted.
+Model FLOPs of one update, both sides credited the same count (so the MFU ratio is the speed ratio):
+6 x (matmul parameters of the layers) x B x L + 6 x (head H x V) x B x R (the head where the loss
+scores, "MFU") or x B x L (at every position, "MFU6NT") + causal attention 3 x 2 x N x D x L x (L + 1)
+per layer and row (QK and PV, forward and twice that backward). Embedding look-ups, norms, softmaxes
+and recomputation (ours recomputes each head block in the backward pass) are not counted.
 
 google-tunix's dependencies would change jax/flax here, so install it beside them, without dependencies:
 
     pip install --no-deps --target /tmp/tunix_site google-tunix google-metrax clu perfetto \\
         jaxtyping wadler-lindig pillow pandas python-dateutil
     python benchmarks/bench_train.py --quick --tunix-path /tmp/tunix_site     # tiny only, ~1-2 min
-    python benchmarks/bench_train.py --tunix-path /tmp/tunix_site             # tiny + SmolLM2, ~20 min on 2 cores
-    python benchmarks/bench_train.py --no-update --workdir runs/memtrain-cpu_long   # a real run's split only
+    python benchmarks/bench_train.py --tunix-path /tmp/tunix_site             # + SmolLM2, ~10-15 min on 2 cores
+    python benchmarks/bench_train.py --no-update --train-steps 0 --workdir runs/memtrain-cpu_long   # a run's split
+
+Timings on a shared CPU are noisy: take them as rough figures, the ratios as the better ones.
 """
 
 from __future__ import annotations
@@ -68,7 +76,7 @@ LEARNING_RATE = 1e-6
 CLIP = 0.2
 # tunix materialises [B, L, V] float32 logits (and their gradient) and [B, N, L, L] attention scores for every
 # layer; shapes whose estimate exceeds this share of the free memory are skipped for it (ours runs them).
-TUNIX_MEMORY_SHARE = 0.7
+TUNIX_MEMORY_SHARE = 0.9
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,7 +117,8 @@ def matmul_peaks(shapes: list[tuple[int, int, int]], runs: int = 5) -> dict[str,
     for m, k, n in shapes:
         a = jnp.asarray(rng.standard_normal((m, k), np.float32))
         b = jnp.asarray(rng.standard_normal((k, n), np.float32))
-        peaks[f"[{m},{k}]x[{k},{n}]"] = 2 * m * k * n / best_time(lambda: mm(a, b).block_until_ready(), runs)
+        run = lambda a=a, b=b: mm(a, b).block_until_ready()
+        peaks[f"[{m},{k}]x[{k},{n}]"] = 2 * m * k * n / best_time(run, runs)
     return peaks
 
 
@@ -119,15 +128,23 @@ def layer_matmul_params(config: ModelConfig) -> int:
     return config.num_layers * (2 * h * n * d + 2 * h * k * d + 3 * h * m)
 
 
-def update_flops(config: ModelConfig, batch: int, length: int) -> float:
-    """Model FLOPs of one full update (forward + backward) of `batch` rows of `length` tokens."""
-    dense = 6 * (layer_matmul_params(config) + config.hidden_size * config.vocab_size) * batch * length
+def update_flops(config: ModelConfig, batch: int, length: int, scored: int) -> tuple[float, float]:
+    """Model FLOPs of one full update (forward + backward) of `batch` rows of `length` tokens, of which the loss
+    scores `scored` per row: (the head applied to the scored positions only, the head applied to all positions)."""
+    layers = 6 * layer_matmul_params(config) * batch * length
     attention = 3 * config.num_layers * 2 * config.num_heads * config.head_dim * length * (length + 1) * batch
-    return float(dense + attention)
+    head = 6 * config.hidden_size * config.vocab_size * batch
+    return float(layers + attention + head * scored), float(layers + attention + head * length)
 
 
 def free_memory_bytes() -> float:
-    """MemAvailable of /proc/meminfo (inf where unknown)."""
+    """MemAvailable of /proc/meminfo (inf where unknown), after handing this process's freed heap back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # XLA:CPU buffers come from malloc; glibc keeps freed ones
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -155,11 +172,15 @@ def tunix_memory_estimate(config: ModelConfig, batch: int, length: int) -> float
 def make_batch(config: ModelConfig, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """B rows of exactly L tokens: prompt [B, L - R], response [B, R] (R = L / 4), old log-probs [B, R],
     advantages [B]."""
-    response = max(length // 4, 1)
+    response = response_length(length)
     tokens = rng.integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)  # never PAD_ID
     old_logp = (-np.log(config.vocab_size) + 0.1 * rng.standard_normal((batch, response))).astype(np.float32)
     advantages = rng.standard_normal(batch).astype(np.float32)
     return {"tokens": tokens, "prompt_length": length - response, "old_logp": old_logp, "advantages": advantages}
+
+
+def response_length(length: int) -> int:
+    return max(length // 4, 1)
 
 
 def our_micro_batches(data: dict, length: int, micro_batch: int) -> list:
@@ -219,8 +240,7 @@ class Tunix:
         import optax
         from flax import nnx
         from tunix.models.llama3 import model as tunix_model
-        from tunix.rl import algo_core  # noqa: F401  (registers the "grpo" policy loss)
-        from tunix.rl import function_registry
+        from tunix.rl import algo_core, function_registry  # noqa: F401  (algo_core registers the "grpo" loss)
         from tunix.rl import trainer as rl_trainer
         from tunix.rl.grpo import grpo_learner
         from tunix.sft import peft_trainer
@@ -294,89 +314,86 @@ class Tunix:
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_model(name: str, config: ModelConfig, lengths: list[int], args, counter: CompileCounter, peak: float):
+def bench_model(label: str, config: ModelConfig, lengths: list[int], args, repeats: int, counter, peak: float):
     micro = args.micro_batch
     print(
-        f"== {name}: {config.num_params() / 1e6:.1f}M params ({layer_matmul_params(config) / 1e6:.1f}M in layer "
+        f"== {label}: {config.num_params() / 1e6:.1f}M params ({layer_matmul_params(config) / 1e6:.1f}M in layer "
         f"matmuls + {config.hidden_size * config.vocab_size / 1e6:.1f}M head), micro-batch {micro}, "
         f"response = L/4, full fine-tuning, KL off =="
     )
     sides: dict[str, object] = {}
     start = time.perf_counter()
     sides["ours"] = Ours(config)
-    print(f"  ours: Learner built in {time.perf_counter() - start:.1f} s")
+    print(f"  ours: Learner + state built in {time.perf_counter() - start:.1f} s")
     tunix_note = args.tunix_error
     if tunix_note is None:
         try:
             start = time.perf_counter()
             sides["tunix"] = Tunix(config)
-            print(f"  tunix: model + rl.trainer.Trainer built in {time.perf_counter() - start:.1f} s")
+            print(f"  tunix: Llama3 model + rl.trainer.Trainer built in {time.perf_counter() - start:.1f} s")
         except Exception as e:  # report and go on with our figures
             tunix_note = f"set-up failed: {type(e).__name__}: {str(e)[:300]}"
             print(f"  tunix: {tunix_note}")
     rng = np.random.default_rng(0)
-    header = (
-        f"  {'L':>5} {'tokens':>6} | {'ours s/step':>11} {'tok/s':>8} {'MFU':>6} {'first s':>7} {'recomp':>6} | "
-        f"{'tunix s/step':>12} {'tok/s':>8} {'MFU':>6} {'first s':>7} {'recomp':>6} | {'tunix/ours time':>15}"
-    )
-    rows = []
+    side = f"{'s/step':>7} {'tok/s':>7} {'MFU':>6} {'MFU6NT':>6} {'first s':>7} {'recomp':>6}"
+    header = f"  {'L':>5} {'tokens':>6} | ours   {side} | tunix  {side} | {'tunix/ours time':>15}"
+    width = len(side) + 7
     for length in lengths:
         data = make_batch(config, micro, length, rng)
         tokens = micro * length
-        flops = update_flops(config, micro, length)
+        useful, full = update_flops(config, micro, length, response_length(length))
         steps: dict[str, Callable[[], None]] = {"ours": sides["ours"].step_fn(data, length, micro)}
         skip = None
         if "tunix" in sides:
             need, free = tunix_memory_estimate(config, micro, length), free_memory_bytes()
             if need > TUNIX_MEMORY_SHARE * free:
-                skip = f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+                skip = f"skipped: ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} free"
             else:
                 steps["tunix"] = sides["tunix"].step_fn(data, length, micro)
-        first, times, recompiled = {}, {k: [] for k in steps}, {k: 0 for k in steps}
-        failed = {}
+        first, times, recompiled, failed = {}, {k: [] for k in steps}, {k: 0 for k in steps}, {}
         for key, step in list(steps.items()):  # warm-up: compiles this shape
             start = time.perf_counter()
             try:
                 step()
             except Exception as e:  # report and go on with the other figures
-                failed[key] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                failed[key] = f"failed: {type(e).__name__}: {e}"
+                print(f"  {key} at L={length}: {failed[key][:400]}")
                 del steps[key]
             first[key] = time.perf_counter() - start
-        compiles = getattr(sides["ours"], "learner").compile_count
-        for _ in range(args.repeats):  # alternate the sides so drifting load hits both alike
+        traced = sides["ours"].learner.compile_count
+        for _ in range(repeats):  # alternate the sides so a drifting load hits both alike
             for key, step in steps.items():
                 before = counter.count
                 start = time.perf_counter()
                 step()
                 times[key].append(time.perf_counter() - start)
                 recompiled[key] += counter.count - before
-        traced = getattr(sides["ours"], "learner").compile_count - compiles
-        recompiled["ours"] += traced  # a retrace of our programs counts even if XLA's cache answered it
-
-        def cells(key: str) -> tuple[str, float | None]:
-            if key in failed:
-                return f"{failed[key]:>45}", None
+        if "ours" in steps:  # a retrace of our programs counts even where XLA's cache would answer it
+            recompiled["ours"] += sides["ours"].learner.compile_count - traced
+        cells, median = {}, {}
+        for key in ("ours", "tunix"):
             if key not in steps:
-                note = skip or tunix_note or "-"
-                return f"{note[:45]:>45}", None
-            t = statistics.median(times[key])
-            mfu = flops / t / peak
-            return f"{t:11.2f} {tokens / t:8.0f} {mfu:6.1%} {first[key]:7.1f} {recompiled[key]:6d}", t
-
-        ours_cells, t_ours = cells("ours")
-        tunix_cells, t_tunix = cells("tunix")
+                note = failed.get(key) or skip or tunix_note or "-"
+                cells[key], median[key] = f"{note[: width - 1]:>{width}}", None
+                continue
+            t = median[key] = statistics.median(times[key])
+            cells[key] = (
+                f"{'':6} {t:7.2f} {tokens / t:7.0f} {useful / t / peak:6.1%} {full / t / peak:6.1%} "
+                f"{first[key]:7.1f} {recompiled[key]:6d}"
+            )
+        ours_cells, t_ours = cells["ours"], median["ours"]
+        tunix_cells, t_tunix = cells["tunix"], median["tunix"]
         ratio = f"{t_tunix / t_ours:14.2f}x" if t_ours and t_tunix else f"{'-':>15}"
-        row = f"  {length:5d} {tokens:6d} | {ours_cells} | {tunix_cells:>45} | {ratio}"
-        rows.append(row)
-        if len(rows) == 1:
+        if length == lengths[0]:
             print(header)
-        print(row, flush=True)
+        print(f"  {length:5d} {tokens:6d} | {ours_cells} | {tunix_cells} | {ratio}", flush=True)
     print(
-        f"  (s/step: median of {args.repeats} alternating repeat(s) after a warm-up step; first s: the warm-up step, "
-        "compilation included; recomp: XLA compilations during the timed steps, must be 0; MFU against the "
-        f"measured peak {peak / 1e9:.0f} GFLOP/s)\n"
+        f"  s/step: median of {repeats} alternating timed step(s) after a warm-up step (first s, compilation "
+        "included); tok/s = B x L / (s/step); recomp: XLA compilations (and, for ours, Learner retraces) during "
+        "the timed steps, must be 0; MFU: model FLOPs with the head on the scored (response) positions only, "
+        "MFU6NT: with the head on every position, both over the measured peak "
+        f"{peak / 1e9:.0f} GFLOP/s\n"
     )
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,7 +409,7 @@ def print_split(records: list[dict], source: str) -> None:
         return
     print(
         f"  {'step':>4} {'phase':>6} {'step s':>8} {'rollout s':>9} {'update s':>8} {'other s':>7} "
-        f"{'rollout':>7} {'update':>6} {'compilations':>12}"
+        f"{'rollout%':>8} {'update%':>7} {'compilations':>12}"
     )
     for m in records:
         step_s = float(m.get("step_s", 0.0))
@@ -401,7 +418,7 @@ def print_split(records: list[dict], source: str) -> None:
         other = step_s - rollout - update
         print(
             f"  {m['step']:4d} {m.get('phase', '?'):>6} {step_s:8.2f} {rollout:9.2f} {update:8.2f} {other:7.2f} "
-            f"{rollout / max(step_s, 1e-9):7.1%} {update / max(step_s, 1e-9):6.1%} {m.get('compilations', '-'):>12}"
+            f"{rollout / max(step_s, 1e-9):8.1%} {update / max(step_s, 1e-9):7.1%} {m.get('compilations', '-'):>12}"
         )
     later = records[1:]
     for phase in sorted({m.get("phase", "?") for m in later}):
@@ -454,8 +471,8 @@ def tiny_training_split(steps: int) -> None:
         start = time.perf_counter()
         trainer.train()
         source = (
-            f"configs/memtrain.py:tiny, {steps} GRPO steps (set-up {built:.1f} s, training {time.perf_counter() - start:.1f} s; "
-            f"micro-batch {config.train.micro_batch_size}, KL {config.rl.kl_coef})"
+            f"configs/memtrain.py:tiny, {steps} GRPO steps (set-up {built:.1f} s, training "
+            f"{time.perf_counter() - start:.1f} s; micro-batch {config.train.micro_batch_size}, KL {config.rl.kl_coef})"
         )
         print_split(read_metrics(workdir), source)
 
@@ -465,11 +482,14 @@ def tiny_training_split(steps: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model at L = 128, 256; 3 training steps")
+    parser.add_argument("--quick", action="store_true", help="tiny model only, L = 128 and 256; 3 training steps")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
-    parser.add_argument("--lengths", nargs="+", type=int, default=None, help="tiny model sequence lengths")
-    parser.add_argument("--smollm2-lengths", nargs="+", type=int, default=None, help="SmolLM2 sequence lengths")
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--lengths", nargs="+", type=int, default=None, help="tiny model: sequence lengths")
+    parser.add_argument("--smollm2-lengths", nargs="+", type=int, default=None, help="SmolLM2: sequence lengths")
+    parser.add_argument(
+        "--smollm2-layers", type=int, default=6, help="SmolLM2 layers timed (of 30; 30 needs ~15 GiB at L = 512)"
+    )
+    parser.add_argument("--micro-batch", type=int, default=8, help="rows per update (one micro-batch)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per side and shape (median)")
     parser.add_argument("--train-steps", type=int, default=None, help="steps of the tiny training run (0 = skip)")
     parser.add_argument("--workdir", default=None, help="also print the split of this run's metrics.jsonl")
@@ -482,11 +502,16 @@ def main(argv=None) -> None:
     counter = CompileCounter()
 
     models = args.models or (["tiny"] if args.quick else ["tiny", "smollm2-135m"])
-    lengths = {
-        "tiny": args.lengths or ([128, 256] if args.quick else [256, 512, 1024]),
-        "smollm2-135m": args.smollm2_lengths or ([128] if args.quick else [256, 512]),
+    smollm2 = MODELS["smollm2-135m"]
+    configs = {
+        "tiny": ("tiny", MODELS["tiny"], args.lengths or ([128, 256] if args.quick else [256, 512, 1024]), 3),
+        "smollm2-135m": (
+            f"smollm2-135m shapes, {args.smollm2_layers} of {smollm2.num_layers} layers",
+            smollm2.replace(num_layers=args.smollm2_layers),
+            args.smollm2_lengths or ([128] if args.quick else [256, 512]),
+            3,
+        ),
     }
-    args.repeats = args.repeats or (3 if args.quick else 3)
     train_steps = args.train_steps if args.train_steps is not None else (3 if args.quick else 5)
 
     args.tunix_error = None
@@ -502,10 +527,12 @@ def main(argv=None) -> None:
             args.tunix_error = f"cannot import tunix: {type(e).__name__}: {e}"
 
     print(f"jax {jax.__version__} backend={jax.default_backend()} devices={jax.devices()}; cpu cores={os.cpu_count()}")
+    peak = float("nan")
     if not args.no_update:
-        c = MODELS["smollm2-135m"]  # its projections and head (the tiny model's are too small to say much)
-        peaks = matmul_peaks([(4096, c.hidden_size, c.intermediate_size), (2048, c.hidden_size, c.vocab_size)])
-        peaks |= matmul_peaks([(2048, 2048, 2048)])
+        # SmolLM2's MLP and head matmuls at B x L = 4096 / 1024 rows, and a square one; the best is the peak
+        # (the tiny model's 64-wide matmuls stay in cache and say little about the machine).
+        h = smollm2.hidden_size
+        peaks = matmul_peaks([(4096, h, smollm2.intermediate_size), (1024, h, smollm2.vocab_size), (2048, 2048, 2048)])
         peak = max(peaks.values())
         print("float32 matmul (jax): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GFLOP/s")
         print(f"peak = the best: {peak / 1e9:.0f} GFLOP/s; matmul precision {args.matmul_precision}")
@@ -519,15 +546,16 @@ def main(argv=None) -> None:
             except importlib.metadata.PackageNotFoundError:
                 version = "?"
             print(f"tunix {version} from {os.path.dirname(os.path.dirname(sys.modules['tunix'].__file__))}")
-        print()
-        summary = []
-        for name in models:
-            summary.append(f"{name}:")
-            summary += bench_model(name, MODELS[name], lengths[name], args, counter, peak)
+        print(flush=True)
+    # The short training run first: a shape that runs out of memory below must not take its figures along.
     if train_steps > 0:
         tiny_training_split(train_steps)
     if args.workdir:
         print_split(read_metrics(args.workdir), args.workdir)
+    if not args.no_update:
+        for name in models:
+            label, config, lengths, repeats = configs[name]
+            bench_model(label, config, lengths, args, args.repeats or repeats, counter, peak)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from memtrain_jax.sampler import Sampler
 from memtrain_jax.sharding import DEFAULT_RULES, make_mesh
 from memtrain_jax.tokenizer import HFTokenizer, get_chat_format
 from memtrain_jax.train import Learner, LengthBuckets, OptimConfig, Trainer, WorkdirMismatchError, pack, read_metrics
+from memtrain_jax.train.trainer import STEP_KEYS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,6 +96,7 @@ def test_resume_equals_uninterrupted(cache, tmp_path, full_run):
     order = lambda d: [r["episode_ids"] for r in read_metrics(str(d))]
     assert order(full_dir) == order(tmp_path / "split")  # the same data, in the same order
     assert [r["phase"] for r in read_metrics(str(tmp_path / "split"))] == ["format", "format", "grpo", "grpo"]
+    assert all(set(STEP_KEYS) <= set(r) for r in read_metrics(str(full_dir)))  # the metrics.jsonl contract
     # The warm-up really trained (the loss is the cross-entropy of the answer tokens).
     warm = [r["loss"] for r in read_metrics(str(full_dir)) if r["phase"] == "format"]
     assert all(np.isfinite(warm)) and int(np.asarray(jax.device_get(full["state"].step))) == 4
@@ -289,3 +291,25 @@ def test_memory_loop_learns_to_carry_a_token_forward():
             state, _ = _update_from(learner, state, sequences)
     first, last = np.mean(accuracy[:8]), np.mean(accuracy[-8:])
     assert last > first + 0.15, accuracy
+
+
+def test_export_is_loaded_by_transformers(cache, tmp_path, full_run):
+    """`memtrain export` writes the latest policy as a HuggingFace folder whose logits equal ours."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    workdir, summary = full_run
+    out = tmp_path / "hf"
+    command = [sys.executable, "-m", "memtrain_jax.tools.main", "export", f"--workdir={workdir}", f"--out={out}"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    from memtrain_jax.model import forward
+
+    trainer = Trainer(_tiny(cache, **FULL), str(workdir), log=_quiet)
+    tokens = np.random.default_rng(0).integers(0, trainer.setup.policy.model_config.vocab_size, (2, 12))
+    ours = np.asarray(forward(trainer.setup.policy.model_config, jax.device_get(summary["state"].params), tokens))
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)

@@ -46,6 +46,23 @@ from memtrain_jax.train.metrics import MetricWriter
 
 Log = Callable[[str], None]
 CONFIG_FILE = "config.json"
+# Every record of metrics.jsonl has these keys (null where a step has no such figure, e.g. no rollout in
+# the format warm-up, no loss when the DAPO filter dropped every group).
+STEP_KEYS = (
+    "step",
+    "phase",
+    "reward_e2e",
+    "acc_e2e",
+    "reward_recall",
+    "acc_recall",
+    "loss",
+    "kl",
+    "clip_fraction",
+    "entropy",
+    "rollout_s",
+    "update_s",
+    "step_s",
+)
 EVAL_KEYS = ("acc_e2e", "reward_e2e", "acc_recall", "reward_recall", "missing_box_answer", "missing_box_recall")
 
 
@@ -323,6 +340,7 @@ class Trainer:
                 step += 1
                 metrics["episode_ids"] = [int(i) for i in batch["episode_id"]]  # the data order, for audits
                 metrics["step_s"] = time.perf_counter() - start
+                metrics = {**dict.fromkeys(STEP_KEYS[1:], float("nan")), **metrics}  # STEP_KEYS[0] is "step"
                 metrics["compilations"] = self.learner.compile_count + self.setup.sampler.compile_count
                 writer.write(step, metrics)
                 if result is not None and tc.sample_every and step % tc.sample_every == 0:
