@@ -15,6 +15,7 @@ from memtrain_jax.model.transformer import (
     param_logical_specs,
     param_shapes,
     param_shardings,
+    prefill,
     stack_layers,
     unstack_layers,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "param_logical_specs",
     "param_shardings",
     "param_shapes",
+    "prefill",
     "stack_layers",
     "unstack_layers",
 ]
