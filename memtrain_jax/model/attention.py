@@ -7,14 +7,18 @@ Keys and values are heads-major, the cache's layout. Softmax statistics are floa
 Backends (`ModelConfig.attention`):
   reference  the dense formula: float32 scores [B, K, G, T, S] over every slot. Small shapes only.
   blocked    flash-style online softmax in plain JAX: loops over query blocks and, inside, over
-             the key blocks a block can see (causally, and never past the last slot in use), so
-             it never holds more than one [B, K, G * block_q, block_kv] score block and a decode
-             step reads only the cache slots in use. Differentiable (custom VJP, blockwise
-             recompute). The CPU path and the fallback of the others.
+             the key blocks a block can see (from the rows' first valid slot to the block's last
+             query: left padding and slots not yet in use are never read), so it holds one
+             [rows, K, G * block_q, block_kv] score block at a time and a decode step reads only
+             the cache blocks in use. Differentiable (custom VJP, blockwise recompute). The CPU
+             path, and what splash/cudnn fall back to.
   splash     TPU: the Pallas splash-attention kernel shipped with JAX, for self-attention of the
-             new tokens from slot 0 (training, prefill); anything else (decode) uses `blocked`.
+             new tokens from slot 0 (training, prefill) when T is a multiple of 128; otherwise
+             (decode, chunks after a cache) `blocked`. Off TPU it runs in Pallas interpret mode.
   cudnn      GPU: `jax.nn.dot_product_attention(implementation="cudnn")`, same scope as splash.
+             Off GPU it runs the same call with XLA's dense implementation.
   auto       splash on TPU, cudnn on GPU, blocked elsewhere.
+The off-platform emulations are test paths (slow, with a warning), never chosen by "auto".
 
 Shapes: B batch, T new tokens (queries), S slots (keys), N query heads, K kv heads, G = N // K,
 D head dim, M = block_q * G query rows of one block.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import jax
@@ -89,10 +94,25 @@ def attention(
     if backend == "reference":
         return reference_attention(q, k, v, attention_mask(key_valid, q_start, t))
     if backend == "splash" and from_zero and splash_supported(t):
-        return splash_attention(q, k, v, key_valid, block_q=block_q, block_kv=block_kv)
+        interpret = _emulated("splash", "tpu")
+        return splash_attention(q, k, v, key_valid, block_q=block_q, block_kv=block_kv, interpret=interpret)
     if backend == "cudnn" and from_zero:
-        return cudnn_attention(q, k, v, key_valid)
+        return cudnn_attention(q, k, v, key_valid, implementation="xla" if _emulated("cudnn", "gpu") else "cudnn")
     return blocked_attention(q, k, v, key_valid, jnp.asarray(q_start, jnp.int32), block_q, block_kv)
+
+
+def _emulated(backend: str, platform: str) -> bool:
+    """True (with a warning) when `backend`, a `platform` kernel, must be emulated on this machine."""
+    here = jax.default_backend()
+    if here == platform:
+        return False
+    emulation = "Pallas interpret mode" if backend == "splash" else "XLA's dense attention"
+    warnings.warn(
+        f"attention={backend!r} is a {platform} kernel; on {here} it runs in {emulation}, slowly (a test "
+        "path). Use attention='auto' or 'blocked' here.",
+        stacklevel=3,
+    )
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,143 +120,165 @@ def attention(
 # --------------------------------------------------------------------------------------------------
 
 
-def _blocks(t: int, s: int, block_q: int, block_kv: int) -> tuple[int, int, int, int]:
-    """(bq, number of query blocks, bk, number of key blocks); T is padded up to a multiple of bq."""
-    bq, bk = min(block_q, t), min(block_kv, s)
-    return bq, -(-t // bq), bk, -(-s // bk)
+SCORE_BLOCK_BYTES = 4 << 20  # rows of the batch share a block while its float32 scores fit this (CPU caches)
 
 
-def _group_queries(x: jax.Array, kv_heads: int, bq: int, nq: int) -> jax.Array:
-    """[B, T, N, D] -> [B, K, nq * bq, G, D], zero rows appended up to a whole number of blocks."""
-    b, t, n, d = x.shape
-    x = x.reshape(b, t, kv_heads, n // kv_heads, d).transpose(0, 2, 1, 3, 4)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, nq * bq - t), (0, 0), (0, 0))) if nq * bq > t else x
+class _Tiling:
+    """Static tiling of one call: query blocks of bq rows (T padded up to nq * bq), key blocks of bk
+    slots (the last one moved back to end at slot S, see `_Step`), and rb batch rows per block, as
+    many as keep a [rb, K, bq * G, bk] float32 score block within SCORE_BLOCK_BYTES (all rows for a
+    decode step, one row for a long prefill)."""
+
+    def __init__(self, q_shape: tuple[int, ...], k_shape: tuple[int, ...], block_q: int, block_kv: int):
+        b, t, n, self.d = q_shape
+        self.kh, s = k_shape[1], k_shape[2]
+        self.g, self.t, self.s = n // self.kh, t, s
+        self.bq, self.bk = min(block_q, t), min(block_kv, s)
+        self.nq, self.nk = -(-t // self.bq), -(-s // self.bk)
+        per_row = self.kh * self.bq * self.g * self.bk * 4
+        self.rb = max((r for r in range(1, b + 1) if b % r == 0 and r * per_row <= SCORE_BLOCK_BYTES), default=1)
+        self.steps = (b // self.rb) * self.nq  # (row group, query block) pairs
+        self.m = self.bq * self.g  # query rows of a block
+
+    def group_queries(self, x: jax.Array) -> jax.Array:
+        """[B, T, N, D] -> [B, K, nq * bq, G, D], zero rows appended up to a whole number of blocks."""
+        b, t, _, d = x.shape
+        x = x.reshape(b, t, self.kh, self.g, d).transpose(0, 2, 1, 3, 4)
+        pad = self.nq * self.bq - t
+        return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
+
+    def ungroup_queries(self, x: jax.Array) -> jax.Array:
+        """[B, K, T', G, ...] -> [B, T, N, ...] (the first T rows)."""
+        b = x.shape[0]
+        x = jnp.moveaxis(x[:, :, : self.t], 2, 1)
+        return x.reshape(b, self.t, self.kh * self.g, *x.shape[4:])
+
+    def query_rows(self, x: jax.Array, b0, q0) -> jax.Array:
+        """Rows b0..b0+rb, query block at q0 of x: [B, K, T', G, ...] -> [rb, K, M, ...]."""
+        starts = (b0, 0, q0) + (0,) * (x.ndim - 3)
+        block = jax.lax.dynamic_slice(x, starts, (self.rb, self.kh, self.bq, *x.shape[3:]))
+        return block.reshape(self.rb, self.kh, self.m, *x.shape[4:])
+
+    def key_range(self, key_valid: jax.Array, q_start, b0, q0):
+        """Key blocks [lo, hi) the block's queries can see: none before the rows' first valid slot
+        (left padding), none after the last query's slot (causality, and slots not yet in use)."""
+        valid = jax.lax.dynamic_slice_in_dim(key_valid, b0, self.rb, axis=0)
+        first = jnp.min(jnp.where(jnp.any(valid, axis=1), jnp.argmax(valid, axis=1), self.s))
+        hi = jnp.minimum((q_start + q0 + self.bq - 1) // self.bk + 1, self.nk)
+        return jnp.minimum(first // self.bk, hi), hi
 
 
-def _ungroup_queries(x: jax.Array, t: int) -> jax.Array:
-    """[B, K, T', G, D] -> [B, T, N, D] (the first t rows)."""
-    b, kh, _, g, d = x.shape
-    return x[:, :, :t].transpose(0, 2, 1, 3, 4).reshape(b, t, kh * g, d)
+class _Step:
+    """One (query block, key block) pair: the key slice and the causal mask [M, bk] (traced int32)."""
 
-
-class _Block:
-    """Index arithmetic shared by the forward and backward loops (all traced int32)."""
-
-    def __init__(self, q_start, i, j, bq, bk, g, s):
-        self.q0 = i * bq  # first query row (of the padded T) of block i
-        # Key block j starts at j * bk; the last one is moved back to end at slot S (it may overlap
-        # the previous one, whose slots `fresh` then excludes) so every block has static size bk.
-        self.k0 = jnp.minimum(j * bk, s - bk)
+    def __init__(self, tiling: _Tiling, q_start, b0, q0, j, k, v, key_valid):
+        bk = tiling.bk
+        # The last key block is moved back to end at slot S so every block has static size bk;
+        # `fresh` drops the slots it shares with the previous block.
+        self.k0 = jnp.minimum(j * bk, tiling.s - bk)
+        self.k = jax.lax.dynamic_slice(k, (b0, 0, self.k0, 0), (tiling.rb, tiling.kh, bk, tiling.d))
+        self.v = jax.lax.dynamic_slice(v, (b0, 0, self.k0, 0), (tiling.rb, tiling.kh, bk, tiling.d))
+        self.valid = jax.lax.dynamic_slice(key_valid, (b0, self.k0), (tiling.rb, bk))
         slots = self.k0 + jnp.arange(bk)
-        row_slots = q_start + self.q0 + jnp.arange(bq * g) // g  # query rows (t, g) of the block
-        self.causal = (slots[None, :] <= row_slots[:, None]) & (slots >= j * bk)[None, :]  # [M, bk]
+        self.fresh = slots >= j * bk
+        row_slots = q_start + q0 + jnp.arange(tiling.m) // tiling.g  # query rows (t, g) of the block
+        self.causal = (slots[None, :] <= row_slots[:, None]) & self.fresh[None, :]
 
-
-def _num_key_blocks(q_start, i, bq, bk, nk):
-    """Key blocks query block i can see: those up to its last query's slot (a traced count)."""
-    return jnp.minimum((q_start + (i + 1) * bq - 1) // bk + 1, nk)
-
-
-def _scores(qb, kb, valid, causal, scale):
-    """Masked scores [B, K, M, bk] float32 of query rows qb: [B, K, M, D] against keys kb: [B, K, bk, D]."""
-    s = jnp.einsum("bkmd,bksd->bkms", qb, kb.astype(qb.dtype), preferred_element_type=jnp.float32) * scale
-    return jnp.where(valid[:, None, None, :] & causal[None, None], s, MASK_VALUE)
+    def scores(self, qb: jax.Array, scale: float) -> jax.Array:
+        """Masked scores [rb, K, M, bk] float32 of query rows qb: [rb, K, M, D]."""
+        s = jnp.einsum("bkmd,bksd->bkms", qb, self.k.astype(qb.dtype), preferred_element_type=jnp.float32)
+        return jnp.where(self.valid[:, None, None, :] & self.causal[None, None], s * scale, MASK_VALUE)
 
 
 def _blocked_forward(q, k, v, key_valid, q_start, block_q, block_kv):
     """Returns (out [B, T, N, D], logsumexp [B, K, T', G] float32 of each query row)."""
-    b, t, n, d = q.shape
-    kh, s = k.shape[1], k.shape[2]
-    g = n // kh
-    bq, nq, bk, nk = _blocks(t, s, block_q, block_kv)
+    tl = _Tiling(q.shape, k.shape, block_q, block_kv)
+    b, rb, kh, m, d = q.shape[0], tl.rb, tl.kh, tl.m, tl.d
     scale = 1.0 / math.sqrt(d)
-    qg = _group_queries(q, kh, bq, nq)
+    qg = tl.group_queries(q)
 
-    def query_block(i, carry):
+    def query_block(r, carry):
         out, lse = carry
-        qb = jax.lax.dynamic_slice_in_dim(qg, i * bq, bq, axis=2).reshape(b, kh, bq * g, d)
+        b0, q0 = (r // tl.nq) * rb, (r % tl.nq) * tl.bq
+        qb = tl.query_rows(qg, b0, q0)
 
         def key_block(j, state):
-            m, denom, acc = state
-            blk = _Block(q_start, i, j, bq, bk, g, s)
-            kb = jax.lax.dynamic_slice_in_dim(k, blk.k0, bk, axis=2)
-            vb = jax.lax.dynamic_slice_in_dim(v, blk.k0, bk, axis=2)
-            valid = jax.lax.dynamic_slice_in_dim(key_valid, blk.k0, bk, axis=1)
-            sc = _scores(qb, kb, valid, blk.causal, scale)
-            m_new = jnp.maximum(m, sc.max(axis=-1))
+            m_prev, denom, acc = state
+            step = _Step(tl, q_start, b0, q0, j, k, v, key_valid)
+            sc = step.scores(qb, scale)
+            m_new = jnp.maximum(m_prev, sc.max(axis=-1))
             p = jnp.exp(sc - m_new[..., None])
             # Rows with only masked slots so far carry m = MASK_VALUE; the first real slot makes
             # their correction exp(MASK_VALUE - m_new) exactly 0, erasing the masked slots' weight.
-            correction = jnp.exp(m - m_new)
+            correction = jnp.exp(m_prev - m_new)
             pv = jnp.einsum(
-                "bkms,bksd->bkmd", p.astype(q.dtype), vb.astype(q.dtype), preferred_element_type=jnp.float32
+                "bkms,bksd->bkmd", p.astype(q.dtype), step.v.astype(q.dtype), preferred_element_type=jnp.float32
             )
             return m_new, denom * correction + p.sum(axis=-1), acc * correction[..., None] + pv
 
         init = (
-            jnp.full((b, kh, bq * g), MASK_VALUE, jnp.float32),
-            jnp.zeros((b, kh, bq * g), jnp.float32),
-            jnp.zeros((b, kh, bq * g, d), jnp.float32),
+            jnp.full((rb, kh, m), MASK_VALUE, jnp.float32),
+            jnp.zeros((rb, kh, m), jnp.float32),
+            jnp.zeros((rb, kh, m, d), jnp.float32),
         )
-        m, denom, acc = jax.lax.fori_loop(0, _num_key_blocks(q_start, i, bq, bk, nk), key_block, init)
-        block_out = (acc / denom[..., None]).astype(q.dtype).reshape(b, kh, bq, g, d)
-        block_lse = (m + jnp.log(denom)).reshape(b, kh, bq, g)
-        out = jax.lax.dynamic_update_slice_in_dim(out, block_out, i * bq, axis=2)
-        lse = jax.lax.dynamic_update_slice_in_dim(lse, block_lse, i * bq, axis=2)
+        lo, hi = tl.key_range(key_valid, q_start, b0, q0)
+        m_last, denom, acc = jax.lax.fori_loop(lo, hi, key_block, init)
+        denom = jnp.where(denom > 0, denom, 1.0)  # a block of padding queries before any valid key: 0, not NaN
+        block_out = (acc / denom[..., None]).astype(q.dtype).reshape(rb, kh, tl.bq, tl.g, d)
+        block_lse = (m_last + jnp.log(denom)).reshape(rb, kh, tl.bq, tl.g)
+        out = jax.lax.dynamic_update_slice(out, block_out, (b0, 0, q0, 0, 0))
+        lse = jax.lax.dynamic_update_slice(lse, block_lse, (b0, 0, q0, 0))
         return out, lse
 
-    out = jnp.zeros((b, kh, nq * bq, g, d), q.dtype)
-    lse = jnp.zeros((b, kh, nq * bq, g), jnp.float32)
-    out, lse = jax.lax.fori_loop(0, nq, query_block, (out, lse))
-    return _ungroup_queries(out, t), lse
+    out = jnp.zeros((b, kh, tl.nq * tl.bq, tl.g, d), q.dtype)
+    lse = jnp.zeros((b, kh, tl.nq * tl.bq, tl.g), jnp.float32)
+    out, lse = jax.lax.fori_loop(0, tl.steps, query_block, (out, lse))
+    return tl.ungroup_queries(out), lse
 
 
 def _blocked_backward(q, k, v, key_valid, q_start, out, lse, dout, block_q, block_kv):
     """Flash-attention backward: recomputes each score block from q, k and the saved logsumexp."""
-    b, t, n, d = q.shape
-    kh, s = k.shape[1], k.shape[2]
-    g = n // kh
-    bq, nq, bk, nk = _blocks(t, s, block_q, block_kv)
+    tl = _Tiling(q.shape, k.shape, block_q, block_kv)
+    b, rb, kh, m, d = q.shape[0], tl.rb, tl.kh, tl.m, tl.d
     scale = 1.0 / math.sqrt(d)
-    qg = _group_queries(q, kh, bq, nq)
-    dog = _group_queries(dout, kh, bq, nq)  # padded query rows get zero cotangents: they add nothing
-    delta = jnp.sum(dog.astype(jnp.float32) * _group_queries(out, kh, bq, nq).astype(jnp.float32), axis=-1)
+    f32 = lambda x: x.astype(jnp.float32)
+    qg, dog = tl.group_queries(q), tl.group_queries(dout)  # padded query rows: zero cotangents, add nothing
+    delta = jnp.sum(f32(dog) * f32(tl.group_queries(out)), axis=-1)
 
-    def query_block(i, carry):
+    def query_block(r, carry):
         dq, dk, dv = carry
-        rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=2).reshape(b, kh, bq * g, *x.shape[4:])
-        qb, dob, lse_b, delta_b = rows(qg), rows(dog), rows(lse), rows(delta)
+        b0, q0 = (r // tl.nq) * rb, (r % tl.nq) * tl.bq
+        qb, dob = tl.query_rows(qg, b0, q0), f32(tl.query_rows(dog, b0, q0))
+        lse_b, delta_b = tl.query_rows(lse, b0, q0), tl.query_rows(delta, b0, q0)
 
         def key_block(j, state):
             dq_b, dk, dv = state
-            blk = _Block(q_start, i, j, bq, bk, g, s)
-            kb = jax.lax.dynamic_slice_in_dim(k, blk.k0, bk, axis=2)
-            vb = jax.lax.dynamic_slice_in_dim(v, blk.k0, bk, axis=2)
-            valid = jax.lax.dynamic_slice_in_dim(key_valid, blk.k0, bk, axis=1)
+            step = _Step(tl, q_start, b0, q0, j, k, v, key_valid)
             # Masked slots get p = exp(MASK_VALUE - lse) = 0 in every row that has a real slot.
-            p = jnp.exp(_scores(qb, kb, valid, blk.causal, scale) - lse_b[..., None])
-            dp = jnp.einsum("bkmd,bksd->bkms", dob.astype(jnp.float32), vb.astype(jnp.float32))
+            p = jnp.exp(step.scores(qb, scale) - lse_b[..., None])
+            dp = jnp.einsum("bkmd,bksd->bkms", dob, f32(step.v))
             ds = p * (dp - delta_b[..., None]) * scale
-            dq_b = dq_b + jnp.einsum("bkms,bksd->bkmd", ds, kb.astype(jnp.float32))
-            dk_b = jnp.einsum("bkms,bkmd->bksd", ds, qb.astype(jnp.float32))
-            dv_b = jnp.einsum("bkms,bkmd->bksd", p, dob.astype(jnp.float32))
-            # The last key block may overlap the previous one: add only its fresh slots.
-            fresh = (jnp.arange(bk) + blk.k0 >= j * bk)[None, None, :, None]
-            add = lambda acc, x: jax.lax.dynamic_update_slice_in_dim(
-                acc, jax.lax.dynamic_slice_in_dim(acc, blk.k0, bk, axis=2) + jnp.where(fresh, x, 0.0), blk.k0, axis=2
-            )
-            return dq_b, add(dk, dk_b), add(dv, dv_b)
+            dq_b = dq_b + jnp.einsum("bkms,bksd->bkmd", ds, f32(step.k))
+            fresh = step.fresh[None, None, :, None]  # the moved-back last block adds only its own slots
 
-        init = (jnp.zeros((b, kh, bq * g, d), jnp.float32), dk, dv)
-        dq_b, dk, dv = jax.lax.fori_loop(0, _num_key_blocks(q_start, i, bq, bk, nk), key_block, init)
-        dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_b.reshape(b, kh, bq, g, d), i * bq, axis=2)
+            def add(acc, x):
+                at = (b0, 0, step.k0, 0)
+                old = jax.lax.dynamic_slice(acc, at, x.shape)
+                return jax.lax.dynamic_update_slice(acc, old + jnp.where(fresh, x, 0.0), at)
+
+            dk = add(dk, jnp.einsum("bkms,bkmd->bksd", ds, f32(qb)))
+            dv = add(dv, jnp.einsum("bkms,bkmd->bksd", p, dob))
+            return dq_b, dk, dv
+
+        lo, hi = tl.key_range(key_valid, q_start, b0, q0)
+        dq_b, dk, dv = jax.lax.fori_loop(lo, hi, key_block, (jnp.zeros((rb, kh, m, d), jnp.float32), dk, dv))
+        dq = jax.lax.dynamic_update_slice(dq, dq_b.reshape(rb, kh, tl.bq, tl.g, d), (b0, 0, q0, 0, 0))
         return dq, dk, dv
 
     zeros = lambda shape: jnp.zeros(shape, jnp.float32)
-    dq, dk, dv = jax.lax.fori_loop(
-        0, nq, query_block, (zeros((b, kh, nq * bq, g, d)), zeros(k.shape), zeros(v.shape))
-    )
-    return _ungroup_queries(dq, t).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    init = (zeros((b, kh, tl.nq * tl.bq, tl.g, d)), zeros(k.shape), zeros(v.shape))
+    dq, dk, dv = jax.lax.fori_loop(0, tl.steps, query_block, init)
+    return tl.ungroup_queries(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))

@@ -84,11 +84,11 @@ class Buckets:
     that is at least the minimum; the batch is further rounded up to a multiple of the mesh's
     data-parallel size so it always splits evenly over the data axes.
 
-    Lengths (prompt and cache slots) are tight: powers of two up to `length_block`, multiples of
-    `length_block` beyond (a 5,200-token prompt gets 5,376 slots, not 8,192). Each multiple is
-    another program, so a sampler keeps at most `max_length_buckets` distinct prompt lengths (and
-    as many cache lengths); past the cap a length reuses the smallest known bucket that fits, or
-    takes a power-of-two number of blocks (at most log2 more buckets in all).
+    Prompt lengths are tight: powers of two up to `length_block`, multiples of `length_block`
+    beyond (a 5,200-token prompt gets 5,376 slots, not 8,192). Each multiple is another program,
+    so a sampler keeps at most `max_length_buckets` distinct prompt lengths; past the cap a length
+    reuses the smallest known bucket that fits, or takes a power-of-two number of blocks (at most
+    log2 more buckets in all). The cache holds the prompt bucket plus the decode budget bucket.
     """
 
     min_batch: int = 1
@@ -383,7 +383,9 @@ class Sampler:
     trimmed NumPy results. `compile_count` counts compilations (prefill, decode and cache-allocation
     programs); `compile_seconds` maps each compiled program's name to its trace + compile time.
     `share_prefixes`: prefill identical prompts once (the default; a call may override it). The
-    results are those of prefilling every row.
+    results are those of prefilling every row. `record_timings`: wait for the prefill before
+    starting the decode and keep the two programs' wall times (without compilation) in
+    `last_timings` (for benchmarks; it costs a host round trip).
     """
 
     def __init__(
@@ -395,6 +397,7 @@ class Sampler:
         pad_id: int = 0,
         cache_dtype: Any = None,
         share_prefixes: bool = True,
+        record_timings: bool = False,
     ):
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {config.vocab_size}).")
@@ -405,6 +408,8 @@ class Sampler:
         self.pad_id = pad_id
         self.cache_dtype = cache_dtype
         self.share_prefixes = bool(share_prefixes)
+        self.record_timings = bool(record_timings)
+        self.last_timings: dict[str, float] = {}
         self.compile_count = 0
         self.compile_seconds: dict[str, float] = {}
         self.batch_multiple = int(np.prod([self.mesh.shape[a] for a in _batch_axes(self.mesh, self.rules)]))
@@ -437,7 +442,7 @@ class Sampler:
             (SampleOutput(batch(None), batch(None), batch(), batch(), replicated), self.cache_shardings),
         )
         self._executables: dict[tuple, Any] = {}
-        self._lengths: dict[str, set[int]] = {"prompt": set(), "cache": set()}
+        self._prompt_lengths: set[int] = set()
 
     def _compiled(self, key: tuple, name: str, fn, shardings, donate: tuple[int, ...], *args):
         """The AOT-compiled program for `key` (static settings and shapes), compiled on first use."""
@@ -450,9 +455,9 @@ class Sampler:
             self.compile_seconds[name] = time.perf_counter() - start
         return self._executables[key]
 
-    def _length_bucket(self, kind: str, n: int, minimum: int) -> int:
-        """Tight length bucket for `n` tokens, within the cap on distinct lengths (see Buckets)."""
-        bk, seen = self.buckets, self._lengths[kind]
+    def _length_bucket(self, n: int, minimum: int) -> int:
+        """Tight prompt-length bucket for `n` tokens, within the cap on distinct lengths (see Buckets)."""
+        bk, seen = self.buckets, self._prompt_lengths
         tight = bk.round_length(n, minimum)
         if tight in seen or len(seen) < bk.max_length_buckets:
             seen.add(tight)
@@ -539,7 +544,7 @@ class Sampler:
         bk = self.buckets
         b = bk.round_up(n, bk.min_batch, self.batch_multiple)
         u = bk.round_up(len(distinct), bk.min_batch, self.batch_multiple)
-        p = self._length_bucket("prompt", max(len(q) for q in distinct), bk.min_prompt_length)
+        p = self._length_bucket(max(len(q) for q in distinct), bk.min_prompt_length)
         e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
         prompt = np.full((u, p), self.pad_id, np.int32)
         mask = np.zeros((u, p), bool)
@@ -588,7 +593,7 @@ class Sampler:
         u, p = batch["prompt"].shape
         b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
-        slots = self._length_bucket("cache", p + num_steps, 1)
+        slots = p + num_steps  # the decode reads only the slots in use: a bigger cache would only cost memory
         rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
         params = self.place_params(params)
 
@@ -599,8 +604,12 @@ class Sampler:
             ("prefill", u, p), f"prefill U={u} P={p}", run_prefill, self._prefill_shardings, (),
             params, batch["prompt"], batch["prompt_mask"],
         )  # fmt: skip
+        start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             prefix_logits, prefix = prefill_program(params, batch["prompt"], batch["prompt_mask"])
+        if self.record_timings:
+            jax.block_until_ready(prefix_logits)
+            self.last_timings = {"prefill_s": time.perf_counter() - start}
         cache = self.new_cache(b, slots)
 
         def run_decode(*args):
@@ -617,8 +626,12 @@ class Sampler:
             f"decode B={b} U={u} P={p} S={slots} N={num_steps}",
             run_decode, self._decode_shardings, (4,), *args,
         )  # fmt: skip
+        start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             output, _ = decode_program(*args)
+        if self.record_timings:
+            jax.block_until_ready(output)
+            self.last_timings["decode_s"] = time.perf_counter() - start
         n, width = len(prompts), int(batch["max_new"].max())
         return SampleOutput(
             tokens=np.asarray(output.tokens)[:n, :width],
