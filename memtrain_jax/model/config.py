@@ -46,7 +46,7 @@ class ModelConfig:
     remat: str = "none"
     family: str = "llama"
     attention: str = "auto"
-    attention_block_q: int = 512
+    attention_block_q: int = 256
     attention_block_kv: int = 512
 
     def __post_init__(self):

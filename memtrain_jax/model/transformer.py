@@ -11,8 +11,10 @@ Cache layout, chosen so that a donated cache is updated in place and never copie
 unrolled layers, one [B, K, S, D] buffer per layer (slicing a stacked [L, ...] buffer
 inside a decode loop makes XLA materialise every layer's slice); with scanned layers, the
 stacked [L, B, K, S, D] buffer that nn.scan slices. Each layer writes its new keys/values
-into its buffer first and then attends over the whole buffer, so the write never races a
-read of the old value. Heads-major, so the attention matmuls read it without transposes.
+into its buffer first and then attends over it, so the write never races a read of the old
+value. Heads-major, so the attention matmuls read it without transposes. The attention
+backend is `config.attention` (memtrain_jax/model/attention.py); the blocked one reads only
+the slots the queries can see.
 
 Shapes: B batch, T new tokens, S cache slots, L layers, H hidden, N query heads,
 K kv heads, G = N // K, D head dim, M mlp, V vocab.
