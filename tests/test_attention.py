@@ -226,3 +226,15 @@ def test_prefill_then_decode_matches_full_reference(params, backend, scan):
         pieces.append(np.asarray(out))
     real = np.asarray(mask)
     np.testing.assert_allclose(np.concatenate(pieces, axis=1)[real], full[real], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("with_cache", [False, True])
+def test_last_only_equals_last_position_of_full_logits(params, with_cache):
+    """last_only runs the last layer's query, attention output and MLP for the last token alone:
+    the same logits, and the same cache, as the full computation."""
+    tokens, mask = _batch(t=40, pads=(0, 9, 31))
+    cache = init_cache(CONFIG, 3, 48) if with_cache else None
+    full, full_cache = apply_model(CONFIG, params, tokens, attention_mask=mask, cache=cache)
+    last, last_cache = apply_model(CONFIG, params, tokens, attention_mask=mask, cache=cache, last_only=True)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full)[:, -1:], atol=ATOL, rtol=0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL, rtol=0), last_cache, full_cache)

@@ -80,7 +80,7 @@ def attention(
     q_start: jax.Array | int = 0,
     *,
     backend: str = "blocked",
-    block_q: int = 512,
+    block_q: int = 256,
     block_kv: int = 512,
 ) -> jax.Array:
     """Causal GQA of q: [B, T, N, D] over k, v: [B, K, S, D]; key_valid: [B, S] bool. Returns [B, T, N, D].

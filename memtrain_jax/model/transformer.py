@@ -141,6 +141,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
 class Attention(nn.Module):
     config: ModelConfig
+    last_only: bool = False  # only the last token's query (keys/values of every token still)
 
     @nn.compact
     def __call__(self, x, cos, sin, key_valid, layer_cache, cache_index):
@@ -150,17 +151,24 @@ class Attention(nn.Module):
         then the queries attend over the buffer (only the slots they can see, for the blocked
         backend). Writing before reading lets XLA update a donated buffer in place. Without a
         cache, cache_index is the Python int 0 and the tokens attend to each other. Returns
-        (output [B, T, H], updated (k, v) buffers, or the new tokens' (k, v) [B, K, T, D]).
+        (output [B, T, H] ([B, 1, H] with last_only), updated (k, v) buffers, or the new tokens'
+        (k, v) [B, K, T, D]).
         """
         c = self.config
+        t = x.shape[1]
         proj = functools.partial(Projection, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
-        q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x)
+        q_cos, q_sin, q_start = cos, sin, cache_index
+        if self.last_only:
+            x_q, q_cos, q_sin, q_start = x[:, -1:], cos[:, -1:], sin[:, -1:], cache_index + t - 1
+        else:
+            x_q = x
+        q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x_q)
         k = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k_proj")(x)
         v = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v_proj")(x)
         if c.qk_norm:
             norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype, axis_name="head_dim")
             q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # heads-major [B, K, T, D]
         if layer_cache is not None:
@@ -171,7 +179,7 @@ class Attention(nn.Module):
             k,
             v,
             key_valid,
-            cache_index,
+            q_start,
             backend=c.attention,
             block_q=c.attention_block_q,
             block_kv=c.attention_block_kv,
@@ -197,18 +205,22 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
+    # The last layer of a `last_only` call: the cache needs every token's keys/values, the logits
+    # only the last token's output, so query, attention output and MLP run for that token alone.
+    last_only: bool = False
 
     @nn.compact
     def __call__(self, x, layer_cache, cos, sin, key_valid, cache_index):
         """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) buffers [B, K, S, D] or None; key_valid: [B, S].
 
-        Returns (x, (k, v) as Attention returns them). The signature fits nn.scan (carry, scanned, broadcast...).
+        Returns (x ([B, 1, H] with last_only), (k, v) as Attention returns them). The signature fits
+        nn.scan (carry, scanned, broadcast...).
         """
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
-        attn = Attention(c, name="attn")
+        attn = Attention(c, last_only=self.last_only, name="attn")
         attn_out, kv = attn(norm(name="input_norm")(x), cos, sin, key_valid, layer_cache, cache_index)
-        x = x + attn_out
+        x = (x[:, -1:] if self.last_only else x) + attn_out
         x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, kv
@@ -240,7 +252,8 @@ class Transformer(nn.Module):
 
         With a cache, the new tokens also attend to its valid slots and the returned cache holds them
         at slots index..index+T-1. `last_only` computes logits for the last position only ([B, 1, V]):
-        a prefill needs no more, and the head is the largest matmul of a small model. `return_kv`
+        a prefill needs no more, and the head is the largest matmul of a small model; with unrolled
+        layers the last layer's query, attention output and MLP also run for that position alone. `return_kv`
         (without a cache): also return the tokens' keys/values as a full cache of exactly T slots.
         """
         c = self.config
@@ -276,7 +289,8 @@ class Transformer(nn.Module):
             new_k, new_v = [], []
             for i in range(c.num_layers):
                 layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-                x, (k, v) = layer_cls(c, name=f"layers_{i}")(x, layer_cache, cos, sin, key_valid, index)
+                last = last_only and i == c.num_layers - 1
+                x, (k, v) = layer_cls(c, last_only=last, name=f"layers_{i}")(x, layer_cache, cos, sin, key_valid, index)
                 new_k.append(k)
                 new_v.append(v)
             new_k, new_v = tuple(new_k), tuple(new_v)
