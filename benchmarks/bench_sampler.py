@@ -1,27 +1,40 @@
-"""Sampler throughput: prefill and decode tokens/s against HF transformers `generate` and google-tunix.
+"""Sampler throughput at MemTrain's prompt lengths: ours vs HF transformers `generate` vs google-tunix.
 
-Prints, per model shape and batch size: our prefill and decode throughput, the same for HF
-transformers (torch, the same weights copied from our params, greedy, the same number of tokens),
-the end-to-end ratio, greedy agreement with HF, and the fraction of the memory-bandwidth roofline
-our decode reaches (bytes of weights + KV cache read per step over the measured copy bandwidth).
-Where google-tunix imports, its sampler runs on the same shape (its own random weights). Its
-dependencies would change jax/flax here, so install it beside them, without dependencies:
+One process measures everything side by side, so the ratios hold even on a shared, noisy CPU:
 
-    pip install --no-deps --target /tmp/tunix_site google-tunix google-metrax clu perfetto \
-        jaxtyping wadler-lindig pillow pandas tensorboardX
+* the machine's physical limits: float32 matmul peak (jax, numpy and torch; the best of them is the
+  peak) and copy bandwidth (bytes read + written);
+* per model, prompt length and batch: prefill and decode tokens/s of our sampler and of HF
+  transformers (torch, the same weights exported by our own HF writer, greedy, the same number of
+  tokens), each as a fraction of those limits, their ratios, greedy agreement, google-tunix's end
+  to end time, our compile time per program and our padding waste;
+* the rollout shape: a group of 8 identical prompts (a MemTrain first turn or recall probe) with
+  and without our prefix sharing, beside transformers generating the same 8 rows.
+
+Counting: prefill FLOPs per row = 2 x (matmul parameters of the layers) per token + causal attention
+(2 x N x D x P x (P + 1) per layer: QK and PV over the slots each query sees) + the lm head once (both
+sides compute only the last position's logits); both sides are credited the same count, though our
+prefill skips the last layer's query, attention output and MLP for all but the last token (1/L of
+the layer work: 3% for SmolLM2's 30 layers, half of the 2-layer tiny model). Decode bytes per step =
+every weight once + the K/V cache slots a step reads (the prompt plus the tokens so far, no padding).
+Decode tok/s is B x (N - 1) over the decode phase: ours is timed per program
+(`Sampler(record_timings=True)`), HF's from its first generated token (a streamer) to the end.
+
+google-tunix's dependencies would change jax/flax here, so install it beside them, without dependencies:
+
+    pip install --no-deps --target /tmp/tunix_site google-tunix google-metrax clu perfetto \\
+        jaxtyping wadler-lindig pillow pandas python-dateutil
     python benchmarks/bench_sampler.py --quick --tunix-path /tmp/tunix_site
-    python benchmarks/bench_sampler.py --models smollm2-135m qwen2.5-0.5b --batches 1 8 32
+    python benchmarks/bench_sampler.py --tunix-path /tmp/tunix_site          # the full table (~1 h on 2 cores)
 
 SmolLM2 uses the real SmolLM2-135M-Instruct GGUF weights where memtrain_jax.checkpoint.gguf loads them.
-
-Timings on a shared CPU are noisy: take them as rough figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,11 +48,15 @@ from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.sampler import Buckets, Sampler
 
-# Shapes from the size presets in configs/models.py (the same definitions the tests check).
+# Shapes from the size presets in configs/models.py (the same definitions the tests check); the
+# tiny model gets room for the paper's 7,168-token turn.
 MODELS = {
     name: ModelConfig.from_dict(load_config(f"configs/models.py:{name}"))
     for name in ("tiny", "smollm2-135m", "qwen2.5-0.5b")
 }
+MODELS["tiny"] = MODELS["tiny"].replace(max_position_embeddings=8192)
+NEW_TOKENS = {512: 64, 2048: 32, 7168: 32}  # decode budget per prompt length (the paper decodes up to 1,024)
+TUNIX_MAX_SCORE_GIB = 4.0  # tunix materialises [B, N, P, S] float32 scores; skip shapes beyond this
 
 
 def model_weights(name: str, config: ModelConfig, use_gguf: bool) -> tuple[ModelConfig, dict, str]:
@@ -55,14 +72,38 @@ def model_weights(name: str, config: ModelConfig, use_gguf: bool) -> tuple[Model
     return config, init_params(config, jax.random.key(0)), "random weights"
 
 
-def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 0.5, max_runs: int = 50) -> float:
-    """Median wall time of at least `repeats` calls, repeated until `min_seconds` have passed (the caller warms up)."""
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_runs):
+def best_time(fn: Callable[[], object], runs: int) -> float:
+    """Fastest of `runs` calls (after one warm-up call): the least disturbed figure."""
+    fn()
+    times = []
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
+
+
+# ------------------------------------------------------------------------------------------------
+# Physical limits and counting
+# ------------------------------------------------------------------------------------------------
+
+
+def matmul_peaks(n: int = 2048, runs: int = 5) -> dict[str, float]:
+    """Float32 matmul FLOP/s of jax, numpy and torch on [n, n] x [n, n]."""
+    flops = 2 * n**3
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ja = jnp.asarray(a)
+    mm = jax.jit(lambda x, y: x @ y)
+    peaks = {"jax": flops / best_time(lambda: mm(ja, ja).block_until_ready(), runs)}
+    peaks["numpy"] = flops / best_time(lambda: a @ a, runs)
+    try:
+        import torch
+
+        ta = torch.from_numpy(a)
+        peaks["torch"] = flops / best_time(lambda: ta @ ta, runs)
+    except ImportError:
+        pass
+    return peaks
 
 
 def copy_bandwidth(on_accelerator: bool) -> float:
@@ -70,22 +111,30 @@ def copy_bandwidth(on_accelerator: bool) -> float:
     if on_accelerator:
         x = jnp.ones((256 * 1024 * 1024,), jnp.float32)  # 1 GiB
         copy = jax.jit(lambda a: a * 1.0)
-        copy(x).block_until_ready()
-        seconds = min(timed(lambda: copy(x).block_until_ready(), 1, 0.0) for _ in range(5))
-        return 2 * x.nbytes / seconds
+        return 2 * x.nbytes / best_time(lambda: copy(x).block_until_ready(), 5)
     src = np.ones(64 * 1024 * 1024, np.float64)  # 512 MiB
     dst = np.empty_like(src)
-    np.copyto(dst, src)
-    seconds = min(timed(lambda: np.copyto(dst, src), 1, 0.0) for _ in range(5))
-    return 2 * src.nbytes / seconds
+    return 2 * src.nbytes / best_time(lambda: np.copyto(dst, src), 5)
 
 
-def decode_bytes_per_step(config: ModelConfig, params, batch: int, cache_slots: int) -> int:
-    """Bytes a decode step must read: every weight once plus the K and V cache slots attention reads."""
-    weights = sum(x.nbytes for x in jax.tree.leaves(params))
+def layer_matmul_params(config: ModelConfig) -> int:
+    """Parameters of the layers' projections (what a prompt token multiplies by)."""
+    h, m, n, k, d = config.hidden_size, config.intermediate_size, config.num_heads, config.num_kv_heads, config.head_dim
+    return config.num_layers * (2 * h * n * d + 2 * h * k * d + 3 * h * m)
+
+
+def prefill_flops(config: ModelConfig, prompt_length: int) -> float:
+    """FLOPs of one row's prefill: layer matmuls per token, causal attention, the head once."""
+    p = prompt_length
+    attention = config.num_layers * 2 * config.num_heads * config.head_dim * p * (p + 1)
+    return 2 * layer_matmul_params(config) * p + attention + 2 * config.hidden_size * config.vocab_size
+
+
+def decode_bytes(config: ModelConfig, weight_bytes: int, batch: int, context: float) -> float:
+    """Bytes one decode step must read: every weight once plus the K/V slots in use (`context` per row)."""
     itemsize = jnp.dtype(config.compute_dtype).itemsize
-    cache = 2 * config.num_layers * batch * cache_slots * config.num_kv_heads * config.head_dim * itemsize
-    return weights + cache
+    per_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+    return weight_bytes + batch * context * per_slot
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,11 +156,26 @@ def hf_model(config: ModelConfig, params, device: str):
     return model.to(device)
 
 
-def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> np.ndarray:
-    """Greedy transformers generate of exactly `new_tokens` tokens; returns the new ids [B, new_tokens]."""
+class _Clock:
+    """A transformers streamer that notes when the first new token arrives (the end of the prefill)."""
+
+    def __init__(self):
+        self.calls: list[float] = []
+
+    def put(self, _value) -> None:
+        self.calls.append(time.perf_counter())  # call 0: the prompt; call 1: the first new token
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> tuple[np.ndarray, float, float]:
+    """Greedy transformers generate of exactly `new_tokens` tokens: (new ids [B, N], prefill s, decode s)."""
     import torch
 
     ids = torch.from_numpy(prompts.astype(np.int64)).to(device)
+    clock = _Clock()
+    start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids,
@@ -119,10 +183,24 @@ def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> np.
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
+            streamer=clock,
         )
     if device != "cpu":
         torch.cuda.synchronize()
-    return out[:, prompts.shape[1] :].cpu().numpy()
+    end = time.perf_counter()
+    first = clock.calls[1] if len(clock.calls) > 1 else end
+    return out[:, prompts.shape[1] :].cpu().numpy(), first - start, end - first
+
+
+def bench_hf(model, prompts: np.ndarray, new_tokens: int, device: str, repeats: int) -> dict:
+    hf_generate(model, prompts[:, :8], 2, device)  # warm-up
+    runs = [hf_generate(model, prompts, new_tokens, device) for _ in range(repeats)]
+    return {
+        "prefill_s": min(r[1] for r in runs),
+        "decode_s": min(r[2] for r in runs),
+        "total_s": min(r[1] + r[2] for r in runs),
+        "tokens": runs[-1][0],
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,44 +259,9 @@ def tunix_sampler(config: ModelConfig, cache_size: int):
     return tunix_sampling.Sampler(model, _IdTokenizer(), cache)
 
 
-def bench_ours(sampler: Sampler, params, prompts: np.ndarray, new_tokens: int, repeats: int) -> dict:
-    """Our greedy sampler: prefill (1 new token) and full-run timings, and the full run's tokens."""
-    batch, prompt_length = prompts.shape
-    prompt_list = prompts.tolist()
-    run = lambda n: sampler(params, prompt_list, max_new_tokens=n)
-    start = time.perf_counter()
-    run(1), run(new_tokens)  # compile both programs
-    compile_s = time.perf_counter() - start
-    t_prefill = timed(lambda: run(1), repeats)
-    outputs = []
-    total = timed(lambda: outputs.append(run(new_tokens)), repeats)
-    return {
-        "compile_s": compile_s,
-        "total_s": total,
-        "prefill_tps": batch * prompt_length / t_prefill,
-        "decode_tps": batch * (new_tokens - 1) / max(total - t_prefill, 1e-9),
-        "tokens": outputs[-1].tokens,
-    }
-
-
-def bench_hf(model, prompts: np.ndarray, new_tokens: int, device: str) -> dict:
-    """HF transformers greedy generate: prefill (1 new token) and full-run timings, and the tokens."""
-    batch, prompt_length = prompts.shape
-    hf_generate(model, prompts[:, :4], 2, device)  # warm-up
-    t_prefill = timed(lambda: hf_generate(model, prompts, 1, device), 1)
-    outputs = []
-    total = timed(lambda: outputs.append(hf_generate(model, prompts, new_tokens, device)), 1)
-    return {
-        "total_s": total,
-        "prefill_tps": batch * prompt_length / t_prefill,
-        "decode_tps": batch * (new_tokens - 1) / max(total - t_prefill, 1e-9),
-        "tokens": outputs[-1],
-    }
-
-
 def bench_tunix(config: ModelConfig, prompts: np.ndarray, new_tokens: int, repeats: int) -> float:
     """End-to-end seconds of google-tunix's greedy sampler for the same shapes."""
-    batch, prompt_length = prompts.shape
+    prompt_length = prompts.shape[1]
     sampler = tunix_sampler(config, prompt_length + new_tokens)
     texts = [" ".join(map(str, p)) for p in prompts.tolist()]
     call = lambda: sampler(
@@ -228,8 +271,62 @@ def bench_tunix(config: ModelConfig, prompts: np.ndarray, new_tokens: int, repea
         temperature=0.0,
         eos_tokens=[config.vocab_size + 1],  # never produced: every row runs its full budget
     )
-    call()  # compile
-    return timed(call, repeats)
+    return best_time(call, repeats)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ours
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_ours(sampler: Sampler, params, prompts: np.ndarray, new_tokens: int, repeats: int, share: bool) -> dict:
+    """Our greedy sampler: prefill and decode program times (best of `repeats`), compile times, tokens.
+
+    The first call compiles; its run times (taken without compilation) count as a repeat.
+    """
+    known = set(sampler.compile_seconds)
+    runs, out = [], None
+    for _ in range(repeats):
+        out = sampler(params, prompts.tolist(), max_new_tokens=new_tokens, share_prefixes=share)
+        runs.append(dict(sampler.last_timings))
+    compiled = {name: s for name, s in sampler.compile_seconds.items() if name not in known}
+    return {
+        "prefill_s": min(r["prefill_s"] for r in runs),
+        "decode_s": min(r["decode_s"] for r in runs),
+        "total_s": min(r["prefill_s"] + r["decode_s"] for r in runs),
+        "compiled": compiled,
+        "tokens": out.tokens,
+    }
+
+
+def padding_note(buckets: Buckets, prompt_length: int, new_tokens: int) -> str:
+    """Slots our buckets give a prompt and its cache, the waste, and what powers of two would give."""
+    p = buckets.round_length(prompt_length, buckets.min_prompt_length)
+    n = buckets.round_up(new_tokens, buckets.min_new_tokens)
+    p2 = Buckets.round_up(prompt_length, buckets.min_prompt_length)
+    s, s2 = p + n, p2 + n
+    used = prompt_length + new_tokens
+    waste = lambda slots, used: f"{(slots - used) / slots:.1%}"
+    return (
+        f"prompt {p} slots ({waste(p, prompt_length)} padding; powers of two: {p2}, {waste(p2, prompt_length)}), "
+        f"cache {s} ({waste(s, used)}; powers of two: {s2}, {waste(s2, used)})"
+    )
+
+
+class Limits:
+    """The machine's measured limits and a formatter of one side's figures as fractions of them."""
+
+    def __init__(self, peak: float, bandwidth: float):
+        self.peak, self.bandwidth = peak, bandwidth
+
+    def figures(self, r: dict, config: ModelConfig, weight_bytes: int, batch: int, prompt: int, new: int) -> str:
+        """'prefill tok/s (fraction of peak) / decode tok/s (fraction of bandwidth)' of result r."""
+        flops = batch * prefill_flops(config, prompt)
+        step_bytes = decode_bytes(config, weight_bytes, batch, prompt + new / 2)  # mean slots in use
+        return (
+            f"{batch * prompt / r['prefill_s']:7.0f} ({flops / r['prefill_s'] / self.peak:4.0%}) / "
+            f"{batch * (new - 1) / r['decode_s']:6.1f} ({step_bytes * (new - 1) / r['decode_s'] / self.bandwidth:4.0%})"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,28 +334,34 @@ def bench_tunix(config: ModelConfig, prompts: np.ndarray, new_tokens: int, repea
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny + smollm2-135m, batches 1 and 8, 16 tokens")
+    parser.add_argument("--quick", action="store_true", help="smollm2-135m at 512 and 2048 tokens, batches 1 and 4")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
     parser.add_argument("--batches", nargs="+", type=int, default=None)
-    parser.add_argument("--prompt-length", type=int, default=None)
-    parser.add_argument("--new-tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median)")
+    parser.add_argument("--prompt-lengths", nargs="+", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None, help="decode budget (default: per prompt length)")
+    parser.add_argument("--rollout-lengths", nargs="*", type=int, default=None, help="group-of-8 prompt lengths")
+    parser.add_argument("--group", type=int, default=8, help="rows per identical-prompt group in the rollout figure")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (the fastest counts)")
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument("--no-tunix", action="store_true", help="skip google-tunix")
     parser.add_argument("--tunix-path", default=None, help="directory holding an installed google-tunix")
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--random-weights", action="store_true", help="do not load the SmolLM2 GGUF weights")
+    parser.add_argument("--attention", default=None, help="override ModelConfig.attention (e.g. reference, blocked)")
     parser.add_argument(
         "--matmul-precision", default="highest", help="jax_default_matmul_precision (torch runs full float32)"
     )
     args = parser.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
 
-    models = args.models or (["tiny", "smollm2-135m"] if args.quick else ["tiny", "smollm2-135m", "qwen2.5-0.5b"])
-    batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
-    prompt_length = args.prompt_length or (16 if args.quick else 32)
-    new_tokens = args.new_tokens or (16 if args.quick else 48)
+    models = args.models or (["smollm2-135m"] if args.quick else ["tiny", "smollm2-135m"])
+    batches = args.batches or ([1, 4] if args.quick else [1, 4, 8])
+    lengths = args.prompt_lengths or ([512, 2048] if args.quick else [512, 2048, 7168])
+    rollout_lengths = args.rollout_lengths
+    if rollout_lengths is None:
+        rollout_lengths = [2048] if args.quick else [2048, 7168]
     repeats = args.repeats or (1 if args.quick else 2)
+    new_tokens_for = lambda p: args.new_tokens or NEW_TOKENS.get(p, 32)
 
     backend = jax.default_backend()
     on_accelerator = backend != "cpu"
@@ -280,10 +383,16 @@ def main(argv=None) -> None:
         except Exception as e:  # report why, keep benchmarking the rest
             tunix_error = f"cannot import tunix: {type(e).__name__}: {e}"
 
+    peaks = {} if on_accelerator else matmul_peaks()
+    peak = max(peaks.values()) if peaks else float("nan")
     bandwidth = copy_bandwidth(on_accelerator)
+    limits = Limits(peak, bandwidth)
     print(f"jax {jax.__version__} backend={backend} devices={jax.devices()}; cpu cores={os.cpu_count()}")
-    print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); HF torch device: {torch_device}")
-    print(f"prompt length {prompt_length}, new tokens {new_tokens}, median of {repeats} run(s); greedy everywhere")
+    if peaks:
+        print("float32 matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); HF torch device: {torch_device}")
+    print(f"greedy everywhere; best of {repeats} run(s) per figure; new tokens per prompt length: "
+          + ", ".join(f"{p}: {new_tokens_for(p)}" for p in lengths))  # fmt: skip
     if tunix_error:
         print(f"tunix: {tunix_error}")
     print()
@@ -291,40 +400,78 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     for name in models:
         config, params, weights = model_weights(name, MODELS[name], use_gguf=not args.random_weights)
-        n_params = sum(x.size for x in jax.tree.leaves(params))
-        print(f"== {name}: {n_params / 1e6:.1f}M params, {weights} ==")
-        sampler = Sampler(config, buckets=Buckets(min_prompt_length=16, min_new_tokens=16))
+        if args.attention:
+            config = config.replace(attention=args.attention)
+        config = config.replace(max_position_embeddings=max(config.max_position_embeddings, 8192))
+        weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+        print(f"== {name}: {weight_bytes / 4e6:.1f}M params, {weights}, attention={config.attention} ==")
+        buckets = Buckets()
+        sampler = Sampler(config, buckets=buckets, record_timings=True)
         hf = None if args.no_hf else hf_model(config, params, torch_device)
-        for batch in batches:
-            prompts = rng.integers(3, config.vocab_size, size=(batch, prompt_length))
-            ours = bench_ours(sampler, params, prompts, new_tokens, repeats)
-            slots = Buckets.round_up(prompt_length, 16) + Buckets.round_up(new_tokens, 16)
-            roofline = batch * bandwidth / decode_bytes_per_step(config, params, batch, slots)
-            print(
-                f"  batch {batch:3d} | ours: prefill {ours['prefill_tps']:9.1f} tok/s, "
-                f"decode {ours['decode_tps']:8.1f} tok/s, total {ours['total_s'] * 1e3:8.1f} ms "
-                f"(first calls incl. compile {ours['compile_s']:.1f} s) | "
-                f"roofline {roofline:8.1f} tok/s, reached {ours['decode_tps'] / roofline:5.1%}"
+        header = (
+            f"{'prompt, batch':>13} | {'ours prefill tok/s (peak) / decode tok/s (bw)':>44} | "
+            f"{'HF prefill (peak) / decode (bw)':>40} | ours/HF prefill, decode | HF/ours, tunix/ours total"
+        )
+        summary = [header, "-" * len(header)]
+        for prompt_length in lengths:
+            new_tokens = new_tokens_for(prompt_length)
+            note = padding_note(buckets, prompt_length, new_tokens)
+            print(f"  padding at {prompt_length} tokens + {new_tokens} new: {note}")
+            for batch in batches:
+                prompts = rng.integers(3, config.vocab_size, size=(batch, prompt_length))
+                fmt = functools.partial(
+                    limits.figures, config=config, weight_bytes=weight_bytes, batch=batch, prompt=prompt_length,
+                    new=new_tokens,
+                )  # fmt: skip
+                ours = bench_ours(sampler, params, prompts, new_tokens, repeats, share=False)
+                compiled = ", ".join(f"{k}: {v:.1f} s" for k, v in ours["compiled"].items()) or "none"
+                print(f"  {prompt_length:5d}, {batch:2d} | ours {fmt(ours)} | total {ours['total_s']:7.2f} s")
+                print(f"  {'':9} | compiled {compiled}")
+                row = f"{prompt_length:6d}, {batch:5d} | {fmt(ours):>44} | "
+                tunix_s = None
+                if hf is not None:
+                    ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats)
+                    agree = float(np.mean(ref["tokens"] == ours["tokens"]))
+                    print(f"  {'':9} | HF   {fmt(ref)} | total {ref['total_s']:7.2f} s | greedy equal: {agree:.1%}")
+                    ratios = [f"{ref[key] / ours[key]:5.2f}x" for key in ("prefill_s", "decode_s", "total_s")]
+                    row += f"{fmt(ref):>40} | {ratios[0]}, {ratios[1]}{'':11} | {ratios[2]}, "
+                else:
+                    row += f"{'':>40} | {'':23} | {'':7}"
+                score_gib = 4 * batch * config.num_heads * prompt_length * (prompt_length + new_tokens) / 2**30
+                if tunix_error is None and score_gib <= TUNIX_MAX_SCORE_GIB:
+                    try:
+                        tunix_s = bench_tunix(config, prompts, new_tokens, repeats)
+                        print(f"  {'':9} | tunix total {tunix_s:7.2f} s")
+                    except Exception as e:  # report and go on with the other figures
+                        print(f"  {'':9} | tunix failed: {type(e).__name__}: {str(e)[:300]}")
+                elif tunix_error is None:
+                    print(f"  {'':9} | tunix skipped: its [B, N, P, S] float32 scores would take {score_gib:.1f} GiB")
+                row += f"{tunix_s / ours['total_s']:5.2f}x" if tunix_s else "   -"
+                summary.append(row)
+                sys.stdout.flush()
+
+        for prompt_length in rollout_lengths:
+            new_tokens = new_tokens_for(prompt_length)
+            prompts = np.repeat(rng.integers(3, config.vocab_size, size=(1, prompt_length)), args.group, axis=0)
+            shared = bench_ours(sampler, params, prompts, new_tokens, repeats, share=True)
+            alone = bench_ours(sampler, params, prompts, new_tokens, repeats, share=False)
+            assert np.array_equal(shared["tokens"], alone["tokens"]), "prefix sharing changed the greedy tokens"
+            line = (
+                f"  rollout: {args.group} rows of one {prompt_length}-token prompt, {new_tokens} new | "
+                f"ours shared {shared['total_s']:6.2f} s (prefill {shared['prefill_s']:.2f}), "
+                f"not shared {alone['total_s']:6.2f} s (prefill {alone['prefill_s']:.2f})"
             )
             if hf is not None:
-                ref = bench_hf(hf, prompts, new_tokens, torch_device)
-                agree = float(np.mean(ref["tokens"] == ours["tokens"]))
-                print(
-                    f"            HF  : prefill {ref['prefill_tps']:9.1f} tok/s, "
-                    f"decode {ref['decode_tps']:8.1f} tok/s, total {ref['total_s'] * 1e3:8.1f} ms | "
-                    f"HF/ours total time {ref['total_s'] / ours['total_s']:5.2f}x, "
-                    f"ours/HF decode {ours['decode_tps'] / ref['decode_tps']:5.2f}x | "
-                    f"greedy tokens equal to HF: {agree:.1%}"
+                ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats)
+                line += (
+                    f" | HF {ref['total_s']:6.2f} s (prefill {ref['prefill_s']:.2f}) | HF/ours: shared "
+                    f"{ref['total_s'] / shared['total_s']:.2f}x, not shared {ref['total_s'] / alone['total_s']:.2f}x"
                 )
-            if tunix_error is None:
-                try:
-                    t_tunix = bench_tunix(config, prompts, new_tokens, repeats)
-                    print(
-                        f"            tunix: total {t_tunix * 1e3:8.1f} ms, {batch * new_tokens / t_tunix:8.1f} tok/s "
-                        f"end to end | tunix/ours total time {t_tunix / ours['total_s']:5.2f}x"
-                    )
-                except Exception as e:  # report and go on with the other figures
-                    print(f"            tunix: failed: {type(e).__name__}: {str(e)[:300]}")
+            print(line)
+            summary.append(line.strip())
+            sys.stdout.flush()
+        print()
+        print("\n".join(summary))
         print()
 
 

@@ -248,3 +248,72 @@ def test_row_samples_do_not_depend_on_batch_padding(params, sampler):
     with_others = sampler(params, PROMPTS[:3], **settings)  # a bigger batch bucket, same row 0
     np.testing.assert_array_equal(alone.tokens[0], with_others.tokens[0])
     np.testing.assert_allclose(alone.logprobs[0], with_others.logprobs[0], rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared prefixes, tight buckets, blocked attention across several blocks
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=0.9, top_k=30, stop_tokens=[3, 4])])
+def test_shared_prefixes_equal_per_row_prefill(params, sampler, settings):
+    """Rows with identical prompts (a first turn's G1 rollouts, a probe's G2 samples) are prefilled once;
+    every row's result is what prefilling it alone gives, including its own random draws."""
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[3], PROMPTS[0]]
+    shared = sampler(params, prompts, max_new_tokens=10, seed=3, share_prefixes=True, **settings)
+    alone = sampler(params, prompts, max_new_tokens=10, seed=3, share_prefixes=False, **settings)
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_array_equal(shared.lengths, alone.lengths)
+    np.testing.assert_array_equal(shared.stopped, alone.stopped)
+    np.testing.assert_allclose(shared.logprobs, alone.logprobs, rtol=0, atol=1e-5)
+    if settings["temperature"] > 0:  # the copies of one prompt draw independently
+        assert len({tuple(shared.tokens[i]) for i in (0, 2, 3)}) > 1
+    assert any(name.startswith("prefill U=4 ") for name in sampler.compile_seconds)  # 3 distinct prompts
+    assert any(name.startswith("prefill U=8 ") for name in sampler.compile_seconds)  # 6 rows, unshared
+    batch = sampler.prepare(prompts, 10, share_prefixes=True)
+    assert batch["prompt"].shape[0] == 4 and batch["rows"][:6].tolist() == [0, 1, 0, 0, 2, 1]
+
+
+def test_prompts_across_attention_blocks_match_reference(params):
+    """Small attention blocks and length buckets: prompts span several blocks and ragged buckets;
+    greedy tokens equal the full-recompute loop and log-probs equal the dense reference's teacher forcing."""
+    config = CONFIG.replace(attention_block_q=8, attention_block_kv=8)
+    blocked = Sampler(config, buckets=Buckets(length_block=16, min_prompt_length=4, min_new_tokens=4))
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(1, CONFIG.vocab_size, size=n).tolist() for n in (37, 5, 20)]
+    out = blocked(params, prompts, max_new_tokens=12)
+    assert blocked.prepare(prompts, 12)["prompt"].shape[1] == 48  # tight: 3 blocks of 16, not 64
+    assert [t.tolist() for t in out.tokens] == reference_greedy(params, prompts, 12)
+    dense = CONFIG.replace(attention="reference")
+    sequences = [p + out.tokens[i].tolist() for i, p in enumerate(prompts)]
+    length = max(len(s) for s in sequences)
+    tokens = np.zeros((len(sequences), length), np.int32)
+    for i, s in enumerate(sequences):
+        tokens[i, : len(s)] = s
+    logp = log_softmax(np.asarray(forward(dense, params, tokens), np.float64))
+    for i, prompt in enumerate(prompts):
+        positions = len(prompt) - 1 + np.arange(12)
+        np.testing.assert_allclose(out.logprobs[i], logp[i, positions, out.tokens[i]], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n, expected, coarse", [(3, 16, 16), (200, 256, 256), (257, 512, 512), (5200, 5376, 8192), (7168, 7168, 8192)]
+)
+def test_tight_length_buckets(n, expected, coarse):
+    buckets = Buckets()  # length_block 256, min_prompt_length 16
+    assert buckets.round_length(n, 16) == expected
+    assert buckets.coarse_length(n, 16) == coarse
+
+
+def test_length_bucket_cap():
+    capped = Sampler(CONFIG, buckets=Buckets(length_block=16, max_length_buckets=2, min_prompt_length=4))
+    length = lambda n: capped.prepare([[1] * n], 1)["prompt"].shape[1]
+    assert [length(20), length(40)] == [32, 48]  # two tight buckets: the cap
+    assert length(60) == 64  # no known bucket fits: a power-of-two number of blocks
+    assert [length(25), length(33), length(50), length(20)] == [32, 48, 64, 32]  # known buckets are reused
+    assert length(70) == 128
+
+
+@pytest.mark.parametrize("field, value", [("length_block", 0), ("max_length_buckets", -1), ("min_batch", 2.0)])
+def test_buckets_reject_bad_values(field, value):
+    with pytest.raises(ValueError, match=f"Buckets.{field} must be a positive int, got {value!r}"):
+        Buckets(**{field: value})

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 FAMILIES = ("llama", "qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_BACKENDS = ("auto", "reference", "blocked", "splash", "cudnn")  # see memtrain_jax/model/attention.py
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -20,6 +21,9 @@ class ModelConfig:
 
     `rope_scaling` is Llama-3 style scaling as sorted (key, value) pairs, keys from
     ROPE_SCALING_KEYS, or None. `dtype` is the compute dtype; `param_dtype` the storage dtype.
+    `attention` names the attention backend (ATTENTION_BACKENDS; "auto" = splash on TPU, cudnn on
+    GPU, blocked elsewhere); `attention_block_q` / `attention_block_kv` are the query / key block
+    sizes of the blocked and splash backends.
     """
 
     vocab_size: int
@@ -41,6 +45,9 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = "none"
     family: str = "llama"
+    attention: str = "auto"
+    attention_block_q: int = 256
+    attention_block_kv: int = 512
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
@@ -58,6 +65,12 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}.")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}; choose one of {ATTENTION_BACKENDS}.")
+        for name in ("attention_block_q", "attention_block_kv"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
         if self.family not in FAMILIES:
             raise ValueError(f"ModelConfig.family={self.family!r}; choose one of {FAMILIES}.")
         if self.rope_scaling is not None:

@@ -17,14 +17,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from memtrain_jax.model.config import ModelConfig
-from memtrain_jax.model.transformer import Params, apply_model, default_positions, head_matrix
+from memtrain_jax.model.transformer import Params, apply_model, default_positions
 
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _block_scores(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """hidden [B, C, H], head [H, V], targets [B, C] -> (log p(target) [B, C], entropy [B, C]), float32."""
-    logits = jnp.einsum("bch,hv->bcv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+def _block_scores(hidden: jax.Array, head: jax.Array, targets: jax.Array, tied: bool) -> tuple[jax.Array, jax.Array]:
+    """hidden [B, C, H], targets [B, C], head [V, H] (tied embedding, used as stored: no transpose copy) or
+    [H, V] -> (log p(target) [B, C], entropy [B, C]), float32."""
+    spec = "bch,vh->bcv" if tied else "bch,hv->bcv"
+    logits = jnp.einsum(spec, hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     lse = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -68,8 +70,9 @@ def token_logprobs_and_entropy(
     # [blocks, B, C, ...]: scan over position blocks; each block's logits are recomputed for the gradient.
     hidden = hidden.reshape(b, blocks, chunk, -1).swapaxes(0, 1)
     targets = targets.reshape(b, blocks, chunk).swapaxes(0, 1)
-    head = head_matrix(config, params)
-    score = jax.checkpoint(functools.partial(_block_scores, head=head))
+    tied = config.tie_embeddings
+    head = params["embedder"]["embedding"] if tied else params["lm_head"]["kernel"]
+    score = jax.checkpoint(functools.partial(_block_scores, head=head, tied=tied))
     logp, entropy = jax.lax.map(lambda xs: score(xs[0], targets=xs[1]), (hidden, targets))
     logp = logp.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
     entropy = entropy.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]

@@ -11,8 +11,10 @@ Cache layout, chosen so that a donated cache is updated in place and never copie
 unrolled layers, one [B, K, S, D] buffer per layer (slicing a stacked [L, ...] buffer
 inside a decode loop makes XLA materialise every layer's slice); with scanned layers, the
 stacked [L, B, K, S, D] buffer that nn.scan slices. Each layer writes its new keys/values
-into its buffer first and then attends over the whole buffer, so the write never races a
-read of the old value. Heads-major, so the attention matmuls read it without transposes.
+into its buffer first and then attends over it, so the write never races a read of the old
+value. Heads-major, so the attention matmuls read it without transposes. The attention
+backend is `config.attention` (memtrain_jax/model/attention.py); the blocked one reads only
+the slots the queries can see.
 
 Shapes: B batch, T new tokens, S cache slots, L layers, H hidden, N query heads,
 K kv heads, G = N // K, D head dim, M mlp, V vocab.
@@ -29,13 +31,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from memtrain_jax import sharding
+from memtrain_jax.model import attention as attention_lib
 from memtrain_jax.model.config import ModelConfig
 
 # k, v: L buffers [B, K, S, D] (scan_layers: one [L, B, K, S, D]); mask: [B, S] bool; index: int32 scalar.
 KVCache = dict[str, Any]
 Params = dict[str, Any]
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _init(names: tuple[str | None, ...], scale_axis: int | tuple[int, ...] = 0):
@@ -129,48 +130,59 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention, softmax in float32.
+    """Dense grouped-query attention (the "reference" backend); see attention.reference_attention.
 
     q: [B, T, N, D]; k, v: [B, K, S, D] (heads-major, the cache's layout); mask: [B, T, S]
     (True = may attend). Returns [B, T, N, D].
     """
-    b, t, n, d = q.shape
-    kv_heads = k.shape[1]
-    q = q.reshape(b, t, kv_heads, n // kv_heads, d)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores / math.sqrt(d), _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype))
-    return out.reshape(b, t, n, d)
+    return attention_lib.reference_attention(q, k, v, mask)
 
 
 class Attention(nn.Module):
     config: ModelConfig
+    last_only: bool = False  # only the last token's query (keys/values of every token still)
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, layer_cache, cache_index):
-        """x: [B, T, H]; mask: [B, T, S]; layer_cache: (k, v) buffers [B, K, S, D] or None.
+    def __call__(self, x, cos, sin, key_valid, layer_cache, cache_index):
+        """x: [B, T, H]; key_valid: [B, S] bool; layer_cache: (k, v) buffers [B, K, S, D] or None.
 
         With a cache, the new keys/values are first written at slots cache_index..cache_index+T-1,
-        then the queries attend over the whole buffer (`mask` says which slots). Writing before
-        reading lets XLA update a donated buffer in place. Returns (output [B, T, H], updated
-        (k, v) buffers, or the new tokens' (k, v) [B, K, T, D] without a cache).
+        then the queries attend over the buffer (only the slots they can see, for the blocked
+        backend). Writing before reading lets XLA update a donated buffer in place. Without a
+        cache, cache_index is the Python int 0 and the tokens attend to each other. Returns
+        (output [B, T, H] ([B, 1, H] with last_only), updated (k, v) buffers, or the new tokens'
+        (k, v) [B, K, T, D]).
         """
         c = self.config
+        t = x.shape[1]
         proj = functools.partial(Projection, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
-        q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x)
+        q_cos, q_sin, q_start = cos, sin, cache_index
+        if self.last_only:
+            x_q, q_cos, q_sin, q_start = x[:, -1:], cos[:, -1:], sin[:, -1:], cache_index + t - 1
+        else:
+            x_q = x
+        q = proj((c.num_heads, c.head_dim), 1, ("embed", "heads", "head_dim"), c.qkv_bias, name="q_proj")(x_q)
         k = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k_proj")(x)
         v = proj((c.num_kv_heads, c.head_dim), 1, ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v_proj")(x)
         if c.qk_norm:
             norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype, axis_name="head_dim")
             q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # heads-major [B, K, T, D]
         if layer_cache is not None:
             write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, cache_index, 0))
             k, v = write(layer_cache[0], k), write(layer_cache[1], v)
-        out = attend(q, k, v, mask)
+        out = attention_lib.attention(
+            q,
+            k,
+            v,
+            key_valid,
+            q_start,
+            backend=c.attention,
+            block_q=c.attention_block_q,
+            block_kv=c.attention_block_kv,
+        )
         out = proj((c.hidden_size,), 2, ("heads", "head_dim", "embed"), False, name="o_proj")(out)
         return out, (k, v)
 
@@ -192,17 +204,22 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
+    # The last layer of a `last_only` call: the cache needs every token's keys/values, the logits
+    # only the last token's output, so query, attention output and MLP run for that token alone.
+    last_only: bool = False
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, mask, cache_index):
-        """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) buffers [B, K, S, D] or None.
+    def __call__(self, x, layer_cache, cos, sin, key_valid, cache_index):
+        """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) buffers [B, K, S, D] or None; key_valid: [B, S].
 
-        Returns (x, (k, v) as Attention returns them). The signature fits nn.scan (carry, scanned, broadcast...).
+        Returns (x ([B, 1, H] with last_only), (k, v) as Attention returns them). The signature fits
+        nn.scan (carry, scanned, broadcast...).
         """
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
-        attn_out, kv = Attention(c, name="attn")(norm(name="input_norm")(x), cos, sin, mask, layer_cache, cache_index)
-        x = x + attn_out
+        attn = Attention(c, last_only=self.last_only, name="attn")
+        attn_out, kv = attn(norm(name="input_norm")(x), cos, sin, key_valid, layer_cache, cache_index)
+        x = (x[:, -1:] if self.last_only else x) + attn_out
         x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, kv
@@ -228,15 +245,18 @@ class Transformer(nn.Module):
         attention_mask,
         cache: KVCache | None = None,
         last_only: bool = False,
+        return_kv: bool = False,
         return_hidden: bool = False,
     ):
         """positions: [B, T] rotary positions; attention_mask: [B, T] bool, False on left padding.
 
         With a cache, the new tokens also attend to its valid slots and the returned cache holds them
         at slots index..index+T-1. `last_only` computes logits for the last position only ([B, 1, V]):
-        a prefill needs no more, and the head is the largest matmul of a small model. `return_hidden`
-        returns the final-normed hidden states [B, T, H] instead of logits, for callers that apply the
-        head in pieces (memtrain_jax.model.logprobs never holds [B, T, V] logits).
+        a prefill needs no more, and the head is the largest matmul of a small model; with unrolled
+        layers the last layer's query, attention output and MLP also run for that position alone. `return_kv`
+        (without a cache): also return the tokens' keys/values as a full cache of exactly T slots.
+        `return_hidden` returns the final-normed hidden states [B, T, H] instead of logits, for callers
+        that apply the head in pieces (memtrain_jax.model.logprobs never holds [B, T, V] logits).
         """
         c = self.config
         embedding = self.param(
@@ -249,14 +269,11 @@ class Transformer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = rope_tables(c, positions)
         t = tokens.shape[1]
-        if cache is None:
-            index = 0
-            mask = attention_mask[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        else:  # slot s holds a real token and is not after the query's own slot
+        if cache is None:  # self-attention from slot 0: a static start lets splash/cudnn run
+            index, key_valid = 0, attention_mask
+        else:  # the new tokens see the valid slots before them (the attention backend applies causality)
             index = cache["index"]
-            key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
-            slots = jnp.arange(key_mask.shape[1])
-            mask = key_mask[:, None, :] & (slots[None, None, :] <= index + jnp.arange(t)[None, :, None])
+            key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
         layer_cls = _layer_class(c)
 
         if c.scan_layers:
@@ -269,12 +286,13 @@ class Transformer(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             xs = None if cache is None else (cache["k"], cache["v"])
-            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, mask, index)
+            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, key_valid, index)
         else:
             new_k, new_v = [], []
             for i in range(c.num_layers):
                 layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-                x, (k, v) = layer_cls(c, name=f"layers_{i}")(x, layer_cache, cos, sin, mask, index)
+                last = last_only and i == c.num_layers - 1
+                x, (k, v) = layer_cls(c, last_only=last, name=f"layers_{i}")(x, layer_cache, cos, sin, key_valid, index)
                 new_k.append(k)
                 new_v.append(v)
             new_k, new_v = tuple(new_k), tuple(new_v)
@@ -284,15 +302,15 @@ class Transformer(nn.Module):
         x = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
         if return_hidden:
             return x, None
-        if c.tie_embeddings:
-            head = embedding.T
+        if c.tie_embeddings:  # contract with the [V, H] table directly: a transpose would copy it every call
+            logits = jnp.einsum("bth,vh->btv", x, embedding.astype(c.compute_dtype), preferred_element_type=jnp.float32)
         else:
             head = self.param("lm_head", _init(("embed", "vocab")), (c.hidden_size, c.vocab_size), c.weight_dtype)
-        logits = jnp.einsum("bth,hv->btv", x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+            logits = jnp.einsum("bth,hv->btv", x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        if cache is None:
+        if cache is None and not return_kv:
             return logits, None
-        new_cache = {"k": new_k, "v": new_v, "mask": key_mask, "index": index + t}
+        new_cache = {"k": new_k, "v": new_v, "mask": key_valid, "index": jnp.asarray(index + t, jnp.int32)}
         return logits, new_cache
 
 
@@ -321,11 +339,6 @@ def _dummy_inputs(config: ModelConfig):
 
 def _boxed_init(config: ModelConfig, rng: jax.Array):
     return Transformer(config).init(rng, *_dummy_inputs(config))["params"]
-
-
-def head_matrix(config: ModelConfig, params: Params) -> jax.Array:
-    """The output projection [H, V]: the transposed embedding when tied, else `lm_head/kernel`."""
-    return params["embedder"]["embedding"].T if config.tie_embeddings else params["lm_head"]["kernel"]
 
 
 def param_logical_specs(config: ModelConfig) -> Params:
@@ -408,7 +421,33 @@ def apply_model(
             positions = positions + jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
     module_params = _to_module_tree(params)
     return Transformer(config).apply(
-        {"params": module_params}, tokens, positions, attention_mask, cache, last_only, return_hidden
+        {"params": module_params}, tokens, positions, attention_mask, cache, last_only, return_hidden=return_hidden
+    )
+
+
+def prefill(
+    config: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    last_only: bool = True,
+) -> tuple[jax.Array, KVCache]:
+    """Runs tokens [B, T] from an empty context (traceable). Returns (logits, a cache of exactly T slots).
+
+    The same computation as `apply_model` with an empty cache of T slots, but the attention is
+    the tokens' self-attention from slot 0, which every backend (splash, cudnn) runs, and no
+    cache buffer is written: the cache's k/v are the layers' own outputs. index = T.
+    `last_only` (default): logits [B, 1, V] of the last position only.
+    """
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    attention_mask = attention_mask.astype(bool)
+    if positions is None:
+        positions = default_positions(attention_mask)
+    module_params = _to_module_tree(params)
+    return Transformer(config).apply(
+        {"params": module_params}, tokens, positions, attention_mask, None, last_only, return_kv=True
     )
 
 

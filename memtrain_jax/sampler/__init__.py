@@ -7,9 +7,13 @@ from memtrain_jax.sampler.sampler import (
     SampleOutput,
     Sampler,
     choose_tokens,
+    decode,
+    expand_prefix,
     generate,
     next_token_logits,
+    prefill_prompts,
     sample,
+    sample_from_prefix,
 )
 
 __all__ = [
@@ -19,7 +23,11 @@ __all__ = [
     "SampleOutput",
     "Sampler",
     "choose_tokens",
+    "decode",
+    "expand_prefix",
     "generate",
     "next_token_logits",
+    "prefill_prompts",
     "sample",
+    "sample_from_prefix",
 ]

@@ -1,17 +1,20 @@
-"""Batched autoregressive sampling with a KV cache, as one jitted, mesh-sharded program per shape bucket.
+"""Batched autoregressive sampling with a KV cache, as jitted, mesh-sharded programs per shape bucket.
 
-Prompts are left padded to a common length so every row writes the cache in lockstep. One program
-prefills the whole batch, then runs a `lax.while_loop` of one-token decode steps that ends as soon
-as every row has hit a stop token or its budget. Batch size, prompt length, decode budget and the
-number of stop tokens are rounded up to buckets (powers of two with configurable minimums), so a
-training run compiles a handful of programs; temperature, top-p, the per-row budgets and the stop
-tokens are runtime values of a compiled program, only `top_k` (and whether top-p is on) are static.
+Prompts are left padded to a common length so every row writes the cache in lockstep. Two programs
+run per call: a prefill of the batch's distinct prompts (rows with identical prompts, such as the
+rollouts of one MemTrain first turn or the samples of one recall probe, are prefilled once), and a
+decode program that copies each row's prompt cache into its cache slots and runs a
+`lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
+budget. Batch sizes, prompt and cache lengths, the decode budget and the number of stop tokens are
+rounded up to buckets (see `Buckets`), so a training run compiles a handful of programs;
+temperature, top-p, the per-row budgets and the stop tokens are runtime values of a compiled
+program, only `top_k` (and whether top-p is on) are static.
 
 Log-probabilities are those of the policy itself: log_softmax of the model's logits before
 temperature, top-k or top-p, at the sampled token.
 
-Shapes: B batch (bucketed), P prompt slots, N decode budget (bucketed), E stop-token slots,
-S cache slots, V vocab.
+Shapes: B batch (bucketed), U distinct prompts (bucketed), P prompt slots, N decode budget
+(bucketed), E stop-token slots, S cache slots, V vocab.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +44,7 @@ from memtrain_jax.model.transformer import (
     init_cache,
     param_shapes,
     param_shardings,
+    prefill,
 )
 
 NO_STOP = -1  # fills unused stop-token slots; never equal to a sampled token id
@@ -75,21 +80,28 @@ class GenerationResult:
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
-    """Shape buckets: each size is rounded up to the next power of two that is at least the minimum.
+    """Shape buckets. Counts (batch, decode budget, stop tokens) round up to the next power of two
+    that is at least the minimum; the batch is further rounded up to a multiple of the mesh's
+    data-parallel size so it always splits evenly over the data axes.
 
-    The batch bucket is further rounded up to a multiple of the mesh's data-parallel size so the
-    batch always splits evenly over the data axes.
+    Prompt lengths are tight: powers of two up to `length_block`, multiples of `length_block`
+    beyond (a 5,200-token prompt gets 5,376 slots, not 8,192). Each multiple is another program,
+    so a sampler keeps at most `max_length_buckets` distinct prompt lengths; past the cap a length
+    reuses the smallest known bucket that fits, or takes a power-of-two number of blocks (at most
+    log2 more buckets in all). The cache holds the prompt bucket plus the decode budget bucket.
     """
 
     min_batch: int = 1
     min_prompt_length: int = 16
     min_new_tokens: int = 16
     min_stop_tokens: int = 4
+    length_block: int = 256
+    max_length_buckets: int = 16
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Buckets.{field.name} must be a positive int, got {value!r}.")
 
     @staticmethod
@@ -97,6 +109,18 @@ class Buckets:
         """Smallest power of two >= max(n, minimum), then rounded up to a multiple of `multiple`."""
         size = 1 << (max(n, minimum, 1) - 1).bit_length()
         return -(-size // multiple) * multiple
+
+    def round_length(self, n: int, minimum: int) -> int:
+        """Tight length bucket: a power of two (>= minimum) up to length_block, else a multiple of it."""
+        if max(n, minimum) <= self.length_block:
+            return self.round_up(n, minimum)
+        return -(-n // self.length_block) * self.length_block
+
+    def coarse_length(self, n: int, minimum: int) -> int:
+        """Power-of-two bucket (a power-of-two number of blocks beyond length_block): the fallback past the cap."""
+        if max(n, minimum) <= self.length_block:
+            return self.round_up(n, minimum)
+        return self.round_up(-(-n // self.length_block), 1) * self.length_block
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,10 +208,103 @@ def sample(
     top_p: float32 scalar in (0, 1], used when `use_top_p`. top_k: static, None = no top-k.
     num_steps: static decode budget N, the width of the outputs.
     """
-    b, p = prompt.shape
+    _check_cache(cache, prompt.shape[1], num_steps)
+    logits, cache = next_token_logits(config, params, prompt, prompt_mask, cache)
+    return decode(
+        config, params, cache, logits, rng, max_new, stop_tokens, temperature, top_p,
+        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
+    )  # fmt: skip
+
+
+def prefill_prompts(
+    config: ModelConfig, params: Params, prompt: jax.Array, prompt_mask: jax.Array
+) -> tuple[jax.Array, KVCache]:
+    """Runs prompts [U, P] (left padded; mask False on padding). Returns (next-token logits [U, V]
+    float32, their cache of exactly P slots). Traceable."""
+    logits, prefix = prefill(config, params, prompt, attention_mask=prompt_mask, last_only=True)
+    return logits[:, -1], prefix
+
+
+def expand_prefix(prefix: KVCache, rows: jax.Array, cache: KVCache) -> KVCache:
+    """Copies prompt caches into a row cache: row i of `cache` gets `prefix` row rows[i] in its first
+    P slots. prefix: U rows, P slots; rows: [B] int32 in [0, U); cache: B rows, S >= P slots (empty).
+    Rows sharing a prompt share its prefill; the copy is what each row would have computed itself."""
+
+    def fill(buf: jax.Array, new: jax.Array) -> jax.Array:  # buf [..., B, K, S, D], new [..., U, K, P, D]
+        batch_axis = buf.ndim - 4
+        return jax.lax.dynamic_update_slice(
+            buf, jnp.take(new, rows, axis=batch_axis).astype(buf.dtype), (0,) * buf.ndim
+        )
+
+    mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.take(prefix["mask"], rows, axis=0), (0, 0))
+    return {
+        "k": jax.tree.map(fill, cache["k"], prefix["k"]),
+        "v": jax.tree.map(fill, cache["v"], prefix["v"]),
+        "mask": mask,
+        "index": jnp.asarray(prefix["index"], jnp.int32),
+    }
+
+
+def sample_from_prefix(
+    config: ModelConfig,
+    params: Params,
+    prefix: KVCache,
+    prefix_logits: jax.Array,
+    rows: jax.Array,
+    cache: KVCache,
+    rng: jax.Array,
+    max_new: jax.Array,
+    stop_tokens: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    num_steps: int,
+    top_k: int | None = None,
+    use_top_p: bool = False,
+    pad_id: int = 0,
+) -> tuple[SampleOutput, KVCache]:
+    """`sample` after a shared prefill (traceable): row i continues prompt rows[i] of `prefix`.
+
+    prefix, prefix_logits: `prefill_prompts` of U distinct prompts ([U, V] logits, P slots).
+    rows: [B] int32. cache: an empty cache of B rows and S >= P + num_steps - 1 slots. The other
+    arguments are those of `sample`, per row of the B rows.
+    """
+    _check_cache(cache, cache_length(prefix), num_steps)
+    cache = expand_prefix(prefix, rows, cache)
+    return decode(
+        config, params, cache, jnp.take(prefix_logits, rows, axis=0), rng, max_new, stop_tokens,
+        temperature, top_p, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
+    )  # fmt: skip
+
+
+def _check_cache(cache: KVCache, prompt_length: int, num_steps: int) -> None:
     slots = cache_length(cache)
-    if slots < p + num_steps - 1:
-        raise ValueError(f"Cache has {slots} slots but prompt {p} + {num_steps} new tokens need {p + num_steps - 1}.")
+    if slots < prompt_length + num_steps - 1:
+        raise ValueError(
+            f"Cache has {slots} slots but prompt {prompt_length} + {num_steps} new tokens need "
+            f"{prompt_length + num_steps - 1}."
+        )
+
+
+def decode(
+    config: ModelConfig,
+    params: Params,
+    cache: KVCache,
+    logits: jax.Array,
+    rng: jax.Array,
+    max_new: jax.Array,
+    stop_tokens: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    num_steps: int,
+    top_k: int | None = None,
+    use_top_p: bool = False,
+    pad_id: int = 0,
+) -> tuple[SampleOutput, KVCache]:
+    """The decode loop (traceable): samples the first token from logits [B, V] (the prompt's), then one
+    token per model step until every row is done. cache holds the prompts; see `sample` for the rest."""
+    b = logits.shape[0]
     if stop_tokens.ndim != 2 or stop_tokens.shape[0] != b:
         raise ValueError(f"stop_tokens must be [batch={b}, E], got shape {stop_tokens.shape}.")
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -214,7 +331,6 @@ def sample(
             "step": step + 1,
         }
 
-    logits, cache = next_token_logits(config, params, prompt, prompt_mask, cache)
     state = {
         "tokens": jnp.full((b, num_steps), pad_id, jnp.int32),
         "logprobs": jnp.zeros((b, num_steps), jnp.float32),
@@ -230,12 +346,12 @@ def sample(
     def keep_going(state):
         return (state["step"] < num_steps) & ~jnp.all(state["done"])
 
-    def decode(state):
+    def step(state):
         ones = jnp.ones((b, 1), bool)
         logits, cache = next_token_logits(config, params, state["last"][:, None], ones, state["cache"])
         return record({**state, "cache": cache}, logits)
 
-    state = jax.lax.while_loop(keep_going, decode, state)
+    state = jax.lax.while_loop(keep_going, step, state)
     output = SampleOutput(
         tokens=state["tokens"],
         logprobs=state["logprobs"],
@@ -262,9 +378,14 @@ def _batch_axes(mesh: Mesh, rules) -> tuple[str, ...]:
 class Sampler:
     """Holds a model config, a mesh and the compiled sampling programs for it.
 
-    Call it with a list of token-id prompts; it pads them into buckets, runs the jitted `sample`
-    program (compiled once per bucket and static setting) and returns trimmed NumPy results.
-    `compile_count` counts traces of its jitted functions (sampling program and cache allocation).
+    Call it with a list of token-id prompts; it pads them into buckets, prefills the distinct
+    prompts, runs the decode program (each compiled once per bucket and static setting) and returns
+    trimmed NumPy results. `compile_count` counts compilations (prefill, decode and cache-allocation
+    programs); `compile_seconds` maps each compiled program's name to its trace + compile time.
+    `share_prefixes`: prefill identical prompts once (the default; a call may override it). The
+    results are those of prefilling every row. `record_timings`: wait for the prefill before
+    starting the decode and keep the two programs' wall times (without compilation) in
+    `last_timings` (for benchmarks; it costs a host round trip).
     """
 
     def __init__(
@@ -275,6 +396,8 @@ class Sampler:
         buckets: Buckets | None = None,
         pad_id: int = 0,
         cache_dtype: Any = None,
+        share_prefixes: bool = True,
+        record_timings: bool = False,
     ):
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {config.vocab_size}).")
@@ -284,7 +407,11 @@ class Sampler:
         self.buckets = buckets or Buckets()
         self.pad_id = pad_id
         self.cache_dtype = cache_dtype
+        self.share_prefixes = bool(share_prefixes)
+        self.record_timings = bool(record_timings)
+        self.last_timings: dict[str, float] = {}
         self.compile_count = 0
+        self.compile_seconds: dict[str, float] = {}
         self.batch_multiple = int(np.prod([self.mesh.shape[a] for a in _batch_axes(self.mesh, self.rules)]))
 
         self.param_shardings = param_shardings(config, self.mesh, self.rules)
@@ -293,53 +420,63 @@ class Sampler:
         probe = jax.eval_shape(lambda: init_cache(config, self.batch_multiple, 1, cache_dtype))
         self.cache_shardings = cache_shardings(config, probe, self.mesh, self.rules)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        # (params, cache, prompt, prompt_mask, rng, max_new, stop_tokens, temperature, top_p)
-        self._in_shardings = (
-            self.param_shardings,
-            self.cache_shardings,
-            batch(None),
-            batch(None),
-            replicated,
-            batch(),
-            batch(None),
-            replicated,
-            replicated,
+        # prefill: (params, prompt, prompt_mask) -> (logits, prefix cache)
+        self._prefill_shardings = (
+            (self.param_shardings, batch(None), batch(None)),
+            (batch(None), self.cache_shardings),
         )
-        self._out_shardings = (
-            SampleOutput(batch(None), batch(None), batch(), batch(), replicated),
-            self.cache_shardings,
+        # decode: (params, prefix, prefix_logits, rows, cache, rng, max_new, stop_tokens, temperature, top_p)
+        self._decode_shardings = (
+            (
+                self.param_shardings,
+                self.cache_shardings,
+                batch(None),
+                batch(),
+                self.cache_shardings,
+                replicated,
+                batch(),
+                batch(None),
+                replicated,
+                replicated,
+            ),
+            (SampleOutput(batch(None), batch(None), batch(), batch(), replicated), self.cache_shardings),
         )
-        self._programs: dict[tuple, Any] = {}
-        self._cache_allocators: dict[tuple[int, int], Any] = {}
+        self._executables: dict[tuple, Any] = {}
+        self._prompt_lengths: set[int] = set()
 
-    def _program(self, num_steps: int, top_k: int | None, use_top_p: bool):
-        """The jitted sampling program for one set of static settings (jit caches shapes itself)."""
-        key = (num_steps, top_k, use_top_p)
-        if key not in self._programs:
+    def _compiled(self, key: tuple, name: str, fn, shardings, donate: tuple[int, ...], *args):
+        """The AOT-compiled program for `key` (static settings and shapes), compiled on first use."""
+        if key not in self._executables:
+            start = time.perf_counter()
+            jitted = jax.jit(fn, in_shardings=shardings[0], out_shardings=shardings[1], donate_argnums=donate)
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                self._executables[key] = jitted.lower(*args).compile()
+            self.compile_count += 1
+            self.compile_seconds[name] = time.perf_counter() - start
+        return self._executables[key]
 
-            def traced(*args):
-                self.compile_count += 1  # runs at trace time only: counts compilations
-                return sample(
-                    self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
-                )
-
-            self._programs[key] = jax.jit(
-                traced, in_shardings=self._in_shardings, out_shardings=self._out_shardings, donate_argnums=1
-            )
-        return self._programs[key]
+    def _length_bucket(self, n: int, minimum: int) -> int:
+        """Tight prompt-length bucket for `n` tokens, within the cap on distinct lengths (see Buckets)."""
+        bk, seen = self.buckets, self._prompt_lengths
+        tight = bk.round_length(n, minimum)
+        if tight in seen or len(seen) < bk.max_length_buckets:
+            seen.add(tight)
+            return tight
+        fits = [size for size in seen if size >= tight]
+        size = min(fits) if fits else bk.coarse_length(n, minimum)
+        seen.add(size)
+        return size
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
-        """An empty cache [L, batch_size, max_length, K, D], created sharded on the mesh."""
-        key = (batch_size, max_length)
-        if key not in self._cache_allocators:
+        """An empty cache of batch_size rows and max_length slots, created sharded on the mesh."""
 
-            def allocate():
-                self.compile_count += 1
-                return init_cache(self.config, batch_size, max_length, self.cache_dtype)
+        def allocate():
+            return init_cache(self.config, batch_size, max_length, self.cache_dtype)
 
-            self._cache_allocators[key] = jax.jit(allocate, out_shardings=self.cache_shardings)
+        name = f"cache B={batch_size} S={max_length}"
+        program = self._compiled(("cache", batch_size, max_length), name, allocate, ((), self.cache_shardings), ())
         with jax.set_mesh(self.mesh):
-            return self._cache_allocators[key]()
+            return program()
 
     def place_params(self, params: Params) -> Params:
         """Puts params on this sampler's mesh layout (a no-op for leaves already laid out so)."""
@@ -358,15 +495,19 @@ class Sampler:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int | Sequence[int],
         stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
+        share_prefixes: bool | None = None,
     ) -> dict[str, np.ndarray]:
-        """Pads a batch into its buckets. Returns host arrays prompt [B, P], prompt_mask, max_new [B], stop_tokens.
+        """Pads a batch into its buckets. Returns host arrays: prompt [U, P] and prompt_mask [U, P] of
+        the distinct prompts (every row's own prompt without sharing), rows [B] (the prompt of each
+        row), max_new [B], stop_tokens [B, E].
 
-        Padding rows (beyond len(prompts)) hold one pad token and a budget of 0, so they finish at once.
+        Padding rows (beyond len(prompts)) have a budget of 0, so they finish at once; padding
+        prompts hold one pad token.
         """
         n = len(prompts)
         if n == 0:
             raise ValueError("prompts is empty; pass at least one prompt (a list of token ids).")
-        prompts = [list(map(int, p)) for p in prompts]
+        prompts = [tuple(map(int, p)) for p in prompts]
         vocab = self.config.vocab_size
         for i, prompt in enumerate(prompts):
             if not prompt:
@@ -392,21 +533,33 @@ class Sampler:
             )
         stop_rows = _stop_rows(stop_tokens, n, vocab)
 
+        share = self.share_prefixes if share_prefixes is None else bool(share_prefixes)
+        if share:
+            index: dict[tuple[int, ...], int] = {}
+            row_prompt = [index.setdefault(q, len(index)) for q in prompts]
+            distinct = list(index)
+        else:
+            row_prompt, distinct = list(range(n)), prompts
+
         bk = self.buckets
         b = bk.round_up(n, bk.min_batch, self.batch_multiple)
-        p = bk.round_up(max(len(q) for q in prompts), bk.min_prompt_length)
+        u = bk.round_up(len(distinct), bk.min_batch, self.batch_multiple)
+        p = self._length_bucket(max(len(q) for q in distinct), bk.min_prompt_length)
         e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
-        prompt = np.full((b, p), self.pad_id, np.int32)
-        mask = np.zeros((b, p), bool)
-        mask[n:, -1] = True  # padding rows: one pad token
+        prompt = np.full((u, p), self.pad_id, np.int32)
+        mask = np.zeros((u, p), bool)
+        mask[len(distinct) :, -1] = True  # padding prompts: one pad token
+        for i, q in enumerate(distinct):
+            prompt[i, p - len(q) :] = q
+            mask[i, p - len(q) :] = True
+        rows = np.zeros((b,), np.int32)
+        rows[:n] = row_prompt
         stops = np.full((b, e), NO_STOP, np.int32)
         max_new = np.zeros((b,), np.int32)
         max_new[:n] = budgets
-        for i, (q, s) in enumerate(zip(prompts, stop_rows, strict=True)):
-            prompt[i, p - len(q) :] = q
-            mask[i, p - len(q) :] = True
+        for i, s in enumerate(stop_rows):
             stops[i, : len(s)] = s
-        return {"prompt": prompt, "prompt_mask": mask, "max_new": max_new, "stop_tokens": stops}
+        return {"prompt": prompt, "prompt_mask": mask, "rows": rows, "max_new": max_new, "stop_tokens": stops}
 
     def __call__(
         self,
@@ -419,12 +572,14 @@ class Sampler:
         top_p: float | None = None,
         stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
         seed: int | jax.Array = 0,
+        share_prefixes: bool | None = None,
     ) -> SampleOutput:
         """Samples continuations of `prompts` (lists of token ids). Returns a SampleOutput of NumPy arrays.
 
         Arrays are trimmed to [len(prompts), max(max_new_tokens)]. `max_new_tokens` is one int or one
         per prompt; `stop_tokens` is one list of ids shared by every row or one list per row.
         temperature 0 is greedy; top_p None or 1.0 disables top-p. `seed` is an int or a PRNG key.
+        `share_prefixes` overrides the sampler's setting for this call (None keeps it).
         """
         temperature = float(temperature)
         if not math.isfinite(temperature) or temperature < 0:
@@ -434,26 +589,49 @@ class Sampler:
         if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must be None or in (0, 1], got {top_p}.")
         use_top_p = top_p is not None and float(top_p) < 1.0
-        batch = self.prepare(prompts, max_new_tokens, stop_tokens)
-        b, p = batch["prompt"].shape
+        batch = self.prepare(prompts, max_new_tokens, stop_tokens, share_prefixes)
+        u, p = batch["prompt"].shape
+        b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
+        slots = p + num_steps  # the decode reads only the slots in use: a bigger cache would only cost memory
         rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
-
         params = self.place_params(params)
-        cache = self.new_cache(b, p + num_steps)
-        program = self._program(num_steps, top_k, use_top_p)
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            output, _ = program(
-                params,
-                cache,
-                batch["prompt"],
-                batch["prompt_mask"],
-                rng,
-                batch["max_new"],
-                batch["stop_tokens"],
-                np.float32(temperature),
-                np.float32(1.0 if top_p is None else top_p),
+
+        def run_prefill(params, prompt, prompt_mask):
+            return prefill_prompts(self.config, params, prompt, prompt_mask)
+
+        prefill_program = self._compiled(
+            ("prefill", u, p), f"prefill U={u} P={p}", run_prefill, self._prefill_shardings, (),
+            params, batch["prompt"], batch["prompt_mask"],
+        )  # fmt: skip
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            prefix_logits, prefix = prefill_program(params, batch["prompt"], batch["prompt_mask"])
+        if self.record_timings:
+            jax.block_until_ready(prefix_logits)
+            self.last_timings = {"prefill_s": time.perf_counter() - start}
+        cache = self.new_cache(b, slots)
+
+        def run_decode(*args):
+            return sample_from_prefix(
+                self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
             )
+
+        args = (
+            params, prefix, prefix_logits, batch["rows"], cache, rng, batch["max_new"], batch["stop_tokens"],
+            np.float32(temperature), np.float32(1.0 if top_p is None else top_p),
+        )  # fmt: skip
+        decode_program = self._compiled(
+            ("decode", b, u, p, slots, e, num_steps, top_k, use_top_p),
+            f"decode B={b} U={u} P={p} S={slots} N={num_steps}",
+            run_decode, self._decode_shardings, (4,), *args,
+        )  # fmt: skip
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            output, _ = decode_program(*args)
+        if self.record_timings:
+            jax.block_until_ready(output)
+            self.last_timings["decode_s"] = time.perf_counter() - start
         n, width = len(prompts), int(batch["max_new"].max())
         return SampleOutput(
             tokens=np.asarray(output.tokens)[:n, :width],
