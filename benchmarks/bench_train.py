@@ -203,7 +203,7 @@ def our_micro_batches(data: dict, length: int, micro_batch: int) -> list:
     )
     weights, counts = aggregation_weights("sequence_mean", np.full(n, length - p), sequences.conversations)
     buckets = LengthBuckets(min(128, length), length)
-    return pack(sequences, weights, counts, buckets, micro_batch, PAD_ID)
+    return pack(sequences, weights, counts, buckets, micro_batch, PAD_ID, window=length - p)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def bench_model(label: str, config: ModelConfig, lengths: list[int], args, repea
             tunix_note = f"set-up failed: {type(e).__name__}: {str(e)[:300]}"
             print(f"  tunix: {tunix_note}")
     rng = np.random.default_rng(0)
-    side = f"{'s/step':>7} {'tok/s':>7} {'MFU':>6} {'MFU6NT':>6} {'first s':>7} {'recomp':>6}"
+    side = f"{'s/step':>7} {'+-':>4} {'tok/s':>6} {'MFU':>6} {'MFU6NT':>6} {'first s':>7} {'recomp':>6}"
     header = f"  {'L':>5} {'tokens':>6} | ours   {side} | tunix  {side} | {'tunix/ours time':>15}"
     width = len(side) + 7
     for length in lengths:
@@ -377,8 +377,9 @@ def bench_model(label: str, config: ModelConfig, lengths: list[int], args, repea
                 cells[key], median[key] = f"{note[: width - 1]:>{width}}", None
                 continue
             t = median[key] = statistics.median(times[key])
+            spread = (max(times[key]) - min(times[key])) / 2 / t
             cells[key] = (
-                f"{'':6} {t:7.2f} {tokens / t:7.0f} {useful / t / peak:6.1%} {full / t / peak:6.1%} "
+                f"{'':6} {t:7.2f} {spread:4.0%} {tokens / t:6.0f} {useful / t / peak:6.1%} {full / t / peak:6.1%} "
                 f"{first[key]:7.1f} {recompiled[key]:6d}"
             )
         ours_cells, t_ours = cells["ours"], median["ours"]
@@ -389,9 +390,9 @@ def bench_model(label: str, config: ModelConfig, lengths: list[int], args, repea
         print(f"  {length:5d} {tokens:6d} | {ours_cells} | {tunix_cells} | {ratio}", flush=True)
     print(
         f"  s/step: median of {repeats} alternating timed step(s) after a warm-up step (first s, compilation "
-        "included); tok/s = B x L / (s/step); recomp: XLA compilations (and, for ours, Learner retraces) during "
-        "the timed steps, must be 0; MFU: model FLOPs with the head on the scored (response) positions only, "
-        "MFU6NT: with the head on every position, both over the measured peak "
+        "included), +- half their range;\n  tok/s = B x L / (s/step); recomp: XLA compilations (and, for ours, "
+        "Learner retraces) during the timed steps, must be 0;\n  MFU: model FLOPs with the head on the scored "
+        "(response) positions only, MFU6NT: with the head on every position, both over the measured peak "
         f"{peak / 1e9:.0f} GFLOP/s\n"
     )
 

@@ -173,7 +173,7 @@ def _rules():
 
 def _micro_batches(seqs, size, mode="sequence_mean"):
     w, c = aggregation_weights(mode, np.asarray([m.sum() for m in seqs.loss_masks]), seqs.conversations)
-    return pack(seqs, w, c, LengthBuckets(block=8, max_length=16), size, pad_id=0)
+    return pack(seqs, w, c, LengthBuckets(block=8, max_length=16), size, pad_id=0, window=8)
 
 
 def test_ratio_one_gradient_is_reinforce():
@@ -181,13 +181,14 @@ def test_ratio_one_gradient_is_reinforce():
     params = init_params(CONFIG, jax.random.key(0))
     seqs = _sequences()
     (mb,) = _micro_batches(seqs, 8)
-    current, _ = token_logprobs_and_entropy(CONFIG, params, mb.tokens, mb.attention_mask)
+    window = dict(start=mb.response_start, window=mb.loss_mask.shape[1])
+    current, _ = token_logprobs_and_entropy(CONFIG, params, mb.tokens, mb.attention_mask, **window)
     mb = mb.replace(old_logp=np.asarray(current))
     config = LossConfig(kl_coef=0.0)
     ours = jax.jit(jax.grad(lambda p: loss_sums(p, mb, CONFIG, config, "grpo", 4, False)[0]))(params)
 
     def reinforce(p):
-        logp, _ = token_logprobs_and_entropy(CONFIG, p, mb.tokens, mb.attention_mask)
+        logp, _ = token_logprobs_and_entropy(CONFIG, p, mb.tokens, mb.attention_mask, **window)
         return -jnp.sum(mb.weights[:, None] * mb.advantages[:, None] * mb.loss_mask * logp)
 
     ref = jax.jit(jax.grad(reinforce))(params)
@@ -224,13 +225,10 @@ def test_sharded_step_equals_single_device():
     g_sharded, loss_sharded = sharded.gradients(sharded.init_state(params), _micro_batches(seqs, 8))
     _assert_trees_close(g_single, g_sharded)
     assert loss_single == pytest.approx(loss_sharded, rel=1e-5)
-    # And the optimiser step on the mesh applies the same update (SGD-like first Adam step: sign of the gradient).
-    s1, _ = single.update(single.init_state(params), _micro_batches(seqs, 8))
-    s8, _ = sharded.update(sharded.init_state(params), _micro_batches(seqs, 8))
-    moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), s1.params, params)
-    same = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), s1.params, s8.params)
-    assert np.mean([(d < 1e-6).mean() for d in jax.tree.leaves(same)]) > 0.999
-    assert max(float(d.max()) for d in jax.tree.leaves(moved)) > 1e-3
+    # The updated state stays laid out as the logical rules say (FSDP / tensor sharding on the mesh).
+    state, _ = sharded.update(sharded.init_state(params), _micro_batches(seqs, 8))
+    for leaf, expected in zip(jax.tree.leaves(state.params), jax.tree.leaves(sharded.param_shardings), strict=True):
+        assert leaf.sharding.is_equivalent_to(expected, leaf.ndim)
 
 
 def test_no_recompiles_after_warm_up():

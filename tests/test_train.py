@@ -188,7 +188,7 @@ TINY = ModelConfig(
 def _update_from(learner, state, sequences):
     lengths = np.asarray([m.sum() for m in sequences.loss_masks])
     w, c = aggregation_weights("token_mean", lengths, sequences.conversations)
-    micro = pack(sequences, w, c, LengthBuckets(16, 512), 16, pad_id=0)
+    micro = pack(sequences, w, c, LengthBuckets(16, 512), 16, pad_id=0, window=8)
     return learner.update(state, micro)
 
 

@@ -42,11 +42,17 @@ def token_logprobs_and_entropy(
     attention_mask: jax.Array | None = None,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    start: jax.Array | None = None,
+    window: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(log p(tokens[:, j+1] | tokens[:, :j+1]), entropy of that distribution), both [B, T-1] float32.
 
     Traceable (call inside jit; differentiable). tokens: [B, T] int32; attention_mask: [B, T] bool, False
-    on left padding. Position j is 0 in both outputs unless tokens j and j+1 are both real.
+    on padding. Position j is 0 in both outputs unless tokens j and j+1 are both real.
+
+    With `start` [B] int32 and a static `window` W, only positions start_b .. start_b + W - 1 of each row are
+    scored ([B, W] outputs; positions past T-2 are 0): a trainer scores the response of a long prompt without
+    paying the vocabulary projection at every prompt position.
     """
     b, t = tokens.shape
     if t < 2:
@@ -59,9 +65,20 @@ def token_logprobs_and_entropy(
     hidden, _ = apply_model(
         config, params, tokens, default_positions(attention_mask), attention_mask, return_hidden=True
     )
-    hidden, targets = hidden[:, :-1], tokens[:, 1:]
-    valid = attention_mask[:, :-1] & attention_mask[:, 1:]
-    n = t - 1
+    if window is None:
+        hidden, targets = hidden[:, :-1], tokens[:, 1:]
+        valid = attention_mask[:, :-1] & attention_mask[:, 1:]
+    else:
+        if start is None or window < 1:
+            raise ValueError(f"A scoring window needs start positions and window >= 1, got {window}.")
+        index = jnp.asarray(start, jnp.int32)[:, None] + jnp.arange(window, dtype=jnp.int32)[None]  # [B, W]
+        inside = index <= t - 2
+        index = jnp.minimum(index, t - 2)
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(tokens, index + 1, axis=1)
+        real = lambda i: jnp.take_along_axis(attention_mask, i, axis=1)
+        valid = inside & real(index) & real(index + 1)
+    n = hidden.shape[1]
     chunk = min(chunk_size, n)
     blocks = -(-n // chunk)
     pad = blocks * chunk - n

@@ -1,14 +1,18 @@
 """Training sequences -> fixed-shape micro-batches, padded into a few length buckets.
 
-A sequence is its prompt followed by its response, right padded. Position j of the [L-1]-wide
-per-token arrays scores token j+1, so the response tokens y_0..y_{R-1} (at positions P..P+R-1)
-are scored at positions P-1..P+R-2: `loss_mask` is 1 there, and `old_logp` holds the sampler's
-log-probs there. Each micro-batch has `micro_batch_size` rows of one bucket length; sequences are
-sorted by length so short ones share short buckets, and a bucket's last micro-batch is filled
-with empty rows (zero weight, zero mask). Buckets are multiples of `block` up to `max_length`, so a
-run compiles at most max_length / block training programs.
+A sequence is its prompt followed by its response, right padded. Only the response is scored:
+the response tokens y_0..y_{R-1} (at positions P..P+R-1) are predicted at positions P-1..P+R-2,
+so each row records `response_start` = P-1 and its per-token arrays cover a fixed window of W
+positions from there (W = the longest reply budget): `loss_mask` is 1 on the first R, and
+`old_logp` holds the sampler's log-probs. The vocabulary projection then runs on W positions per
+row instead of L (memory turns are mostly prompt).
 
-Shapes: M rows per micro-batch, L bucket length.
+Each micro-batch has `micro_batch_size` rows of one bucket length; sequences are sorted by
+length so short ones share short buckets, and a bucket's last micro-batch is filled with empty
+rows (zero weight, zero mask). Buckets are multiples of `block` up to `max_length`, so a run
+compiles at most max_length / block training programs.
+
+Shapes: M rows per micro-batch, L bucket length, W response window.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from memtrain_jax.agent.credit import TrainingSequences
 class MicroBatch:
     """One micro-batch (NumPy on the host, sharded over the batch axes on the mesh).
 
-    tokens: [M, L] int32, right padded; attention_mask: [M, L] bool; loss_mask: [M, L-1] float32;
-    old_logp, ref_logp: [M, L-1] float32; advantages, weights (w_i), counts (c_i): [M] float32.
+    tokens: [M, L] int32, right padded; attention_mask: [M, L] bool; response_start: [M] int32, the position
+    scoring the first response token; loss_mask: [M, W] float32; old_logp, ref_logp: [M, W] float32;
+    advantages, weights (w_i), counts (c_i): [M] float32.
     """
 
     tokens: np.ndarray
     attention_mask: np.ndarray
+    response_start: np.ndarray
     loss_mask: np.ndarray
     old_logp: np.ndarray
     ref_logp: np.ndarray
@@ -77,9 +83,11 @@ def pack(
     buckets: LengthBuckets,
     micro_batch_size: int,
     pad_id: int,
+    window: int,
     order: Sequence[int] | None = None,
 ) -> list[MicroBatch]:
-    """Micro-batches of `sequences` (all of them, or those in `order`), with per-sequence weights and counts."""
+    """Micro-batches of `sequences` (all of them, or those in `order`), with per-sequence weights and counts;
+    responses are scored over `window` positions (a response longer than that is an error)."""
     index = np.arange(len(sequences)) if order is None else np.asarray(order)
     lengths = np.asarray([len(sequences.prompts[i]) + len(sequences.responses[i]) for i in index])
     index = index[np.argsort(-lengths, kind="stable")]
@@ -87,7 +95,7 @@ def pack(
     for start in range(0, len(index), micro_batch_size):
         rows = index[start : start + micro_batch_size]
         length = max(buckets.bucket(len(sequences.prompts[i]) + len(sequences.responses[i])) for i in rows)
-        out.append(_micro_batch(sequences, weights, counts, rows, length, micro_batch_size, pad_id))
+        out.append(_micro_batch(sequences, weights, counts, rows, length, micro_batch_size, pad_id, window))
     return out
 
 
@@ -99,19 +107,24 @@ def _micro_batch(
     length: int,
     size: int,
     pad_id: int,
+    window: int,
 ) -> MicroBatch:
     tokens = np.full((size, length), pad_id, np.int32)
     attention = np.zeros((size, length), bool)
     attention[:, 0] = True  # empty rows hold one token, so no row attends to nothing
-    loss_mask = np.zeros((size, length - 1), np.float32)
-    old_logp = np.zeros((size, length - 1), np.float32)
+    start = np.zeros(size, np.int32)
+    loss_mask = np.zeros((size, window), np.float32)
+    old_logp = np.zeros((size, window), np.float32)
     adv, w, c = np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32)
     for r, i in enumerate(rows.tolist()):
         prompt, response = sequences.prompts[i], sequences.responses[i]
         p, n = len(prompt), len(response)
+        if n > window:
+            raise ValueError(f"A response of {n} tokens does not fit the scoring window of {window} positions.")
         tokens[r, :p], tokens[r, p : p + n] = prompt, response
         attention[r, : p + n] = True
-        loss_mask[r, p - 1 : p - 1 + n] = sequences.loss_masks[i]
-        old_logp[r, p - 1 : p - 1 + n] = sequences.logprobs[i]
+        start[r] = p - 1
+        loss_mask[r, :n] = sequences.loss_masks[i]
+        old_logp[r, :n] = sequences.logprobs[i]
         adv[r], w[r], c[r] = sequences.advantages[i], weights[i], counts[i]
-    return MicroBatch(tokens, attention, loss_mask, old_logp, np.zeros_like(old_logp), adv, w, c)
+    return MicroBatch(tokens, attention, start, loss_mask, old_logp, np.zeros_like(old_logp), adv, w, c)

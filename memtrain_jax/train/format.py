@@ -56,9 +56,11 @@ def format_examples(
     extractor: Any,
     rng: np.random.Generator,
     memory_examples: bool = True,
+    max_target: int | None = None,
 ) -> TrainingSequences:
     """One final-answer example per episode with a `[MASK]`, one recall example per chunk with an entity,
-    and (with `memory_examples`) one memory-update example per chunk."""
+    and (with `memory_examples`) one memory-update example per chunk. Examples whose target is longer than
+    `max_target` tokens (a long entity name beyond the reply budget) are left out."""
     rows: list[tuple[list[int], list[int], int]] = []  # (prompt, target, kind)
     for episode in episodes:
         if episode.chunk_texts is None:
@@ -92,6 +94,8 @@ def format_examples(
             if memory:
                 prompt = builder.recall_prompt(memory, tokenizer.encode(chunk))
                 rows.append((prompt, tokenizer.encode(f"\\boxed{{{entity}}}") + [stop_id], KIND_IDS["recall"]))
+    if max_target is not None:
+        rows = [row for row in rows if len(row[1]) <= max_target]
     n = len(rows)
     responses = [np.asarray(t, np.int32) for _, t, _ in rows]
     return TrainingSequences(

@@ -151,7 +151,13 @@ def loss_sums(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(sum_i w_i sum_t m_it l_it, metric sums) of one micro-batch; see memtrain_jax.rl.loss."""
     logp, entropy = token_logprobs_and_entropy(
-        model_config, params, batch.tokens, batch.attention_mask, chunk_size=chunk_size
+        model_config,
+        params,
+        batch.tokens,
+        batch.attention_mask,
+        chunk_size=chunk_size,
+        start=batch.response_start,
+        window=batch.loss_mask.shape[1],
     )
     mask = batch.loss_mask
     if objective == "sft":
@@ -221,6 +227,7 @@ class Learner:
         mb = MicroBatch(
             self._row(None),
             self._row(None),
+            self._row(),
             self._row(None),
             self._row(None),
             self._row(None),
@@ -246,7 +253,7 @@ class Learner:
         )
         self._score = jax.jit(
             self._score_fn,
-            in_shardings=(self.param_shardings, self._row(None), self._row(None)),
+            in_shardings=(self.param_shardings, mb),
             out_shardings=self._row(None),
         )
         self._zeros = jax.jit(
@@ -279,10 +286,16 @@ class Learner:
         stats = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), stats
 
-    def _score_fn(self, params, tokens, attention_mask):
+    def _score_fn(self, params, batch: MicroBatch):
         self.compile_count += 1
         return token_logprobs_and_entropy(
-            self.model_config, params, tokens, attention_mask, chunk_size=self.chunk_size
+            self.model_config,
+            params,
+            batch.tokens,
+            batch.attention_mask,
+            chunk_size=self.chunk_size,
+            start=batch.response_start,
+            window=batch.loss_mask.shape[1],
         )[0]
 
     # --- host API -------------------------------------------------------------------------------
@@ -309,9 +322,9 @@ class Learner:
         return jax.device_put(batch, self.batch_shardings)
 
     def score(self, params: Any, batch: MicroBatch) -> jax.Array:
-        """log p(tokens[:, j+1] | ...) [M, L-1] under `params` (for reference and recomputed old log-probs)."""
+        """Log-probs [M, W] of the response window under `params` (reference and recomputed old log-probs)."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            return self._score(params, batch.tokens, batch.attention_mask)
+            return self._score(params, self._place(batch))
 
     def _accumulated(self, state: TrainState, micro_batches: list[MicroBatch], objective: str):
         """(summed gradients, summed metrics) over the micro-batches; call under the mesh and rules."""
@@ -329,7 +342,7 @@ class Learner:
                 )
             mb = self._place(mb)
             if objective == "grpo" and self.use_ref:
-                mb = mb.replace(ref_logp=self._score(state.ref_params, mb.tokens, mb.attention_mask))
+                mb = mb.replace(ref_logp=self._score(state.ref_params, mb))
             grads, sums = self._accumulate[objective](state.params, grads, mb)
             for key, value in jax.device_get(sums).items():
                 value = float(value)

@@ -137,6 +137,9 @@ class Trainer:
         )
         block = self.train_config.length_block
         self.buckets = LengthBuckets(block, -(-max(lengths.values()) // block) * block)
+        # Responses are scored over a fixed window: the longest reply budget, in multiples of 8.
+        agent = setup.agent
+        self.window = -(-max(agent.memory_tokens, agent.answer_tokens, agent.recall_tokens) // 8) * 8
         self.learner = Learner(
             setup.policy.model_config,
             setup.mesh,
@@ -201,6 +204,7 @@ class Trainer:
                 self.buckets,
                 self.train_config.micro_batch_size,
                 self.setup.tokenizer.pad_id,
+                self.window,
                 part,
             )
             if objective == "grpo" and bool(rl.recompute_old_logprobs):
@@ -222,6 +226,7 @@ class Trainer:
             self.stop_id,
             self.setup.extractor,
             np.random.default_rng([int(self.config.seed), step, 13]),
+            max_target=self.window,
         )
         metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
         if not len(examples):
