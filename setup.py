@@ -1,5 +1,7 @@
 """memtrain_jax: self-supervised memory-agent training (MemTrain) in JAX/Flax."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -48,7 +50,7 @@ setup(
     name="memtrain_jax",
     version="0.1.0",
     description="MemTrain: self-supervised training of LLM agent memory, in JAX/Flax.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["memtrain_jax", "memtrain_jax.*"]),

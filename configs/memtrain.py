@@ -122,7 +122,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.agent.boxed_last_chars = 0  # 300 = MemAgent's scorer: only a box in the last 300 characters counts
 
     c.sampling = ml_collections.ConfigDict()  # rollouts
-    c.sampling.temperature = 1.0
+    # The paper samples at 1.0; SmolLM2-135M writes noise at 1.0, so the CPU variants sample at 0.7.
+    c.sampling.temperature = 1.0 if paper or tiny else 0.7
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0  # 0 = off
 
@@ -154,10 +155,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = {"paper": 300, "cpu": 6, "cpu_long": 52, "tiny": 4}[variant]
+    c.train.steps = {"paper": 300, "cpu": 8, "cpu_long": 52, "tiny": 4}[variant]
     # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
     # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
-    c.train.format_steps = {"paper": 0, "cpu": 4, "cpu_long": 12, "tiny": 1}[variant]
+    c.train.format_steps = {"paper": 0, "cpu": 5, "cpu_long": 12, "tiny": 1}[variant]
     c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
     c.train.length_block = 1024 if paper else 128  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection
@@ -169,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 10 if paper else 2
     c.train.keep_checkpoints = 3
     c.train.async_checkpoints = True
-    c.train.eval_every = {"paper": 50, "cpu": 6, "cpu_long": 10, "tiny": 2}[variant]
+    c.train.eval_every = {"paper": 50, "cpu": 8, "cpu_long": 10, "tiny": 2}[variant]
     c.train.eval_episodes = {"paper": 64, "cpu": 6, "cpu_long": 8, "tiny": 2}[variant]
 
     for ablation in ablations:

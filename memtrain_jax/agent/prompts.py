@@ -61,7 +61,7 @@ FINAL_TEMPLATE = """You have read a long article, keeping a memory as you went. 
 {memory}
 </memory>
 
-Give your final answer inside \\boxed{}, for example \\boxed{answer}."""
+Give your final answer inside \\boxed{}."""
 
 RECALL_TEMPLATE = """Below are your memory from reading an article and one section of that article in which a single \
 entity has been replaced by [TARGET] everywhere it occurs.
@@ -74,7 +74,7 @@ entity has been replaced by [TARGET] everywhere it occurs.
 {chunk}
 </section>
 
-Which entity does [TARGET] stand for? Give your answer inside \\boxed{}, for example \\boxed{entity}."""
+Which entity does [TARGET] stand for? Give your answer inside \\boxed{}."""
 
 # The masked-reconstruction question (MemTrain's one problem); `{mask}` is the data's mask token.
 MEMTRAIN_PROBLEM = (

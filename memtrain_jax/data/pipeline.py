@@ -369,7 +369,15 @@ def episode_from_document(
         usable = masks_kept > 0
     if not usable:
         return _skipped_episode(
-            document, tokenizer, chunk_size, max_chunks, max_answer_tokens, episode_id, epoch, seed, pivot_index,
+            document,
+            tokenizer,
+            chunk_size,
+            max_chunks,
+            max_answer_tokens,
+            episode_id,
+            epoch,
+            seed,
+            pivot_index,
             tokenizer_id or tokenizer_fingerprint(tokenizer),
         )
     tokens, lengths = pad_chunks(chunks.tokens, max_chunks, chunk_size, tokenizer.pad_id)
