@@ -142,15 +142,15 @@ def decode_bytes(config: ModelConfig, weight_bytes: int, batch: int, context: fl
 # ------------------------------------------------------------------------------------------------
 
 
-def hf_model(config: ModelConfig, params, device: str):
-    """A transformers causal LM holding our params (float32), written by our own HF export path."""
+def hf_model(config: ModelConfig, params, device: str, dtype: str = "float32"):
+    """A transformers causal LM holding our params, written by our own HF export path, loaded as `dtype`."""
     import tempfile
 
     import transformers
 
     with tempfile.TemporaryDirectory() as directory:
         save_hf_checkpoint(config, params, directory)
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype="float32").eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.to(device)
@@ -347,6 +347,9 @@ def main(argv=None) -> None:
     parser.add_argument("--tunix-path", default=None, help="directory holding an installed google-tunix")
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--random-weights", action="store_true", help="do not load the SmolLM2 GGUF weights")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute of both sides"
+    )
     parser.add_argument("--attention", default=None, help="override ModelConfig.attention (e.g. reference, blocked)")
     parser.add_argument(
         "--matmul-precision", default="highest", help="jax_default_matmul_precision (torch runs full float32)"
@@ -403,11 +406,15 @@ def main(argv=None) -> None:
         if args.attention:
             config = config.replace(attention=args.attention)
         config = config.replace(max_position_embeddings=max(config.max_position_embeddings, 8192))
+        hf = None if args.no_hf else hf_model(config, params, torch_device, args.dtype)  # exported in float32
+        if args.dtype != "float32":  # weights stored and computed in args.dtype on both sides
+            config = config.replace(dtype=args.dtype, param_dtype=args.dtype)
+            params = jax.tree.map(lambda x, d=config.weight_dtype: x.astype(d), params)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-        print(f"== {name}: {weight_bytes / 4e6:.1f}M params, {weights}, attention={config.attention} ==")
+        params_m = sum(x.size for x in jax.tree.leaves(params)) / 1e6
+        print(f"== {name}: {params_m:.1f}M params, {config.dtype}, {weights}, attention={config.attention} ==")
         buckets = Buckets()
         sampler = Sampler(config, buckets=buckets, record_timings=True)
-        hf = None if args.no_hf else hf_model(config, params, torch_device)
         header = (
             f"{'prompt, batch':>13} | {'ours prefill tok/s (peak) / decode tok/s (bw)':>44} | "
             f"{'HF prefill (peak) / decode (bw)':>40} | ours/HF prefill, decode | HF/ours, tunix/ours total"

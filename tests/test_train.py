@@ -153,6 +153,19 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(cache, tmp_path, full_
     assert (checkpoints / "4.corrupt").is_dir()  # set aside, never deleted
 
 
+def test_attention_backend_is_a_run_choice_not_an_identity(cache, tmp_path, full_run):
+    """A run trained with the default backend resumes under another one, which reaches the policy's model."""
+    shutil.copytree(full_run[0], tmp_path, dirs_exist_ok=True)
+    config = _tiny(cache, **FULL, **{"model.attention": "reference", "model.attention_block_q": 64})
+    trainer = Trainer(config, str(tmp_path), log=_quiet)  # no WorkdirMismatchError
+    model = trainer.setup.policy.model_config
+    assert (model.attention, model.attention_block_q) == ("reference", 64)
+    step, state = trainer.restore_or_init(iter(trainer.setup.dataset(num_slots=trainer.train_slots)))
+    assert step == 4
+    for a, b in zip(_leaves(full_run[1]["state"].params), _leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_bad_inputs_are_refused_before_compute(cache, tmp_path, full_run):
     # A workdir of another model (here another vocabulary, so other embedding shapes).
     before = sorted(os.listdir(full_run[0] / "checkpoints"))

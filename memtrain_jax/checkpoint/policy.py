@@ -45,6 +45,7 @@ def load_policy(
     source "hf": a HuggingFace checkpoint folder (config.json, safetensors, tokenizer.json).
     source "init": random weights of the configs/models.py preset `model.preset`, with `tokenizer` (e.g. the
     data pipeline's) and the vocabulary resized to it; chat format "chatml".
+    `model.attention` (and `attention_block_q` / `attention_block_kv`), when set, pick the attention backend.
     """
     if model.source not in SOURCES:
         raise ValueError(f"config.model.source={model.source!r}; expected one of {SOURCES}.")
@@ -84,5 +85,9 @@ def load_policy(
         config = ModelConfig.from_dict(values)
         params = init_params(config, jax.random.key(seed), param_shardings(config, mesh, rules))
         policy = LoadedPolicy(config, params, tokenizer, "chatml", f"random {model.preset} (seed {seed})")
+    # The attention kernel is a choice of the run, not of the checkpoint (memtrain_jax/model/attention.py).
+    overrides = {k: model[k] for k in ("attention", "attention_block_q", "attention_block_kv") if model.get(k)}
+    if overrides:
+        policy.model_config = dataclasses.replace(policy.model_config, **overrides)
     check_tokenizer_fits_model(policy.tokenizer, policy.model_config)
     return policy

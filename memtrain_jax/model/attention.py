@@ -15,7 +15,8 @@ Backends (`ModelConfig.attention`):
   splash     TPU: the Pallas splash-attention kernel shipped with JAX, for self-attention of the
              new tokens from slot 0 (training, prefill) when T is a multiple of 128; otherwise
              (decode, chunks after a cache) `blocked`. Off TPU it runs in Pallas interpret mode.
-  cudnn      GPU: `jax.nn.dot_product_attention(implementation="cudnn")`, same scope as splash.
+  cudnn      GPU: `jax.nn.dot_product_attention(implementation="cudnn")`, same scope as splash, for
+             bfloat16/float16 (cuDNN's fused kernels take nothing else; float32 runs `blocked`).
              Off GPU it runs the same call with XLA's dense implementation.
   auto       splash on TPU, cudnn on GPU, blocked elsewhere.
 The off-platform emulations are test paths (slow, with a warning), never chosen by "auto".
@@ -97,7 +98,10 @@ def attention(
         interpret = _emulated("splash", "tpu")
         return splash_attention(q, k, v, key_valid, block_q=block_q, block_kv=block_kv, interpret=interpret)
     if backend == "cudnn" and from_zero:
-        return cudnn_attention(q, k, v, key_valid, implementation="xla" if _emulated("cudnn", "gpu") else "cudnn")
+        emulated = _emulated("cudnn", "gpu")
+        # cuDNN's fused attention takes half precision only; a float32 model runs the blocked kernel on GPU.
+        if emulated or q.dtype in (jnp.bfloat16, jnp.float16):
+            return cudnn_attention(q, k, v, key_valid, implementation="xla" if emulated else "cudnn")
     return blocked_attention(q, k, v, key_valid, jnp.asarray(q_start, jnp.int32), block_q, block_kv)
 
 

@@ -1,5 +1,27 @@
-"""GRPO math: group advantages and DAPO filtering (the clipped loss lives beside them)."""
+"""GRPO math: group advantages, DAPO filtering, the clipped surrogate, KL estimators and loss aggregation."""
 
 from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS, group_advantages, uniform_groups
+from memtrain_jax.rl.loss import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    LossConfig,
+    aggregate,
+    aggregation_weights,
+    clipped_surrogate,
+    grpo_token_loss,
+    kl_estimate,
+)
 
-__all__ = ["ADVANTAGE_NORMALISATIONS", "group_advantages", "uniform_groups"]
+__all__ = [
+    "ADVANTAGE_NORMALISATIONS",
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "LossConfig",
+    "aggregate",
+    "aggregation_weights",
+    "clipped_surrogate",
+    "group_advantages",
+    "grpo_token_loss",
+    "kl_estimate",
+    "uniform_groups",
+]

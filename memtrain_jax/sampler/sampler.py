@@ -20,7 +20,6 @@ Shapes: B batch (bucketed), U distinct prompts (bucketed), P prompt slots, N dec
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -367,14 +366,6 @@ def decode(
 # --------------------------------------------------------------------------------------------------
 
 
-def _batch_axes(mesh: Mesh, rules) -> tuple[str, ...]:
-    """Mesh axes the logical `batch` axis maps to under `rules`."""
-    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
-    if spec is None:
-        return ()
-    return tuple(spec) if isinstance(spec, tuple) else (spec,)
-
-
 class Sampler:
     """Holds a model config, a mesh and the compiled sampling programs for it.
 
@@ -412,11 +403,12 @@ class Sampler:
         self.last_timings: dict[str, float] = {}
         self.compile_count = 0
         self.compile_seconds: dict[str, float] = {}
-        self.batch_multiple = int(np.prod([self.mesh.shape[a] for a in _batch_axes(self.mesh, self.rules)]))
+        self.batch_multiple = sharding.batch_axis_size(self.mesh, self.rules)
 
         self.param_shardings = param_shardings(config, self.mesh, self.rules)
         self._param_structure = jax.tree.structure(param_shapes(config))
-        batch = lambda *rest: NamedSharding(self.mesh, PartitionSpec(_batch_axes(self.mesh, self.rules) or None, *rest))
+        batch_axes = sharding.batch_axes(self.mesh, self.rules) or None
+        batch = lambda *rest: NamedSharding(self.mesh, PartitionSpec(batch_axes, *rest))
         probe = jax.eval_shape(lambda: init_cache(config, self.batch_multiple, 1, cache_dtype))
         self.cache_shardings = cache_shardings(config, probe, self.mesh, self.rules)
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -659,11 +651,6 @@ def _stop_rows(stop_tokens, n: int, vocab: int) -> list[list[int]]:
     return rows
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_sampler(config: ModelConfig, mesh: Mesh | None, rules: tuple) -> Sampler:
-    return Sampler(config, mesh, rules)
-
-
 def generate(
     model_config: ModelConfig,
     params: Params,
@@ -682,9 +669,10 @@ def generate(
 
     Greedy when temperature == 0. Each result holds the new token ids (a final stop token included),
     their log-probs under the model's own (untempered) distribution and whether a stop token ended it.
-    Compiled programs are reused across calls with the same config and mesh.
+    A one-shot convenience: it builds a `Sampler` (and compiles its programs) on every call; code that
+    generates repeatedly holds a `Sampler`, which owns its compiled programs (no module-level cache).
     """
-    out = _cached_sampler(model_config, mesh, tuple(rules))(
+    out = Sampler(model_config, mesh, tuple(rules))(
         params,
         prompts,
         max_new_tokens=max_new_tokens,

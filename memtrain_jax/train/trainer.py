@@ -103,9 +103,15 @@ class TrainConfig:
 
 
 def run_identity(setup: AgentSetup) -> dict[str, Any]:
-    """What a workdir trains: the model's shapes, the tokenizer and the seed (checked on every restart)."""
+    """What a workdir trains: the model's shapes, the tokenizer and the seed (checked on every restart).
+
+    The attention backend and its block sizes are left out: they change how, not what, the model computes.
+    """
+    model = setup.policy.model_config.to_dict()
+    for key in ("attention", "attention_block_q", "attention_block_kv"):
+        model.pop(key, None)
     return {
-        "model_config": setup.policy.model_config.to_dict(),
+        "model_config": model,
         "tokenizer": tokenizer_fingerprint(setup.tokenizer),
         "seed": int(setup.config.seed),
     }
