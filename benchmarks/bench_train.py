@@ -50,7 +50,6 @@ Timings on a shared CPU are noisy: take them as rough figures, the ratios as the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -61,6 +60,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import best_time, layer_matmul_params
 
 from memtrain_jax import sharding
 from memtrain_jax.agent.credit import TrainingSequences
@@ -69,6 +69,7 @@ from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.rl.loss import LossConfig, aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.learner import Learner, OptimConfig
+from memtrain_jax.train.metrics import read_metrics
 
 MODELS = {name: ModelConfig.from_dict(load_config(f"configs/models.py:{name}")) for name in ("tiny", "smollm2-135m")}
 PAD_ID = 0
@@ -98,17 +99,6 @@ class CompileCounter:
             self.count += 1
 
 
-def best_time(fn: Callable[[], object], runs: int) -> float:
-    """Fastest of `runs` calls after one warm-up call: the least disturbed figure (for the peak)."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def matmul_peaks(shapes: list[tuple[int, int, int]], runs: int = 5) -> dict[str, float]:
     """Float32 jax matmul FLOP/s of [m, k] x [k, n] for each (m, k, n)."""
     rng = np.random.default_rng(0)
@@ -120,12 +110,6 @@ def matmul_peaks(shapes: list[tuple[int, int, int]], runs: int = 5) -> dict[str,
         run = lambda a=a, b=b: mm(a, b).block_until_ready()
         peaks[f"[{m},{k}]x[{k},{n}]"] = 2 * m * k * n / best_time(run, runs)
     return peaks
-
-
-def layer_matmul_params(config: ModelConfig) -> int:
-    """Parameters of the layers' projections (what every token multiplies by)."""
-    h, m, n, k, d = config.hidden_size, config.intermediate_size, config.num_heads, config.num_kv_heads, config.head_dim
-    return config.num_layers * (2 * h * n * d + 2 * h * k * d + 3 * h * m)
 
 
 def update_flops(config: ModelConfig, batch: int, length: int, scored: int) -> tuple[float, float]:
@@ -440,16 +424,9 @@ def print_split(records: list[dict], source: str) -> None:
     print()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    by_step: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if "step" in record and "step_s" in record:
-                    by_step[int(record["step"])] = record  # a resumed run rewrites steps: keep the last
-    return [by_step[k] for k in sorted(by_step)]
+def step_records(workdir: str) -> list[dict]:
+    """The step records of a run's metrics.jsonl (a resumed run may rewrite a step: keep the last)."""
+    return list({r["step"]: r for r in read_metrics(workdir) if "step_s" in r}.values())
 
 
 def tiny_training_split(steps: int) -> None:
@@ -475,7 +452,7 @@ def tiny_training_split(steps: int) -> None:
             f"configs/memtrain.py:tiny, {steps} GRPO steps (set-up {built:.1f} s, training "
             f"{time.perf_counter() - start:.1f} s; micro-batch {config.train.micro_batch_size}, KL {config.rl.kl_coef})"
         )
-        print_split(read_metrics(workdir), source)
+        print_split(step_records(workdir), source)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,7 +529,7 @@ def main(argv=None) -> None:
     if train_steps > 0:
         tiny_training_split(train_steps)
     if args.workdir:
-        print_split(read_metrics(args.workdir), args.workdir)
+        print_split(step_records(args.workdir), args.workdir)
     if not args.no_update:
         for name in models:
             label, config, lengths, repeats = configs[name]
