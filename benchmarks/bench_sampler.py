@@ -41,7 +41,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time, layer_matmul_params
+from common import best_time, layer_matmul_params, tunix_shape
 
 from memtrain_jax.checkpoint.hf import save_hf_checkpoint
 from memtrain_jax.config import load_config
@@ -215,17 +215,7 @@ def tunix_sampler(config: ModelConfig, cache_size: int):
     from flax import nnx
     from tunix.generate import sampler as tunix_sampling
 
-    shape = dict(
-        num_layers=config.num_layers,
-        vocab_size=config.vocab_size,
-        embed_dim=config.hidden_size,
-        hidden_dim=config.intermediate_size,
-        num_heads=config.num_heads,
-        head_dim=config.head_dim,
-        num_kv_heads=config.num_kv_heads,
-        rope_theta=int(config.rope_theta),
-        norm_eps=config.rms_norm_eps,
-    )
+    shape = tunix_shape(config)
     if config.family == "qwen2":
         from tunix.models.qwen2 import model as tunix_model
 

@@ -60,7 +60,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time, layer_matmul_params
+from common import best_time, layer_matmul_params, tunix_shape
 
 from memtrain_jax import sharding
 from memtrain_jax.agent.credit import TrainingSequences
@@ -231,18 +231,7 @@ class Tunix:
 
         if config.family != "llama":
             raise NotImplementedError(f"only Llama-family shapes are wired for tunix here, not {config.family}")
-        tconfig = tunix_model.ModelConfig(
-            num_layers=config.num_layers,
-            vocab_size=config.vocab_size,
-            embed_dim=config.hidden_size,
-            hidden_dim=config.intermediate_size,
-            num_heads=config.num_heads,
-            head_dim=config.head_dim,
-            num_kv_heads=config.num_kv_heads,
-            rope_theta=int(config.rope_theta),
-            norm_eps=config.rms_norm_eps,
-            weight_tying=config.tie_embeddings,
-        )
+        tconfig = tunix_model.ModelConfig(**tunix_shape(config), weight_tying=config.tie_embeddings)
         self.nnx = nnx
         self.model = tunix_model.Llama3(tconfig, rngs=nnx.Rngs(0))
         optimizer = optax.chain(
