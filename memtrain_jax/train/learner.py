@@ -333,7 +333,7 @@ class Learner:
         if not micro_batches:
             raise ValueError("an update needs at least one micro-batch.")
         grads = self._zeros(state.params)
-        totals: dict[str, float] = {}
+        per_batch = []  # device scalars, fetched once after the loop: no host sync between micro-batches
         for mb in micro_batches:
             if mb.tokens.shape[0] % self.batch_multiple:
                 raise ValueError(
@@ -344,7 +344,10 @@ class Learner:
             if objective == "grpo" and self.use_ref:
                 mb = mb.replace(ref_logp=self._score(state.ref_params, mb))
             grads, sums = self._accumulate[objective](state.params, grads, mb)
-            for key, value in jax.device_get(sums).items():
+            per_batch.append(sums)
+        totals: dict[str, float] = {}
+        for sums in jax.device_get(per_batch):
+            for key, value in sums.items():
                 value = float(value)
                 totals[key] = max(totals.get(key, 0.0), value) if key == "ratio_max" else totals.get(key, 0.0) + value
         return grads, totals
