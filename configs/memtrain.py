@@ -86,6 +86,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention_block_kv = 512
     c.chat_format = ""  # "" = the checkpoint's own ("chatml" for the tiny model's SentencePiece tokenizer)
 
+    # What is trained: "memtrain" (this file), "long_qa" or "search_qa" (configs/task.py, downstream post-training).
+    c.task = "memtrain"
+    # A training workdir whose latest checkpoint's parameters replace the loaded ones ("" = none): task RL from
+    # a MemTrain checkpoint, or evaluation of a trained arm (memtrain eval-qa / compare).
+    c.init_from = ""
+
     c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     c.axis_rules = sharding.DEFAULT_RULES
 
@@ -182,6 +188,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.async_checkpoints = True
     c.train.eval_every = {"paper": 50, "cpu": 8, "cpu_long": 15, "tiny": 2}[variant]
     c.train.eval_episodes = {"paper": 64, "cpu": 6, "cpu_long": 12, "tiny": 2}[variant]
+
+    # Downstream QA (memtrain eval-qa / compare, and the QA tasks of configs/task.py).
+    c.qa = ml_collections.ConfigDict()
+    c.qa.file = ""  # test questions: HotpotQA JSON, SQuAD JSON or JSONL; "" = the dev set prepared from data.pool
+    c.qa.train_file = ""  # task-RL questions, same formats; "" = the train set prepared from data.pool
+    c.qa.format = "auto"  # auto | hotpotqa | squad | jsonl
+    c.qa.num_dev = 128 if paper else 32  # questions of the sets prepared from the pool (memtrain_jax/data/qa.py)
+    c.qa.num_train = 1024 if paper else 256
+    c.qa.limit = 0  # test questions used (0 = all)
+    # The paper's ladder (documents; about 7K ... 896K tokens); the CPU default reads short contexts.
+    c.qa.num_docs = (50, 100, 200, 400, 800, 1600, 3200, 6400) if paper else (5, 10, 20)
+    c.qa.train_num_docs = 200 if paper else 5  # task RL's contexts (about 28K tokens in the paper's setting)
+    c.qa.batch_size = 8  # questions per lockstep rollout
+    # The agent's chunk when reading QA contexts (0 = data.chunking.chunk_size). The CPU default reads 256-token
+    # chunks: half the turns of MemTrain's 128 (the paper reads 5,120-token chunks in both).
+    c.qa.chunk_size = 0 if paper or tiny else 256
+    c.qa.readers = ("memory_agent",)  # memory_agent and/or full_context (the baseline)
+    c.qa.num_objectives = 2  # search QA: questions joined into one episode (MEM1)
+    # Evaluation sampling (the paper's: temperature 0.7, top-p 0.95); 0 = greedy.
+    c.qa.temperature = 0.7
+    c.qa.top_p = 0.95
+    # "" = agent.answer_extractor. SmolLM2-135M rarely boxes a QA answer untrained: the CPU variants also read a
+    # final "Answer: ..." line, so the base row of `memtrain compare` is not zero by format alone.
+    c.qa.answer_extractor = "" if paper else "boxed_or_line"
+
+    # Search QA (MEM1's loop, memtrain_jax/agent/search.py); the corpus is data.pool, searched by data.retrieval.
+    c.search = ml_collections.ConfigDict()
+    c.search.max_turns = 6
+    c.search.top_k = 3
+    c.search.turn_tokens = 1024 if paper else 64  # reply budget of a turn (notes + action)
+    c.search.information_tokens = 1024 if paper else 256  # the retrieved block's budget
+    c.search.separator = ";"  # between the sub-answers of a multi-objective question
 
     for ablation in ablations:
         _ablate(c, ablation)

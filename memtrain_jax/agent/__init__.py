@@ -1,9 +1,11 @@
-"""The memory agent: prompts in token space, batched multi-turn rollouts, recall probes and GRPO credit."""
+"""The memory agent: prompts in token space, batched multi-turn rollouts, recall probes and GRPO credit;
+downstream long-text QA (with the full-context baseline) and the search-QA agent."""
 
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.policy import CallStats, Policy, SamplerPolicy
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig, Template, TemplateError, load_template
+from memtrain_jax.agent.qa import QAAnswer, evaluate_long_qa, format_table, read_full_context, read_with_memory
 from memtrain_jax.agent.rollout import (
     Episode,
     Reply,
@@ -14,10 +16,22 @@ from memtrain_jax.agent.rollout import (
     rollout,
 )
 from memtrain_jax.agent.scripted import ScriptedPolicy
-from memtrain_jax.agent.setup import AgentSetup
+from memtrain_jax.agent.search import SearchConfig, objective_score, parse_action, search_rollout
+from memtrain_jax.agent.setup import TASKS, AgentSetup, QATaskData
 
 __all__ = [
     "KIND_IDS",
+    "TASKS",
+    "QAAnswer",
+    "QATaskData",
+    "SearchConfig",
+    "evaluate_long_qa",
+    "format_table",
+    "objective_score",
+    "parse_action",
+    "read_full_context",
+    "read_with_memory",
+    "search_rollout",
     "AgentConfig",
     "AgentSetup",
     "CallStats",

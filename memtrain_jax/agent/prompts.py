@@ -1,14 +1,17 @@
 """The memory agent's prompts: templates in our own words with the paper's structure, built in token space.
 
-Three templates, each one user message of the model's chat format:
+Five templates, each one user message of the model's chat format:
 
 - memory update (turn t): instruction, the question in `<problem>`, the memory written at turn t-1
   in `<memory>` (a fixed "no previous memory" text at t = 1) and chunk t in `<section>`;
 - final answer: the question and the final memory only, answer in `\\boxed{}`;
 - intermediate memory recall: a memory and an already-read chunk with one entity replaced by
-  `[TARGET]`, no `<problem>` block, answer in `\\boxed{}`.
+  `[TARGET]`, no `<problem>` block, answer in `\\boxed{}`;
+- downstream QA's full-context baseline: the whole (middle-truncated) document and the question;
+- search QA (MEM1's loop): the question, the latest notes and the latest retrieved `<information>`.
 
-Placeholders are `{problem}`, `{memory}` and `{chunk}`; every other brace is literal (so `\\boxed{}`
+Placeholders are `{problem}`, `{memory}`, `{chunk}`, `{document}` and `{information}`; every other brace
+is literal (so `\\boxed{}`
 needs no escaping). A template can be replaced by a text file named in the config, to run the
 paper's exact wording; a file missing a placeholder its prompt needs, or naming one it cannot
 have, is refused.
@@ -30,7 +33,7 @@ from typing import Any
 from memtrain_jax.tokenizer.base import Tokenizer
 from memtrain_jax.tokenizer.chat import ChatFormat
 
-PLACEHOLDERS = ("problem", "memory", "chunk")
+PLACEHOLDERS = ("problem", "memory", "chunk", "document", "information")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 MEMORY_TEMPLATE = """You are reading a long article one section at a time. You cannot see earlier sections again: \
@@ -76,6 +79,37 @@ entity has been replaced by [TARGET] everywhere it occurs.
 
 Which entity does [TARGET] stand for? Give your answer inside \\boxed{}."""
 
+FULL_CONTEXT_TEMPLATE = """Read the documents below and solve the problem.
+
+<documents>
+{document}
+</documents>
+
+<problem>
+{problem}
+</problem>
+
+Give your final answer inside \\boxed{}."""
+
+SEARCH_TEMPLATE = """You solve a problem by searching a Wikipedia corpus, over a few turns. Each turn you see only the \
+problem, your notes from the previous turn and the results of your latest search: whatever you will need later must \
+go into your notes.
+
+<problem>
+{problem}
+</problem>
+
+<memory>
+{memory}
+</memory>
+
+<information>
+{information}
+</information>
+
+Write your updated notes, then end your reply with exactly one action: <search>a search query</search> to search \
+the corpus, or <answer>the final answer</answer> when you know it."""
+
 # The masked-reconstruction question (MemTrain's one problem); `{mask}` is the data's mask token.
 MEMTRAIN_PROBLEM = (
     "In the article, one entity has been replaced by {mask} at every place it occurs. "
@@ -88,8 +122,20 @@ WORKED_EXAMPLE = (
     '[X] stands for in "Marie Curie was born in [X]", the reply is \\boxed{Warsaw}.'
 )
 
-REQUIRED = {"memory": ("problem", "memory", "chunk"), "final": ("problem", "memory"), "recall": ("memory", "chunk")}
-BUILT_IN = {"memory": MEMORY_TEMPLATE, "final": FINAL_TEMPLATE, "recall": RECALL_TEMPLATE}
+REQUIRED = {
+    "memory": ("problem", "memory", "chunk"),
+    "final": ("problem", "memory"),
+    "recall": ("memory", "chunk"),
+    "full_context": ("problem", "document"),
+    "search": ("problem", "memory", "information"),
+}
+BUILT_IN = {
+    "memory": MEMORY_TEMPLATE,
+    "final": FINAL_TEMPLATE,
+    "recall": RECALL_TEMPLATE,
+    "full_context": FULL_CONTEXT_TEMPLATE,
+    "search": SEARCH_TEMPLATE,
+}
 
 
 class TemplateError(ValueError):
@@ -159,6 +205,8 @@ class PromptConfig:
     memory_template: str = ""
     final_template: str = ""
     recall_template: str = ""
+    full_context_template: str = ""  # downstream QA's full-context baseline: {problem} {document}
+    search_template: str = ""  # search QA: {problem} {memory} {information}
     problem: str = MEMTRAIN_PROBLEM
     no_memory: str = NO_MEMORY
     worked_example: bool = False
@@ -189,6 +237,8 @@ class PromptBuilder:
             "memory": load_template("memory", config.memory_template),
             "final": load_template("final", config.final_template, example),
             "recall": load_template("recall", config.recall_template, example),
+            "full_context": load_template("full_context", config.full_context_template, example),
+            "search": load_template("search", config.search_template),
         }
         self._prefix, self._suffix = chat.user_turn_wrapper(tokenizer, config.system)
         self._encoded = {
@@ -225,6 +275,12 @@ class PromptBuilder:
 
     def recall_prompt(self, memory: Sequence[int], chunk: Sequence[int]) -> list[int]:
         return self.build("recall", memory=memory, chunk=chunk)
+
+    def full_context_prompt(self, problem: Sequence[int], document: Sequence[int]) -> list[int]:
+        return self.build("full_context", problem=problem, document=document)
+
+    def search_prompt(self, problem: Sequence[int], memory: Sequence[int], information: Sequence[int]) -> list[int]:
+        return self.build("search", problem=problem, memory=memory, information=information)
 
     def render(self, name: str, **texts: str) -> str:
         """The same prompt as text, rendered by the chat format (for display and the token-space test)."""

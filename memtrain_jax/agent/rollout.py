@@ -65,6 +65,7 @@ class Trajectory:
     recall: list[Reply] = dataclasses.field(default_factory=list)
     recall_predictions: list[str | None] = dataclasses.field(default_factory=list)
     recall_correct: list[float] = dataclasses.field(default_factory=list)
+    failure: str = ""  # search QA: why the episode ended without an answer ("" when it answered)
 
 
 @dataclasses.dataclass
@@ -72,9 +73,10 @@ class Episode:
     """A usable episode as the agent reads it."""
 
     episode_id: int
-    answer: str
+    answer: str | tuple[str, ...]  # the gold answer(s): any one counts
     chunks: list[np.ndarray]  # chunk ids, each [<= chunk_size] int32
     chunk_texts: list[str] | None = None  # decoded on demand (probes, logs)
+    problem: tuple[int, ...] | None = None  # this episode's question (downstream QA); None = the config's
 
 
 @dataclasses.dataclass
@@ -128,7 +130,8 @@ def call_seed(seed: int, step: int, call: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(step), int(call)], spawn_key=(7,)).generate_state(1)[0])
 
 
-def _replies(prompts: list[list[int]], out: Any, rows: Sequence[int]) -> list[Reply]:
+def replies_from_output(prompts: list[list[int]], out: Any, rows: Sequence[int]) -> list[Reply]:
+    """The Reply of each row in `rows` of a policy call's output (its prompt from `prompts`)."""
     tokens, logprobs = np.asarray(out.tokens), np.asarray(out.logprobs)
     lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
     return [
@@ -173,7 +176,8 @@ def rollout(
         for r, traj in enumerate(trajectories):
             chunks = episodes[traj.episode].chunks
             if t < len(chunks):
-                prompts.append(builder.memory_prompt(problem, traj.memories[-1], chunks[t]))
+                question = episodes[traj.episode].problem or problem
+                prompts.append(builder.memory_prompt(question, traj.memories[-1], chunks[t]))
                 budgets.append(config.memory_tokens)
                 active.append(r)
             else:
@@ -182,20 +186,20 @@ def rollout(
         out = policy.generate(prompts, budgets, kind="memory", seed=call_seed(seed, step, call_index))
         call_index += 1
         calls["memory"] += 1
-        for r, reply in zip(active, _replies(prompts, out, active), strict=True):
+        for r, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
             traj = trajectories[r]
             traj.memory_turns.append(reply)
             traj.memories.append(tuple(int(i) for i in reply.content))
             traj.truncations += int(not reply.stopped)
 
     # --- final answers: the problem and the final memory only --------------------------------------
-    prompts = [builder.final_prompt(problem, traj.memories[-1]) for traj in trajectories]
+    prompts = [builder.final_prompt(episodes[t.episode].problem or problem, t.memories[-1]) for t in trajectories]
     out = policy.generate(
         prompts, [config.answer_tokens] * len(prompts), kind="answer", seed=call_seed(seed, step, call_index)
     )
     call_index += 1
     calls["answer"] += 1
-    for traj, reply in zip(trajectories, _replies(prompts, out, range(len(prompts))), strict=True):
+    for traj, reply in zip(trajectories, replies_from_output(prompts, out, range(len(prompts))), strict=True):
         traj.answer = reply
         traj.answer_text = tokenizer.decode(reply.content.tolist())
         traj.prediction = extract_answer(traj.answer_text, config.answer_extractor, config.boxed_last_chars)
@@ -235,7 +239,7 @@ def rollout(
                 prompts, [config.recall_tokens] * len(prompts), kind="recall", seed=call_seed(seed, step, call_index)
             )
             calls["recall"] += 1
-            for r, reply in zip(owners, _replies(prompts, out, range(len(prompts))), strict=True):
+            for r, reply in zip(owners, replies_from_output(prompts, out, range(len(prompts))), strict=True):
                 traj = trajectories[r]
                 text = tokenizer.decode(reply.content.tolist())
                 prediction = extract_answer(text, config.answer_extractor, config.boxed_last_chars)

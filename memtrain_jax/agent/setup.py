@@ -1,14 +1,23 @@
 """Everything a memory-agent job needs, built once from a training config (configs/memtrain.py).
 
-`AgentSetup.build(config)` makes the mesh, loads the policy and its tokenizer, prepares the
-masked-Wikipedia data in the policy's tokenizer, builds the prompt builder, the sampler and the
-entity extractor for recall probes, and checks that every turn fits the model's window, all
-before any rollout is computed. `rollout_step` runs one rollout and assigns credit.
+`AgentSetup.build(config)` makes the mesh, loads the policy and its tokenizer (then the parameters
+of another run's checkpoint when `init_from` names one), prepares the task's data, builds the prompt
+builder, the sampler and the entity extractor for recall probes, and checks that every turn fits
+the model's window, all before any rollout is computed. `rollout_step` runs one rollout and
+assigns credit.
+
+Tasks (`config.task`), one rollout and credit path for all of them:
+- "memtrain": masked-Wikipedia documents (the data pipeline), memory agent + recall probes;
+- "long_qa": QA records read in long contexts of `qa.train_num_docs` documents by the memory agent;
+- "search_qa": multi-objective QA records answered by the search agent over the pool (BM25 or dense).
+A QA task's stream is a Grain dataset of record slots: batches {"episode_id": [B] int64, "record": [B]
+int32}; its items are the training records followed by the held-out dev records.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,14 +32,59 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import TrainingSequences, assign_credit
 from memtrain_jax.agent.policy import SamplerPolicy
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig
-from memtrain_jax.agent.rollout import RolloutBatch, episodes_from_batch, rollout
+from memtrain_jax.agent.qa import qa_episode
+from memtrain_jax.agent.rollout import Episode, RolloutBatch, episodes_from_batch, rollout
+from memtrain_jax.agent.search import SearchConfig, search_rollout
+from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.checkpoint.policy import LoadedPolicy, load_policy
-from memtrain_jax.data import pipeline
+from memtrain_jax.data import pipeline, retrieval
+from memtrain_jax.data import qa as qa_data
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.tokenizer.chat import ChatFormat, get_chat_format
 
 Log = Callable[[str], None]
+TASKS = ("memtrain", "long_qa", "search_qa")
+
+
+@dataclasses.dataclass
+class QATaskData:
+    """A QA task's records (train, dev), the distractor paragraphs and, for search, the corpus and retriever."""
+
+    train: list[qa_data.QARecord]
+    dev: list[qa_data.QARecord]
+    distractors: list[tuple[str, str]]
+    corpus: list[tuple[str, str]]
+    retriever: retrieval.Retriever | None = None
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, pool: list, *, search: bool, log: Log) -> QATaskData:
+        """The `qa` section's files ("" = the sets prepared from the pool by the documented rule)."""
+        qa, data = config.qa, config.data
+        prepared = None
+        if not qa.file or not qa.train_file:
+            prepared = qa_data.prepare_qa_sets(
+                pool, int(qa.num_dev), int(qa.num_train), int(data.seed), os.path.join(data.cache_dir, "qa"), log=log
+            )
+        dev = qa_data.load_qa_file(qa.file or prepared["dev"], qa.format)
+        train = qa_data.load_qa_file(qa.train_file or prepared["train"], qa.format)
+        if qa.limit > 0:
+            dev = dev[: int(qa.limit)]
+        if search:
+            dev = qa_data.multi_objective(dev, int(qa.num_objectives), int(data.seed))
+            train = qa_data.multi_objective(train, int(qa.num_objectives), int(data.seed))
+        corpus = [(p.title, p.text) for p in pool]
+        retriever = None
+        if search:
+            retriever = retrieval.retriever_from_config(data.retrieval)
+            retrieval.load_or_build_index(
+                retriever,
+                pool,
+                os.path.join(data.cache_dir, "retrieval"),
+                rebuild=bool(data.retrieval.rebuild),
+                log=log,
+            )
+        return cls(train, dev, qa_data.distractor_pool(pool, [*train, *dev]), corpus, retriever)
 
 
 @dataclasses.dataclass
@@ -46,13 +100,21 @@ class AgentSetup:
     agent: AgentConfig
     sampler: Sampler
     sampler_policy: SamplerPolicy
-    prepared: pipeline.PreparedData
+    prepared: pipeline.PreparedData | None
     extractor: Any
+    task: str = "memtrain"
+    qa: QATaskData | None = None
+    search: SearchConfig | None = None
+    init_step: int | None = None  # the step of the `init_from` checkpoint, when one was loaded
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, *, log: Log | None = print) -> AgentSetup:
         log = log or (lambda _: None)
+        task = config.get("task", "memtrain")
+        if task not in TASKS:
+            raise ValueError(f"config.task={task!r}; choose one of {TASKS}.")
         agent = AgentConfig.from_config(config)  # validates the agent's settings first
+        search = SearchConfig.from_config(config.search, agent.group_size) if task == "search_qa" else None
         prompt_config = PromptConfig.from_config(config.prompts)
         mesh = sharding.make_mesh(tuple(config.mesh_shape))
         rules = sharding.rules_from_config(config.axis_rules)
@@ -66,13 +128,18 @@ class AgentSetup:
             f"[setup] policy: {policy.description}, {policy.model_config.num_params() / 1e6:.1f}M parameters, "
             f"loaded in {time.perf_counter() - start:.1f}s; mesh {dict(mesh.shape)}"
         )
+        init_step = None
+        if config.get("init_from"):
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), policy.params
+            )
+            init_step, policy.params = restore_run_params(config.init_from, abstract)
+            policy.description += f", parameters of {config.init_from} step {init_step}"
+            log(f"[setup] parameters from {config.init_from} (checkpoint step {init_step})")
         chat = get_chat_format(config.chat_format or policy.chat_format)
         builder = PromptBuilder(policy.tokenizer, chat, prompt_config, mask_token=agent.mask_token)
-        overhead = {name: builder.overhead(name) for name in ("memory", "final", "recall")}
-        agent.check_window(
-            overhead, len(builder.problem_ids), len(builder.no_memory_ids), policy.model_config.max_position_embeddings
-        )
-        prepared = pipeline.prepare_data(data, pool=pool, log=log)
+        prepared = pipeline.prepare_data(data, pool=pool, log=log) if task == "memtrain" else None
+        qa = QATaskData.build(config, pool, search=task == "search_qa", log=log) if task != "memtrain" else None
         sampler = Sampler(policy.model_config, mesh, rules, pad_id=policy.tokenizer.pad_id)
         sampler_policy = SamplerPolicy(
             sampler,
@@ -87,20 +154,132 @@ class AgentSetup:
             extractor = make_extractor(
                 agent.probe_extractor, max_occurrences=agent.max_occurrences, max_words=agent.max_words
             )
-        return cls(config, mesh, rules, policy, chat, builder, agent, sampler, sampler_policy, prepared, extractor)
+        if task == "memtrain":
+            overhead = {name: builder.overhead(name) for name in ("memory", "final", "recall")}
+            agent.check_window(
+                overhead,
+                len(builder.problem_ids),
+                len(builder.no_memory_ids),
+                policy.model_config.max_position_embeddings,
+            )
+        setup = cls(
+            config,
+            mesh,
+            rules,
+            policy,
+            chat,
+            builder,
+            agent,
+            sampler,
+            sampler_policy,
+            prepared,
+            extractor,
+            task,
+            qa,
+            search,
+            init_step,
+        )
+        window = policy.model_config.max_position_embeddings
+        too_long = {k: v for k, v in setup.sequence_lengths().items() if v > window}
+        if too_long:
+            raise ValueError(
+                f"{task} turns do not fit the model's window of {window} positions: {too_long} tokens (prompt + "
+                f"reply; longest question {setup.max_problem_tokens()} tokens). Lower data.chunking.chunk_size, the "
+                "agent's token budgets or search.information_tokens, or use a model with a longer window."
+            )
+        return setup
 
     @property
     def tokenizer(self):
         return self.policy.tokenizer
 
-    def dataset(self, **kw: Any) -> grain.IterDataset:
-        """This host's episode stream, chunks cut in the policy's tokenizer."""
-        return pipeline.make_dataset(self.config.data, self.prepared, self.tokenizer, **kw)
+    # ----------------------------------------------------------------------- the task's items and stream
 
-    def rollout(self, batch: Mapping[str, np.ndarray], step: int, policy: Any = None) -> RolloutBatch | None:
-        """One rollout of a pipeline batch with the current parameters (or another `policy`); None when no
-        episode of the batch is usable (every one skipped by the pipeline)."""
-        episodes, skipped = episodes_from_batch(batch, self.tokenizer)
+    def _qa_records(self) -> list[qa_data.QARecord]:
+        """A QA task's items: the training records, then the dev records (held out by the trainer)."""
+        assert self.qa is not None
+        return [*self.qa.train, *self.qa.dev]
+
+    @property
+    def num_items(self) -> int:
+        """Pivot slots (memtrain) or QA records (training + dev) of the task."""
+        return self.prepared.num_pivots if self.task == "memtrain" else len(self._qa_records())
+
+    def split_items(self, eval_episodes: int) -> tuple[int, list[int]]:
+        """(training slots: the first items, held-out evaluation slots). memtrain: the last `eval_episodes` pivots
+        (at least one pivot trains); QA: every training record trains, the first dev records are held out."""
+        if self.task == "memtrain":
+            num_eval = max(0, min(eval_episodes, self.num_items - 1))
+            return self.num_items - num_eval, list(range(self.num_items - num_eval, self.num_items))
+        train = len(self.qa.train)
+        return train, list(range(train, train + max(0, min(eval_episodes, len(self.qa.dev)))))
+
+    def dataset(self, **kw: Any) -> grain.IterDataset:
+        """This host's episode stream (memtrain: chunks cut in the policy's tokenizer; QA: record slots)."""
+        if self.task == "memtrain":
+            return pipeline.make_dataset(self.config.data, self.prepared, self.tokenizer, **kw)
+        loader = self.config.data.loader
+        shard = pipeline.shard_options(self.config.data)
+        num_slots = kw.get("num_slots") or self.num_items
+        if num_slots < shard.shard_count:
+            raise ValueError(f"{num_slots} QA records cannot be split over {shard.shard_count} hosts.")
+        ds = grain.MapDataset.range(num_slots)[shard.shard_index :: shard.shard_count]
+        per_epoch = len(ds)
+        ds = ds.shuffle(seed=int(self.config.data.seed) % 2**32).repeat(None)
+        total = self.num_items
+        ds = ds.map_with_index(
+            lambda i, slot: {"episode_id": np.int64((i // per_epoch) * total + slot), "record": np.int32(slot)}
+        )
+        ds = ds.batch(int(loader.batch_size), drop_remainder=True)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+
+    def eval_batch(self, slots: Any) -> dict[str, np.ndarray]:
+        """The fixed batch of items `slots` (epoch 0), e.g. the held-out evaluation episodes."""
+        if self.task == "memtrain":
+            return pipeline.episode_batch(self.config.data, self.prepared, self.tokenizer, slots)
+        slots = np.asarray(slots, np.int64)
+        return {"episode_id": slots, "record": slots.astype(np.int32)}
+
+    def episodes(self, batch: Mapping[str, np.ndarray]) -> tuple[list[Episode], int]:
+        """(usable episodes, number skipped) of a batch of the task's stream (the long-text QA contexts are
+        built here: `qa.train_num_docs` documents, distractors drawn by the episode's epoch)."""
+        if self.task == "memtrain":
+            return episodes_from_batch(batch, self.tokenizer)
+        records = self._qa_records()
+        episodes = []
+        for episode_id, slot in zip(batch["episode_id"], batch["record"], strict=True):
+            epoch = int(episode_id) // self.num_items
+            context = qa_data.build_context(
+                records[int(slot)],
+                self.qa.distractors,
+                int(self.config.data.seed) + epoch,
+                num_docs=int(self.config.qa.train_num_docs),
+                header=self.config.data.document.header,
+            )
+            episodes.append(qa_episode(context, int(episode_id), self.builder, self.agent.chunk_size))
+        return episodes, 0
+
+    def rollout(
+        self, batch: Mapping[str, np.ndarray], step: int, policy: Any = None, agent: AgentConfig | None = None
+    ) -> RolloutBatch | None:
+        """One rollout of a batch with the current parameters (or another `policy`, or agent settings such as
+        evaluation's one greedy trajectory); None when no episode of the batch is usable."""
+        agent = agent or self.agent
+        if self.task == "search_qa":
+            records = self._qa_records()
+            return search_rollout(
+                policy or self.sampler_policy,
+                [records[int(i)] for i in batch["record"]],
+                self.builder,
+                self.tokenizer,
+                self.qa.retriever,
+                self.qa.corpus,
+                dataclasses.replace(self.search, group_size=agent.group_size),
+                seed=self.config.seed,
+                step=step,
+                episode_ids=[int(i) for i in batch["episode_id"]],
+            )
+        episodes, skipped = self.episodes(batch)
         if not episodes:
             return None
         return rollout(
@@ -108,13 +287,44 @@ class AgentSetup:
             episodes,
             self.builder,
             self.tokenizer,
-            self.agent,
+            agent,
             seed=self.config.seed,
             step=step,
             extractor=self.extractor,
             window=self.policy.model_config.max_position_embeddings,
             episodes_skipped=skipped,
         )
+
+    # ----------------------------------------------------------------------- sizes
+
+    def max_problem_tokens(self) -> int:
+        """The longest question in tokens (memtrain: its one problem)."""
+        if self.task == "memtrain":
+            return len(self.builder.problem_ids)
+        return max(len(self.builder.encode_problem(r.question)) for r in self._qa_records())
+
+    def reply_tokens(self) -> int:
+        """The longest reply budget of any turn."""
+        budgets = [self.agent.memory_tokens, self.agent.answer_tokens, self.agent.recall_tokens]
+        return max(budgets + ([self.search.turn_tokens] if self.search else []))
+
+    def sequence_lengths(self) -> dict[str, int]:
+        """The longest prompt + reply of each kind of turn of the task, in tokens."""
+        problem, no_memory = self.max_problem_tokens(), len(self.builder.no_memory_ids)
+        if self.task == "search_qa":
+            s = self.search
+            return {
+                "search": self.builder.overhead("search")
+                + problem
+                + max(s.turn_tokens, no_memory)
+                + s.information_tokens
+                + s.turn_tokens
+            }
+        overhead = {name: self.builder.overhead(name) for name in ("memory", "final", "recall")}
+        lengths = self.agent.prompt_lengths(overhead, problem, no_memory)
+        if not self.agent.imr:
+            lengths.pop("recall")
+        return lengths
 
     def rollout_step(
         self, batch: Mapping[str, np.ndarray], step: int

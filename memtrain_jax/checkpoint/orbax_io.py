@@ -29,6 +29,7 @@ Params = dict[str, Any]
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "model_config.json"
+CHECKPOINT_DIR = "checkpoints"  # a training run's checkpoints: <workdir>/checkpoints/<step>/state
 
 
 class CheckpointMismatchError(ValueError):
@@ -159,3 +160,41 @@ def import_hf_to_orbax(
     config, params = load_hf_checkpoint(hf_dir, dtype=dtype, overrides=overrides)
     save_params(out_dir, params, config)
     return config
+
+
+def restore_run_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[int, Any]:
+    """(step, params) of a run's checkpoint (latest by default), read alone (no optimizer state, no data
+    position): how a job starts from another run's policy (`init_from`, evaluation arms).
+
+    abstract_params: ShapeDtypeStructs with shardings; a checkpoint of another shape is refused by name."""
+    directory = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {directory}: {workdir} is not a trained memtrain workdir.")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"No checkpoint of step {step} in {directory} (have {steps}).")
+    path = directory / str(step) / "state"
+    stored = ocp.PyTreeCheckpointer().metadata(path)
+    stored = getattr(stored, "item_metadata", stored)
+    stored_params = stored.get("params")
+    wanted = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(stored_params)[0]) if stored_params is not None else {}
+    mismatch = [
+        f"{jax.tree_util.keystr(k)}: checkpoint {tuple(have[k].shape) if k in have else 'missing'}, model {v.shape}"
+        for k, v in wanted
+        if k not in have or tuple(have[k].shape) != tuple(v.shape)
+    ]
+    if mismatch:
+        raise CheckpointMismatchError(
+            f"The checkpoint {path} does not fit this model ({len(mismatch)} parameters differ, e.g. "
+            f"{'; '.join(mismatch[:3])}). init_from must name a run of the same model."
+        )
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_params)
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+        ),
+    )
+    return step, restored["params"]

@@ -7,6 +7,11 @@ Commands:
   export           writes a checkpoint's policy as a HuggingFace safetensors folder (--out OUT)
   plot             writes DIR/curves.png from the run's metrics
   chat             one chat reply from the policy (--prompt TEXT): is the model loaded right?
+  eval-qa          long-text QA by context length: --qa-file FILE (HotpotQA/SQuAD JSON or JSONL; default the
+                   dev set prepared from the pool) --num-docs 50,200 --limit N [--baseline] [--plot]; the model is
+                   the config's, or a run's latest checkpoint with --config.init_from=RUN; writes DIR/results.json
+  eval-search      search QA (MEM1's loop, two questions an episode) over the pool: --limit N
+  compare          the paper's Table 1: the base model and each --arms name=RUN on the same long-text QA set
 
 With no arguments, `memtrain` trains configs/memtrain.py:cpu: the real SmolLM2-135M-Instruct on the
 shipped Wikipedia pool, on this CPU, in a few minutes.
@@ -25,7 +30,7 @@ from ml_collections import config_flags
 
 from memtrain_jax.config import CONFIGS_DIR
 
-COMMANDS = ("train", "eval", "export", "plot", "chat")
+COMMANDS = ("train", "eval", "export", "plot", "chat", "eval-qa", "eval-search", "compare")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(CONFIGS_DIR, "memtrain.py:cpu"), "Training config (path.py[:variant]).", lock_config=True
@@ -37,6 +42,12 @@ _PROMPT = flags.DEFINE_string(
     "prompt", "Tell me about Paris, the capital of France, in three sentences.", "chat prompt."
 )
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "chat reply budget.")
+_QA_FILE = flags.DEFINE_string("qa-file", None, "eval-qa/compare: a HotpotQA JSON, SQuAD JSON or JSONL file.")
+_NUM_DOCS = flags.DEFINE_list("num-docs", None, "eval-qa/compare: context lengths in documents, e.g. 50,200.")
+_LIMIT = flags.DEFINE_integer("limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all).")
+_BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
+_PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
+_ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU VMs; launch/tpu_vm.sh sets it)."
 )
@@ -173,6 +184,32 @@ def chat(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax.tools import downstream
+
+    workdir = _WORKDIR.value or os.path.join("runs", command)
+    if command == "eval-search":
+        task = "search_qa"
+    elif config.get("task", "memtrain") == "search_qa":
+        raise app.UsageError(f"{command} evaluates long-text QA; use a long-text config (not ...:search).")
+    else:
+        task = "long_qa"
+    config = downstream.qa_config(
+        config,
+        task,
+        qa_file=_QA_FILE.value,
+        num_docs=_NUM_DOCS.value,
+        limit=_LIMIT.value,
+        baseline=_BASELINE.value,
+    )
+    if command == "eval-qa":
+        downstream.eval_qa(config, workdir, plot=_PLOT.value)
+    elif command == "eval-search":
+        downstream.eval_search(config, workdir)
+    else:
+        downstream.compare(config, workdir, downstream.parse_arms(_ARMS.value), plot=_PLOT.value)
+
+
 def main(argv: list[str]) -> None:
     command = argv[1] if len(argv) > 1 else "train"
     if command not in COMMANDS or len(argv) > 2:
@@ -181,6 +218,9 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO.
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
+    if command in ("eval-qa", "eval-search", "compare"):
+        _downstream(command, _CONFIG.value)
+        return
     {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat}[command](_CONFIG.value)
 
 

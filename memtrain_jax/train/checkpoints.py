@@ -24,8 +24,9 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from memtrain_jax.checkpoint.orbax_io import CHECKPOINT_DIR
+
 RUN_FILE = "run.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class WorkdirMismatchError(ValueError):

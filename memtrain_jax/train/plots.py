@@ -69,3 +69,32 @@ def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_qa(tables: dict[str, dict[str, dict]], out: str) -> str:
+    """Accuracy (sub-EM, EM, F1) against context length (mean tokens, log scale), one line per reader or arm;
+    tables: {name: {num_docs: figures}} as memtrain_jax.agent.qa.score_table writes them. Returns `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, metric in zip(axes, ("sub_em", "em", "f1"), strict=True):
+        for name, table in tables.items():
+            lengths = sorted(table, key=int)
+            tokens = [table[n]["mean_tokens"] for n in lengths]
+            ax.plot(tokens, [100 * table[n][metric] for n in lengths], marker="o", label=name)
+            for x, n in zip(tokens, lengths, strict=True):
+                ax.annotate(f"{n} docs", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
+        ax.set_xscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(f"{metric} x 100")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Long-text QA accuracy by context length")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -34,8 +34,7 @@ import ml_collections
 import numpy as np
 
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit
-from memtrain_jax.agent.rollout import episodes_from_batch
-from memtrain_jax.data import pipeline
+from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
@@ -136,16 +135,16 @@ class Trainer:
             with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(config.to_json_best_effort(indent=1, sort_keys=True))
         setup = self.setup
-        lengths = setup.agent.prompt_lengths(
-            {k: setup.builder.overhead(k) for k in ("memory", "final", "recall")},
-            len(setup.builder.problem_ids),
-            len(setup.builder.no_memory_ids),
-        )
+        if setup.task != "memtrain" and self.train_config.format_steps:
+            raise ValueError(
+                f"train.format_steps={self.train_config.format_steps}: the format warm-up builds MemTrain's "
+                f"masked-entity examples and does not apply to task {setup.task!r}; set it to 0."
+            )
+        lengths = setup.sequence_lengths()
         block = self.train_config.length_block
         self.buckets = LengthBuckets(block, -(-max(lengths.values()) // block) * block)
         # Responses are scored over a fixed window: the longest reply budget, in multiples of 8.
-        agent = setup.agent
-        self.window = -(-max(agent.memory_tokens, agent.answer_tokens, agent.recall_tokens) // 8) * 8
+        self.window = -(-setup.reply_tokens() // 8) * 8
         self.learner = Learner(
             setup.policy.model_config,
             setup.mesh,
@@ -161,9 +160,7 @@ class Trainer:
                 f"train.micro_batch_size={micro} must be a multiple of the batch shards "
                 f"({self.learner.batch_multiple}) of the mesh."
             )
-        num_eval = min(self.train_config.eval_episodes, setup.prepared.num_pivots - 1)
-        self.train_slots = setup.prepared.num_pivots - num_eval
-        self.eval_slots = list(range(self.train_slots, setup.prepared.num_pivots))
+        self.train_slots, self.eval_slots = setup.split_items(self.train_config.eval_episodes)
         self.eval_policy = SamplerPolicy(
             setup.sampler, setup.policy.params, setup.chat.stop_tokens(setup.tokenizer), temperature=0.0
         )
@@ -197,7 +194,7 @@ class Trainer:
         rl = self.config.rl
         aggregation = self.loss_config.aggregation if objective == "grpo" else "token_mean"
         lengths = np.asarray([m.sum() for m in sequences.loss_masks])
-        constant = max(self.setup.agent.memory_tokens, self.setup.agent.answer_tokens, self.setup.agent.recall_tokens)
+        constant = self.setup.reply_tokens()
         weights, counts = aggregation_weights(aggregation, lengths, sequences.conversations, constant)
         order = np.random.default_rng([int(self.config.seed), step, 11]).permutation(len(sequences))
         parts = np.array_split(order, min(int(rl.updates_per_batch), len(sequences)))
@@ -223,7 +220,7 @@ class Trainer:
         return state, merged
 
     def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
-        episodes, skipped = episodes_from_batch(batch, self.setup.tokenizer)
+        episodes, skipped = self.setup.episodes(batch)
         examples = format_examples(
             episodes,
             self.setup.builder,
@@ -253,6 +250,8 @@ class Trainer:
             self.log(f"[train] WARNING step {step}: every episode of the batch was skipped by the pipeline; no update")
             return state, {"phase": "grpo", "skipped_update": 1, "rollout_s": rollout_s}, None
         sequences, metrics = assign_credit(result, setup.agent)
+        if setup.task == "search_qa":
+            metrics.update(search_metrics(result))
         stats = setup.sampler_policy.reset_stats()
         rollout_tokens = sum(s.prompt_tokens + s.generated_tokens for s in stats.values())
         metrics.update(
@@ -278,30 +277,19 @@ class Trainer:
         """Greedy rollouts of the held-out episodes (one trajectory and one recall sample each); the text of
         the first one is kept in `self.last_eval_sample`."""
         setup = self.setup
-        batch = pipeline.episode_batch(setup.config.data, setup.prepared, setup.tokenizer, self.eval_slots)
+        if not self.eval_slots:
+            return {}
         agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
         self.eval_policy.params = params
-        episodes, _ = episodes_from_batch(batch, setup.tokenizer)
-        if not episodes:
-            return {}
-        from memtrain_jax.agent.rollout import rollout
-
         start = time.perf_counter()
-        result = rollout(
-            self.eval_policy,
-            episodes,
-            setup.builder,
-            setup.tokenizer,
-            agent,
-            seed=int(self.config.seed),
-            step=0,  # greedy: the step only seeds the (unused) sampling
-            extractor=setup.extractor,
-            window=setup.policy.model_config.max_position_embeddings,
-        )
+        # greedy: the step only seeds the (unused) sampling
+        result = setup.rollout(setup.eval_batch(self.eval_slots), 0, policy=self.eval_policy, agent=agent)
+        if result is None:
+            return {}
         _, metrics = assign_credit(result, agent)
         self.last_eval_sample = self._sample_text(result)
         out = {k: float(metrics[k]) for k in EVAL_KEYS}
-        out.update(episodes=len(episodes), eval_s=time.perf_counter() - start)
+        out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
         return out
 
     # ------------------------------------------------------------------------------- the loop

@@ -1,0 +1,252 @@
+"""Downstream long-text QA: the memory agent reads a long context and answers; the full-context baseline beside it.
+
+Both readers answer the same questions (memtrain_jax.data.qa.build_context) and are scored the same way:
+SQuAD-normalised exact match, substring exact match (either direction, the figure MemAgent reports) and
+token F1 (memtrain_jax.rewards.qa_scores) of the answer extracted from the reply (`\\boxed{}` by default).
+
+- memory agent: the context in the policy's tokens, split into `chunk_size` chunks, read by the same
+  rollout as MemTrain (one trajectory, no recall probes), the question in `<problem>` of every turn.
+- full context: the whole context in one prompt; beyond the model's window the middle is cut
+  (first and last halves kept, as MemAgent's baselines do).
+
+Per reader and length: `QAAnswer` rows, then `score_table` = {reader: {num_docs: {em, sub_em, f1,
+questions, mean_tokens, seconds, questions_per_s, tokens_per_s}}}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from memtrain_jax.agent.config import AgentConfig
+from memtrain_jax.agent.policy import Policy
+from memtrain_jax.agent.prompts import PromptBuilder
+from memtrain_jax.agent.rollout import Episode, call_seed, rollout
+from memtrain_jax.data.chunking import centre_truncate, split_chunks
+from memtrain_jax.data.qa import LongContext, QARecord, build_context
+from memtrain_jax.rewards import extract_answer, qa_scores
+from memtrain_jax.tokenizer.base import Tokenizer
+
+READERS = ("memory_agent", "full_context")
+METRICS = ("em", "sub_em", "f1")
+
+
+@dataclasses.dataclass
+class QAAnswer:
+    """One reader's answer to one question at one length. tokens: the context's tokens (before any cut);
+    processed: tokens the policy read and wrote for this question (all prompts + replies)."""
+
+    id: str
+    reader: str
+    num_docs: int
+    prediction: str | None
+    reply: str
+    scores: dict[str, float]
+    tokens: int
+    processed: int
+
+
+def qa_episode(context: LongContext, episode_id: int, builder: PromptBuilder, chunk_size: int) -> Episode:
+    """The memory agent's episode of a long context: every chunk of it (no truncation), its own question."""
+    ids = builder.tokenizer.encode(context.text)
+    return Episode(
+        episode_id,
+        context.record.answers,
+        list(split_chunks(ids, chunk_size)),
+        problem=builder.encode_problem(context.record.question),
+    )
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def read_with_memory(
+    policy: Policy,
+    contexts: Sequence[LongContext],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    agent: AgentConfig,
+    *,
+    seed: int,
+    batch_size: int,
+) -> list[QAAnswer]:
+    """The memory agent's answers: one trajectory per question, `batch_size` questions per lockstep rollout."""
+    agent = dataclasses.replace(agent, group_size=1, imr=False)
+    answers: list[QAAnswer] = []
+    for b, rows in enumerate(_batches(len(contexts), batch_size)):
+        episodes = [qa_episode(contexts[i], i, builder, agent.chunk_size) for i in rows]
+        result = rollout(policy, episodes, builder, tokenizer, agent, seed=seed, step=b)
+        for traj in result.trajectories:
+            context = contexts[rows[traj.episode]]
+            replies = [*traj.memory_turns, traj.answer]
+            answers.append(
+                QAAnswer(
+                    context.record.id,
+                    "memory_agent",
+                    context.num_docs,
+                    traj.prediction,
+                    traj.answer_text,
+                    qa_scores(traj.prediction, context.record.answers),
+                    sum(len(c) for c in episodes[traj.episode].chunks),
+                    sum(len(r.prompt) + len(r.response) for r in replies),
+                )
+            )
+    return answers
+
+
+def read_full_context(
+    policy: Policy,
+    contexts: Sequence[LongContext],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    agent: AgentConfig,
+    *,
+    window: int,
+    seed: int,
+    batch_size: int,
+) -> list[QAAnswer]:
+    """The full-context baseline: one prompt with the whole context, its middle cut to fit `window`."""
+    answers: list[QAAnswer] = []
+    for b, rows in enumerate(_batches(len(contexts), batch_size)):
+        prompts, lengths = [], []
+        for i in rows:
+            problem = builder.encode_problem(contexts[i].record.question)
+            budget = window - builder.overhead("full_context") - len(problem) - agent.answer_tokens
+            if budget < 1:
+                raise ValueError(
+                    f"The full-context prompt of record {contexts[i].record.id!r} leaves no room for the context "
+                    f"in a window of {window} (question {len(problem)} tokens, answer {agent.answer_tokens})."
+                )
+            ids = tokenizer.encode(contexts[i].text)
+            lengths.append(len(ids))
+            prompts.append(builder.full_context_prompt(problem, centre_truncate(ids, budget).tolist()))
+        out = policy.generate(
+            prompts, [agent.answer_tokens] * len(prompts), kind="full_context", seed=call_seed(seed, b, 0)
+        )
+        tokens, n, stopped = np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.stopped)
+        for j, i in enumerate(rows):
+            reply_ids = tokens[j, : n[j] - int(stopped[j])].tolist()
+            text = tokenizer.decode(reply_ids)
+            prediction = extract_answer(text, agent.answer_extractor, agent.boxed_last_chars)
+            record = contexts[i].record
+            answers.append(
+                QAAnswer(
+                    record.id,
+                    "full_context",
+                    contexts[i].num_docs,
+                    prediction,
+                    text,
+                    qa_scores(prediction, record.answers),
+                    lengths[j],
+                    len(prompts[j]) + int(n[j]),
+                )
+            )
+    return answers
+
+
+def score_table(answers: Sequence[QAAnswer], seconds: dict[tuple[str, int], float]) -> dict[str, Any]:
+    """{reader: {num_docs: figures}}: mean em / sub_em / f1 (in [0, 1]), questions, mean context tokens,
+    wall seconds and throughput (questions/s, processed tokens/s) of each reader at each length."""
+    table: dict[str, Any] = {}
+    for reader in READERS:
+        for n in sorted({a.num_docs for a in answers if a.reader == reader}):
+            rows = [a for a in answers if a.reader == reader and a.num_docs == n]
+            s = seconds.get((reader, n), float("nan"))
+            table.setdefault(reader, {})[str(n)] = {
+                **{m: float(np.mean([a.scores[m] for a in rows])) for m in METRICS},
+                "questions": len(rows),
+                "mean_tokens": float(np.mean([a.tokens for a in rows])),
+                "seconds": s,
+                "questions_per_s": len(rows) / s if s > 0 else float("nan"),
+                "tokens_per_s": sum(a.processed for a in rows) / s if s > 0 else float("nan"),
+            }
+    return table
+
+
+def evaluate_long_qa(
+    policy: Policy,
+    records: Sequence[QARecord],
+    distractors: Sequence[tuple[str, str]],
+    num_docs: Sequence[int],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    agent: AgentConfig,
+    *,
+    seed: int,
+    batch_size: int,
+    readers: Sequence[str] = ("memory_agent",),
+    window: int | None = None,
+    header: str = "Document {i}:",
+    log: Callable[[str], None] | None = print,
+) -> tuple[dict[str, Any], list[QAAnswer]]:
+    """Every reader on every question at every length: (score_table, answers). All contexts are built (and
+    checked) before any reader runs, so a length the pool cannot reach fails before compute."""
+    unknown = [r for r in readers if r not in READERS]
+    if unknown:
+        raise ValueError(f"Unknown QA reader(s) {unknown}; choose from {READERS}.")
+    if "full_context" in readers and window is None:
+        raise ValueError("The full-context reader needs the model's window.")
+    contexts = {n: [build_context(r, distractors, seed, num_docs=n, header=header) for r in records] for n in num_docs}
+    answers: list[QAAnswer] = []
+    seconds: dict[tuple[str, int], float] = {}
+    for n in num_docs:
+        for reader in readers:
+            start = time.perf_counter()
+            if reader == "memory_agent":
+                found = read_with_memory(
+                    policy, contexts[n], builder, tokenizer, agent, seed=seed, batch_size=batch_size
+                )
+            else:
+                found = read_full_context(
+                    policy, contexts[n], builder, tokenizer, agent, window=window, seed=seed, batch_size=batch_size
+                )
+            seconds[(reader, n)] = time.perf_counter() - start
+            answers.extend(found)
+            if log:
+                row = score_table(found, seconds)[reader][str(n)]
+                log(
+                    f"[eval-qa] {reader} at {n} documents ({row['mean_tokens']:.0f} tokens): em {row['em']:.3f} "
+                    f"sub_em {row['sub_em']:.3f} f1 {row['f1']:.3f}, {row['questions']} questions in "
+                    f"{row['seconds']:.1f}s ({row['tokens_per_s']:.0f} tokens/s)"
+                )
+    return score_table(answers, seconds), answers
+
+
+def format_table(tables: dict[str, dict[str, Any]], metric: str = "sub_em") -> str:
+    """Rows: arm (or reader); columns: lengths and their average; cells: `metric` x 100 (Table 1's layout).
+
+    tables: {row name: {num_docs: figures}}."""
+    lengths = sorted({int(n) for table in tables.values() for n in table})
+    header = f"{metric + ' x 100':28s}" + "".join(f"{n:>8d}" for n in lengths) + f"{'avg':>8s}"
+    lines = [header, f"{'(documents; mean tokens)':28s}" + "".join(f"{_mean_tokens(tables, n):>8.0f}" for n in lengths)]
+    for name, table in tables.items():
+        values = [table.get(str(n), {}).get(metric) for n in lengths]
+        cells = "".join(f"{100 * v:8.2f}" if v is not None else f"{'-':>8s}" for v in values)
+        present = [v for v in values if v is not None]
+        lines.append(f"{name:28s}{cells}{100 * float(np.mean(present)) if present else float('nan'):8.2f}")
+    return "\n".join(lines)
+
+
+def format_times(tables: dict[str, dict[str, Any]]) -> str:
+    """Wall seconds and processed tokens/s of each row at each length (rows as `format_table`)."""
+    lengths = sorted({int(n) for table in tables.values() for n in table})
+    lines = [f"{'seconds | tokens/s':28s}" + "".join(f"{n:>16d}" for n in lengths)]
+    for name, table in tables.items():
+        cells = "".join(
+            f"{table[str(n)]['seconds']:>7.1f} | {table[str(n)]['tokens_per_s']:>6.0f}"
+            if str(n) in table
+            else f"{'-':>16s}"
+            for n in lengths
+        )
+        lines.append(f"{name:28s}{cells}")
+    return "\n".join(lines)
+
+
+def _mean_tokens(tables: dict[str, dict[str, Any]], n: int) -> float:
+    values = [t[str(n)]["mean_tokens"] for t in tables.values() if str(n) in t]
+    return float(np.mean(values)) if values else float("nan")

@@ -1,0 +1,179 @@
+"""Search-based QA (MEM1's setting): the agent alternates search queries and reading their results, keeping
+what it learns in its bounded notes, and finally answers.
+
+Turn t's prompt (the `search` template) holds the question, the agent's latest reply (its notes and
+last action; "no previous memory" at t = 1) and the latest retrieved block only (`<information>`:
+the top-k passages of the last query, cut to `information_tokens`; "No search yet." at t = 1), so
+the context stays bounded however many turns the episode takes. A reply must end with exactly one
+action, `<search>query</search>` or `<answer>text</answer>`, and hold no other action tag; a reply
+that breaks this, or is cut at its budget, ends the episode as a failure ("malformed"), as does
+reaching `max_turns` without an answer ("no answer"). Both are counted.
+
+Multi-objective episodes (memtrain_jax.data.qa.join_questions) answer their sub-questions in order,
+separated by `separator`; the score is exact match averaged over the sub-answers.
+
+For training, a search episode is a `Trajectory` of the memory agent (its search turns as
+`memory_turns`, the last turn as `answer`, `correct` = the score), so GRPO credit
+(memtrain_jax.agent.credit) copies the trajectory's advantage to every turn. Retrieved passages
+enter only prompts, never replies: they are outside every loss mask by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from memtrain_jax.agent.policy import Policy
+from memtrain_jax.agent.prompts import PromptBuilder
+from memtrain_jax.agent.rollout import Episode, Reply, RolloutBatch, Trajectory, call_seed, replies_from_output
+from memtrain_jax.data.qa import QARecord
+from memtrain_jax.data.retrieval import Retriever
+from memtrain_jax.rewards import qa_scores
+from memtrain_jax.tokenizer.base import Tokenizer
+
+_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>\s*$", re.DOTALL)
+_TAG = re.compile(r"</?(search|answer)>")
+NO_SEARCH = "No search yet."
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """max_turns: policy turns per episode; top_k: passages per search; turn_tokens: reply budget;
+    information_tokens: the retrieved block's budget; separator: between sub-answers."""
+
+    max_turns: int = 6
+    top_k: int = 3
+    turn_tokens: int = 256
+    information_tokens: int = 512
+    separator: str = ";"
+    group_size: int = 1
+
+    def __post_init__(self):
+        for name in ("max_turns", "top_k", "turn_tokens", "information_tokens", "group_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"search.{name} must be a positive int, got {getattr(self, name)!r}.")
+        if not self.separator:
+            raise ValueError("search.separator must not be empty.")
+
+    @classmethod
+    def from_config(cls, section: Any, group_size: int = 1) -> SearchConfig:
+        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+        known = {f.name for f in dataclasses.fields(cls)} - {"group_size"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"Unknown search field(s) {unknown}; known: {sorted(known)}.")
+        return cls(**values, group_size=group_size)
+
+
+def parse_action(text: str) -> tuple[str, str]:
+    """("search", query) | ("answer", text) | ("malformed", why) of one reply (strict, see module docstring)."""
+    tags = _TAG.findall(text)
+    match = _ACTION.search(text)
+    if match is None:
+        return "malformed", "the reply does not end with <search>...</search> or <answer>...</answer>"
+    if len(tags) != 2:
+        return "malformed", f"the reply holds {len(tags) // 2 or len(tags)} action tags; exactly one action is allowed"
+    value = match.group(2).strip()
+    if not value:
+        return "malformed", f"empty <{match.group(1)}>"
+    return match.group(1), value
+
+
+def objective_score(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> float:
+    """Exact match (SQuAD-normalised) averaged over the sub-questions; a missing sub-answer scores 0."""
+    if prediction is None:
+        return 0.0
+    parts = [p.strip() for p in prediction.split(separator)] if len(golds) > 1 else [prediction]
+    return float(np.mean([qa_scores(parts[i], g)["em"] if i < len(parts) else 0.0 for i, g in enumerate(golds)]))
+
+
+def information_block(passages: Sequence[tuple[str, str]]) -> str:
+    """The retrieved passages as the `<information>` text: "Doc i (title): text" lines."""
+    return "\n".join(f"Doc {i} ({title}): {text}" for i, (title, text) in enumerate(passages, 1))
+
+
+def search_rollout(
+    policy: Policy,
+    records: Sequence[QARecord],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    retriever: Retriever,
+    corpus: Sequence[tuple[str, str]],
+    config: SearchConfig,
+    *,
+    seed: int,
+    step: int,
+    episode_ids: Sequence[int] | None = None,
+) -> RolloutBatch:
+    """Runs `config.group_size` search episodes per record in lockstep (one policy call per turn, one retriever
+    call per turn for every row that searched). Trajectories are record-major."""
+    if not records:
+        raise ValueError("search_rollout got no records.")
+    g = config.group_size
+    ids = list(episode_ids) if episode_ids is not None else list(range(len(records)))
+    problems = [builder.encode_problem(r.question) for r in records]
+    episodes = [Episode(int(e), r.answers, [], problem=p) for e, r, p in zip(ids, records, problems, strict=True)]
+    rows = [
+        Trajectory(e, s, memory_turns=[], memories=[builder.no_memory_ids])
+        for e in range(len(records))
+        for s in range(g)
+    ]
+    information = [tuple(tokenizer.encode(NO_SEARCH))] * len(rows)
+    replies: list[list[Reply]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    calls = {"search": 0, "retrieval": 0}
+    for t in range(config.max_turns):
+        active = [r for r in range(len(rows)) if not done[r]]
+        if not active:
+            break
+        prompts = [
+            builder.search_prompt(problems[rows[r].episode], rows[r].memories[-1], information[r])
+            if not done[r]
+            else [tokenizer.pad_id]
+            for r in range(len(rows))
+        ]
+        budgets = [0 if done[r] else config.turn_tokens for r in range(len(rows))]
+        out = policy.generate(prompts, budgets, kind="search", seed=call_seed(seed, step, t))
+        calls["search"] += 1
+        queries: dict[int, str] = {}
+        for r, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
+            traj = rows[r]
+            replies[r].append(reply)
+            traj.memories.append(tuple(int(i) for i in reply.content))
+            text = tokenizer.decode(reply.content.tolist())
+            kind, value = parse_action(text) if reply.stopped else ("malformed", "cut at the turn budget")
+            traj.truncations += int(not reply.stopped)
+            if kind == "answer":
+                traj.answer_text, traj.prediction, done[r] = text, value, True
+            elif kind == "malformed":
+                traj.answer_text, traj.failure, done[r] = text, f"malformed: {value}", True
+            elif t == config.max_turns - 1:
+                traj.answer_text, traj.failure, done[r] = text, "no answer", True
+            else:
+                queries[r] = value
+        if queries:
+            found, _ = retriever.search(list(queries.values()), config.top_k)
+            calls["retrieval"] += 1
+            for r, hits in zip(queries, found, strict=True):
+                block = tokenizer.encode(information_block([corpus[int(i)] for i in hits]))
+                information[r] = tuple(block[: config.information_tokens])
+    for r, traj in enumerate(rows):
+        traj.memory_turns, traj.answer = replies[r][:-1], replies[r][-1]
+        traj.correct = objective_score(traj.prediction, records[traj.episode].golds, config.separator)
+    return RolloutBatch(episodes, rows, 0, calls, g, 0)
+
+
+def search_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Score, failures and turns of a search rollout (the credit metrics add rewards and advantages)."""
+    trajectories = batch.trajectories
+    n = max(len(trajectories), 1)
+    return {
+        "score": float(np.mean([t.correct for t in trajectories])) if trajectories else 0.0,
+        "malformed": sum(t.failure.startswith("malformed") for t in trajectories) / n,
+        "no_answer": sum(t.failure == "no answer" for t in trajectories) / n,
+        "turns_mean": float(np.mean([len(t.memory_turns) + 1 for t in trajectories])) if trajectories else 0.0,
+    }

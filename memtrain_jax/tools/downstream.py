@@ -1,0 +1,217 @@
+"""The downstream commands of `memtrain`: eval-qa, eval-search and compare (see memtrain_jax/tools/main.py).
+
+- eval-qa: long-text QA by context length (memtrain_jax/agent/qa.py): the memory agent and, with
+  --baseline, the full-context reader, on the same questions; prints the table, writes
+  DIR/results.json = {"num_docs": {"<n>": {em, sub_em, f1, questions, mean_tokens, ...}}, "readers": ...}
+  (num_docs: the memory agent's figures), DIR/answers.jsonl and, with --plot, DIR/qa_accuracy.png.
+- eval-search: search QA (memtrain_jax/agent/search.py) on the multi-objective dev questions; writes
+  DIR/search_results.json.
+- compare: the paper's Table 1: long-text QA of several arms (the config's base model, then each
+  `name=WORKDIR` of --arms, restored from its latest checkpoint) on the same questions and lengths,
+  one row per arm; writes DIR/compare.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from memtrain_jax.agent import AgentSetup, SamplerPolicy
+from memtrain_jax.agent.qa import evaluate_long_qa, format_table, format_times
+from memtrain_jax.agent.search import search_metrics, search_rollout
+from memtrain_jax.checkpoint.orbax_io import restore_run_params
+
+
+def qa_config(
+    config: ml_collections.ConfigDict,
+    task: str,
+    *,
+    qa_file: str | None = None,
+    num_docs: Sequence[int] | None = None,
+    limit: int | None = None,
+    baseline: bool = False,
+) -> ml_collections.ConfigDict:
+    """A copy of `config` set up for evaluating `task` ("long_qa" | "search_qa") with the command's flags."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.task = task
+    if qa_file:
+        config.qa.file = qa_file
+    if num_docs:
+        if any(int(n) < 1 for n in num_docs):
+            raise ValueError(f"--num-docs must be positive numbers of documents, got {list(num_docs)}.")
+        config.qa.num_docs = tuple(int(n) for n in num_docs)
+    if limit is not None:
+        config.qa.limit = int(limit)
+    if baseline:
+        config.qa.readers = ("memory_agent", "full_context")
+    config.agent.imr = False  # no recall probes downstream
+    if int(config.qa.get("chunk_size", 0)) > 0:
+        config.data.chunking.chunk_size = int(config.qa.chunk_size)
+    return config
+
+
+def _eval_policy(setup: AgentSetup, params: Any) -> SamplerPolicy:
+    qa = setup.config.qa
+    return SamplerPolicy(
+        setup.sampler,
+        params,
+        setup.chat.stop_tokens(setup.tokenizer),
+        temperature=float(qa.temperature),
+        top_p=float(qa.top_p),
+    )
+
+
+def _eval_agent(setup: AgentSetup):
+    extractor = setup.config.qa.answer_extractor or setup.agent.answer_extractor
+    return dataclasses.replace(setup.agent, answer_extractor=extractor, group_size=1, imr=False)
+
+
+def _long_qa(setup: AgentSetup, params: Any, log=print) -> tuple[dict[str, Any], list]:
+    qa = setup.config.qa
+    return evaluate_long_qa(
+        _eval_policy(setup, params),
+        setup.qa.dev,
+        setup.qa.distractors,
+        [int(n) for n in qa.num_docs],
+        setup.builder,
+        setup.tokenizer,
+        _eval_agent(setup),
+        seed=int(setup.config.seed),
+        batch_size=int(qa.batch_size),
+        readers=tuple(qa.readers),
+        window=setup.policy.model_config.max_position_embeddings,
+        header=setup.config.data.document.header,
+        log=log,
+    )
+
+
+def _write_json(path: str, value: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = False) -> dict[str, Any]:
+    """`memtrain eval-qa`: builds, evaluates, prints and writes (module docstring); returns the results."""
+    start = time.perf_counter()
+    setup = AgentSetup.build(config)
+    os.makedirs(workdir, exist_ok=True)
+    table, answers = _long_qa(setup, setup.policy.params)
+    tables = {reader: table[reader] for reader in setup.config.qa.readers}
+    results = {
+        "num_docs": table.get("memory_agent", {}),
+        "readers": tables,
+        "model": setup.policy.description,
+        "questions": len(setup.qa.dev),
+        "qa_file": setup.config.qa.file or "(prepared from the pool)",
+        "seconds": time.perf_counter() - start,
+    }
+    _write_json(os.path.join(workdir, "results.json"), results)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "answers.jsonl"), "w", encoding="utf-8") as f:
+            for a in answers:
+                f.write(json.dumps(dataclasses.asdict(a)) + "\n")
+    for metric in ("sub_em", "em", "f1"):
+        print("\n" + format_table(tables, metric))
+    print("\n" + format_times(tables))
+    print(f"\n[eval-qa] {os.path.join(workdir, 'results.json')} ({results['seconds']:.0f}s in all)")
+    if plot:
+        from memtrain_jax.train.plots import plot_qa
+
+        print(plot_qa(tables, os.path.join(workdir, "qa_accuracy.png")))
+    return results
+
+
+def eval_search(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`memtrain eval-search`: one episode per multi-objective dev question; prints and writes the figures."""
+    setup = AgentSetup.build(config)
+    os.makedirs(workdir, exist_ok=True)
+    start = time.perf_counter()
+    policy = _eval_policy(setup, setup.policy.params)
+    search = dataclasses.replace(setup.search, group_size=1)
+    records = setup.qa.dev
+    batches = []
+    size = int(setup.config.qa.batch_size)
+    for b in range(0, len(records), size):
+        batches.append(
+            search_rollout(
+                policy,
+                records[b : b + size],
+                setup.builder,
+                setup.tokenizer,
+                setup.qa.retriever,
+                setup.qa.corpus,
+                search,
+                seed=int(setup.config.seed),
+                step=b // size,
+                episode_ids=range(b, min(b + size, len(records))),
+            )
+        )
+    trajectories = [t for batch in batches for t in batch.trajectories]
+    merged = dataclasses.replace(batches[0], trajectories=trajectories)
+    figures = search_metrics(merged)
+    figures.update(questions=len(records), seconds=time.perf_counter() - start, model=setup.policy.description)
+    _write_json(os.path.join(workdir, "search_results.json"), figures)
+    print(
+        f"[eval-search] {len(records)} two-question episodes: EM (mean over sub-answers) {figures['score']:.3f}, "
+        f"malformed {figures['malformed']:.2f}, no answer {figures['no_answer']:.2f}, turns {figures['turns_mean']:.2f}"
+        f" ({figures['seconds']:.0f}s) -> {os.path.join(workdir, 'search_results.json')}"
+    )
+    return figures
+
+
+def parse_arms(text: str) -> list[tuple[str, str]]:
+    """ "name=WORKDIR,name=WORKDIR" -> [(name, workdir)]; names unique, workdirs existing."""
+    arms = []
+    for item in [a for a in (text or "").split(",") if a.strip()]:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--arms takes name=WORKDIR items separated by commas; got {item!r}.")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} does not exist (train it first).")
+        arms.append((name.strip(), path.strip()))
+    names = [n for n, _ in arms]
+    if len(set(names)) != len(names) or "base" in names:
+        raise ValueError(f"--arms names must be unique and not 'base' (the config's model); got {names}.")
+    return arms
+
+
+def compare(
+    config: ml_collections.ConfigDict, workdir: str, arms: Sequence[tuple[str, str]], *, plot: bool = False
+) -> dict[str, Any]:
+    """`memtrain compare`: every arm on the same long-text QA questions and lengths; one table row per arm."""
+    setup = AgentSetup.build(config)
+    os.makedirs(workdir, exist_ok=True)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), setup.policy.params)
+    rows: dict[str, Any] = {}
+    steps: dict[str, int | None] = {"base": None}
+    for name, path in [("base", ""), *arms]:
+        params = setup.policy.params
+        if path:
+            steps[name], params = restore_run_params(path, abstract)
+        print(f"[compare] {name}: {path or setup.policy.description}" + (f" step {steps[name]}" if path else ""))
+        table, _ = _long_qa(setup, params)
+        rows[name] = table["memory_agent"]
+    results = {"arms": rows, "workdirs": dict(arms), "steps": steps, "questions": len(setup.qa.dev)}
+    _write_json(os.path.join(workdir, "compare.json"), results)
+    for metric in ("sub_em", "em", "f1"):
+        print("\n" + format_table(rows, metric))
+    print(f"\n[compare] {os.path.join(workdir, 'compare.json')}")
+    if plot:
+        from memtrain_jax.train.plots import plot_qa
+
+        print(plot_qa(rows, os.path.join(workdir, "compare_accuracy.png")))
+    return results
+
+
+__all__ = ["compare", "eval_qa", "eval_search", "parse_arms", "qa_config"]

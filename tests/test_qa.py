@@ -1,0 +1,381 @@
+"""Downstream QA: file formats, the pool's QA sets, the length builder, long-text QA and search QA with scripted
+policies, the BM25 retriever on the shipped pool, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from memtrain_jax.agent import AgentConfig, PromptBuilder, PromptConfig, ScriptedPolicy, assign_credit
+from memtrain_jax.agent.qa import evaluate_long_qa, qa_episode, read_full_context, read_with_memory
+from memtrain_jax.agent.search import SearchConfig, information_block, objective_score, parse_action, search_rollout
+from memtrain_jax.checkpoint.gguf import default_gguf_path, load_gguf_tokenizer
+from memtrain_jax.data import qa
+from memtrain_jax.data.chunking import centre_truncate
+from memtrain_jax.data.masking import count_occurrences
+from memtrain_jax.data.retrieval import BM25Retriever
+from memtrain_jax.data.sources import load_pool
+from memtrain_jax.tokenizer import get_chat_format
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_pool("wiki_offline")
+
+
+@pytest.fixture(scope="module")
+def records(pool):
+    return qa.qa_records_from_pool(pool, 24, seed=3)
+
+
+@pytest.fixture(scope="module")
+def distractors(pool, records):
+    return qa.distractor_pool(pool, records)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_gguf_tokenizer(default_gguf_path())
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return get_chat_format("smollm2")
+
+
+@pytest.fixture(scope="module")
+def builder(tokenizer, chat):
+    return PromptBuilder(tokenizer, chat, PromptConfig())
+
+
+@pytest.fixture(scope="module")
+def bm25(pool):
+    retriever = BM25Retriever()
+    retriever.build(pool)
+    return retriever
+
+
+# --- the pool's QA sets -----------------------------------------------------------------------------------
+
+
+def test_pool_questions_follow_the_rule_and_are_deterministic(pool, records):
+    assert records == qa.qa_records_from_pool(pool, 24, seed=3)
+    assert records != qa.qa_records_from_pool(pool, 24, seed=4)
+    by_title = {p.title: p.text for p in pool}
+    assert len({r.titles for r in records}) == len(records)  # one question per article
+    for r in records:
+        ((title, text),) = r.supporting
+        (answer,) = r.answers
+        assert by_title[title] == text
+        assert count_occurrences(text, answer) == 1  # the entity occurs exactly once in its paragraph
+        quoted = re.search(r'blank in: "(.*)"\?$', r.question).group(1)
+        assert qa.BLANK in quoted and quoted.replace(qa.BLANK, answer, 1) in text
+        assert not set(re.findall(r"\w+", title.casefold())) & set(re.findall(r"\w+", answer.casefold()))
+
+
+def test_prepared_sets_round_trip_through_the_hotpotqa_reader(pool, tmp_path):
+    paths = qa.prepare_qa_sets(pool, 5, 7, 3, str(tmp_path), log=None)
+    dev, train = qa.load_qa_file(paths["dev"]), qa.load_qa_file(paths["train"])
+    expected = qa.qa_records_from_pool(pool, 12, seed=3)
+    assert dev + train == expected
+    with open(paths["dev"], encoding="utf-8") as f:
+        written = json.load(f)
+    assert all(len(written[i]["context"][0][1]) > 1 for i in range(5))  # split into real sentences
+    assert qa.prepare_qa_sets(pool, 5, 7, 3, str(tmp_path), log=None) == paths  # cached
+
+
+# --- file formats and bad input -------------------------------------------------------------------------
+
+
+def _hotpot(**overrides):
+    record = {
+        "_id": "q1",
+        "question": "Where was the author of Dune born?",
+        "answer": "Tacoma",
+        "context": [["Frank Herbert", ["Frank Herbert was born in ", "Tacoma."]], ["Other", ["Unrelated."]]],
+        "supporting_facts": [["Frank Herbert", 0], ["Frank Herbert", 1]],
+    }
+    record.update(overrides)
+    return record
+
+
+def test_the_three_public_formats(tmp_path):
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([_hotpot()]))
+    (r,) = qa.load_qa_file(str(path))
+    assert (r.id, r.answers, r.supporting) == (
+        "q1",
+        ("Tacoma",),
+        (("Frank Herbert", "Frank Herbert was born in Tacoma."),),
+    )
+    squad = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "C text.",
+                        "qas": [{"id": "s1", "question": "Q?", "answers": [{"text": "C"}, {"text": "C text"}]}],
+                    }
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    (r,) = qa.load_qa_file(str(path))
+    assert (r.id, r.question, r.answers, r.supporting) == ("s1", "Q?", ("C", "C text"), (("T", "C text."),))
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps({"id": 7, "question": "Q?", "answers": ["a", "b"], "context": ["x.", "y."]}) + "\n\n")
+    (r,) = qa.load_qa_file(str(path))
+    assert (r.id, r.answers, [t for _, t in r.supporting]) == ("7", ("a", "b"), ["x.", "y."])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{k: v for k, v in _hotpot().items() if k != "answer"}], "record 0 (_id 'q1') lacks the field 'answer'"),
+        ([_hotpot(answer=[])], "record 0 (_id 'q1') has an empty answer list"),
+        ([_hotpot(answer="  ")], "empty answer list"),
+        ([_hotpot(supporting_facts=[["Missing", 0]])], "names supporting paragraphs ['Missing']"),
+        ([_hotpot(), _hotpot()], "not unique"),
+        ([_hotpot(context="text")], "not a list of [title, [sentences]]"),
+        ("", "the file is empty"),
+    ],
+)
+def test_bad_qa_files_name_the_file_and_record(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content) if content != "" else "")
+    with pytest.raises(qa.QAFormatError, match=re.escape(message)) as error:
+        qa.load_qa_file(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": 1, "question": "Q", "answers": ["a"], "context": "c"}) + "\n{oops\n")
+    with pytest.raises(qa.QAFormatError, match=re.escape(f"{path}: line 2 is not JSON")):
+        qa.load_qa_file(str(path))
+
+
+# --- the length builder -------------------------------------------------------------------------------------
+
+
+def _blocks(text):
+    return re.split(r"\n\n(?=Document \d+:\n)", text)
+
+
+def test_length_builder_counts_keeps_support_and_never_uses_own_article(records, distractors):
+    for r in records[:6]:
+        shorter = qa.build_context(r, distractors, 0, num_docs=10)
+        longer = qa.build_context(r, distractors, 0, num_docs=40)
+        for context, n in ((shorter, 10), (longer, 40)):
+            blocks = _blocks(context.text)
+            assert len(blocks) == context.num_docs == n
+            assert [b.split("\n", 1)[0] for b in blocks] == [f"Document {i}:" for i in range(1, n + 1)]
+            for title, text in r.supporting:
+                assert f"{title}\n{text}" in context.text
+            for p in context.supporting_positions:
+                assert blocks[p - 1].split("\n")[1] in r.titles
+            titles = [b.split("\n")[1] for i, b in enumerate(blocks, 1) if i not in context.supporting_positions]
+            assert not set(titles) & r.titles
+        assert set(shorter.distractors) <= set(longer.distractors)  # lengths are nested
+        assert qa.build_context(r, distractors, 0, num_docs=40) == longer  # deterministic by seed
+        assert qa.build_context(r, distractors, 1, num_docs=40).distractors != longer.distractors
+
+
+def test_length_builder_reaches_a_token_target_within_one_paragraph(records, distractors, tokenizer):
+    count = lambda text: len(tokenizer.encode(text))
+    for target in (500, 3000):
+        context = qa.build_context(records[0], distractors, 0, target_tokens=target, count_tokens=count)
+        sizes = [count(b) for b in _blocks(context.text)]
+        assert sum(sizes) >= target
+        last = context.distractors[-1]
+        assert sum(sizes) - count(qa.format_documents([distractors[last]])) < target
+
+
+def test_length_builder_refuses_an_unreachable_length(records, distractors):
+    with pytest.raises(ValueError, match=rf"Record '{records[0].id}': 20000 documents need 19999 distractors"):
+        qa.build_context(records[0], distractors, 0, num_docs=20000)
+    with pytest.raises(ValueError, match="short of the target"):
+        qa.build_context(records[0], distractors[:3], 0, target_tokens=10**6, count_tokens=len)
+    with pytest.raises(ValueError, match="fewer than the 1 supporting"):
+        qa.build_context(records[0], distractors, 0, num_docs=0)
+
+
+# --- long-text QA with scripted policies -----------------------------------------------------------------------
+
+
+def _section(prompt_text: str, tag: str) -> str:
+    return prompt_text.split(f"<{tag}>\n", 1)[1].split(f"\n</{tag}>", 1)[0]
+
+
+def _qa_policy(tokenizer, chat, golds, keep_memory: bool):
+    """Memory: the gold when the chunk shows it, else the previous memory (keep_memory) or "nothing";
+    answer: the memory, boxed. `golds` maps a question text to its gold."""
+
+    def script(kind, prompt, row):
+        text = tokenizer.decode(prompt)
+        if kind == "memory":
+            gold = golds[_section(text, "problem")]
+            if gold in _section(text, "section"):
+                return gold
+            return _section(text, "memory") if keep_memory else "nothing"
+        return f"\\boxed{{{_section(text, 'memory')}}}"
+
+    return ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
+
+
+def test_long_qa_prompts_calls_and_scores(records, distractors, tokenizer, chat, builder):
+    agent = AgentConfig(memory_tokens=32, answer_tokens=32, chunk_size=96, imr=False, group_size=3)
+    contexts = [qa.build_context(r, distractors, 0, num_docs=6) for r in records[:8]]
+    golds = {r.question: r.answers[0] for r in records}
+    episodes = [qa_episode(c, i, builder, agent.chunk_size) for i, c in enumerate(contexts)]
+    for c, e in zip(contexts, episodes, strict=True):  # the agent reads the whole context, nothing cut
+        assert tokenizer.decode(np.concatenate(e.chunks).tolist()) == c.text
+    turns = max(len(e.chunks) for e in episodes)
+
+    oracle = _qa_policy(tokenizer, chat, golds, keep_memory=True)
+    answers = read_with_memory(oracle, contexts, builder, tokenizer, agent, seed=0, batch_size=8)
+    assert [k for k, _, _ in oracle.calls] == ["memory"] * turns + ["answer"]  # one trajectory per question
+    problems = [builder.encode_problem(r.question) for r in records[:8]]
+    first = [
+        builder.memory_prompt(p, builder.no_memory_ids, e.chunks[0]) for p, e in zip(problems, episodes, strict=True)
+    ]
+    assert oracle.calls[0][1] == first
+    shows = lambda e, c: golds_of(e) in tokenizer.decode(c.tolist())
+    golds_of = lambda e: e.answer[0]
+    # Scores computed independently: the oracle is right when some chunk shows the gold whole; a reader that
+    # forgets its memory only when the last chunk does.
+    anywhere = [float(any(shows(e, c) for c in e.chunks)) for e in episodes]
+    last = [float(shows(e, e.chunks[-1])) for e in episodes]
+    assert [a.scores["em"] for a in answers] == anywhere
+    forgetful = read_with_memory(
+        _qa_policy(tokenizer, chat, golds, keep_memory=False), contexts, builder, tokenizer, agent, seed=0, batch_size=3
+    )
+    assert [a.scores["em"] for a in forgetful] == last
+    assert sum(anywhere) >= 6 and sum(last) < sum(anywhere)
+    assert all(a.tokens == sum(len(c) for c in e.chunks) for a, e in zip(answers, episodes, strict=True))
+
+
+def test_evaluate_asks_the_same_questions_at_every_length(records, distractors, tokenizer, chat, builder):
+    agent = AgentConfig(memory_tokens=32, answer_tokens=32, chunk_size=128, imr=False)
+    golds = {r.question: r.answers[0] for r in records}
+    policy = _qa_policy(tokenizer, chat, golds, keep_memory=True)
+    table, answers = evaluate_long_qa(
+        policy, records[:4], distractors, [2, 8], builder, tokenizer, agent, seed=0, batch_size=4, log=None
+    )
+    ids = {n: [a.id for a in answers if a.num_docs == n] for n in (2, 8)}
+    assert ids[2] == ids[8] == [r.id for r in records[:4]]
+    row = table["memory_agent"]["8"]
+    assert row["questions"] == 4 and row["em"] == np.mean([a.scores["em"] for a in answers if a.num_docs == 8])
+    assert table["memory_agent"]["2"]["mean_tokens"] < row["mean_tokens"]
+
+
+def test_full_context_baseline_cuts_the_middle_to_the_window(records, distractors, tokenizer, chat, builder):
+    agent = AgentConfig(answer_tokens=16, imr=False)
+    contexts = [qa.build_context(r, distractors, 0, num_docs=12) for r in records[:3]]
+    policy = ScriptedPolicy(tokenizer, lambda kind, prompt, row: "\\boxed{x}", chat.stop_tokens(tokenizer)[0])
+    window = 700
+    answers = read_full_context(policy, contexts, builder, tokenizer, agent, window=window, seed=0, batch_size=3)
+    ((kind, prompts, budgets),) = policy.calls
+    assert kind == "full_context" and budgets == [16] * 3
+    for c, prompt, a in zip(contexts, prompts, answers, strict=True):
+        problem = builder.encode_problem(c.record.question)
+        ids = tokenizer.encode(c.text)
+        budget = window - builder.overhead("full_context") - len(problem) - 16
+        assert len(ids) > budget  # the context is longer than the window: its middle is cut
+        assert prompt == builder.full_context_prompt(problem, centre_truncate(ids, budget).tolist())
+        assert len(prompt) + 16 == window and a.tokens == len(ids) and a.prediction == "x"
+
+
+# --- search QA -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I should look it up.\n<search>capital of Peru</search>", ("search", "capital of Peru")),
+        ("Notes: Lima.\n<answer> Lima </answer>\n", ("answer", "Lima")),
+        ("<search>a</search> then <answer>b</answer>", ("malformed", None)),  # two actions
+        ("<answer>b</answer> and more text", ("malformed", None)),  # the action must end the reply
+        ("<search></search>", ("malformed", None)),
+        ("no action at all", ("malformed", None)),
+        ("<search>a</answer>", ("malformed", None)),
+    ],
+)
+def test_parse_action_is_strict(text, expected):
+    kind, value = parse_action(text)
+    assert kind == expected[0] and (expected[1] is None or value == expected[1])
+
+
+def test_objective_score_averages_over_sub_answers():
+    golds = (("Lima",), ("Vienna", "Wien"))
+    assert objective_score("Lima; Wien", golds) == 1.0
+    assert objective_score("the Lima ; Paris", golds) == 0.5
+    assert objective_score("Lima", golds) == 0.5  # a missing sub-answer scores 0
+    assert objective_score(None, golds) == 0.0
+    assert objective_score("Lima; Vienna", (("Lima; Vienna",),)) == 1.0  # one objective: the whole answer
+
+
+def test_bm25_finds_the_supporting_passage_for_quoting_queries(pool, records, bm25):
+    index = {p.title: i for i, p in enumerate(pool)}
+    found = 0
+    for r in records:
+        ((title, text),) = r.supporting
+        sentence = max(qa.split_sentences(text), key=len)
+        hits, _ = bm25.search([sentence], 3)
+        found += index[title] in hits[0].tolist()
+    assert found == len(records)
+
+
+def test_search_rollout_prompts_retrieval_scores_and_loss_masks(pool, records, bm25, tokenizer, chat, builder):
+    corpus = [(p.title, p.text) for p in pool]
+    joined = qa.multi_objective(records[:8], 2, seed=0)
+    assert len(joined) == 4 and all(len(j.golds) == 2 for j in joined)
+    config = SearchConfig(max_turns=3, top_k=3, turn_tokens=64, information_tokens=400, group_size=2)
+    first_title = {j.question: j.supporting[0][0] for j in joined}
+    first_gold = {j.question: j.golds[0][0] for j in joined}
+
+    def script(kind, prompt, row):
+        text = tokenizer.decode(prompt)
+        question = _section(text, "problem")
+        if row == 0:  # two actions: malformed
+            return "<search>a</search><answer>b</answer>"
+        if row == 2:  # never answers: "no answer" after max_turns
+            return f"<search>{first_title[question]}</search>"
+        information = _section(text, "information")
+        if first_gold[question] in information:
+            return f"Found it.\n<answer>{first_gold[question]}; unknown</answer>"
+        return f"Notes.\n<search>{first_title[question]}</search>"
+
+    policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
+    batch = search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0)
+    assert [k for k, _, _ in policy.calls] == ["search"] * 3 and batch.policy_calls == {"search": 3, "retrieval": 2}
+    trajectories = batch.trajectories
+    assert trajectories[0].failure.startswith("malformed") and trajectories[0].correct == 0
+    assert trajectories[2].failure == "no answer" and len(trajectories[2].memory_turns) == 2
+    # Turn 2's prompt: the question, turn 1's reply and the top-3 passages of turn 1's query, nothing else.
+    for r in range(1, 8):
+        if r in (0, 2):
+            continue
+        question = joined[r // 2]
+        (_, prompts, _) = policy.calls[1]
+        reply = trajectories[r].memories[1]
+        hits, _ = bm25.search([question.supporting[0][0]], 3)
+        info = tokenizer.encode(information_block([corpus[i] for i in hits[0]]))[:400]
+        assert prompts[r] == builder.search_prompt(builder.encode_problem(question.question), reply, info)
+    answered = [t for t in trajectories if not t.failure]
+    assert answered and all(t.correct == 0.5 for t in answered)  # one of two sub-answers right
+
+    agent = AgentConfig(group_size=2, imr=False, dapo_filter=False)
+    sequences, metrics = assign_credit(batch, agent)
+    assert len(sequences) == sum(len(t.memory_turns) + 1 for t in trajectories)
+    # Retrieved passages are never in a response (so never in a loss mask); every response token is trained.
+    for response, mask in zip(sequences.responses, sequences.loss_masks, strict=True):
+        assert mask.all() and len(mask) == len(response)
+        assert "Doc 1 (" not in tokenizer.decode(response.tolist())
+    assert metrics["acc_e2e"] == pytest.approx(np.mean([t.correct for t in trajectories]))

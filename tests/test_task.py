@@ -1,0 +1,117 @@
+"""Downstream task RL through the GRPO trainer: init_from a MemTrain run, the long-text and search QA tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from memtrain_jax.checkpoint.orbax_io import CheckpointMismatchError, restore_run_params
+from memtrain_jax.config import load_config
+from memtrain_jax.model import init_params
+from memtrain_jax.train import Trainer, read_metrics
+
+
+def _config(name, cache_dir, **overrides):
+    config = load_config(name)
+    config.data.cache_dir = str(cache_dir)
+    config.model.cache_dir = str(cache_dir)
+    config.rl.dapo_filter = False  # the random model's rewards are all 0: keep the GRPO updates in the test
+    config.train.async_checkpoints = False
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def _quiet(_message):
+    pass
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("task-cache")
+
+
+@pytest.fixture(scope="module")
+def memtrain_run(cache, tmp_path_factory):
+    """A 2-step MemTrain run of the tiny model: (workdir, final state)."""
+    workdir = tmp_path_factory.mktemp("memtrain")
+    config = _config("memtrain.py:tiny", cache, **{"train.steps": 2, "train.eval_every": 0})
+    summary = Trainer(config, str(workdir), log=_quiet).train()
+    return workdir, summary["state"]
+
+
+def test_task_rl_starts_from_the_memtrain_checkpoint_and_never_trains_on_dev(cache, tmp_path, memtrain_run):
+    source, state = memtrain_run
+    config = _config("task.py:tiny", cache, init_from=str(source))
+    trainer = Trainer(config, str(tmp_path / "task"), log=_quiet)
+    setup = trainer.setup
+    assert setup.task == "long_qa" and setup.init_step == 2
+    for a, b in zip(_leaves(setup.policy.params), _leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the MemTrain run's final parameters, not the base model's
+    summary = trainer.train()
+    records = setup.num_items
+    train_slots = len(setup.qa.train)
+    assert trainer.train_slots == train_slots and trainer.eval_slots == [train_slots, train_slots + 1]
+    assert records == train_slots + len(setup.qa.dev)
+    seen = [i % records for r in read_metrics(str(tmp_path / "task")) for i in r["episode_ids"]]
+    assert seen and max(seen) < train_slots  # dev questions are only evaluated
+    assert summary["after"]["episodes"] == config.train.eval_episodes
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(_leaves(summary["state"].params), _leaves(state.params), strict=True)
+    ]
+    assert any(changed)  # the task's GRPO steps updated the policy
+    # An episode reads a context of qa.train_num_docs documents of its record, in chunks of chunk_size tokens.
+    batch = setup.eval_batch([0])
+    (episode,), _ = setup.episodes(batch)
+    assert episode.answer == setup.qa.train[0].answers
+    text = setup.tokenizer.decode(np.concatenate(episode.chunks).tolist())
+    assert text.count("Document ") == config.qa.train_num_docs and setup.qa.train[0].supporting[0][1] in text
+
+
+def test_search_task_trains_on_search_turns(cache, tmp_path):
+    config = _config("task.py:tiny,search", cache)
+    trainer = Trainer(config, str(tmp_path / "search"), log=_quiet)
+    setup = trainer.setup
+    assert setup.task == "search_qa" and all(len(r.golds) == 2 for r in setup.qa.train)
+    initial = _leaves(setup.policy.params)
+    batch = next(iter(setup.dataset(num_slots=trainer.train_slots)))
+    result = setup.rollout(batch, 0)
+    assert len(result.trajectories) == len(batch["record"]) * config.agent.group_size
+    assert all(1 <= len(t.memory_turns) + 1 <= config.search.max_turns for t in result.trajectories)
+    # A random model never writes a well-formed action: every episode is a counted failure scoring 0.
+    assert all(t.failure and t.correct == 0.0 for t in result.trajectories)
+    summary = trainer.train()
+    records = read_metrics(str(tmp_path / "search"))
+    assert [r["malformed"] + r["no_answer"] for r in records] == [1.0] * config.train.steps
+    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(summary["state"].params), initial, strict=True))
+
+
+def test_init_from_refuses_a_run_of_another_model(cache, memtrain_run):
+    source, state = memtrain_run
+    from memtrain_jax.model import ModelConfig
+
+    shapes = jax.tree.map(lambda x: x.shape, state.params)
+    vocab = shapes["embedder"]["embedding"][0]
+    other = dataclasses.replace(
+        ModelConfig.from_dict({**load_config("models.py:tiny").to_dict(), "vocab_size": vocab}), hidden_size=48
+    )
+    abstract = jax.eval_shape(lambda: init_params(other, jax.random.key(0)))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+        abstract,
+    )
+    with pytest.raises(CheckpointMismatchError, match="does not fit this model"):
+        restore_run_params(str(source), abstract)
+    with pytest.raises(FileNotFoundError, match="not a trained memtrain workdir"):
+        restore_run_params(str(source / "nowhere"), abstract)
