@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -115,3 +116,52 @@ def test_init_from_refuses_a_run_of_another_model(cache, memtrain_run):
         restore_run_params(str(source), abstract)
     with pytest.raises(FileNotFoundError, match="not a trained memtrain workdir"):
         restore_run_params(str(source / "nowhere"), abstract)
+
+
+def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run):
+    from memtrain_jax.data.qa import build_context
+    from memtrain_jax.tools import downstream
+
+    source, _ = memtrain_run
+    base = _config("memtrain.py:tiny", cache)
+    config = downstream.qa_config(base, "long_qa", num_docs=[2, 4], limit=3, baseline=True)
+    results = downstream.eval_qa(config, str(tmp_path / "eval"))
+    with open(tmp_path / "eval" / "results.json", encoding="utf-8") as f:
+        written = json.load(f)
+    assert written["num_docs"] == written["readers"]["memory_agent"] == results["num_docs"]
+    assert set(written["readers"]) == {"memory_agent", "full_context"}
+    from memtrain_jax.agent import AgentSetup
+
+    setup = AgentSetup.build(config, log=None)
+    for n in (2, 4):
+        row = written["num_docs"][str(n)]
+        assert {"em", "sub_em", "f1", "questions", "mean_tokens"} <= set(row) and row["questions"] == 3
+        contexts = [build_context(r, setup.qa.distractors, base.seed, num_docs=n) for r in setup.qa.dev]
+        assert row["mean_tokens"] == np.mean([len(setup.tokenizer.encode(c.text)) for c in contexts])
+    with open(tmp_path / "eval" / "answers.jsonl", encoding="utf-8") as f:
+        assert len(f.readlines()) == 2 * 2 * 3  # readers x lengths x questions
+
+    compared = downstream.compare(config, str(tmp_path / "compare"), [("memtrain", str(source))])
+    assert list(compared["arms"]) == ["base", "memtrain"] and compared["steps"]["memtrain"] == 2
+    # The base row is the same evaluation as eval-qa's (same questions, same sampling seeds).
+    for n in ("2", "4"):
+        for key in ("em", "sub_em", "f1", "questions", "mean_tokens"):
+            assert compared["arms"]["base"][n][key] == written["num_docs"][n][key]
+
+
+def test_bad_downstream_arguments(cache, tmp_path, memtrain_run):
+    from memtrain_jax.tools import downstream
+
+    source, _ = memtrain_run
+    with pytest.raises(ValueError, match="name=WORKDIR"):
+        downstream.parse_arms("runs/x")
+    with pytest.raises(FileNotFoundError, match="Arm 'a': workdir"):
+        downstream.parse_arms(f"a={tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="unique and not 'base'"):
+        downstream.parse_arms(f"base={source}")
+    with pytest.raises(ValueError, match="positive numbers of documents"):
+        downstream.qa_config(_config("memtrain.py:tiny", cache), "long_qa", num_docs=[0])
+    config = downstream.qa_config(_config("memtrain.py:tiny", cache), "long_qa", num_docs=[10**6], limit=1)
+    with pytest.raises(ValueError, match="distractors, but the pool has only"):
+        downstream.eval_qa(config, str(tmp_path / "too-long"))
+    assert not (tmp_path / "too-long" / "results.json").exists()
