@@ -17,13 +17,11 @@ from memtrain_jax.agent import (
     episodes_from_batch,
     rollout,
 )
-from memtrain_jax.checkpoint.gguf import default_gguf_path, load_gguf_tokenizer
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.data.masking import mask_entity
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.data.probes import draw_probe
 from memtrain_jax.rewards import extract_boxed
-from memtrain_jax.tokenizer import get_chat_format
 
 # Chunk texts made of whole sentences, so token ids and text agree exactly at chunk boundaries.
 DOCS = [
@@ -44,16 +42,6 @@ DOCS = [
         "Torun",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_gguf_tokenizer(default_gguf_path())
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return get_chat_format("smollm2")
 
 
 def _config(**kw) -> AgentConfig:

@@ -12,13 +12,11 @@ import pytest
 from memtrain_jax.agent import AgentConfig, PromptBuilder, PromptConfig, ScriptedPolicy, assign_credit
 from memtrain_jax.agent.qa import evaluate_long_qa, qa_episode, read_full_context, read_with_memory
 from memtrain_jax.agent.search import SearchConfig, information_block, objective_score, parse_action, search_rollout
-from memtrain_jax.checkpoint.gguf import default_gguf_path, load_gguf_tokenizer
 from memtrain_jax.data import qa
 from memtrain_jax.data.chunking import centre_truncate
 from memtrain_jax.data.masking import count_occurrences
 from memtrain_jax.data.retrieval import BM25Retriever
 from memtrain_jax.data.sources import load_pool
-from memtrain_jax.tokenizer import get_chat_format
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +32,6 @@ def records(pool):
 @pytest.fixture(scope="module")
 def distractors(pool, records):
     return qa.distractor_pool(pool, records)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_gguf_tokenizer(default_gguf_path())
-
-
-@pytest.fixture(scope="module")
-def chat():
-    return get_chat_format("smollm2")
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,12 @@ import json
 import jax
 import numpy as np
 import pytest
+from run_configs import run_config
 
 from memtrain_jax.checkpoint.orbax_io import CheckpointMismatchError, restore_run_params
 from memtrain_jax.config import load_config
 from memtrain_jax.model import init_params
 from memtrain_jax.train import Trainer, read_metrics
-
-
-def _config(name, cache_dir, **overrides):
-    config = load_config(name)
-    config.data.cache_dir = str(cache_dir)
-    config.model.cache_dir = str(cache_dir)
-    config.rl.dapo_filter = False  # the random model's rewards are all 0: keep the GRPO updates in the test
-    config.train.async_checkpoints = False
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 def _quiet(_message):
@@ -47,14 +33,14 @@ def cache(tmp_path_factory):
 def memtrain_run(cache, tmp_path_factory):
     """A 2-step MemTrain run of the tiny model: (workdir, final state)."""
     workdir = tmp_path_factory.mktemp("memtrain")
-    config = _config("memtrain.py:tiny", cache, **{"train.steps": 2, "train.eval_every": 0})
+    config = run_config("memtrain.py:tiny", cache, **{"train.steps": 2, "train.eval_every": 0})
     summary = Trainer(config, str(workdir), log=_quiet).train()
     return workdir, summary["state"]
 
 
 def test_task_rl_starts_from_the_memtrain_checkpoint_and_never_trains_on_dev(cache, tmp_path, memtrain_run):
     source, state = memtrain_run
-    config = _config("task.py:tiny", cache, init_from=str(source))
+    config = run_config("task.py:tiny", cache, init_from=str(source))
     trainer = Trainer(config, str(tmp_path / "task"), log=_quiet)
     setup = trainer.setup
     assert setup.task == "long_qa" and setup.init_step == 2
@@ -81,7 +67,7 @@ def test_task_rl_starts_from_the_memtrain_checkpoint_and_never_trains_on_dev(cac
 
 
 def test_search_task_trains_on_search_turns(cache, tmp_path):
-    config = _config("task.py:tiny,search", cache)
+    config = run_config("task.py:tiny,search", cache)
     trainer = Trainer(config, str(tmp_path / "search"), log=_quiet)
     setup = trainer.setup
     assert setup.task == "search_qa" and all(len(r.golds) == 2 for r in setup.qa.train)
@@ -123,7 +109,7 @@ def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run):
     from memtrain_jax.tools import downstream
 
     source, _ = memtrain_run
-    base = _config("memtrain.py:tiny", cache)
+    base = run_config("memtrain.py:tiny", cache)
     config = downstream.qa_config(base, "long_qa", num_docs=[2, 4], limit=3, baseline=True)
     results = downstream.eval_qa(config, str(tmp_path / "eval"))
     with open(tmp_path / "eval" / "results.json", encoding="utf-8") as f:
@@ -160,8 +146,8 @@ def test_bad_downstream_arguments(cache, tmp_path, memtrain_run):
     with pytest.raises(ValueError, match="unique and not 'base'"):
         downstream.parse_arms(f"base={source}")
     with pytest.raises(ValueError, match="positive numbers of documents"):
-        downstream.qa_config(_config("memtrain.py:tiny", cache), "long_qa", num_docs=[0])
-    config = downstream.qa_config(_config("memtrain.py:tiny", cache), "long_qa", num_docs=[10**6], limit=1)
+        downstream.qa_config(run_config("memtrain.py:tiny", cache), "long_qa", num_docs=[0])
+    config = downstream.qa_config(run_config("memtrain.py:tiny", cache), "long_qa", num_docs=[10**6], limit=1)
     with pytest.raises(ValueError, match="distractors, but the pool has only"):
         downstream.eval_qa(config, str(tmp_path / "too-long"))
     assert not (tmp_path / "too-long" / "results.json").exists()

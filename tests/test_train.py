@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import tokenizers
+from run_configs import run_config
 
 from memtrain_jax.agent import (
     AgentConfig,
@@ -23,7 +24,6 @@ from memtrain_jax.agent import (
     episodes_from_batch,
     rollout,
 )
-from memtrain_jax.config import load_config
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.rl import group_advantages
@@ -38,19 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(cache_dir, **overrides):
-    config = load_config("memtrain.py:tiny")
-    config.data.cache_dir = str(cache_dir)
-    config.model.cache_dir = str(cache_dir)
-    config.rl.dapo_filter = False  # the random model's rewards are all 0: keep the GRPO updates in the test
-    config.train.eval_every = 0
-    config.train.async_checkpoints = False
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return run_config("memtrain.py:tiny", cache_dir, **{"train.eval_every": 0, **overrides})
 
 
 @pytest.fixture(scope="module")
