@@ -73,14 +73,16 @@ def _stored_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
-def _table(before: dict, after: dict) -> str:
-    rows = [
-        ("E2E accuracy (final answer EM)", "acc_e2e"),
-        ("E2E reward R_E", "reward_e2e"),
-        ("recall accuracy (R_I)", "acc_recall"),
-        ("answers boxed", "missing_box_answer"),
-        ("recall answers boxed", "missing_box_recall"),
-    ]
+def _table(before: dict, after: dict, config: ml_collections.ConfigDict) -> str:
+    """The closing before/after table; recall rows only where the task has recall probes."""
+    extractor = config.agent.answer_extractor
+    found = "answers boxed" if extractor == "boxed" else f"answers found ({extractor})"
+    rows = [("E2E accuracy (final answer EM)", "acc_e2e"), ("E2E reward R_E", "reward_e2e")]
+    if config.agent.imr:
+        rows.append(("recall accuracy (R_I)", "acc_recall"))
+    rows.append((found, "missing_box_answer"))
+    if config.agent.imr:
+        rows.append(("recall answers boxed", "missing_box_recall"))
     lines = [f"{'held-out, greedy':34s} {'before':>8s} {'after':>8s}"]
     for label, key in rows:
         value = lambda m, k=key: (1 - m[k]) if k.startswith("missing") else m[k]
@@ -100,7 +102,7 @@ def train(config: ml_collections.ConfigDict) -> None:
     if summary.get("preempted"):
         print("[memtrain] stopped by SIGTERM after saving a checkpoint; run the same command to resume")
     if "before" in summary and "after" in summary:
-        print(_table(summary["before"], summary["after"]))
+        print(_table(summary["before"], summary["after"], config))
     elif "after" in summary:
         print("after: " + json.dumps({k: round(v, 3) for k, v in summary["after"].items()}))
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: tensorboard --logdir {workdir}/tensorboard")
