@@ -9,7 +9,7 @@ time against context tokens (R^2), a quadratic of the full-context time, and the
 measured length where the agent is faster, else where the fits cross (extrapolated; beyond the model's
 window the full-context reader would have to cut the middle of the text).
 
-    python benchmarks/bench_qa.py [--num-docs 10 20 40 70] [--questions 2] [--chunk 512] [--memory 64]
+    python benchmarks/bench_qa.py [--num-docs 10 20 40 60] [--questions 2] [--chunk 512] [--memory 64]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _fit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-docs", type=int, nargs="+", default=[10, 20, 40, 70])
+    parser.add_argument("--num-docs", type=int, nargs="+", default=[10, 20, 40, 60])
     parser.add_argument("--questions", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--memory", type=int, default=64)
