@@ -1,8 +1,9 @@
 """MemTrain's training loop: rollouts -> rewards -> advantages -> update -> metrics -> checkpoint.
 
     ---------------------------------------------------------------- set-up (before any compute)
-    AgentSetup.build(config)     mesh, policy + tokenizer, data in the policy's tokens, prompts, sampler;
-                                 every turn checked against the model's window
+    AgentSetup.build(config)     mesh, policy + tokenizer (or init_from a run's parameters), the task's data
+                                 (memtrain: masked-Wikipedia episodes; long_qa / search_qa: QA records),
+                                 prompts, sampler; every turn checked against the model's window
     check_workdir                a workdir of another model or tokenizer is refused
     Learner                      jitted accumulate / apply / score programs with the config's shardings
     RunCheckpointer.restore      the latest readable checkpoint: state, data position, phase
