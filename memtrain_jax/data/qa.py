@@ -326,10 +326,19 @@ def format_documents(documents: Sequence[tuple[str, str]], header: str = "Docume
     return "\n\n".join(f"{header.format(i=i)}\n{title}\n{text}" for i, (title, text) in enumerate(documents, 1))
 
 
-def _distractor_order(record: QARecord, distractors: Sequence[tuple[str, str]], seed: int) -> np.ndarray:
+def _distractor_order(
+    record: QARecord, distractors: Sequence[tuple[str, str]], seed: int, limit: int | None = None
+) -> np.ndarray:
+    """The record's distractor permutation without its own articles: the first `limit` (all when None); the scan
+    stops there, so a length costs O(num_docs), not O(pool) (the paper's pool has 300K paragraphs)."""
     order = np.random.default_rng(_record_seed(seed, record.id)).permutation(len(distractors))
-    own = record.titles
-    return np.asarray([i for i in order.tolist() if distractors[i][0] not in own], np.int64)
+    own, kept = record.titles, []
+    for i in order.tolist():
+        if limit is not None and len(kept) == limit:
+            break
+        if distractors[i][0] not in own:
+            kept.append(i)
+    return np.asarray(kept, np.int64)
 
 
 def build_context(
@@ -347,7 +356,8 @@ def build_context(
     if (num_docs is None) == (target_tokens is None):
         raise ValueError("build_context needs exactly one of num_docs and target_tokens.")
     own = len(record.supporting)
-    order = _distractor_order(record, distractors, seed)
+    limit = None if num_docs is None else max(num_docs - own, 0)
+    order = _distractor_order(record, distractors, seed, limit)
     if num_docs is not None:
         if num_docs < own:
             raise ValueError(
