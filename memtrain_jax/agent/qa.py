@@ -25,7 +25,7 @@ import numpy as np
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
-from memtrain_jax.agent.rollout import Episode, call_seed, rollout
+from memtrain_jax.agent.rollout import Episode, call_seed, replies_from_output, rollout
 from memtrain_jax.data.chunking import centre_truncate, split_chunks
 from memtrain_jax.data.qa import LongContext, QARecord, build_context
 from memtrain_jax.rewards import extract_answer, qa_scores
@@ -128,10 +128,9 @@ def read_full_context(
         out = policy.generate(
             prompts, [agent.answer_tokens] * len(prompts), kind="full_context", seed=call_seed(seed, b, 0)
         )
-        tokens, n, stopped = np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.stopped)
-        for j, i in enumerate(rows):
-            reply_ids = tokens[j, : n[j] - int(stopped[j])].tolist()
-            text = tokenizer.decode(reply_ids)
+        replies = replies_from_output(prompts, out, range(len(prompts)))
+        for j, (i, reply) in enumerate(zip(rows, replies, strict=True)):
+            text = tokenizer.decode(reply.content.tolist())
             prediction = extract_answer(text, agent.answer_extractor, agent.boxed_last_chars)
             record = contexts[i].record
             answers.append(
@@ -143,7 +142,7 @@ def read_full_context(
                     text,
                     qa_scores(prediction, record.answers),
                     lengths[j],
-                    len(prompts[j]) + int(n[j]),
+                    len(reply.prompt) + len(reply.response),
                 )
             )
     return answers
