@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Grain loader (memtrain_jax.data.pipeline.make_dataset).
     c.loader = ml_collections.ConfigDict()
-    c.loader.batch_size = 32 if paper else 4  # episodes per batch on this host
+    c.loader.batch_size = 32 if paper else 4  # episodes per batch, all hosts together (a multiple of the hosts)
     c.loader.num_epochs = 0  # 0 = repeat forever
     c.loader.shuffle = True
     c.loader.documents = "on_the_fly"  # on_the_fly | array_record (pre-built by prepare)
@@ -106,7 +106,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loader.worker_buffer_size = 2  # batches each worker keeps ready
     c.loader.read_threads = 1  # threads building episodes in this process
     c.loader.prefetch_buffer_size = 4  # episodes read ahead in this process
-    c.loader.shard_index = -1  # -1 = jax.process_index()
-    c.loader.shard_count = -1  # -1 = jax.process_count()
-    c.loader.drop_remainder = True  # equal epoch length on every host
+    c.loader.shard_index = -1  # this host's share of every batch; -1 = jax.process_index()
+    c.loader.shard_count = -1  # hosts sharing each batch; -1 = jax.process_count()
     return c

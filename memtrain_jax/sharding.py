@@ -9,12 +9,14 @@ changing the mesh shape or the rules in the config, never the model code.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -42,6 +44,11 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] 
 
     `shape` may hold one -1, filled from the device count; `None` puts every device
     on the data axis. Example: 8 devices, shape (2, 2, 2) or (-1, 1, 2).
+
+    Devices are arranged by `mesh_utils` (on TPU, neighbouring chips of the ICI torus share the
+    fsdp and tensor axes). On several slices (devices with distinct `slice_index`), the data axis
+    spans the slices over DCN and every other axis stays inside a slice (a hybrid mesh), so only
+    the data-parallel gradient reduction crosses slices.
     """
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape) if shape is not None else [-1, 1, 1]
@@ -59,7 +66,19 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] 
             f"Mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but {len(devices)} are available "
             "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)."
         )
-    device_array = np.asarray(devices).reshape(shape)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        if shape[0] % slices:
+            raise ValueError(
+                f"Mesh shape {tuple(shape)} over {slices} slices: the data axis ({shape[0]}) must be a multiple of "
+                "the slice count, since only data parallelism crosses slices."
+            )
+        per_slice = (shape[0] // slices, *shape[1:])
+        device_array = mesh_utils.create_hybrid_device_mesh(
+            per_slice, (slices, 1, 1), devices, allow_split_physical_axes=True
+        )
+    else:
+        device_array = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
     return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -139,3 +158,59 @@ def batch_axes(mesh: Mesh, rules=DEFAULT_RULES) -> tuple[str, ...]:
 def batch_axis_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
     """How many shards the batch is split into: a batch must be a multiple of this."""
     return int(np.prod([mesh.shape[a] for a in batch_axes(mesh, rules)]))
+
+
+# --- host data <-> global arrays (multi-host) ----------------------------------------------------
+# Every process runs the same Python on the same host values (the episodes of a step are gathered
+# from all hosts first, see `gather_host_rows`), so a host value becomes a global array by each
+# process placing its own shards, and a result is brought back by an explicit all-gather.
+
+
+def to_global(tree: Any, shardings: Any) -> Any:
+    """Host values (NumPy, the same on every process) -> global arrays laid out as `shardings`.
+
+    Each process transfers only the shards its own devices hold; leaves that are already global
+    arrays with that layout are kept. (`jax.jit` refuses NumPy arguments with non-replicated
+    shardings when there are several processes; this is the placement it asks for.)
+    """
+
+    def place(x, s):
+        if isinstance(x, jax.Array) and x.sharding == s:
+            return x
+        if isinstance(x, jax.Array) and (s.is_fully_addressable or not x.is_fully_addressable):
+            return jax.device_put(x, s)  # a reshard within what this process can address
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = place(np.asarray(jax.random.key_data(x)), s)  # keys travel as their raw data
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """The whole value of an array on this host; an all-gather over processes when others hold shards."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def gather_host_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenates every process's rows of a host batch (dict of arrays, leading axis = rows), in
+    process order, on every process; the batch itself with one process.
+
+    The arrays travel as `.npy` bytes, so every dtype (int64 ids, strings) arrives exactly.
+    """
+    if jax.process_count() == 1:
+        return batch
+    buffer = io.BytesIO()
+    np.savez(buffer, **batch)
+    payload = np.frombuffer(buffer.getvalue(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int32), tiled=True)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: payload.size] = payload
+    gathered = multihost_utils.process_allgather(padded[None], tiled=True)  # [processes, max size]
+    parts = [
+        np.load(io.BytesIO(row[:size].tobytes()), allow_pickle=False) for row, size in zip(gathered, sizes, strict=True)
+    ]
+    return {key: np.concatenate([part[key] for part in parts]) for key in batch}

@@ -131,30 +131,37 @@ def test_episode_contents(env):
     assert stats["skipped_all_masks_truncated"] == skipped and stats["used"] == NUM_PIVOTS - skipped
 
 
-@pytest.mark.parametrize("shard_count", [1, 3, 5])
-def test_hosts_together_see_every_pivot_once_per_epoch(env, shard_count):
-    per_host = [
-        [int(e["episode_id"]) for e in _stream(env, batch=False, num_epochs=2, shard_index=h, shard_count=shard_count)]
-        for h in range(shard_count)
-    ]
-    lengths = {len(ids) for ids in per_host}
-    assert len(lengths) == 1  # equal steps on every host
-    per_epoch = NUM_PIVOTS // shard_count
-    for epoch in range(2):
-        slots = [i - epoch * NUM_PIVOTS for ids in per_host for i in ids[epoch * per_epoch : (epoch + 1) * per_epoch]]
-        assert len(slots) == len(set(slots)) == per_epoch * shard_count  # no slot twice
-        assert set(slots) <= set(range(NUM_PIVOTS))
-        if NUM_PIVOTS % shard_count == 0:
-            assert set(slots) == set(range(NUM_PIVOTS))  # every slot exactly once
-    # Each epoch is shuffled anew.
-    first = [i % NUM_PIVOTS for i in per_host[0][:per_epoch]]
-    second = [i % NUM_PIVOTS for i in per_host[0][per_epoch:]]
-    assert sorted(first) == sorted(second) and (first != second or per_epoch < 3)
+@pytest.mark.parametrize("hosts", [1, 2, 4])
+def test_hosts_split_every_batch_of_the_one_stream(env, hosts):
+    # batch_size 4 over 1, 2 or 4 hosts: host h builds rows [h*b, (h+1)*b) of every batch, so the hosts'
+    # batches, concatenated in host order, are the one-host stream, across the 24-pivot epoch boundary.
+    streams = [_stream(env, 8, batch_size=4, shard_index=h, shard_count=hosts) for h in range(hosts)]
+    whole = _stream(env, 8, batch_size=4, shard_index=0, shard_count=1)
+    for step, batch in enumerate(whole):
+        parts = [stream[step] for stream in streams]
+        assert all(len(p["episode_id"]) == 4 // hosts for p in parts)
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+    ids = [int(i) for batch in whole for i in batch["episode_id"]]
+    for epoch in range(len(ids) // NUM_PIVOTS):
+        slots = [i - epoch * NUM_PIVOTS for i in ids[epoch * NUM_PIVOTS : (epoch + 1) * NUM_PIVOTS]]
+        assert sorted(slots) == list(range(NUM_PIVOTS))  # every pivot slot exactly once an epoch
+    first, second = ids[:NUM_PIVOTS], [i - NUM_PIVOTS for i in ids[NUM_PIVOTS : 2 * NUM_PIVOTS]]
+    assert first != second  # each epoch is shuffled anew
+    # The position counts global batches: the same state on every host and for every host count.
+    states = set()
+    for count, index in [(1, 0), *((hosts, h) for h in range(hosts))]:
+        it = _stream(env, batch_size=4, shard_index=index, shard_count=count)
+        [next(it) for _ in range(3)]
+        states.add(pipeline.iterator_state(it))
+    assert len(states) == 1
+    with pytest.raises(ValueError, match=r"batch_size=4 must be a multiple of the host count 3"):
+        _stream(env, batch_size=4, shard_index=0, shard_count=3)
 
 
 def test_episode_does_not_depend_on_host_count(env):
     single = {int(e["episode_id"]): e for e in _stream(env, batch=False, num_epochs=1)}
-    sharded = _stream(env, batch=False, num_epochs=1, shard_index=2, shard_count=3)
+    sharded = _stream(env, batch=False, num_epochs=1, batch_size=3, shard_index=2, shard_count=3)
     for e in sharded:
         _assert_same([e], [single[int(e["episode_id"])]])
 

@@ -26,6 +26,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from memtrain_jax import sharding
 from memtrain_jax.agent.config import AgentConfig
@@ -87,6 +88,16 @@ class QATaskData:
         return cls(train, dev, qa_data.distractor_pool(pool, [*train, *dev]), corpus, retriever)
 
 
+def _process_0_first(build: Callable[[], Any]) -> Any:
+    """`build()` (which writes the shared data caches when they are missing) on process 0, then on the other
+    processes once it is done: one process writes a cache, every process reads it."""
+    if jax.process_count() == 1:
+        return build()
+    result = build() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("memtrain: data caches ready")
+    return result if jax.process_index() == 0 else build()
+
+
 @dataclasses.dataclass
 class AgentSetup:
     """The built pieces of a memory-agent job (see the module docstring)."""
@@ -122,7 +133,11 @@ class AgentSetup:
         pool = pipeline.load_pool_from_config(data)
         start = time.perf_counter()
         # A fresh model reads the data pipeline's own tokenizer; a checkpoint brings its tokenizer.
-        data_tokenizer = pipeline.load_tokenizer(data, pool, log=log) if config.model.source == "init" else None
+        data_tokenizer = (
+            _process_0_first(lambda: pipeline.load_tokenizer(data, pool, log=log))
+            if config.model.source == "init"
+            else None
+        )
         policy = load_policy(config.model, mesh, rules, seed=config.seed, tokenizer=data_tokenizer)
         log(
             f"[setup] policy: {policy.description}, {policy.model_config.num_params() / 1e6:.1f}M parameters, "
@@ -138,8 +153,11 @@ class AgentSetup:
             log(f"[setup] parameters from {config.init_from} (checkpoint step {init_step})")
         chat = get_chat_format(config.chat_format or policy.chat_format)
         builder = PromptBuilder(policy.tokenizer, chat, prompt_config, mask_token=agent.mask_token)
-        prepared = pipeline.prepare_data(data, pool=pool, log=log) if task == "memtrain" else None
-        qa = QATaskData.build(config, pool, search=task == "search_qa", log=log) if task != "memtrain" else None
+        if task == "memtrain":
+            prepared, qa = _process_0_first(lambda: pipeline.prepare_data(data, pool=pool, log=log)), None
+        else:
+            prepared = None
+            qa = _process_0_first(lambda: QATaskData.build(config, pool, search=task == "search_qa", log=log))
         sampler = Sampler(policy.model_config, mesh, rules, pad_id=policy.tokenizer.pad_id)
         sampler_policy = SamplerPolicy(
             sampler,
@@ -221,16 +239,13 @@ class AgentSetup:
         loader = self.config.data.loader
         shard = pipeline.shard_options(self.config.data)
         num_slots = kw.get("num_slots") or self.num_items
-        if num_slots < shard.shard_count:
-            raise ValueError(f"{num_slots} QA records cannot be split over {shard.shard_count} hosts.")
-        ds = grain.MapDataset.range(num_slots)[shard.shard_index :: shard.shard_count]
-        per_epoch = len(ds)
-        ds = ds.shuffle(seed=int(self.config.data.seed) % 2**32).repeat(None)
+        ds = grain.MapDataset.range(num_slots).shuffle(seed=int(self.config.data.seed) % 2**32).repeat(None)
         total = self.num_items
         ds = ds.map_with_index(
-            lambda i, slot: {"episode_id": np.int64((i // per_epoch) * total + slot), "record": np.int32(slot)}
+            lambda i, slot: {"episode_id": np.int64((i // num_slots) * total + slot), "record": np.int32(slot)}
         )
-        ds = ds.batch(int(loader.batch_size), drop_remainder=True)
+        ds = pipeline.host_rows(ds, int(loader.batch_size), shard)  # hosts split every batch, as in MemTrain
+        ds = ds.batch(int(loader.batch_size) // shard.shard_count, drop_remainder=True)
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
 
     def eval_batch(self, slots: Any) -> dict[str, np.ndarray]:

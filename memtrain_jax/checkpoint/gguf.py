@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 import zlib
@@ -32,6 +31,7 @@ from gguf.quants import dequantize
 from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
+from memtrain_jax import sharding
 from memtrain_jax.atomic import write_directory_atomically
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.tokenizer.chat import chat_format_from_template
@@ -338,8 +338,8 @@ def _load_gguf_numpy(path: str | os.PathLike) -> tuple[ModelConfig, Params, HFTo
 
 def _place(params: Params, shardings: Params | None) -> Params:
     if shardings is None:
-        return jax.device_put(params)
-    return jax.device_put(params, shardings)
+        return jax.device_put(params, jax.local_devices()[0])
+    return sharding.to_global(params, shardings)
 
 
 # ------------------------------------------------------------------------------------------------- cache
@@ -418,9 +418,11 @@ def _file_crcs(directory: str) -> dict[str, int]:
     return out
 
 
-def _write_entry(entry: str, config: ModelConfig, params: Params, tokenizer: HFTokenizer, meta: dict) -> None:
-    """Writes a complete entry under a temporary name, then publishes it (memtrain_jax.atomic); when another
-    process published the same entry meanwhile, theirs is kept."""
+def _write_entry(
+    entry: str, config: ModelConfig, params: Params, tokenizer: HFTokenizer, meta: dict, *, replace: bool = False
+) -> None:
+    """Writes a complete entry under a temporary name, then publishes it (memtrain_jax.atomic); unless
+    `replace` (a corrupt entry), an entry another process published meanwhile is kept."""
     import orbax.checkpoint as ocp  # lazy: orbax is slow to import
 
     def write(tmp: str) -> None:
@@ -435,7 +437,7 @@ def _write_entry(entry: str, config: ModelConfig, params: Params, tokenizer: HFT
         with open(os.path.join(tmp, _META), "w") as f:  # written last: its presence marks a complete entry
             json.dump(entry_meta, f, indent=1)
 
-    write_directory_atomically(entry, write, replace=False)
+    write_directory_atomically(entry, write, replace=replace)
 
 
 def _read_entry(entry: str, shardings: Params | None) -> tuple[ModelConfig, Params, HFTokenizer, str]:
@@ -456,7 +458,7 @@ def _read_entry(entry: str, shardings: Params | None) -> tuple[ModelConfig, Para
     tokenizer = HFTokenizer.from_directory(entry)
     shapes = param_shapes(config)
     if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's own device
         shardings = jax.tree.map(lambda _: device, shapes)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, np.float32, sharding=sh), shapes, shardings)
     checkpointer = ocp.StandardCheckpointer()
@@ -478,7 +480,10 @@ def import_gguf_cached(
     The first call converts the GGUF and writes `<cache_dir>/<stem>-<hash>/` (Orbax params checkpoint,
     tokenizer.json, tokenizer_config.json, model_config.json, meta.json with CRC32s of the checkpoint files and
     of every tensor), keyed by the file's path, size and mtime. Later calls restore from it (directly into
-    `shardings` when given). An entry that fails to restore or to verify is deleted and rebuilt with a warning.
+    `shardings` when given). Several processes (hosts) may share the cache: a missing entry is published
+    atomically by whichever finishes first (the others keep theirs in memory); an entry that fails to restore or
+    to verify is never deleted by a reader: process 0 replaces it with a fresh conversion (with a warning), the
+    other processes convert the GGUF in memory and leave the entry to it.
     """
     gguf_path = os.path.abspath(os.fspath(gguf_path))
     if not os.path.isfile(gguf_path):
@@ -486,22 +491,30 @@ def import_gguf_cached(
     cache_dir = os.path.abspath(os.fspath(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     entry = os.path.join(cache_dir, gguf_cache_key(gguf_path))
+    corrupt = False
     if os.path.exists(entry):
         start = time.perf_counter()
         try:
             result = _read_entry(entry, shardings)
         except Exception as e:  # any failure means the entry cannot be trusted
+            corrupt = True
+            writer = jax.process_index() == 0
+            action = (
+                f"rebuilding it from {gguf_path!r}"
+                if writer
+                else f"process {jax.process_index()} converts {gguf_path!r} in memory; process 0 rebuilds the entry"
+            )
             warnings.warn(
-                f"GGUF cache entry {entry!r} is corrupt or incomplete ({type(e).__name__}: {e}); rebuilding it "
-                f"from {gguf_path!r}.",
+                f"GGUF cache entry {entry!r} is corrupt or incomplete ({type(e).__name__}: {e}); {action}.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            shutil.rmtree(entry, ignore_errors=True)
         else:
             logger.info("Restored %s from cache %s in %.2fs.", gguf_path, entry, time.perf_counter() - start)
             return result
     config, params, tokenizer, chat_format = _load_gguf_numpy(gguf_path)
+    if corrupt and jax.process_index() != 0:
+        return config, _place(params, shardings), tokenizer, chat_format
     start = time.perf_counter()
     meta = {
         "format": _CACHE_FORMAT,
@@ -511,6 +524,6 @@ def import_gguf_cached(
         "chat_format": chat_format,
         "checksums": _checksums(params),
     }
-    _write_entry(entry, config, params, tokenizer, meta)
+    _write_entry(entry, config, params, tokenizer, meta, replace=corrupt)
     logger.info("Wrote GGUF cache entry %s in %.2fs.", entry, time.perf_counter() - start)
     return config, _place(params, shardings), tokenizer, chat_format

@@ -9,9 +9,10 @@ Two stages:
    hashes the pool contents, retriever settings, extractor and selection settings; a cache that
    does not match or cannot be read raises PreparedDataError.
 2. `make_dataset(config, prepared, tokenizer)`: a Grain pipeline over pivot slots
-       range(P) -> per-host shard -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs)
+       range(P) -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs)        (the global stream)
+       -> this host's rows of every global batch of `batch_size` (`host_rows`)
        -> episode (build document on the fly, or read it from pre-built ArrayRecord files)
-       -> batch(batch_size, drop_remainder) -> iterator (threads; or worker processes)
+       -> batch(batch_size / hosts) -> iterator (threads; or worker processes)
    One element (before batching) is an episode, a dict of numpy arrays:
        tokens         [max_chunks, chunk_size] int32  document chunks, pad_id-padded
        chunk_lengths  [max_chunks] int32              tokens in each chunk (0 = no chunk)
@@ -36,11 +37,13 @@ number of steps and the same pivot coverage; the agent leaves it out of its roll
 it. `document_statistics` counts both (and the leaks the default keeps) for `prepare`/`preview`.
 
 Determinism: the document of an episode is drawn from `document_rng(seed, episode_id)`, so it
-does not depend on the host count, worker count or position in the stream. Epoch e of every
-host together covers each pivot slot exactly once (minus at most shard_count - 1 slots with
-`drop_remainder`, which keeps all hosts at the same length). The iterator's `get_state()` /
-`set_state()` (or `iterator_state` / `restore_iterator_state`) checkpoint the stream exactly;
-`grain.checkpoint.CheckpointHandler` stores the same state next to Orbax checkpoints.
+does not depend on the host count, worker count or position in the stream. Hosts split every
+global batch, not the slots: host h of H builds rows [h*b, (h+1)*b) (b = batch_size / H) of each
+batch, and the trainer gathers the rows of all hosts (`sharding.gather_host_rows`), so a run
+sees the same batches, in the same order, on one host or sixty-four; epoch e covers each pivot
+slot exactly once. The iterator's position counts global batches on every host, so the
+`get_state()` / `set_state()` of one host (`iterator_state` / `restore_iterator_state`) resumes
+every host, whatever the host count.
 
 Worker processes (`loader.worker_count > 0`) use `mp_prefetch`, which starts processes with
 the "spawn" method: the script that builds the iterator must guard its entry point with
@@ -611,11 +614,35 @@ def _open_documents(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -
 # --- the Grain dataset ---------------------------------------------------------------------------
 
 
+class _HostRow:
+    """Local position -> the element of the global stream it stands for (picklable for worker processes)."""
+
+    def __init__(self, stream: grain.MapDataset, batch_size: int, offset: int, rows: int):
+        self.stream, self.batch_size, self.offset, self.rows = stream, batch_size, offset, rows
+
+    def __call__(self, position: int) -> Any:
+        batch, row = divmod(int(position), self.rows)
+        return self.stream[batch * self.batch_size + self.offset + row]
+
+
+def host_rows(stream: grain.MapDataset, batch_size: int, shard: grain.sharding.ShardOptions) -> grain.MapDataset:
+    """This host's rows of every global batch of `stream`: local position i*b + r is global element
+    i*batch_size + shard_index*b + r, b = batch_size / shard_count (an incomplete last batch is dropped)."""
+    if batch_size % shard.shard_count:
+        raise ValueError(
+            f"data.loader.batch_size={batch_size} must be a multiple of the host count {shard.shard_count}: "
+            "every host builds an equal share of each global batch."
+        )
+    rows = batch_size // shard.shard_count
+    batches = len(stream) // batch_size
+    return grain.MapDataset.range(batches * rows).map(_HostRow(stream, batch_size, shard.shard_index * rows, rows))
+
+
 def shard_options(
     config: Any, shard_index: int | None = None, shard_count: int | None = None
 ) -> grain.sharding.ShardOptions:
-    """This host's shard: explicit arguments, else `loader.shard_index/shard_count` when >= 0, else
-    jax.process_index()/jax.process_count()."""
+    """This host's share of every batch (see `host_rows`): explicit arguments, else
+    `loader.shard_index/shard_count` when >= 0, else jax.process_index()/jax.process_count()."""
     loader = data_section(config).loader
     index = shard_index if shard_index is not None else loader.shard_index
     count = shard_count if shard_count is not None else loader.shard_count
@@ -626,7 +653,7 @@ def shard_options(
         count = jax.process_count() if count < 0 else count
     if not 0 <= index < count:
         raise ValueError(f"shard_index={index} must be in [0, shard_count={count}).")
-    return grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=bool(loader.drop_remainder))
+    return grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
 
 
 def make_dataset(
@@ -639,7 +666,8 @@ def make_dataset(
     batch: bool = True,
     num_slots: int | None = None,
 ) -> grain.IterDataset:
-    """The episode stream of this host (see the module docstring); batched `[batch_size, ...]` if `batch`.
+    """This host's rows of the episode stream (see the module docstring); batched `[batch_size / hosts, ...]`
+    if `batch`.
 
     `num_slots` keeps only the first pivot slots (a trainer holds the last ones out for evaluation)."""
     data = data_section(config)
@@ -654,8 +682,6 @@ def make_dataset(
     num_pivots = prepared.num_pivots if num_slots is None else min(num_slots, prepared.num_pivots)
     if num_pivots < 1:
         raise ValueError(f"No pivot slots to stream (num_slots={num_slots}, {prepared.num_pivots} pivots prepared).")
-    if num_pivots < shard.shard_count:
-        raise ValueError(f"{num_pivots} pivots cannot be split over {shard.shard_count} hosts.")
     prebuilt = loader.documents == "array_record"
     slots = grain.MapDataset.range(num_pivots)
     if prebuilt:
@@ -663,15 +689,13 @@ def make_dataset(
         ds = grain.experimental.ZipMapDataset(parents=[slots, records])
     else:
         ds = slots.map(lambda slot: (slot, None))
-    usable = num_pivots - num_pivots % shard.shard_count if shard.drop_remainder else num_pivots
-    ds = ds[:usable][shard.shard_index :: shard.shard_count]
-    slots_per_epoch = len(ds)
     if loader.shuffle:
         ds = ds.shuffle(seed=int(data.seed) % 2**32)
     ds = ds.repeat(loader.num_epochs or None)
-    ds = ds.map_with_index(_EpisodeMap(prepared, tokenizer, data, slots_per_epoch, prebuilt))
+    ds = ds.map_with_index(_EpisodeMap(prepared, tokenizer, data, num_pivots, prebuilt))
+    ds = host_rows(ds, int(loader.batch_size), shard)
     if batch:
-        ds = ds.batch(loader.batch_size, drop_remainder=True)
+        ds = ds.batch(loader.batch_size // shard.shard_count, drop_remainder=True)
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=loader.read_threads, prefetch_buffer_size=loader.prefetch_buffer_size)
     )

@@ -393,7 +393,8 @@ class Sampler:
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {config.vocab_size}).")
         self.config = config
-        self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+        # Default: this process's first device (every process may sample on its own, e.g. `generate`).
+        self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1, 1), devices=jax.local_devices()[:1])
         self.rules = tuple(rules)
         self.buckets = buckets or Buckets()
         self.pad_id = pad_id
@@ -478,9 +479,7 @@ class Sampler:
                 "params do not match the model config's parameter tree; got "
                 f"{jax.tree.structure(params)}, expected {expected} (scan_layers={self.config.scan_layers})."
             )
-        return jax.tree.map(
-            lambda x, s: x if getattr(x, "sharding", None) == s else jax.device_put(x, s), params, self.param_shardings
-        )
+        return sharding.to_global(params, self.param_shardings)
 
     def prepare(
         self,
@@ -592,13 +591,16 @@ class Sampler:
         def run_prefill(params, prompt, prompt_mask):
             return prefill_prompts(self.config, params, prompt, prompt_mask)
 
+        # Host batches -> global arrays: each process places the shards its devices hold.
+        host = (batch["prompt"], batch["prompt_mask"])
+        prompt, prompt_mask = sharding.to_global(host, self._prefill_shardings[0][1:])
         prefill_program = self._compiled(
             ("prefill", u, p), f"prefill U={u} P={p}", run_prefill, self._prefill_shardings, (),
-            params, batch["prompt"], batch["prompt_mask"],
+            params, prompt, prompt_mask,
         )  # fmt: skip
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):
-            prefix_logits, prefix = prefill_program(params, batch["prompt"], batch["prompt_mask"])
+            prefix_logits, prefix = prefill_program(params, prompt, prompt_mask)
         if self.record_timings:
             jax.block_until_ready(prefix_logits)
             self.last_timings = {"prefill_s": time.perf_counter() - start}
@@ -613,6 +615,7 @@ class Sampler:
             params, prefix, prefix_logits, batch["rows"], cache, rng, batch["max_new"], batch["stop_tokens"],
             np.float32(temperature), np.float32(1.0 if top_p is None else top_p),
         )  # fmt: skip
+        args = sharding.to_global(args, self._decode_shardings[0])
         decode_program = self._compiled(
             ("decode", b, u, p, slots, e, num_steps, top_k, use_top_p),
             f"decode B={b} U={u} P={p} S={slots} N={num_steps}",
@@ -625,12 +628,13 @@ class Sampler:
             jax.block_until_ready(output)
             self.last_timings["decode_s"] = time.perf_counter() - start
         n, width = len(prompts), int(batch["max_new"].max())
+        # An explicit gather: with several processes each holds only its own rows.
         return SampleOutput(
-            tokens=np.asarray(output.tokens)[:n, :width],
-            logprobs=np.asarray(output.logprobs)[:n, :width],
-            lengths=np.asarray(output.lengths)[:n],
-            stopped=np.asarray(output.stopped)[:n],
-            steps=int(output.steps),
+            tokens=sharding.to_host(output.tokens)[:n, :width],
+            logprobs=sharding.to_host(output.logprobs)[:n, :width],
+            lengths=sharding.to_host(output.lengths)[:n],
+            stopped=sharding.to_host(output.stopped)[:n],
+            steps=int(sharding.to_host(output.steps)),
         )
 
 

@@ -49,8 +49,18 @@ _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
 _ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU VMs; launch/tpu_vm.sh sets it)."
+    "distributed",
+    False,
+    "Start JAX's multi-process runtime first (launch/tpu_vm.sh and launch/local.sh set it); on TPU VMs JAX finds the "
+    "other hosts itself, elsewhere give --coordinator, --num_processes and --process_id.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "--distributed: host:port of process 0 (or MEMTRAIN_COORDINATOR; not needed on TPU VMs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--distributed: processes in all (MEMTRAIN_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process, 0-based (MEMTRAIN_PROCESS_ID).")
 
 
 def _workdir(config: ml_collections.ConfigDict) -> str:
@@ -97,6 +107,8 @@ def train(config: ml_collections.ConfigDict) -> None:
     start = time.perf_counter()
     trainer = Trainer(config, workdir)
     summary = trainer.train()
+    if jax.process_index() != 0:  # every process trains; process 0 reports
+        return
     minutes = (time.perf_counter() - start) / 60
     print(f"\n[memtrain] {summary['steps']} steps in {workdir} ({minutes:.1f} min this run)")
     if summary.get("preempted"):
@@ -219,7 +231,15 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO.
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        from memtrain_jax.tools import cluster
+
+        try:
+            cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
+        logging.warning(
+            "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
+        )
     if command in ("eval-qa", "eval-search", "compare"):
         _downstream(command, _CONFIG.value)
         return

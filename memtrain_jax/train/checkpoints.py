@@ -1,8 +1,7 @@
 """Run checkpoints: one Orbax CheckpointManager per workdir, holding everything a resume needs.
 
     <workdir>/checkpoints/<step>/state   params, optimizer state, step, KL reference (Orbax, sharded)
-                                 /data    the Grain iterator's position (grain.checkpoint)
-                                 /meta    JSON: model config, run identity, seed, phase
+                                 /meta    JSON: phase, the Grain iterator's position (`data_state`), hosts
     <workdir>/run.json                    what this workdir trains (model config, tokenizer, seed)
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it when
@@ -10,6 +9,10 @@ complete); `max_to_keep` bounds the number kept. On restart the latest checkpoin
 one that cannot be read is moved aside to `<step>.corrupt` (never deleted) with a warning, and the
 one before it is used. A workdir written for another model or tokenizer is refused before any
 compute, so a checkpoint is never overwritten by an unrelated run.
+
+Multi-host: every process calls save/restore (Orbax writes each array's shards from the process
+that holds them; JSON from process 0). The data position is the same on every host (it counts
+global batches, see data.pipeline), so one copy in `meta` resumes any host count.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import warnings
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -69,11 +71,7 @@ class RunCheckpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
 
     def steps(self) -> list[int]:
@@ -81,13 +79,10 @@ class RunCheckpointer:
 
     def save(self, step: int, state: Any, iterator: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
         """Starts saving (asynchronously); `force` waits until it is on disk."""
+        meta = {**meta, "data_state": json.dumps(iterator.get_state()), "processes": jax.process_count()}
         saved = self.manager.save(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
         if force:
@@ -105,11 +100,10 @@ class RunCheckpointer:
                 restored = self.manager.restore(
                     s,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(iterator),
-                        meta=ocp.args.JsonRestore(),
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
                     ),
                 )
+                iterator.set_state(json.loads(restored.meta["data_state"]))
             except Exception as e:  # any failure means this checkpoint cannot be trusted
                 if step is not None:
                     raise

@@ -28,6 +28,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -310,7 +311,7 @@ class Learner:
             params
         )
         ref = copy(params) if with_ref else None
-        return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params, opt_state, ref)
+        return TrainState(sharding.to_global(np.zeros((), np.int32), self.replicated), params, opt_state, ref)
 
     def set_reference(self, state: TrainState) -> TrainState:
         """The current parameters become the KL reference (e.g. after the format warm-up)."""
@@ -319,7 +320,7 @@ class Learner:
         return state.replace(ref_params=jax.tree.map(jnp.copy, state.params))
 
     def _place(self, batch: MicroBatch) -> MicroBatch:
-        return jax.device_put(batch, self.batch_shardings)
+        return sharding.to_global(batch, self.batch_shardings)
 
     def score(self, params: Any, batch: MicroBatch) -> jax.Array:
         """Log-probs [M, W] of the response window under `params` (reference and recomputed old log-probs)."""
@@ -368,7 +369,7 @@ class Learner:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             grads, totals = self._accumulated(state, micro_batches, objective)
             count = totals["count"]
-            state, stats = self._apply(state, grads, jnp.float32(count))
+            state, stats = self._apply(state, grads, sharding.to_global(np.float32(count), self.replicated))
         tokens = max(totals["tokens"], 1.0)
         metrics = {
             "loss": totals["loss"] / max(count, 1e-9),

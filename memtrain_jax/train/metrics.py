@@ -2,7 +2,8 @@
 
 Only process 0 writes (every host computes the same global metrics). A resumed run appends to the
 same files; records of steps after the restored checkpoint (written by the attempt that did not
-finish them) are dropped first, so each step appears once.
+finish them) are dropped first, so each step appears once. The workdir may be a URL (gs://): files go
+through `etils.epath`, and since an object store cannot append, a record there rewrites its object.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -31,35 +33,39 @@ class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.active = jax.process_index() == 0
-        self.workdir = workdir
+        self.workdir = epath.Path(workdir)
+        self.appendable = "://" not in workdir  # local files append; objects are rewritten
         self.tb = None
         if not self.active:
             return
-        os.makedirs(workdir, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         for name in (METRICS_FILE, EVAL_FILE, SAMPLES_FILE):
-            self._truncate_after(os.path.join(workdir, name), resume_step)
+            self._truncate_after(self.workdir / name, resume_step)
         from tensorboardX import SummaryWriter
 
         purge = resume_step + 1 if resume_step else None  # events after the checkpoint are rewritten
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+        self.tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"), purge_step=purge)
 
     @staticmethod
-    def _truncate_after(path: str, step: int) -> None:
+    def _truncate_after(path: epath.Path, step: int) -> None:
         """Keeps the records of steps <= `step` (a run restarted from checkpoint `step` rewrites the later ones)."""
-        if not os.path.isfile(path):
+        if not path.exists():
             return
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
+        lines = [line + "\n" for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
         if len(kept) != len(lines):
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
+            tmp = path.parent / f"{path.name}.tmp"
+            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.rename(path)
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
-        with open(os.path.join(self.workdir, name), "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n")
+        line = json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n"
+        path = self.workdir / name
+        if self.appendable:
+            with path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        else:
+            path.write_text((path.read_text(encoding="utf-8") if path.exists() else "") + line, encoding="utf-8")
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "train") -> None:
         """One step's scalars: JSONL (train: metrics.jsonl, eval: eval.jsonl) and TensorBoard under `prefix/`."""
@@ -86,9 +92,8 @@ class MetricWriter:
 
 def read_metrics(workdir: str, name: str = METRICS_FILE) -> list[dict[str, Any]]:
     """The records of a metrics file, in step order."""
-    path = os.path.join(workdir, name)
-    if not os.path.isfile(path):
+    path = epath.Path(workdir) / name
+    if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return sorted(records, key=lambda r: r.get("step", 0))

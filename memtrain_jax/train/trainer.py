@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,7 +32,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
+from memtrain_jax import sharding
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit
 from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
@@ -129,12 +130,10 @@ class Trainer:
         self.loss_config = loss_config_from(config.rl)
         if int(config.rl.updates_per_batch) < 1:
             raise ValueError(f"rl.updates_per_batch must be >= 1, got {config.rl.updates_per_batch}.")
-        os.makedirs(workdir, exist_ok=True)
         self.setup = AgentSetup.build(config, log=log)
         check_workdir(workdir, run_identity(self.setup))
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-                f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+        if jax.process_index() == 0:  # local folder or gs:// alike
+            (epath.Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1, sort_keys=True))
         setup = self.setup
         if setup.task != "memtrain" and self.train_config.format_steps:
             raise ValueError(
@@ -212,7 +211,7 @@ class Trainer:
                 part,
             )
             if objective == "grpo" and bool(rl.recompute_old_logprobs):
-                micro = [mb.replace(old_logp=np.asarray(self.learner.score(state.params, mb))) for mb in micro]
+                micro = [mb.replace(old_logp=sharding.to_host(self.learner.score(state.params, mb))) for mb in micro]
             state, m = self.learner.update(state, micro, objective)
             metrics.append(m)
         merged = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
@@ -328,7 +327,8 @@ class Trainer:
                 self.log(f"[eval] step 0 (before training): {_format(summary['before'])}")
             progress = _progress(step, tc.steps)
             while step < tc.steps and not self._preempted:
-                batch = next(iterator)
+                # This host built its rows of the batch; every host continues with all of them.
+                batch = sharding.gather_host_rows(next(iterator))
                 start = time.perf_counter()
                 if step < tc.format_steps:
                     state, metrics = self.format_step(state, batch, step)
