@@ -84,6 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention = "auto"
     c.model.attention_block_q = 256
     c.model.attention_block_kv = 512
+    # Run choices ("" = the checkpoint's): compute dtype, parameter storage dtype, rematerialisation (none|full|dots).
+    c.model.dtype = ""
+    c.model.param_dtype = ""
+    c.model.remat = ""
+    c.model.scan_layers = False  # True: one scanned layer stack (fast TPU compiles; the checkpoint layout follows)
     c.chat_format = ""  # "" = the checkpoint's own ("chatml" for the tiny model's SentencePiece tokenizer)
 
     # What is trained: "memtrain" (this file), "long_qa" or "search_qa" (configs/task.py, downstream post-training).
@@ -142,6 +147,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampling.temperature = 1.0 if paper or tiny else 0.7
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0  # 0 = off
+    # The rollout micro-batch: a turn's call of more rows runs as several calls of at most this many (bounds
+    # the KV cache on the device; `memtrain plan` says when it is needed). 0 = every row in one call.
+    c.sampling.max_rows = 0
 
     c.rl = ml_collections.ConfigDict()
     c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)

@@ -51,21 +51,7 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] 
     the data-parallel gradient reduction crosses slices.
     """
     devices = list(devices if devices is not None else jax.devices())
-    shape = list(shape) if shape is not None else [-1, 1, 1]
-    if len(shape) != len(MESH_AXES):
-        raise ValueError(f"Mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries for axes {MESH_AXES}.")
-    if shape.count(-1) > 1:
-        raise ValueError(f"Mesh shape {tuple(shape)} may contain at most one -1.")
-    known = int(np.prod([s for s in shape if s != -1]))
-    if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"Cannot fill mesh shape {tuple(shape)} with {len(devices)} devices.")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(
-            f"Mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but {len(devices)} are available "
-            "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)."
-        )
+    shape = mesh_shape_for(shape, len(devices))
     slices = len({getattr(d, "slice_index", 0) for d in devices})
     if slices > 1:
         if shape[0] % slices:
@@ -80,6 +66,26 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] 
     else:
         device_array = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
     return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_shape_for(shape: Sequence[int] | None, num_devices: int) -> list[int]:
+    """`shape` (one -1 allowed, None = all on data) resolved for `num_devices`; a shape that does not fit is refused."""
+    shape = list(shape) if shape is not None else [-1, 1, 1]
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"Mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries for axes {MESH_AXES}.")
+    if shape.count(-1) > 1:
+        raise ValueError(f"Mesh shape {tuple(shape)} may contain at most one -1.")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"Cannot fill mesh shape {tuple(shape)} with {num_devices} devices.")
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        raise ValueError(
+            f"Mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but {num_devices} are available "
+            "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)."
+        )
+    return shape
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:

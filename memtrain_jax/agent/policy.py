@@ -41,6 +41,8 @@ class SamplerPolicy:
     """The real policy: a Sampler, the current parameters and the rollout's sampling settings.
 
     `params` is replaced after every optimiser step; the sampler's compiled programs are reused.
+    `max_rows` > 0 (the rollout micro-batch, `sampling.max_rows`): a call of more rows runs as consecutive
+    sampler calls of at most that many, which bounds the KV cache and the decode's memory on the device.
     """
 
     def __init__(
@@ -52,25 +54,35 @@ class SamplerPolicy:
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        max_rows: int = 0,
     ):
+        if max_rows < 0:
+            raise ValueError(f"sampling.max_rows must be >= 0 (0 = every row in one call), got {max_rows}.")
         self.sampler, self.params, self.stop_tokens = sampler, params, tuple(stop_tokens)
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.max_rows = int(max_rows)
         self.stats: dict[str, CallStats] = {}
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
     ) -> SampleOutput:
         start = time.perf_counter()
-        out = self.sampler(
-            self.params,
-            prompts,
-            max_new_tokens=list(max_new_tokens),
-            temperature=self.temperature,
-            top_k=self.top_k or None,
-            top_p=self.top_p if self.top_p < 1.0 else None,
-            stop_tokens=self.stop_tokens,
-            seed=seed,
-        )
+        size = self.max_rows or len(prompts)
+        parts = [
+            self.sampler(
+                self.params,
+                prompts[i : i + size],
+                max_new_tokens=list(max_new_tokens[i : i + size]),
+                temperature=self.temperature,
+                top_k=self.top_k or None,
+                top_p=self.top_p if self.top_p < 1.0 else None,
+                stop_tokens=self.stop_tokens,
+                # the first part keeps the call's seed; the others draw their own from it
+                seed=seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
+            )
+            for i in range(0, len(prompts), size)
+        ]
+        out = parts[0] if len(parts) == 1 else _concatenate(parts)
         stats = self.stats.setdefault(kind, CallStats())
         stats.calls += 1
         budgets = np.asarray(max_new_tokens)
@@ -84,3 +96,16 @@ class SamplerPolicy:
         """The stats since the last reset (and starts new ones)."""
         stats, self.stats = self.stats, {}
         return stats
+
+
+def _concatenate(parts: list[SampleOutput]) -> SampleOutput:
+    """The rows of several calls as one output, each part's arrays right-padded to the widest."""
+    width = max(p.tokens.shape[1] for p in parts)
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    return SampleOutput(
+        tokens=np.concatenate([pad(p.tokens) for p in parts]),
+        logprobs=np.concatenate([pad(p.logprobs) for p in parts]),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        stopped=np.concatenate([p.stopped for p in parts]),
+        steps=max(int(p.steps) for p in parts),
+    )

@@ -166,6 +166,7 @@ class AgentSetup:
             temperature=agent.temperature,
             top_p=agent.top_p,
             top_k=agent.top_k,
+            max_rows=int(config.sampling.get("max_rows", 0)),
         )
         extractor = None
         if agent.imr:

@@ -9,15 +9,45 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
+from memtrain_jax import sharding
 from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
 from memtrain_jax.checkpoint.hf import config_from_hf, load_hf_checkpoint
 from memtrain_jax.model import ModelConfig, init_params, param_shardings
+from memtrain_jax.model.transformer import stack_layers
 from memtrain_jax.tokenizer import Tokenizer, check_tokenizer_fits_model
 from memtrain_jax.tokenizer.chat import chat_format_from_template
 from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
 
 SOURCES = ("gguf", "hf", "init")
+# ModelConfig fields that are choices of a run, not of the checkpoint: `config.model.<field>`, when set, wins.
+RUN_CHOICES = ("attention", "attention_block_q", "attention_block_kv", "dtype", "param_dtype", "remat", "scan_layers")
+
+
+def with_run_choices(config: ModelConfig, model: ml_collections.ConfigDict) -> ModelConfig:
+    """`config` with the run's choices from the `model` config section (attention kernel, compute and storage
+    dtypes, rematerialisation, scanned layers); unset ("" / 0 / False) fields keep the checkpoint's."""
+    overrides = {k: model[k] for k in RUN_CHOICES if model.get(k)}
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def model_config_of(model: ml_collections.ConfigDict) -> ModelConfig:
+    """The policy's model config without loading weights (`memtrain plan`): the preset (`model.preset`) or
+    the HuggingFace folder's config.json, with the run's choices."""
+    if model.get("preset"):
+        from memtrain_jax.config import load_config
+
+        config = ModelConfig.from_dict(load_config(f"models.py:{model.preset}").to_dict())
+    elif model.source == "hf" and model.path and os.path.isfile(os.path.join(model.path, "config.json")):
+        with open(os.path.join(model.path, "config.json"), encoding="utf-8") as f:
+            config = config_from_hf(json.load(f), source=model.path)
+    else:
+        raise ValueError(
+            "The model's shapes are unknown without loading it: set config.model.preset to a configs/models.py "
+            "preset (e.g. qwen3-4b) or config.model.path to a HuggingFace folder with a config.json."
+        )
+    return with_run_choices(config, model)
 
 
 @dataclasses.dataclass
@@ -52,9 +82,12 @@ def load_policy(
     if model.source == "gguf":
         path = model.path or default_gguf_path()
         config, params, tok, chat_name = import_gguf_cached(path, model.cache_dir)
-        from memtrain_jax import sharding
-
-        params = sharding.shard_tree(params, param_shardings(config, mesh, rules))
+        chosen = with_run_choices(config, model)
+        if chosen.scan_layers and not config.scan_layers:
+            params = stack_layers(params, config)
+        # On the host (GGUF models are small), then each process places its own shards.
+        params = jax.tree.map(lambda x: np.asarray(x).astype(chosen.weight_dtype), params)
+        params = sharding.to_global(params, param_shardings(chosen, mesh, rules))
         policy = LoadedPolicy(config, params, tok, chat_name, f"GGUF {os.path.basename(path)}")
     elif model.source == "hf":
         if not model.path:
@@ -63,9 +96,13 @@ def load_policy(
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"{config_file} does not exist: config.model.path must be a HuggingFace folder.")
         with open(config_file, encoding="utf-8") as f:
-            config = config_from_hf(json.load(f), source=config_file)
-        # Each tensor is placed on the mesh as it is read: the whole model never sits in host memory.
-        config, params = load_hf_checkpoint(model.path, shardings=param_shardings(config, mesh, rules))
+            chosen = with_run_choices(config_from_hf(json.load(f), source=config_file), model)
+        # Each tensor is placed on the mesh as it is read, in the run's layout and storage dtype: the whole
+        # model never sits in host memory.
+        layout = {k: getattr(chosen, k) for k in ("dtype", "remat", "scan_layers")}
+        config, params = load_hf_checkpoint(
+            model.path, chosen.param_dtype, shardings=param_shardings(chosen, mesh, rules), overrides=layout
+        )
         tok = HFTokenizer.from_directory(model.path)
         template = None
         tokenizer_config = os.path.join(model.path, "tokenizer_config.json")
@@ -82,12 +119,11 @@ def load_policy(
 
         values = load_config(f"models.py:{model.preset}").to_dict()
         values["vocab_size"] = tokenizer.vocab_size
-        config = ModelConfig.from_dict(values)
+        config = with_run_choices(ModelConfig.from_dict(values), model)
         params = init_params(config, jax.random.key(seed), param_shardings(config, mesh, rules))
         policy = LoadedPolicy(config, params, tokenizer, "chatml", f"random {model.preset} (seed {seed})")
-    # The attention kernel is a choice of the run, not of the checkpoint (memtrain_jax/model/attention.py).
-    overrides = {k: model[k] for k in ("attention", "attention_block_q", "attention_block_kv") if model.get(k)}
-    if overrides:
-        policy.model_config = dataclasses.replace(policy.model_config, **overrides)
+    # The attention kernel, dtypes, remat and scanned layers are choices of the run, not of the checkpoint
+    # (the parameters were loaded in the chosen layout and storage dtype above).
+    policy.model_config = with_run_choices(policy.model_config, model)
     check_tokenizer_fits_model(policy.tokenizer, policy.model_config)
     return policy

@@ -437,6 +437,65 @@ class Sampler:
         self._executables: dict[tuple, Any] = {}
         self._prompt_lengths: set[int] = set()
 
+    def _prefill_fn(self, params, prompt, prompt_mask):
+        """The prefill program's body: (params, prompt [U, P], prompt_mask [U, P]) -> (logits, prefix cache)."""
+        return prefill_prompts(self.config, params, prompt, prompt_mask)
+
+    def _decode_fn(self, num_steps: int, top_k: int | None, use_top_p: bool):
+        """The decode program's body for static settings (see `_decode_shardings` for its arguments)."""
+
+        def run_decode(*args):
+            return sample_from_prefix(
+                self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
+            )
+
+        return run_decode
+
+    def lower_programs(
+        self, rows: int, distinct: int, prompt_length: int, num_steps: int, stop_width: int | None = None,
+        top_k: int | None = None, use_top_p: bool = False,
+    ) -> dict[str, jax.stages.Lowered]:  # fmt: skip
+        """The prefill and decode programs this sampler runs for a call of `rows` rows, `distinct` distinct
+        prompts of `prompt_length` bucketed tokens and `num_steps` decode steps, lowered ahead of time
+        on abstract arguments (no device memory; `memtrain plan` compiles them for a TPU topology).
+        `distinct` and `rows` must be multiples of the batch shards."""
+        for name, n in (("rows", rows), ("distinct", distinct)):
+            if n % self.batch_multiple:
+                raise ValueError(f"{name}={n} must be a multiple of the batch shards ({self.batch_multiple}).")
+        e = stop_width or self.buckets.min_stop_tokens
+        slots = prompt_length + num_steps
+        spec = lambda shape, dtype, sh: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+        params = jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), param_shapes(self.config), self.param_shardings)
+        (_, prompt_sh, mask_sh), (logits_sh, cache_sh) = self._prefill_shardings
+        prompt = spec((distinct, prompt_length), np.int32, prompt_sh)
+        mask = spec((distinct, prompt_length), np.bool_, mask_sh)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            prefill = jax.jit(
+                self._prefill_fn, in_shardings=self._prefill_shardings[0], out_shardings=self._prefill_shardings[1]
+            ).lower(params, prompt, mask)
+            logits, prefix = jax.eval_shape(self._prefill_fn, params, prompt, mask)
+            cache = jax.eval_shape(lambda: init_cache(self.config, rows, slots, self.cache_dtype))
+            ins = self._decode_shardings[0]
+            args = (
+                params,
+                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), prefix, ins[1]),
+                spec(logits.shape, logits.dtype, ins[2]),
+                spec((rows,), np.int32, ins[3]),
+                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), cache, ins[4]),
+                jax.eval_shape(lambda: jax.random.key(0)),
+                spec((rows,), np.int32, ins[6]),
+                spec((rows, e), np.int32, ins[7]),
+                spec((), np.float32, ins[8]),
+                spec((), np.float32, ins[9]),
+            )
+            decode = jax.jit(
+                self._decode_fn(num_steps, top_k, use_top_p),
+                in_shardings=ins,
+                out_shardings=self._decode_shardings[1],
+                donate_argnums=(4,),
+            ).lower(*args)
+        return {"prefill": prefill, "decode": decode}
+
     def _compiled(self, key: tuple, name: str, fn, shardings, donate: tuple[int, ...], *args):
         """The AOT-compiled program for `key` (static settings and shapes), compiled on first use."""
         if key not in self._executables:
@@ -588,14 +647,11 @@ class Sampler:
         rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
         params = self.place_params(params)
 
-        def run_prefill(params, prompt, prompt_mask):
-            return prefill_prompts(self.config, params, prompt, prompt_mask)
-
         # Host batches -> global arrays: each process places the shards its devices hold.
         host = (batch["prompt"], batch["prompt_mask"])
         prompt, prompt_mask = sharding.to_global(host, self._prefill_shardings[0][1:])
         prefill_program = self._compiled(
-            ("prefill", u, p), f"prefill U={u} P={p}", run_prefill, self._prefill_shardings, (),
+            ("prefill", u, p), f"prefill U={u} P={p}", self._prefill_fn, self._prefill_shardings, (),
             params, prompt, prompt_mask,
         )  # fmt: skip
         start = time.perf_counter()
@@ -606,11 +662,6 @@ class Sampler:
             self.last_timings = {"prefill_s": time.perf_counter() - start}
         cache = self.new_cache(b, slots)
 
-        def run_decode(*args):
-            return sample_from_prefix(
-                self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
-            )
-
         args = (
             params, prefix, prefix_logits, batch["rows"], cache, rng, batch["max_new"], batch["stop_tokens"],
             np.float32(temperature), np.float32(1.0 if top_p is None else top_p),
@@ -619,7 +670,7 @@ class Sampler:
         decode_program = self._compiled(
             ("decode", b, u, p, slots, e, num_steps, top_k, use_top_p),
             f"decode B={b} U={u} P={p} S={slots} N={num_steps}",
-            run_decode, self._decode_shardings, (4,), *args,
+            self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (4,), *args,
         )  # fmt: skip
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):

@@ -12,6 +12,9 @@ Commands:
                    the config's, or a run's latest checkpoint with --config.init_from=RUN; writes DIR/results.json
   eval-search      search QA (MEM1's loop, two questions an episode) over the pool: --limit N
   compare          the paper's Table 1: the base model and each --arms name=RUN on the same long-text QA set
+  plan             --topology v5p-64: compiles the config's train step and rollout programs for that TPU slice on
+                   this machine (libtpu, no TPU) and prints per-chip memory, FLOPs and whether it fits;
+                   --estimate_only: the closed-form estimate alone (no libtpu)
 
 With no arguments, `memtrain` trains configs/memtrain.py:cpu: the real SmolLM2-135M-Instruct on the
 shipped Wikipedia pool, on this CPU, in a few minutes.
@@ -30,7 +33,7 @@ from ml_collections import config_flags
 
 from memtrain_jax.config import CONFIGS_DIR
 
-COMMANDS = ("train", "eval", "export", "plot", "chat", "eval-qa", "eval-search", "compare")
+COMMANDS = ("train", "eval", "export", "plot", "chat", "eval-qa", "eval-search", "compare", "plan")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(CONFIGS_DIR, "memtrain.py:cpu"), "Training config (path.py[:variant]).", lock_config=True
@@ -48,6 +51,10 @@ _LIMIT = flags.DEFINE_integer("limit", None, "eval-qa/eval-search/compare: the f
 _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
 _ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "plan: the TPU slice, e.g. v4-8, v5e-16, v5p-64, v6e-8 (default: the config's `topology`)."
+)
+_ESTIMATE_ONLY = flags.DEFINE_bool("estimate_only", False, "plan: the closed-form estimate only (no compiler).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -198,6 +205,26 @@ def chat(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def plan(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax import plan as planning
+
+    name = _TOPOLOGY.value or config.get("topology")
+    if not name:
+        raise app.UsageError("plan needs --topology, a TPU slice such as v4-8, v5e-16, v5p-64 or v6e-8.")
+    try:
+        tpu = planning.parse_slice(name)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    start = time.perf_counter()
+    if _ESTIMATE_ONLY.value:
+        result = planning.estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes)
+    else:
+        devices = planning.topology_devices(tpu)
+        result = planning.make_plan(config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes)
+    print(planning.format_plan(result, config))
+    print(f"({time.perf_counter() - start:.0f}s)")
+
+
 def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     from memtrain_jax.tools import downstream
 
@@ -243,7 +270,8 @@ def main(argv: list[str]) -> None:
     if command in ("eval-qa", "eval-search", "compare"):
         _downstream(command, _CONFIG.value)
         return
-    {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat}[command](_CONFIG.value)
+    commands = {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat, "plan": plan}
+    commands[command](_CONFIG.value)
 
 
 def run() -> None:

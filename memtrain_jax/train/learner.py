@@ -301,6 +301,38 @@ class Learner:
 
     # --- host API -------------------------------------------------------------------------------
 
+    def lower_programs(self, rows: int, length: int, window: int, objective: str = "grpo") -> dict[str, Any]:
+        """The update's programs for micro-batches of `rows` sequences of `length` tokens scoring `window`
+        response positions, lowered ahead of time on abstract arguments (`memtrain plan` compiles them for a
+        TPU topology): accumulate (forward + backward of one micro-batch), apply (the AdamW step) and, with
+        KL on, score (the reference log-probs)."""
+        from memtrain_jax.model import param_shapes
+
+        spec = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
+        params = jax.tree.map(spec, param_shapes(self.model_config), self.param_shardings)
+        grads = jax.tree.map(spec, select(params, self.mask), self.grad_shardings)
+        state = jax.tree.map(spec, jax.eval_shape(self._abstract_state, params), self.state_shardings)
+        host = lambda shape, dtype: np.zeros(shape, dtype)
+        example = MicroBatch(
+            host((rows, length), np.int32), host((rows, length), bool), host((rows,), np.int32),
+            host((rows, window), np.float32), host((rows, window), np.float32), host((rows, window), np.float32),
+            host((rows,), np.float32), host((rows,), np.float32), host((rows,), np.float32),
+        )  # fmt: skip
+        batch = jax.tree.map(spec, example, self.batch_shardings)
+        count = jax.ShapeDtypeStruct((), np.float32, sharding=self.replicated)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            programs = {
+                "accumulate": self._accumulate[objective].lower(params, grads, batch),
+                "apply": self._apply.lower(state, grads, count),
+            }
+            if self.use_ref:
+                programs["score"] = self._score.lower(params, batch)
+        return programs
+
+    def _abstract_state(self, params: Any) -> TrainState:
+        opt_state = self.optimizer.init(select(params, self.mask))
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, params if self.use_ref else None)
+
     def init_state(self, params: Any, *, with_ref: bool | None = None) -> TrainState:
         """A fresh state: step 0, AdamW state created sharded, the reference a copy of `params` when KL is on."""
         with_ref = self.use_ref if with_ref is None else with_ref

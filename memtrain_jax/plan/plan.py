@@ -1,0 +1,349 @@
+"""`memtrain plan`: compile a run's real programs for a TPU slice, ahead of time, on this machine.
+
+The train step (accumulate, apply, and the reference scoring when KL is on) and the rollout's prefill
+and decode at each turn's shapes are built exactly as a run builds them (Learner, Sampler), lowered on
+abstract arguments laid out over a mesh of the slice's devices, and compiled by the TPU compiler
+(libtpu; no TPU needed). Per chip, the compiler reports each program's arguments, outputs, aliased
+(donated) bytes and temporaries, and its FLOPs. A program's peak adds what stays resident on the chip
+without being its argument (the optimizer state and the KL reference through a rollout, say):
+
+    peak = resident not passed + arguments + outputs - aliased + temporaries
+
+and the plan fits when the largest peak is at most `HEADROOM` of the chip's HBM.
+
+Shapes come from the config alone (no tokenizer or data): each prompt is its turn's budget (chunk,
+memory, replies) plus `PROMPT_OVERHEAD` tokens for the template, problem and chat markup, rounded into
+the sampler's buckets; a turn's rows are episodes x G1 (memory, answer) or x G1 x G2 (recall), at most
+`sampling.max_rows` a call; the train step's micro-batch is `train.micro_batch_size` sequences of the
+longest turn rounded up to `train.length_block`.
+
+Attention: a run's "auto" picks the splash kernel on TPU at run time; the plan compiles the kernel
+the config resolves to on this host (blocked, a flash-style kernel of the same memory order; set
+model.attention=blocked to match a run exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from memtrain_jax import sharding
+from memtrain_jax.agent.config import AgentConfig
+from memtrain_jax.checkpoint.policy import model_config_of
+from memtrain_jax.model import ModelConfig, param_shapes
+from memtrain_jax.plan.estimate import MemoryEstimate, estimate
+from memtrain_jax.plan.topology import GiB, TpuSlice
+from memtrain_jax.sampler import Buckets, Sampler
+from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from, select
+
+PROMPT_OVERHEAD = 256  # tokens of template, problem and chat markup assumed in every prompt
+HEADROOM = 0.94  # of HBM usable by the programs (the runtime and fragmentation take the rest)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutCall:
+    """One rollout turn's sampler call, bucketed: rows [B], distinct prompts [U] of `prompt` tokens, `new` steps."""
+
+    kind: str
+    rows: int
+    distinct: int
+    prompt: int
+    new: int
+
+    @property
+    def slots(self) -> int:
+        return self.prompt + self.new
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShapes:
+    calls: tuple[RolloutCall, ...]
+    train_rows: int
+    train_length: int
+    window: int
+
+
+def run_shapes(config: ml_collections.ConfigDict, batch_multiple: int, buckets: Buckets | None = None) -> RunShapes:
+    """The shapes a run of `config` compiles (see the module docstring)."""
+    bk = buckets or Buckets()
+    agent = AgentConfig.from_config(config)
+    episodes = int(config.data.loader.batch_size)
+    lengths = agent.prompt_lengths(dict.fromkeys(("memory", "final", "recall"), PROMPT_OVERHEAD), 0, 0)
+    turns = [
+        ("memory", episodes * agent.group_size, episodes * agent.group_size, lengths["memory"], agent.memory_tokens),
+        ("answer", episodes * agent.group_size, episodes * agent.group_size, lengths["final"], agent.answer_tokens),
+    ]
+    if agent.imr:
+        rows = episodes * agent.group_size * agent.recall_group_size
+        turns.append(("recall", rows, episodes * agent.group_size, lengths["recall"], agent.recall_tokens))
+    max_rows = int(config.sampling.get("max_rows", 0))
+    calls = []
+    for kind, rows, distinct, total, new in turns:
+        rows = min(rows, max_rows) if max_rows else rows
+        distinct = min(distinct, rows)
+        calls.append(
+            RolloutCall(
+                kind,
+                bk.round_up(rows, bk.min_batch, batch_multiple),
+                bk.round_up(distinct, bk.min_batch, batch_multiple),
+                bk.round_length(total - new, bk.min_prompt_length),
+                bk.round_up(new, bk.min_new_tokens),
+            )
+        )
+    block = int(config.train.length_block)
+    replies = max(agent.memory_tokens, agent.answer_tokens, agent.recall_tokens if agent.imr else 0)
+    longest = max(v for k, v in lengths.items() if agent.imr or k != "recall")
+    return RunShapes(
+        tuple(calls), int(config.train.micro_batch_size), -(-longest // block) * block, -(-replies // 8) * 8
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramStats:
+    """One compiled program, per chip: the compiler's bytes and FLOPs, and the peak with what stays resident."""
+
+    name: str
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    resident_outside: int
+    flops: float
+    error: str = ""  # the compiler refused the program (e.g. its temporaries exceed HBM)
+
+    @property
+    def peak(self) -> float:
+        if self.error:
+            return float("inf")
+        return self.resident_outside + self.arguments + self.outputs - self.aliased + self.temporaries
+
+
+def program_stats(name: str, compiled: Any, resident_outside: int) -> ProgramStats:
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return ProgramStats(
+        name,
+        int(memory.argument_size_in_bytes),
+        int(memory.output_size_in_bytes),
+        int(memory.alias_size_in_bytes),
+        int(memory.temp_size_in_bytes),
+        resident_outside,
+        float((cost or {}).get("flops", float("nan"))),
+    )
+
+
+def chip_bytes(tree: Any) -> int:
+    """Bytes of device 0's shard of every leaf (ShapeDtypeStructs or arrays with shardings)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+@dataclasses.dataclass
+class Plan:
+    """What `memtrain plan` prints: the slice, mesh, shapes, layout bytes, estimate and compiled programs."""
+
+    target: str
+    hbm_bytes: int
+    mesh: dict[str, int]
+    model: ModelConfig
+    shapes: RunShapes
+    layout: dict[str, int]  # per-chip bytes of the state as laid out: parameters, optimizer, reference, gradients
+    estimate: MemoryEstimate
+    programs: list[ProgramStats]
+    compiler: str
+
+    @property
+    def peak(self) -> ProgramStats | None:
+        return max(self.programs, key=lambda p: p.peak) if self.programs else None
+
+    @property
+    def peak_bytes(self) -> int:
+        if self.programs:
+            return self.peak.peak
+        return max(self.estimate.train_peak, self.estimate.rollout_peak)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= HEADROOM * self.hbm_bytes
+
+    def suggestions(self, config: ml_collections.ConfigDict) -> list[str]:
+        """What to change when the plan does not fit, from the part that dominates the peak."""
+        if self.fits:
+            return []
+        out = []
+        est, mesh = self.estimate, self.mesh
+        peak = self.peak
+        rollout = peak is not None and peak.name.split()[0] in ("prefill", "decode")
+        if est.resident > 0.5 * self.hbm_bytes and mesh["data"] > 1:
+            out.append(
+                f"more FSDP: mesh_shape ({mesh['data'] // 2}, {mesh['fsdp'] * 2}, {mesh['tensor']}) splits the "
+                "parameters and optimizer state over twice the chips"
+            )
+        if rollout:
+            rows = max(c.rows for c in self.shapes.calls)
+            out.append(
+                f"a smaller rollout micro-batch: sampling.max_rows={max(rows // 2, 1)} (now {rows} rows a call) "
+                "halves the KV cache"
+            )
+        else:
+            if self.model.remat == "none":
+                out.append("rematerialisation: model.remat=full keeps only each layer's input for the backward pass")
+            if self.shapes.train_rows > 1:
+                out.append(f"a smaller train.micro_batch_size (now {self.shapes.train_rows})")
+        if self.model.param_dtype == "float32" and config.get("model"):
+            out.append("model.param_dtype=bfloat16 halves parameters, optimizer state and reference")
+        out.append("or a larger slice")
+        return out
+
+
+def _mesh_dict(mesh: jax.sharding.Mesh) -> dict[str, int]:
+    return {name: int(size) for name, size in mesh.shape.items()}
+
+
+def estimate_plan(config: ml_collections.ConfigDict, chips: int, *, target: str, hbm_bytes: int) -> Plan:
+    """The plan from the closed-form estimate alone (no compiler, no devices): `memtrain plan --estimate_only`."""
+    model = model_config_of(config.model)
+    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape_for(tuple(config.mesh_shape), chips), strict=True))
+    rules = sharding.rules_from_config(config.axis_rules)
+    batch_axes = dict(rules)["batch"]
+    batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,) if batch_axes else ()
+    shapes = run_shapes(config, math.prod(mesh[a] for a in batch_axes))
+    layers = int(config.train.trainable_layers)
+    est = _estimate(model, mesh, config, shapes, 1.0 if layers == 0 else min(layers / model.num_layers, 1.0))
+    return Plan(target, hbm_bytes, mesh, model, shapes, {}, est, [], "none (estimate only)")
+
+
+def _estimate(model, mesh, config, shapes: RunShapes, trainable: float) -> MemoryEstimate:
+    biggest = max(shapes.calls, key=lambda c: c.rows * c.slots)
+    return estimate(
+        model, mesh, trainable_fraction=trainable, with_reference=float(config.rl.kl_coef) > 0,
+        rollout_rows=biggest.rows, rollout_slots=biggest.slots, train_rows=shapes.train_rows,
+        train_length=shapes.train_length, logprob_chunk=int(config.train.logprob_chunk),
+    )  # fmt: skip
+
+
+def make_plan(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[Any],
+    *,
+    target: str,
+    hbm_bytes: int,
+    log=print,
+) -> Plan:
+    """Builds the run's Learner and Sampler over `devices` (a TPU slice's, or this host's), lowers their
+    programs at the run's shapes and compiles them for those devices."""
+    model = model_config_of(config.model)
+    mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=list(devices))
+    rules = sharding.rules_from_config(config.axis_rules)
+    optim = OptimConfig.from_config(config.optim)
+    loss = loss_config_from(config.rl)
+    learner = Learner(
+        model, mesh, rules, optim, loss,
+        chunk_size=int(config.train.logprob_chunk), trainable_layers=int(config.train.trainable_layers),
+    )  # fmt: skip
+    sampler = Sampler(model, mesh, rules)
+    shapes = run_shapes(config, sampler.batch_multiple)
+    if shapes.train_rows % learner.batch_multiple:
+        raise ValueError(
+            f"train.micro_batch_size={shapes.train_rows} must be a multiple of the batch shards "
+            f"({learner.batch_multiple}) of mesh {_mesh_dict(mesh)}."
+        )
+    abstract = lambda tree, shardings: jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+    params = abstract(param_shapes(model), learner.param_shardings)
+    state = abstract(jax.eval_shape(learner._abstract_state, params), learner.state_shardings)
+    layout = {
+        "parameters": chip_bytes(state.params),
+        "optimizer": chip_bytes(state.opt_state),
+        "reference": chip_bytes(state.ref_params) if state.ref_params is not None else 0,
+        "gradients": chip_bytes(abstract(select(params, learner.mask), learner.grad_shardings)),
+    }
+    est = _estimate(model, _mesh_dict(mesh), config, shapes, layout["gradients"] / max(layout["parameters"], 1))
+    opt, ref, grads = layout["optimizer"], layout["reference"], layout["gradients"]
+    jobs, seen = [], set()
+    for call in shapes.calls:
+        if (key := (call.rows, call.distinct, call.prompt, call.new)) in seen:
+            continue
+        seen.add(key)
+        lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)
+        label = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
+        # through a rollout the optimizer state and the KL reference stay on the chip
+        jobs.append((f"prefill {label}", lowered["prefill"], opt + ref))
+        jobs.append((f"decode {label}", lowered["decode"], opt + ref))
+    lowered = learner.lower_programs(shapes.train_rows, shapes.train_length, shapes.window)
+    label = f"M={shapes.train_rows} L={shapes.train_length} W={shapes.window}"
+    jobs.append((f"accumulate {label}", lowered["accumulate"], opt + ref))
+    jobs.append(("apply", lowered["apply"], 0))  # its arguments are the whole state and the gradients
+    if "score" in lowered:
+        jobs.append((f"score {label}", lowered["score"], layout["parameters"] + opt + grads))
+    programs = []
+    for name, program, outside in jobs:
+        log(f"[plan] compiling {name} ...")
+        try:
+            programs.append(program_stats(name, program.compile(), outside))
+        except jax.errors.JaxRuntimeError as e:  # the compiler's own verdict: it cannot fit the program
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            programs.append(ProgramStats(name, 0, 0, 0, 0, outside, float("nan"), str(e).splitlines()[0][:200]))
+    compiler = f"{devices[0].platform} ({devices[0].device_kind})"
+    return Plan(target, hbm_bytes, _mesh_dict(mesh), model, shapes, layout, est, programs, compiler)
+
+
+def format_plan(plan: Plan, config: ml_collections.ConfigDict, tpu: TpuSlice | None = None) -> str:
+    """The plan as the command prints it."""
+    g = lambda b: f"{b / GiB:8.2f}"
+    mesh = " x ".join(f"{k} {v}" for k, v in plan.mesh.items())
+    lines = [
+        f"plan: {plan.model.family} {plan.model.num_params() / 1e9:.2f}B parameters ({plan.model.param_dtype} "
+        f"storage, {plan.model.dtype} compute, remat {plan.model.remat}) on {plan.target}: mesh {mesh}; "
+        f"{plan.hbm_bytes / GiB:.1f} GiB HBM a chip; compiler: {plan.compiler}",
+        "shapes: "
+        + "; ".join(f"{c.kind} B={c.rows} U={c.distinct} P={c.prompt} N={c.new}" for c in plan.shapes.calls)
+        + f"; train M={plan.shapes.train_rows} L={plan.shapes.train_length} W={plan.shapes.window}",
+        "",
+        "per chip (GiB)        laid out   estimate",
+    ]
+    est = plan.estimate
+    for label, key, value in [
+        ("parameters", "parameters", est.parameters),
+        ("optimizer state", "optimizer", est.optimizer),
+        ("KL reference", "reference", est.reference),
+        ("gradients", "gradients", est.gradients),
+    ]:
+        laid_out = g(plan.layout[key]) if plan.layout else f"{'-':>8s}"
+        lines.append(f"{label:20s} {laid_out}   {g(value)}")
+    lines.append(f"{'KV cache (largest)':20s} {'':8s}   {g(est.kv_cache)}")
+    lines.append(f"{'train activations':20s} {'':8s}   {g(est.activations + est.logits)}")
+    if plan.programs:
+        lines += ["", f"{'program (compiled, per chip, GiB; decode TFLOP: one step)':58s} {'args':>8s} "
+                  f"{'outputs':>8s} {'aliased':>8s} {'temps':>8s} {'peak':>8s} {'TFLOP':>8s}"]  # fmt: skip
+        for p in plan.programs:
+            if p.error:
+                lines.append(f"{p.name[:58]:58s} refused by the compiler: {p.error}")
+                continue
+            lines.append(
+                f"{p.name[:58]:58s} {g(p.arguments)} {g(p.outputs)} {g(p.aliased)} {g(p.temporaries)} {g(p.peak)} "
+                f"{p.flops / 1e12:8.3f}"
+            )
+    peak = plan.peak_bytes
+    source = f"compiled, {plan.peak.name.split()[0]}" if plan.programs else "estimated"
+    verdict = "fits" if plan.fits else "DOES NOT FIT"
+    if math.isfinite(peak):
+        amount = f"{peak / GiB:.2f} GiB of {plan.hbm_bytes / GiB:.1f} GiB ({100 * peak / plan.hbm_bytes:.0f}%"
+    else:
+        amount = f"more than {plan.hbm_bytes / GiB:.1f} GiB ({plan.peak.name.split()[0]} refused by the compiler"
+    lines += ["", f"peak ({source}): {amount}, usable {100 * HEADROOM:.0f}%): {verdict}"]
+    for s in plan.suggestions(config):
+        lines.append(f"  suggestion: {s}")
+    return "\n".join(lines)

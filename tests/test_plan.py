@@ -1,0 +1,170 @@
+"""Pod plans: slice names, the closed-form estimate against arrays really laid out on the fake 8-device mesh,
+the compiled plan's bytes against the layout, and (with libtpu) plans compiled for real TPU slices."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from memtrain_jax import sharding
+from memtrain_jax.config import load_config
+from memtrain_jax.model import ModelConfig, init_params, param_shardings
+from memtrain_jax.plan import estimate, estimate_plan, format_plan, make_plan, parse_slice, run_shapes
+from memtrain_jax.plan.plan import chip_bytes
+from memtrain_jax.plan.topology import GiB
+from memtrain_jax.sampler import Sampler
+from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def test_slice_names():
+    cases = {
+        "v4-8": (4, "v4:2x2x1", 32),
+        "v5e-16": (16, "v5e:4x4", 16),
+        "v5litepod-16": (16, "v5e:4x4", 16),
+        "v5p-64": (32, "v5p:2x4x4", 95),
+        "v6e-8": (8, "v6e:2x4", 32),
+    }
+    for name, (chips, topology, hbm) in cases.items():
+        tpu = parse_slice(name)
+        assert (tpu.chips, tpu.topology, tpu.hbm_bytes) == (chips, topology, hbm * GiB), name
+    with pytest.raises(ValueError, match=r"No v5p slice 'v5p-6'; known: v5p-8, v5p-16"):
+        parse_slice("v5p-6")
+    with pytest.raises(ValueError, match=r"Unknown TPU slice 'tpu-8'.*v4-8, v5e-16"):
+        parse_slice("tpu-8")
+
+
+def _model(**kw) -> ModelConfig:
+    values = load_config("models.py:tiny").to_dict()
+    values.update(kw)
+    return ModelConfig.from_dict(values)
+
+
+def _device0_bytes(tree) -> int:
+    """Bytes device 0 really holds of every array leaf (one shard each)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        (shard,) = [s for s in leaf.addressable_shards if s.device == jax.devices()[0]]
+        total += shard.data.nbytes
+    return total
+
+
+MODELS = {
+    "llama": {},
+    "qwen2 (qkv bias)": {"qkv_bias": True, "tie_embeddings": True},
+    "qwen3 (qk norm), 3 kv heads": {"qk_norm": True, "num_kv_heads": 1, "num_heads": 3, "vocab_size": 500},
+}
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 2, 4), (8, 1, 1)])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_estimate_equals_the_arrays_on_the_mesh(name, mesh_shape):
+    """Parameters, AdamW state, KL reference and KV cache: the formulas give exactly what device 0 holds
+    (including dimensions an axis does not divide: 1 or 3 kv heads, 500 vocabulary entries over 4)."""
+    config = _model(**MODELS[name])
+    mesh = sharding.make_mesh(mesh_shape)
+    shardings = param_shardings(config, mesh)
+    params = init_params(config, jax.random.key(0), shardings)
+    learner = Learner(
+        config, mesh, sharding.DEFAULT_RULES, OptimConfig(), loss_config_from(load_config("memtrain.py:tiny").rl)
+    )
+    state = learner.init_state(params)
+    sampler = Sampler(config, mesh)
+    rows, slots = 16, 96
+    cache = sampler.new_cache(rows, slots)
+    got = estimate(
+        config, dict(mesh.shape), with_reference=True, rollout_rows=rows, rollout_slots=slots,
+        train_rows=8, train_length=64, logprob_chunk=32,
+    )  # fmt: skip
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]  # AdamW's mu and nu (not its counts)
+    assert got.parameters == _device0_bytes(state.params) == chip_bytes(state.params)
+    assert got.optimizer == _device0_bytes(moments)
+    assert got.reference == _device0_bytes(state.ref_params)
+    assert got.kv_cache == _device0_bytes([cache["k"], cache["v"]])
+    assert got.gradients == got.parameters
+
+
+def test_estimate_counts_trainable_layers_and_dtypes():
+    config = _model(param_dtype="bfloat16", dtype="bfloat16")
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    full = estimate(config, mesh, rollout_rows=4, rollout_slots=64, train_rows=4, train_length=64, logprob_chunk=32)
+    assert full.parameters == config.num_params() * 2  # bfloat16 storage, nothing split
+    half = estimate(
+        config, mesh, trainable_fraction=0.5, with_reference=False, rollout_rows=4, rollout_slots=64,
+        train_rows=4, train_length=64, logprob_chunk=32,
+    )  # fmt: skip
+    assert (half.optimizer, half.gradients, half.reference) == (full.parameters, full.parameters // 2, 0)
+    kv = 2 * config.num_layers * 4 * config.num_kv_heads * 64 * config.head_dim * 2
+    assert full.kv_cache == kv
+    remat = estimate(
+        dataclasses.replace(config, remat="full"), mesh, rollout_rows=4, rollout_slots=64, train_rows=4,
+        train_length=64, logprob_chunk=32,
+    )  # fmt: skip
+    assert remat.activations < full.activations
+
+
+def _tiny_plan_config():
+    config = load_config("memtrain.py:tiny")
+    config.mesh_shape = (2, 2, 2)
+    config.train.micro_batch_size = 8
+    return config
+
+
+def test_run_shapes_follow_the_config():
+    config = _tiny_plan_config()
+    agent = config.agent
+    shapes = run_shapes(config, 4)
+    calls = {c.kind: c for c in shapes.calls}
+    episodes = config.data.loader.batch_size
+    assert calls["memory"].rows >= episodes * agent.group_size and calls["memory"].rows % 4 == 0
+    assert calls["recall"].rows >= episodes * agent.group_size * agent.recall_group_size
+    assert calls["memory"].new >= agent.memory_tokens
+    assert calls["memory"].prompt >= config.data.chunking.chunk_size + agent.memory_tokens
+    assert shapes.train_length % config.train.length_block == 0
+    config.sampling.max_rows = 4
+    assert max(c.rows for c in run_shapes(config, 4).calls) == 4  # the rollout micro-batch bounds every call
+
+
+def test_plan_on_this_hosts_devices_matches_the_layout():
+    """The compiled programs' arguments are the state as laid out: `apply` takes the whole train state and the
+    gradients (device 0's bytes of each), the decode takes the parameters and a cache of the estimated size."""
+    config = _tiny_plan_config()
+    plan = make_plan(config, jax.devices(), target="cpu x8", hbm_bytes=16 * GiB, log=lambda _: None)
+    layout, est = plan.layout, plan.estimate
+    assert (layout["parameters"], layout["reference"], layout["gradients"]) == (
+        est.parameters, est.reference, est.gradients,
+    )  # fmt: skip
+    programs = {p.name.split()[0]: p for p in plan.programs}
+    assert set(programs) == {"prefill", "decode", "accumulate", "apply", "score"}
+    apply = programs["apply"]
+    scalars = 4 + 4  # the step counter and the loss count
+    opt_counts = layout["optimizer"] - est.optimizer  # AdamW's step counts beside its moments
+    assert apply.arguments == sum(layout.values()) + scalars and opt_counts >= 0
+    decode = max((p for p in plan.programs if p.name.startswith("decode")), key=lambda p: p.arguments)
+    assert decode.arguments >= est.parameters + est.kv_cache
+    assert decode.aliased > 0  # the cache is donated
+    assert all(p.peak >= p.arguments and p.flops > 0 for p in plan.programs)
+    text = format_plan(plan, config)
+    assert "fits" in text and "apply" in text
+    tight = dataclasses.replace(plan, hbm_bytes=plan.peak_bytes // 2)
+    assert not tight.fits and tight.suggestions(config)
+
+
+def test_estimate_only_plan_needs_no_devices():
+    config = load_config("memtrain.py:paper")
+    config.model.preset = "qwen3-4b"
+    config.mesh_shape = (4, 8, 1)
+    plan = estimate_plan(config, 32, target="v5p-64", hbm_bytes=95 * GiB)
+    assert plan.programs == [] and plan.mesh == {"data": 4, "fsdp": 8, "tensor": 1}
+    assert plan.estimate.parameters == pytest.approx(plan.model.num_params() * 4 / 8, rel=1e-3)
+    with pytest.raises(ValueError, match="model.preset"):
+        config.model.preset = ""
+        estimate_plan(config, 32, target="v5p-64", hbm_bytes=95 * GiB)
+    assert math.isfinite(plan.peak_bytes)
+    np.testing.assert_equal(plan.fits, plan.peak_bytes <= 0.94 * 95 * GiB)
