@@ -42,6 +42,8 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers",
         "accelerate",
+        # libtpu: `memtrain plan` and its tests compile for TPU slices on this CPU machine (no TPU needed).
+        "jax[tpu]",
     ],
     "tpu": ["jax[tpu]"],
 }

@@ -12,8 +12,10 @@ v4-N, v5e-N, v5p-N or v6e-N. The layout, by rule:
   rematerialisation; layers not scanned: `memtrain plan` shows the scanned decode copying its stacked KV
   cache (qwen3-4b on v5p-64: 135 GiB of temporaries a chip, refused by the compiler);
 - train.micro_batch_size = the chip count (one 8K-token sequence a chip per micro-batch);
-- sampling.max_rows (the rollout micro-batch) as large as keeps the largest turn's KV cache within
-  KV_FRACTION of the chip's HBM, a multiple of the chip count.
+- sampling.max_rows (the rollout micro-batch): the largest power of two (the sampler's row buckets) that keeps
+  the largest turn's KV cache within KV_FRACTION of the chip's HBM, at least the chip count. The compiled plans
+  show the decode's temporaries at one to two caches and the prefill's output (the prompts' cache) beside it,
+  hence an eighth.
 PAPER_PRESETS lists the (model, slice) pairs `memtrain plan` checks to fit (tests/test_plan.py).
 """
 
@@ -24,7 +26,7 @@ import ml_collections
 from memtrain_jax.config import load_config
 from memtrain_jax.plan.topology import parse_slice
 
-KV_FRACTION = 0.25
+KV_FRACTION = 0.125
 PAPER_PRESETS = (
     ("llama-3.2-1b", "v4-8"),
     ("qwen2.5-3b", "v4-8"),
@@ -55,6 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.micro_batch_size = tpu.chips
     slots = c.data.chunking.chunk_size + 2 * c.agent.memory_tokens + 512  # a turn's prompt and reply, in tokens
     row_bytes = 2 * shapes.num_layers * shapes.num_kv_heads * shapes.head_dim * 2 * slots  # bfloat16 K and V
-    rows = int(KV_FRACTION * tpu.hbm_bytes * tpu.chips // row_bytes) // tpu.chips * tpu.chips
-    c.sampling.max_rows = max(rows, tpu.chips)
+    rows = int(KV_FRACTION * tpu.hbm_bytes * tpu.chips // row_bytes)
+    c.sampling.max_rows = max(2 ** max(rows.bit_length() - 1, 0), tpu.chips)
     return c

@@ -382,3 +382,27 @@ def test_corrupt_cache_entry_is_rebuilt(converted, cache_dir, tmp_path):
         config, params, _, _ = import_gguf_cached(default_gguf_path(), copy_dir)
     assert config == converted[0]
     _assert_trees_equal(params, converted[1])
+
+
+def test_a_corrupt_shared_entry_is_never_deleted_by_another_process(converted, cache_dir, tmp_path, monkeypatch):
+    """Hosts may share the cache: a process other than 0 that finds the entry corrupt converts the GGUF in memory
+    and leaves the entry (bytes unchanged) for process 0 to replace."""
+    entry = os.path.join(cache_dir, gguf_cache_key(default_gguf_path()))
+    entry_copy = tmp_path / "cache" / os.path.basename(entry)
+    shutil.copytree(entry, entry_copy)
+    meta = entry_copy / "meta.json"
+    meta.write_text(meta.read_text().replace('"format": ', '"format": 1000 + '))  # not valid JSON any more
+    before = {p: p.read_bytes() for p in entry_copy.rglob("*") if p.is_file()}
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with pytest.warns(RuntimeWarning, match=r"process 1 converts .* in memory; process 0 rebuilds the entry"):
+        config, params, _, _ = import_gguf_cached(default_gguf_path(), tmp_path / "cache")
+    assert config == converted[0]
+    _assert_trees_equal(params, converted[1])
+    assert {p: p.read_bytes() for p in entry_copy.rglob("*") if p.is_file()} == before
+    monkeypatch.setattr(jax, "process_index", lambda: 0)  # process 0 replaces it with a good entry
+    with pytest.warns(RuntimeWarning, match=r"rebuilding it"):
+        import_gguf_cached(default_gguf_path(), tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _, params, _, _ = import_gguf_cached(default_gguf_path(), tmp_path / "cache")
+    _assert_trees_equal(params, converted[1])

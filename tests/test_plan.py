@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -14,13 +18,21 @@ import pytest
 from memtrain_jax import sharding
 from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params, param_shardings
-from memtrain_jax.plan import estimate, estimate_plan, format_plan, make_plan, parse_slice, run_shapes
+from memtrain_jax.plan import (
+    estimate,
+    estimate_plan,
+    format_plan,
+    make_plan,
+    parse_slice,
+    run_shapes,
+)
 from memtrain_jax.plan.plan import chip_bytes
 from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_slice_names():
@@ -168,3 +180,62 @@ def test_estimate_only_plan_needs_no_devices():
         estimate_plan(config, 32, target="v5p-64", hbm_bytes=95 * GiB)
     assert math.isfinite(plan.peak_bytes)
     np.testing.assert_equal(plan.fits, plan.peak_bytes <= 0.94 * 95 * GiB)
+
+
+def _pod_module():
+    from memtrain_jax.config import CONFIGS_DIR
+
+    spec = importlib.util.spec_from_file_location("pod_presets", os.path.join(CONFIGS_DIR, "pod.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PRESETS = _pod_module().PAPER_PRESETS
+
+
+@pytest.mark.parametrize("model,slice_name", PRESETS)
+def test_paper_presets_fit_by_the_estimate(model, slice_name):
+    config = load_config(f"pod.py:{model},{slice_name}")
+    tpu = parse_slice(slice_name)
+    plan = estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes)
+    assert plan.fits, format_plan(plan, config)
+    assert config.train.micro_batch_size % tpu.chips == 0 and config.sampling.max_rows % tpu.chips == 0
+
+
+def test_pod_config_refuses_bad_names():
+    with pytest.raises(ValueError, match="MODEL,SLICE"):
+        load_config("pod.py:qwen3-4b")
+    with pytest.raises(ValueError, match="Unknown TPU slice 'v9-8'"):
+        load_config("pod.py:qwen3-4b,v9-8")
+
+
+# Compiling a preset takes minutes on two cores: CI compiles the smallest; MEMTRAIN_PLAN_ALL=1 compiles every one.
+COMPILED = PRESETS if os.environ.get("MEMTRAIN_PLAN_ALL") else PRESETS[:1]
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (pip install '.[tpu]') compiles for TPU slices")
+@pytest.mark.parametrize("model,slice_name", COMPILED)
+def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_path):
+    """`memtrain plan` as a user runs it (its own process: compiling a model takes GiBs of host memory), with the
+    TPU compiler's own numbers: every program compiles within the chip's HBM, the state's arguments are at least
+    the layout (TPU tiles pad small minor dimensions), and the layout equals the estimate."""
+    out = tmp_path / "plan.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "memtrain_jax.tools.main", "plan", "--config", f"configs/pod.py:{model},{slice_name}",
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(out.read_text())
+    assert plan["fits"] and plan["compiler"].startswith("tpu"), done.stdout
+    programs = {p["name"].split()[0] for p in plan["programs"]}
+    assert programs == {"prefill", "decode", "accumulate", "apply", "score"} and not any(
+        p["error"] for p in plan["programs"]
+    )
+    est, layout = plan["estimate"], plan["layout"]
+    for key in ("parameters", "reference", "gradients"):
+        assert layout[key] == est[key], key
+    apply = next(p for p in plan["programs"] if p["name"] == "apply")
+    assert apply["arguments"] >= sum(layout.values())
+    assert "fits" in done.stdout and "apply" in done.stdout

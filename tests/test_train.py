@@ -314,3 +314,41 @@ def test_export_is_loaded_by_transformers(cache, tmp_path, full_run):
     with torch.no_grad():
         theirs = model(torch.from_numpy(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_rollout_micro_batch_gives_the_same_replies():
+    """sampling.max_rows splits a turn's call into calls of at most that many rows; greedy replies, their
+    log-probs and lengths are those of the one call."""
+    mesh = make_mesh((2, 1, 1), devices=jax.devices()[:2])
+    params = init_params(TINY, jax.random.key(3))
+    sampler = Sampler(TINY, mesh)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(1, TINY.vocab_size, rng.integers(3, 20)).tolist() for _ in range(11)]
+    budgets = rng.integers(0, 9, 11).tolist()
+    whole = SamplerPolicy(sampler, params, [5], temperature=0.0).generate(prompts, budgets, kind="memory", seed=0)
+    policy = SamplerPolicy(sampler, params, [5], temperature=0.0, max_rows=4)
+    parts = policy.generate(prompts, budgets, kind="memory", seed=0)
+    np.testing.assert_array_equal(parts.lengths, whole.lengths)
+    for i, n in enumerate(whole.lengths):
+        np.testing.assert_array_equal(parts.tokens[i, :n], whole.tokens[i, :n])
+        np.testing.assert_allclose(parts.logprobs[i, :n], whole.logprobs[i, :n], rtol=1e-5, atol=1e-5)
+    assert policy.stats["memory"].rows == sum(b > 0 for b in budgets)
+    with pytest.raises(ValueError, match="max_rows must be >= 0"):
+        SamplerPolicy(sampler, params, [5], max_rows=-1)
+
+
+def test_metrics_on_an_object_store_are_rewritten_not_appended(tmp_path):
+    """gs:// objects cannot be appended to: there each record rewrites the file; the result is the same file."""
+    from memtrain_jax.train.metrics import METRICS_FILE, MetricWriter
+
+    local, remote = MetricWriter(str(tmp_path / "a")), MetricWriter(str(tmp_path / "b"))
+    remote.appendable = False
+    for step in (1, 2, 3):
+        for writer in (local, remote):
+            writer.write(step, {"loss": 0.5 / step, "phase": "grpo"})
+    local.close(), remote.close()
+    assert (tmp_path / "a" / METRICS_FILE).read_text() == (tmp_path / "b" / METRICS_FILE).read_text()
+    assert [r["step"] for r in read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
+    resumed = MetricWriter(str(tmp_path / "b"), resume_step=2)  # a resume drops records after its checkpoint
+    resumed.close()
+    assert [r["step"] for r in read_metrics(str(tmp_path / "b"))] == [1, 2]

@@ -176,6 +176,21 @@ class Plan:
     def fits(self) -> bool:
         return self.peak_bytes <= HEADROOM * self.hbm_bytes
 
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain data (`memtrain plan --out plan.json`)."""
+        return {
+            "target": self.target,
+            "hbm_bytes": self.hbm_bytes,
+            "mesh": self.mesh,
+            "compiler": self.compiler,
+            "shapes": dataclasses.asdict(self.shapes),
+            "layout": self.layout,
+            "estimate": dataclasses.asdict(self.estimate),
+            "programs": [{**dataclasses.asdict(p), "peak": p.peak} for p in self.programs],
+            "peak_bytes": self.peak_bytes,
+            "fits": self.fits,
+        }
+
     def suggestions(self, config: ml_collections.ConfigDict) -> list[str]:
         """What to change when the plan does not fit, from the part that dominates the peak."""
         if self.fits:

@@ -29,6 +29,7 @@ import time
 import jax
 import ml_collections
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from memtrain_jax.config import CONFIGS_DIR
@@ -40,7 +41,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: the latest).")
-_OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot.")
+_OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot / JSON of plan.")
 _PROMPT = flags.DEFINE_string(
     "prompt", "Tell me about Paris, the capital of France, in three sentences.", "chat prompt."
 )
@@ -78,11 +79,10 @@ def _stored_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (eval/export read the run as it was)."""
     from memtrain_jax.train.trainer import CONFIG_FILE
 
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://
+    if not path.exists():
         raise app.UsageError(f"{path} not found: {workdir} is not a memtrain workdir (train first).")
-    with open(path, encoding="utf-8") as f:
-        values = json.load(f)
+    values = json.loads(path.read_text(encoding="utf-8"))
     values["axis_rules"] = tuple(
         (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in values["axis_rules"]
     )
@@ -144,9 +144,10 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
     metrics = trainer.evaluate(state.params, step)
+    if jax.process_index() != 0:  # every process evaluates; process 0 reports and writes
+        return
     print(f"[eval] {workdir} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    with open(os.path.join(workdir, f"eval-{step}.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": step, **metrics}, f, indent=1)
+    (epath.Path(workdir) / f"eval-{step}.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
 
 
 def export(config: ml_collections.ConfigDict) -> None:
@@ -223,6 +224,10 @@ def plan(config: ml_collections.ConfigDict) -> None:
         result = planning.make_plan(config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes)
     print(planning.format_plan(result, config))
     print(f"({time.perf_counter() - start:.0f}s)")
+    if _OUT.value:
+        with open(_OUT.value, "w", encoding="utf-8") as f:
+            json.dump(result.to_json(), f, indent=1, default=float)
+        print(f"plan: {_OUT.value}")
 
 
 def _downstream(command: str, config: ml_collections.ConfigDict) -> None:

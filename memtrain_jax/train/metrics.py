@@ -56,7 +56,7 @@ class MetricWriter:
         if len(kept) != len(lines):
             tmp = path.parent / f"{path.name}.tmp"
             tmp.write_text("".join(kept), encoding="utf-8")
-            tmp.rename(path)
+            tmp.replace(path)
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
         line = json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n"
