@@ -45,7 +45,8 @@ EXTRAS_REQUIRE = {
         # libtpu: `memtrain plan` and its tests compile for TPU slices on this CPU machine (no TPU needed).
         "jax[tpu]",
     ],
-    "tpu": ["jax[tpu]"],
+    # TPU VMs: libtpu, and gs:// paths for the pool files and workdirs (etils.epath through gcsfs).
+    "tpu": ["jax[tpu]", "gcsfs"],
 }
 
 setup(

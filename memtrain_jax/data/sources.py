@@ -26,6 +26,7 @@ from typing import Any
 
 import mwparserfromhell
 import mwparserfromhell.nodes as mwnodes
+from etils import epath
 
 from memtrain_jax.data.types import Link, Paragraph
 
@@ -361,9 +362,13 @@ def clean_wikitext(
 
 
 def _open_dump(path: str) -> Any:
-    if not Path(path).is_file():
+    p = epath.Path(path)  # local or gs://
+    if not p.is_file():
         raise FileNotFoundError(f"Wikipedia dump not found: {path}")
-    return bz2.open(path, "rb") if str(path).endswith(".bz2") else open(path, "rb")
+    if not str(path).endswith(".bz2"):
+        return p.open("rb")
+    # A local file by name (closed with the reader); an object store's through its own file object.
+    return bz2.open(path if "://" not in str(path) else p.open("rb"), "rb")
 
 
 def read_wikipedia_xml(
@@ -512,11 +517,11 @@ def read_jsonl(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     stats = stats if stats is not None else ReadStats()
-    p = Path(path)
+    p = epath.Path(path)  # local or gs://
     if not p.is_file():
         raise FileNotFoundError(f"JSONL file not found: {path}")
     fields: tuple[str, str | None, str | None] | None = None
-    with open(p, encoding="utf-8") as f:
+    with p.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -568,9 +573,9 @@ def read_parquet(
     import pyarrow.parquet as pq
 
     stats = stats if stats is not None else ReadStats()
-    if not Path(path).is_file():
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"Parquet file not found: {path}")
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(epath.Path(path).open("rb"))  # local or gs://
     columns = pf.schema_arrow.names
     fields = (
         _pick_field(columns, text_field, TEXT_FIELDS, "text", path),
@@ -578,7 +583,7 @@ def read_parquet(
         _optional_field(columns, id_field, "id", path, "id"),
     )
     wanted = [c for c in (*fields, "links" if "links" in columns else None) if c is not None]
-    name = Path(path).name
+    name = epath.Path(path).name
     row = 0
     for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
         for record in batch.to_pylist():
