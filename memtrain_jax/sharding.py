@@ -220,3 +220,10 @@ def gather_host_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         np.load(io.BytesIO(row[:size].tobytes()), allow_pickle=False) for row, size in zip(gathered, sizes, strict=True)
     ]
     return {key: np.concatenate([part[key] for part in parts]) for key in batch}
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (e.g. a SIGTERM that reached one host of a pod)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], np.int32))).any())

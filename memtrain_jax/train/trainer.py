@@ -346,6 +346,8 @@ class Trainer:
                 if result is not None and tc.sample_every and step % tc.sample_every == 0:
                     writer.write_text(step, "rollout/memories", self._sample_text(result))
                 progress(step, metrics)
+                # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps.
+                self._preempted = sharding.any_process(self._preempted)
                 last = step == tc.steps or self._preempted
                 if step % tc.checkpoint_every == 0 or last:
                     self.checkpointer.save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
