@@ -41,13 +41,22 @@ from memtrain_jax.model.config import ATTENTION_BACKENDS as BACKENDS
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked row stays NaN-free
 
 
+def target_platform() -> str:
+    """The platform a program is built for: that of the mesh's devices when one is set (`jax.set_mesh`, as the
+    Sampler and Learner do; e.g. a TPU slice's devices when `memtrain plan` compiles for it on a CPU host),
+    else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def resolve_backend(name: str, platform: str | None = None) -> str:
-    """The backend `name` stands for on `platform` (default: JAX's default backend)."""
+    """The backend `name` stands for on `platform` (default: `target_platform()`)."""
     if name not in BACKENDS:
         raise ValueError(f"Unknown attention backend {name!r}; choose one of {BACKENDS}.")
     if name != "auto":
         return name
-    platform = platform or jax.default_backend()
+    platform = platform or target_platform()
     return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn"}.get(platform, "blocked")
 
 
@@ -106,8 +115,8 @@ def attention(
 
 
 def _emulated(backend: str, platform: str) -> bool:
-    """True (with a warning) when `backend`, a `platform` kernel, must be emulated on this machine."""
-    here = jax.default_backend()
+    """True (with a warning) when `backend`, a `platform` kernel, must be emulated on the target platform."""
+    here = target_platform()
     if here == platform:
         return False
     emulation = "Pallas interpret mode" if backend == "splash" else "XLA's dense attention"

@@ -17,9 +17,8 @@ the sampler's buckets; a turn's rows are episodes x G1 (memory, answer) or x G1 
 `sampling.max_rows` a call; the train step's micro-batch is `train.micro_batch_size` sequences of the
 longest turn rounded up to `train.length_block`.
 
-Attention: a run's "auto" picks the splash kernel on TPU at run time; the plan compiles the kernel
-the config resolves to on this host (blocked, a flash-style kernel of the same memory order; set
-model.attention=blocked to match a run exactly).
+Attention: "auto" resolves by the platform of the mesh's devices (model.attention.target_platform), so
+the plan compiles the kernel a run on the slice uses (splash, a Pallas/Mosaic TPU kernel).
 """
 
 from __future__ import annotations
