@@ -25,6 +25,7 @@ from memtrain_jax.plan import (
     make_plan,
     parse_slice,
     run_shapes,
+    topology_devices,
 )
 from memtrain_jax.plan.plan import chip_bytes
 from memtrain_jax.plan.topology import GiB
@@ -239,3 +240,15 @@ def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_
     apply = next(p for p in plan["programs"] if p["name"] == "apply")
     assert apply["arguments"] >= sum(layout.values())
     assert "fits" in done.stdout and "apply" in done.stdout
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (pip install '.[tpu]') describes TPU slices")
+def test_programs_for_a_slice_use_the_tpu_attention_kernel():
+    """'auto' attention follows the mesh's devices: lowered for a v5p slice here, the prefill calls the splash
+    (Mosaic) kernel, not its interpret-mode emulation; for this host's CPU devices, the blocked kernel."""
+    config = _model(hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=128)
+    tpu_mesh = sharding.make_mesh((1, 4, 1), devices=topology_devices(parse_slice("v5p-8")))
+    text = Sampler(config, tpu_mesh).lower_programs(8, 8, 512, 16)["prefill"].as_text()
+    assert "tpu_custom_call" in text
+    cpu_text = Sampler(config, sharding.make_mesh((1, 4, 1), devices=jax.devices()[:4])).lower_programs(8, 8, 512, 16)
+    assert "tpu_custom_call" not in cpu_text["prefill"].as_text()
