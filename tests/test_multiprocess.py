@@ -147,3 +147,42 @@ def test_local_launcher_dry_run_and_usage_errors():
     ]:
         done = subprocess.run(["bash", LOCAL, *bad], capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, (bad, done.stderr)
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(runs, tmp_path):
+    """A preempted pod: SIGTERM reaches one process only. Both stop after the same step with one checkpoint, and
+    the same command resumes to the end, each step recorded once."""
+    import signal
+    import time
+
+    single, trainer, _, _, _ = runs
+    workdir = tmp_path / "preempted"
+    cache = trainer.config.data.cache_dir
+    settings = {
+        "data.cache_dir": cache, "model.cache_dir": cache, "rl.dapo_filter": False, "train.async_checkpoints": False,
+        **OVERRIDES, "train.steps": 8, "train.checkpoint_every": 100,
+    }  # fmt: skip
+    args = [f"--config.{k}={_flag(v)}" for k, v in settings.items()]
+    command = ["bash", LOCAL, "--log-dir", str(tmp_path / "logs"), "2", "--", "train", "--config",
+               os.path.join(REPO, "configs", "memtrain.py:tiny"), "--workdir", str(workdir), *args]  # fmt: skip
+    env = {**os.environ, "PYTHON": sys.executable}
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not read_metrics(str(workdir)) and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.5)
+    pid = subprocess.run(
+        ["pgrep", "-f", "--", f"--workdir {workdir} .*--process_id 1"], capture_output=True, text=True
+    ).stdout.split()
+    assert pid, "process 1 not found"
+    os.kill(int(pid[0]), signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, out[-3000:]
+    assert "stopped by SIGTERM" in out
+    steps = [r["step"] for r in read_metrics(str(workdir))]
+    stopped = steps[-1]
+    assert 1 <= stopped < 8 and steps == list(range(1, stopped + 1))
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [stopped]  # one checkpoint, written by both processes at the same step
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(str(workdir))] == list(range(1, 9))

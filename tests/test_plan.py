@@ -219,8 +219,8 @@ COMPILED = PRESETS if os.environ.get("MEMTRAIN_PLAN_ALL") else PRESETS[:1]
 @pytest.mark.parametrize("model,slice_name", COMPILED)
 def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_path):
     """`memtrain plan` as a user runs it (its own process: compiling a model takes GiBs of host memory), with the
-    TPU compiler's own numbers: every program compiles within the chip's HBM, the state's arguments are at least
-    the layout (TPU tiles pad small minor dimensions), and the layout equals the estimate."""
+    TPU compiler's own numbers: every program compiles within the chip's HBM, the state's arguments are the
+    layout (within the TPU tiles' padding), and the layout equals the estimate."""
     out = tmp_path / "plan.json"
     done = subprocess.run(
         [sys.executable, "-m", "memtrain_jax.tools.main", "plan", "--config", f"configs/pod.py:{model},{slice_name}",
@@ -237,8 +237,10 @@ def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_
     est, layout = plan["estimate"], plan["layout"]
     for key in ("parameters", "reference", "gradients"):
         assert layout[key] == est[key], key
+    # `apply` takes the whole state and the gradients: the compiler allocates them as laid out, give or take
+    # the TPU tiles' padding of small dimensions (norm vectors, scalars), well under 1% for these models.
     apply = next(p for p in plan["programs"] if p["name"] == "apply")
-    assert apply["arguments"] >= sum(layout.values())
+    assert sum(layout.values()) <= apply["arguments"] <= 1.01 * sum(layout.values())
     assert "fits" in done.stdout and "apply" in done.stdout
 
 
