@@ -163,10 +163,10 @@ def test_plan_on_this_hosts_devices_matches_the_layout():
     assert decode.arguments >= est.parameters + est.kv_cache
     assert decode.aliased > 0  # the cache is donated
     assert all(p.peak >= p.arguments and p.flops > 0 for p in plan.programs)
-    text = format_plan(plan, config)
+    text = format_plan(plan)
     assert "fits" in text and "apply" in text
     tight = dataclasses.replace(plan, hbm_bytes=plan.peak_bytes // 2)
-    assert not tight.fits and tight.suggestions(config)
+    assert not tight.fits and tight.suggestions()
 
 
 def test_estimate_only_plan_needs_no_devices():
@@ -200,7 +200,7 @@ def test_paper_presets_fit_by_the_estimate(model, slice_name):
     config = load_config(f"pod.py:{model},{slice_name}")
     tpu = parse_slice(slice_name)
     plan = estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes)
-    assert plan.fits, format_plan(plan, config)
+    assert plan.fits, format_plan(plan)
     assert config.train.micro_batch_size % tpu.chips == 0 and config.sampling.max_rows % tpu.chips == 0
 
 

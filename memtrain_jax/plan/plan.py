@@ -37,7 +37,7 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.checkpoint.policy import model_config_of
 from memtrain_jax.model import ModelConfig, param_shapes
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate
-from memtrain_jax.plan.topology import GiB, TpuSlice
+from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Buckets, Sampler
 from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from, select
 
@@ -190,7 +190,7 @@ class Plan:
             "fits": self.fits,
         }
 
-    def suggestions(self, config: ml_collections.ConfigDict) -> list[str]:
+    def suggestions(self) -> list[str]:
         """What to change when the plan does not fit, from the part that dominates the peak."""
         if self.fits:
             return []
@@ -214,7 +214,7 @@ class Plan:
                 out.append("rematerialisation: model.remat=full keeps only each layer's input for the backward pass")
             if self.shapes.train_rows > 1:
                 out.append(f"a smaller train.micro_batch_size (now {self.shapes.train_rows})")
-        if self.model.param_dtype == "float32" and config.get("model"):
+        if self.model.param_dtype == "float32":
             out.append("model.param_dtype=bfloat16 halves parameters, optimizer state and reference")
         out.append("or a larger slice")
         return out
@@ -314,7 +314,7 @@ def make_plan(
     return Plan(target, hbm_bytes, _mesh_dict(mesh), model, shapes, layout, est, programs, compiler)
 
 
-def format_plan(plan: Plan, config: ml_collections.ConfigDict, tpu: TpuSlice | None = None) -> str:
+def format_plan(plan: Plan) -> str:
     """The plan as the command prints it."""
     g = lambda b: f"{b / GiB:8.2f}"
     mesh = " x ".join(f"{k} {v}" for k, v in plan.mesh.items())
@@ -358,6 +358,6 @@ def format_plan(plan: Plan, config: ml_collections.ConfigDict, tpu: TpuSlice | N
     else:
         amount = f"more than {plan.hbm_bytes / GiB:.1f} GiB ({plan.peak.name.split()[0]} refused by the compiler"
     lines += ["", f"peak ({source}): {amount}, usable {100 * HEADROOM:.0f}%): {verdict}"]
-    for s in plan.suggestions(config):
+    for s in plan.suggestions():
         lines.append(f"  suggestion: {s}")
     return "\n".join(lines)

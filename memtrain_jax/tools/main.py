@@ -222,7 +222,7 @@ def plan(config: ml_collections.ConfigDict) -> None:
     else:
         devices = planning.topology_devices(tpu)
         result = planning.make_plan(config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes)
-    print(planning.format_plan(result, config))
+    print(planning.format_plan(result))
     print(f"({time.perf_counter() - start:.0f}s)")
     if _OUT.value:
         with open(_OUT.value, "w", encoding="utf-8") as f:
