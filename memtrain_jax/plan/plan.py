@@ -4,8 +4,10 @@ The train step (accumulate, apply, and the reference scoring when KL is on) and 
 and decode at each turn's shapes are built exactly as a run builds them (Learner, Sampler), lowered on
 abstract arguments laid out over a mesh of the slice's devices, and compiled by the TPU compiler
 (libtpu; no TPU needed). Per chip, the compiler reports each program's arguments, outputs, aliased
-(donated) bytes and temporaries, and its FLOPs. A program's peak adds what stays resident on the chip
-without being its argument (the optimizer state and the KL reference through a rollout, say):
+(donated) bytes and temporaries, and its FLOPs as XLA's cost analysis counts them (custom kernels such as
+splash attention are not counted, and a decode counts one step of its loop). A program's peak adds what
+stays resident on the chip without being its argument (the optimizer state and the KL reference through
+a rollout, say):
 
     peak = resident not passed + arguments + outputs - aliased + temporaries
 
@@ -340,7 +342,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'KV cache (largest)':20s} {'':8s}   {g(est.kv_cache)}")
     lines.append(f"{'train activations':20s} {'':8s}   {g(est.activations + est.logits)}")
     if plan.programs:
-        lines += ["", f"{'program (compiled, per chip, GiB; decode TFLOP: one step)':58s} {'args':>8s} "
+        lines += ["", f"{'program (per chip: GiB; TFLOP by XLA, kernels not counted)':58s} {'args':>8s} "
                   f"{'outputs':>8s} {'aliased':>8s} {'temps':>8s} {'peak':>8s} {'TFLOP':>8s}"]  # fmt: skip
         for p in plan.programs:
             if p.error:
