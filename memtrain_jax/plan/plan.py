@@ -37,11 +37,11 @@ import numpy as np
 from memtrain_jax import sharding
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.checkpoint.policy import model_config_of
-from memtrain_jax.model import ModelConfig, param_shapes
+from memtrain_jax.model import ModelConfig
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate
 from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Buckets, Sampler
-from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from, select
+from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
 
 PROMPT_OVERHEAD = 256  # tokens of template, problem and chat markup assumed in every prompt
 HEADROOM = 0.94  # of HBM usable by the programs (the runtime and fragmentation take the rest)
@@ -274,16 +274,12 @@ def make_plan(
             f"train.micro_batch_size={shapes.train_rows} must be a multiple of the batch shards "
             f"({learner.batch_multiple}) of mesh {_mesh_dict(mesh)}."
         )
-    abstract = lambda tree, shardings: jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-    params = abstract(param_shapes(model), learner.param_shardings)
-    state = abstract(jax.eval_shape(learner._abstract_state, params), learner.state_shardings)
+    state = learner.abstract_state()
     layout = {
         "parameters": chip_bytes(state.params),
         "optimizer": chip_bytes(state.opt_state),
         "reference": chip_bytes(state.ref_params) if state.ref_params is not None else 0,
-        "gradients": chip_bytes(abstract(select(params, learner.mask), learner.grad_shardings)),
+        "gradients": chip_bytes(learner.abstract_grads()),
     }
     est = _estimate(model, _mesh_dict(mesh), config, shapes, layout["gradients"] / max(layout["parameters"], 1))
     opt, ref, grads = layout["optimizer"], layout["reference"], layout["gradients"]

@@ -469,10 +469,8 @@ class Sampler:
         (_, prompt_sh, mask_sh), (logits_sh, cache_sh) = self._prefill_shardings
         prompt = spec((distinct, prompt_length), np.int32, prompt_sh)
         mask = spec((distinct, prompt_length), np.bool_, mask_sh)
+        prefill = self._lowered(self._prefill_fn, self._prefill_shardings, (), params, prompt, mask)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            prefill = jax.jit(
-                self._prefill_fn, in_shardings=self._prefill_shardings[0], out_shardings=self._prefill_shardings[1]
-            ).lower(params, prompt, mask)
             logits, prefix = jax.eval_shape(self._prefill_fn, params, prompt, mask)
             cache = jax.eval_shape(lambda: init_cache(self.config, rows, slots, self.cache_dtype))
             ins = self._decode_shardings[0]
@@ -488,21 +486,20 @@ class Sampler:
                 spec((), np.float32, ins[8]),
                 spec((), np.float32, ins[9]),
             )
-            decode = jax.jit(
-                self._decode_fn(num_steps, top_k, use_top_p),
-                in_shardings=ins,
-                out_shardings=self._decode_shardings[1],
-                donate_argnums=(4,),
-            ).lower(*args)
+        decode = self._lowered(self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (4,), *args)
         return {"prefill": prefill, "decode": decode}
+
+    def _lowered(self, fn, shardings, donate: tuple[int, ...], *args) -> jax.stages.Lowered:
+        """`fn` jitted with (in, out) `shardings` and `donate`, lowered on `args` (arrays or abstract values)."""
+        jitted = jax.jit(fn, in_shardings=shardings[0], out_shardings=shardings[1], donate_argnums=donate)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return jitted.lower(*args)
 
     def _compiled(self, key: tuple, name: str, fn, shardings, donate: tuple[int, ...], *args):
         """The AOT-compiled program for `key` (static settings and shapes), compiled on first use."""
         if key not in self._executables:
             start = time.perf_counter()
-            jitted = jax.jit(fn, in_shardings=shardings[0], out_shardings=shardings[1], donate_argnums=donate)
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-                self._executables[key] = jitted.lower(*args).compile()
+            self._executables[key] = self._lowered(fn, shardings, donate, *args).compile()
             self.compile_count += 1
             self.compile_seconds[name] = time.perf_counter() - start
         return self._executables[key]

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from memtrain_jax.checkpoint.orbax_io import CHECKPOINT_DIR
+from memtrain_jax.data.pipeline import iterator_state, restore_iterator_state
 
 RUN_FILE = "run.json"
 
@@ -79,7 +80,7 @@ class RunCheckpointer:
 
     def save(self, step: int, state: Any, iterator: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
         """Starts saving (asynchronously); `force` waits until it is on disk."""
-        meta = {**meta, "data_state": json.dumps(iterator.get_state()), "processes": jax.process_count()}
+        meta = {**meta, "data_state": iterator_state(iterator), "processes": jax.process_count()}
         saved = self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -103,7 +104,7 @@ class RunCheckpointer:
                         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
                     ),
                 )
-                iterator.set_state(json.loads(restored.meta["data_state"]))
+                restore_iterator_state(iterator, restored.meta["data_state"])
             except Exception as e:  # any failure means this checkpoint cannot be trusted
                 if step is not None:
                     raise

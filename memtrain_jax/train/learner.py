@@ -183,6 +183,11 @@ def loss_sums(
     return total, sums
 
 
+def _laid_out(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves with the matching shardings (abstract arguments for lowering)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 class Learner:
     """Owns the mesh placement and the compiled update programs of one model (no global caches)."""
 
@@ -306,19 +311,17 @@ class Learner:
         response positions, lowered ahead of time on abstract arguments (`memtrain plan` compiles them for a
         TPU topology): accumulate (forward + backward of one micro-batch), apply (the AdamW step) and, with
         KL on, score (the reference log-probs)."""
-        from memtrain_jax.model import param_shapes
-
-        spec = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
-        params = jax.tree.map(spec, param_shapes(self.model_config), self.param_shardings)
-        grads = jax.tree.map(spec, select(params, self.mask), self.grad_shardings)
-        state = jax.tree.map(spec, jax.eval_shape(self._abstract_state, params), self.state_shardings)
-        host = lambda shape, dtype: np.zeros(shape, dtype)
+        state = self.abstract_state()
+        params, grads = state.params, self.abstract_grads()
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
         example = MicroBatch(
-            host((rows, length), np.int32), host((rows, length), bool), host((rows,), np.int32),
-            host((rows, window), np.float32), host((rows, window), np.float32), host((rows, window), np.float32),
-            host((rows,), np.float32), host((rows,), np.float32), host((rows,), np.float32),
+            spec((rows, length), np.int32), spec((rows, length), bool), spec((rows,), np.int32),
+            spec((rows, window), np.float32), spec((rows, window), np.float32), spec((rows, window), np.float32),
+            spec((rows,), np.float32), spec((rows,), np.float32), spec((rows,), np.float32),
         )  # fmt: skip
-        batch = jax.tree.map(spec, example, self.batch_shardings)
+        batch = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), example, self.batch_shardings
+        )
         count = jax.ShapeDtypeStruct((), np.float32, sharding=self.replicated)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             programs = {
@@ -329,9 +332,22 @@ class Learner:
                 programs["score"] = self._score.lower(params, batch)
         return programs
 
-    def _abstract_state(self, params: Any) -> TrainState:
-        opt_state = self.optimizer.init(select(params, self.mask))
-        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, params if self.use_ref else None)
+    def abstract_state(self) -> TrainState:
+        """The train state as ShapeDtypeStructs laid out by `state_shardings` (no device memory)."""
+        from memtrain_jax.model import param_shapes
+
+        def build(params):
+            opt_state = self.optimizer.init(select(params, self.mask))
+            return TrainState(jnp.zeros((), jnp.int32), params, opt_state, params if self.use_ref else None)
+
+        shapes = jax.eval_shape(build, param_shapes(self.model_config))
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, self.state_shardings
+        )
+
+    def abstract_grads(self) -> Any:
+        """The gradient accumulator (the trainable leaves) as ShapeDtypeStructs laid out by `grad_shardings`."""
+        return _laid_out(select(self.abstract_state().params, self.mask), self.grad_shardings)
 
     def init_state(self, params: Any, *, with_ref: bool | None = None) -> TrainState:
         """A fresh state: step 0, AdamW state created sharded, the reference a copy of `params` when KL is on."""
