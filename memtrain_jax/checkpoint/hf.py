@@ -362,7 +362,8 @@ def load_hf_checkpoint(
     directory = os.fspath(path)
     config_path = os.path.join(directory, CONFIG_FILE)
     config = config_from_hf(_read_json(config_path), source=config_path)
-    config = config.replace(param_dtype=dtype, dtype=dtype, **dict(overrides or {}))
+    # `overrides` may name the compute dtype too (a run's choice): it wins over `dtype`.
+    config = config.replace(**{"param_dtype": dtype, "dtype": dtype, **dict(overrides or {})})
     entries = _entries(config)
     locations, listed_by = _tensor_files(directory)
     target = np.dtype(DTYPES[config.param_dtype])
