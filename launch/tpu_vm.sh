@@ -18,6 +18,9 @@
 #       --resume-loop (spot / queued slices): when the run exits non-zero (e.g. NAME was PREEMPTED), delete
 #       and re-create NAME, set it up and run again, up to N times (default 10); memtrain resumes from the
 #       latest checkpoint of its --workdir, which must be a gs:// path (a re-created VM has a new disk).
+#       memtrain's exit codes steer it: 75 (stopped by SIGTERM after saving a checkpoint) on a slice that is
+#       still READY/ACTIVE runs memtrain again in place; 2 (a refusal: bad flags, config or workdir) stops
+#       the loop at once, since a restart would be refused too; any other failure re-creates the slice.
 #   logs   NAME ZONE [--worker N]     follow ~/memtrain.log of host N (default 0)
 #   delete NAME ZONE [--queued]       delete the TPU VM, or with --queued the queued resource and its node
 #
@@ -49,6 +52,8 @@ REMOTE_LOG='~/memtrain.log'
 ACTIONS='create|setup|run|logs|delete'
 ACCEPTED='v4-N, v5litepod-N (alias v5e-N), v5p-N or v6e-N'
 POLL_SECONDS=60
+EXIT_REFUSED=2    # memtrain refused its input (memtrain --help: exit codes)
+EXIT_PREEMPTED=75 # memtrain stopped on SIGTERM after saving a checkpoint
 
 usage() {  # the header comment above, to stdout (--help) or stderr (no arguments)
   local text
@@ -352,7 +357,7 @@ recreate_and_run() {  # one restart of the resume loop: delete, create, wait, se
 }
 
 resume_loop() {
-  local restarts=0 rc=0 state
+  local restarts=0 rc=0 rc_now state
   trap 'note "interrupted; $name is left as it is"; exit 130' INT TERM
   run_memtrain || rc=$?
   if [ "$dry_run" -eq 1 ]; then
@@ -363,15 +368,25 @@ resume_loop() {
     return 0
   fi
   while [ "$rc" -ne 0 ]; do
+    if [ "$rc" -eq "$EXIT_REFUSED" ]; then
+      note "the run was refused (exit $rc: bad flags, config or workdir); not restarting"
+      return "$rc"
+    fi
     state=$(resource_state 2>/dev/null) || state='not found'
     if [ "$restarts" -ge "$max_restarts" ]; then
       note "giving up after $restarts restarts: the run exited $rc, $name is ${state:-unknown}"
       return "$rc"
     fi
     restarts=$((restarts + 1))
-    note "the run exited $rc and $name is ${state:-unknown}: restart $restarts of $max_restarts"
+    rc_now=$rc
     rc=0
-    recreate_and_run || rc=$?
+    if [ "$rc_now" -eq "$EXIT_PREEMPTED" ] && { [ "$state" = READY ] || [ "$state" = ACTIVE ]; }; then
+      note "the run stopped on SIGTERM (exit $rc_now) and $name is $state: resuming in place, $restarts of $max_restarts"
+      run_memtrain || rc=$?
+    else
+      note "the run exited $rc_now and $name is ${state:-unknown}: restart $restarts of $max_restarts"
+      recreate_and_run || rc=$?
+    fi
   done
   note "memtrain finished after $restarts restarts"
 }

@@ -8,6 +8,7 @@ notebooks, config files that build on other config files).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -18,9 +19,72 @@ import ml_collections
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 
+# Fields that change how a run computes or reports, not what it trains: a resumed run may change them freely
+# (every other difference from the run's stored config is refused, see train/workdir.py). "model.X" entries are
+# ModelConfig fields that, when set in the `model` section, win over the checkpoint's.
+MODEL_RUN_CHOICES = (
+    "attention",
+    "attention_block_q",
+    "attention_block_kv",
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+)
+RUN_CHOICES = (
+    "workdir",
+    "mesh_shape",
+    *(f"model.{k}" for k in MODEL_RUN_CHOICES),
+    "model.cache_dir",
+    "data.cache_dir",
+    "data.loader.worker_count",
+    "data.loader.worker_buffer_size",
+    "data.loader.read_threads",
+    "data.loader.prefetch_buffer_size",
+    "data.loader.shard_index",
+    "data.loader.shard_count",
+    "sampling.max_rows",
+    "train.steps",
+    "train.micro_batch_size",
+    "train.logprob_chunk",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.async_checkpoints",
+    "train.eval_every",
+)
 
-def _resolve(path: str) -> str:
-    """Finds a config file as given, or relative to the repository's `configs/`."""
+
+class UsageError(ValueError):
+    """A refusal of the user's input (config, files, workdir): the CLI prints its message alone and exits 2."""
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a nested config (dict or ConfigDict) as dotted leaves."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+            out.update(flatten(value.to_dict() if hasattr(value, "to_dict") else value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def nearest_fields(name: str, fields: list[str], n: int = 3) -> list[str]:
+    """The config fields closest to a misspelt `name`: the same leaf name first (`steps` -> `train.steps`), then
+    the closest whole paths, then the closest leaf names."""
+    leaf = name.rsplit(".", 1)[-1]
+    leaf_of = lambda f: f.rsplit(".", 1)[-1]
+    same_leaf = [f for f in fields if leaf_of(f) == leaf]
+    close = difflib.get_close_matches(name, fields, n=n, cutoff=0.6)
+    close_leaf = [f for f in fields if difflib.SequenceMatcher(None, leaf, leaf_of(f)).ratio() >= 0.75]
+    return list(dict.fromkeys([*same_leaf, *close, *close_leaf]))[:n]
+
+
+def resolve_config_path(path: str) -> str:
+    """Finds a config file as given (from the working directory), else in the package's `configs/` (so
+    `configs/memtrain.py` works from any directory)."""
     candidates = [path, os.path.join(CONFIGS_DIR, path), os.path.join(REPO_ROOT, path)]
     for candidate in candidates:
         if os.path.isfile(candidate):
@@ -34,7 +98,7 @@ def _resolve(path: str) -> str:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `file.py[:arg]` by calling the file's `get_config(arg)` (or `get_config()`)."""
     path, _, arg = spec.partition(":")
-    filename = _resolve(path)
+    filename = resolve_config_path(path)
     module_name = "memtrain_config_" + os.path.splitext(os.path.basename(filename))[0].replace("-", "_")
     module_spec = importlib.util.spec_from_file_location(module_name, filename)
     assert module_spec is not None and module_spec.loader is not None
@@ -57,9 +121,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         *parents, leaf = dotted.split(".")
         for part in parents:
             if part not in node:
-                raise KeyError(f"Config has no field {dotted!r} (no {part!r}).")
+                raise KeyError(unknown_field_message(dotted, config))
             node = node[part]
         if leaf not in node:
-            raise KeyError(f"Config has no field {dotted!r}; fields here: {sorted(node.keys())}.")
+            raise KeyError(unknown_field_message(dotted, config))
         node[leaf] = value
     return config
+
+
+def unknown_field_message(name: str, config: Any) -> str:
+    """One line for a config field that does not exist, with the nearest existing names."""
+    nearest = nearest_fields(name, sorted(flatten(config)))
+    hint = f"; did you mean {' or '.join(nearest)}?" if nearest else ""
+    return f"config has no field {name!r}{hint}"

@@ -260,6 +260,11 @@ elif "create" in args:
 elif "delete" in args:
     open(state_file, "w").write("")
 elif "ssh" in args and "memtrain --distributed" in args[-1]:
+    codes = open(os.environ["FAKE_CODES"]).read()  # memtrain's exit codes, one a run, the slice staying up
+    if codes:
+        code, *rest = codes.split(",")
+        open(os.environ["FAKE_CODES"], "w").write(",".join(rest))
+        sys.exit(int(code))
     fails = int(open(fails_file).read())
     if fails:
         open(fails_file, "w").write(str(fails - 1))
@@ -275,12 +280,14 @@ def fake_gcloud(tmp_path, monkeypatch):
     gcloud = bin_dir / "gcloud"
     gcloud.write_text(FAKE_GCLOUD.replace("{python}", sys.executable))
     gcloud.chmod(0o755)
-    for var, name in (("FAKE_LOG", "log"), ("FAKE_STATE", "state"), ("FAKE_FAILS", "fails")):
+    for var, name in (("FAKE_LOG", "log"), ("FAKE_STATE", "state"), ("FAKE_FAILS", "fails"), ("FAKE_CODES", "codes")):
         (tmp_path / name).write_text("")
         monkeypatch.setenv(var, str(tmp_path / name))
 
-    def run(*args: str, fails: int, queued: bool):
+    def run(*args: str, fails: int, queued: bool, codes: str = ""):
         (tmp_path / "fails").write_text(str(fails))
+        (tmp_path / "codes").write_text(codes)
+        (tmp_path / "log").write_text("")
         (tmp_path / "state").write_text("ACTIVE" if queued else "READY")
         proc = sh(*args, project=None, path=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
         calls = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
@@ -314,6 +321,22 @@ def test_resume_loop_gives_up_after_max_restarts(fake_gcloud):
     assert [c[3] for c in calls[1:]] == ["ssh", "describe", "delete", "create", "scp", "ssh", "ssh", "describe"]
     assert (
         proc.stderr.splitlines()[-1] == "tpu_vm.sh: giving up after 1 restarts: the run exited 255, tpu-a is PREEMPTED"
+    )
+
+
+def test_resume_loop_follows_memtrains_exit_codes(fake_gcloud):
+    """75 (SIGTERM, checkpoint saved) on a slice still READY: memtrain runs again in place, nothing re-created;
+    2 (a refusal): the loop stops at once with that code."""
+    args = ["run", "tpu-a", ZONE, "--resume-loop", "--accelerator", "v5p-8", "--"]
+    proc, calls = fake_gcloud(*args, "--workdir=gs://bkt/w", fails=0, queued=False, codes="75,75")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[3] for c in calls[1:]] == ["ssh", "describe", "ssh", "describe", "ssh"]
+    assert "the run stopped on SIGTERM (exit 75) and tpu-a is READY: resuming in place, 2 of 10" in proc.stderr
+    proc, calls = fake_gcloud(*args, "--workdir=gs://bkt/w", fails=0, queued=False, codes="2")
+    assert proc.returncode == 2
+    assert [c[3] for c in calls[1:]] == ["ssh"]
+    assert proc.stderr.splitlines()[-1].endswith(
+        "the run was refused (exit 2: bad flags, config or workdir); not restarting"
     )
 
 

@@ -74,6 +74,7 @@ def read_with_memory(
     *,
     seed: int,
     batch_size: int,
+    progress: Callable[[int], None] | None = None,
 ) -> list[QAAnswer]:
     """The memory agent's answers: one trajectory per question, `batch_size` questions per lockstep rollout."""
     agent = dataclasses.replace(agent, group_size=1, imr=False)
@@ -96,6 +97,8 @@ def read_with_memory(
                     sum(len(r.prompt) + len(r.response) for r in replies),
                 )
             )
+        if progress:
+            progress(len(rows))
     return answers
 
 
@@ -109,6 +112,7 @@ def read_full_context(
     window: int,
     seed: int,
     batch_size: int,
+    progress: Callable[[int], None] | None = None,
 ) -> list[QAAnswer]:
     """The full-context baseline: one prompt with the whole context, its middle cut to fit `window`."""
     answers: list[QAAnswer] = []
@@ -145,6 +149,8 @@ def read_full_context(
                     len(reply.prompt) + len(reply.response),
                 )
             )
+        if progress:
+            progress(len(rows))
     return answers
 
 
@@ -193,16 +199,35 @@ def evaluate_long_qa(
     contexts = {n: [build_context(r, distractors, seed, num_docs=n, header=header) for r in records] for n in num_docs}
     answers: list[QAAnswer] = []
     seconds: dict[tuple[str, int], float] = {}
+    from tqdm import tqdm
+
+    total = len(records) * len(num_docs) * len(readers)
+    bar = tqdm(total=total, unit="question", desc="eval-qa", disable=log is None, dynamic_ncols=True, leave=False)
     for n in num_docs:
         for reader in readers:
             start = time.perf_counter()
             if reader == "memory_agent":
                 found = read_with_memory(
-                    policy, contexts[n], builder, tokenizer, agent, seed=seed, batch_size=batch_size
+                    policy,
+                    contexts[n],
+                    builder,
+                    tokenizer,
+                    agent,
+                    seed=seed,
+                    batch_size=batch_size,
+                    progress=bar.update,
                 )
             else:
                 found = read_full_context(
-                    policy, contexts[n], builder, tokenizer, agent, window=window, seed=seed, batch_size=batch_size
+                    policy,
+                    contexts[n],
+                    builder,
+                    tokenizer,
+                    agent,
+                    window=window,
+                    seed=seed,
+                    batch_size=batch_size,
+                    progress=bar.update,
                 )
             seconds[(reader, n)] = time.perf_counter() - start
             answers.extend(found)
@@ -213,6 +238,7 @@ def evaluate_long_qa(
                     f"sub_em {row['sub_em']:.3f} f1 {row['f1']:.3f}, {row['questions']} questions in "
                     f"{row['seconds']:.1f}s ({row['tokens_per_s']:.0f} tokens/s)"
                 )
+    bar.close()
     return score_table(answers, seconds), answers
 
 

@@ -91,10 +91,18 @@ def _field(reader: GGUFReader, key: str, path: str, default: Any = dataclasses.M
     return field.contents()
 
 
-def _open(path: str | os.PathLike) -> tuple[GGUFReader, str]:
-    path = os.fspath(path)
+def _check_gguf_path(path: str) -> None:
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        hint = f" (it holds {', '.join(found[:3])})" if found else ""
+        raise IsADirectoryError(f"GGUF path {path!r} is a directory{hint}; give the .gguf file itself.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
+
+
+def _open(path: str | os.PathLike) -> tuple[GGUFReader, str]:
+    path = os.fspath(path)
+    _check_gguf_path(path)
     try:
         return GGUFReader(path), path
     except (ValueError, OSError) as e:
@@ -486,8 +494,7 @@ def import_gguf_cached(
     other processes convert the GGUF in memory and leave the entry to it.
     """
     gguf_path = os.path.abspath(os.fspath(gguf_path))
-    if not os.path.isfile(gguf_path):
-        raise FileNotFoundError(f"GGUF file {gguf_path!r} does not exist.")
+    _check_gguf_path(gguf_path)
     cache_dir = os.path.abspath(os.fspath(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     entry = os.path.join(cache_dir, gguf_cache_key(gguf_path))

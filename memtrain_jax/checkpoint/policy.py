@@ -14,6 +14,7 @@ import numpy as np
 from memtrain_jax import sharding
 from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
 from memtrain_jax.checkpoint.hf import config_from_hf, load_hf_checkpoint
+from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError
 from memtrain_jax.model import ModelConfig, init_params, param_shardings
 from memtrain_jax.model.transformer import stack_layers
 from memtrain_jax.tokenizer import Tokenizer, check_tokenizer_fits_model
@@ -21,14 +22,12 @@ from memtrain_jax.tokenizer.chat import chat_format_from_template
 from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
 
 SOURCES = ("gguf", "hf", "init")
-# ModelConfig fields that are choices of a run, not of the checkpoint: `config.model.<field>`, when set, wins.
-RUN_CHOICES = ("attention", "attention_block_q", "attention_block_kv", "dtype", "param_dtype", "remat", "scan_layers")
 
 
 def with_run_choices(config: ModelConfig, model: ml_collections.ConfigDict) -> ModelConfig:
     """`config` with the run's choices from the `model` config section (attention kernel, compute and storage
     dtypes, rematerialisation, scanned layers); unset ("" / 0 / False) fields keep the checkpoint's."""
-    overrides = {k: model[k] for k in RUN_CHOICES if model.get(k)}
+    overrides = {k: model[k] for k in MODEL_RUN_CHOICES if model.get(k)}
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
@@ -78,7 +77,12 @@ def load_policy(
     `model.attention` (and `attention_block_q` / `attention_block_kv`), when set, pick the attention backend.
     """
     if model.source not in SOURCES:
-        raise ValueError(f"config.model.source={model.source!r}; expected one of {SOURCES}.")
+        raise UsageError(f"config.model.source={model.source!r}; expected one of {SOURCES}.")
+    if model.source == "init" and model.path:
+        raise UsageError(
+            f"config.model.path={model.path!r} is ignored with config.model.source='init' (random weights): set "
+            "--config.model.source=hf (a HuggingFace folder) or gguf (a .gguf file), or drop model.path."
+        )
     if model.source == "gguf":
         path = model.path or default_gguf_path()
         config, params, tok, chat_name = import_gguf_cached(path, model.cache_dir)

@@ -17,14 +17,22 @@ Commands:
                    --estimate_only: the closed-form estimate alone (no libtpu)
 
 With no arguments, `memtrain` trains configs/memtrain.py:cpu: the real SmolLM2-135M-Instruct on the
-shipped Wikipedia pool, on this CPU, in a few minutes.
+shipped Wikipedia pool, on this CPU, in a few minutes. `memtrain help COMMAND` (or `memtrain COMMAND --help`)
+lists a command's flags. Config files are found from the working directory or in the package's configs/.
+
+Exit codes: 0 done; 1 failed (one line, e.g. a full disk; a traceback for a bug); 2 refused (bad flags, config,
+files or workdir: one or two lines, `--verbose` for the traceback); 75 stopped by SIGTERM (preemption) after
+saving a checkpoint: run the same command to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
+import traceback
 
 import jax
 import ml_collections
@@ -32,13 +40,45 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from memtrain_jax.config import CONFIGS_DIR
-
-COMMANDS = ("train", "eval", "export", "plot", "chat", "eval-qa", "eval-search", "compare", "plan")
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(CONFIGS_DIR, "memtrain.py:cpu"), "Training config (path.py[:variant]).", lock_config=True
+from memtrain_jax.config import (
+    CONFIGS_DIR,
+    UsageError,
+    flatten,
+    load_config,
+    resolve_config_path,
+    unknown_field_message,
 )
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; launch/tpu_vm.sh --resume-loop restarts it
+_COMMON = ("config", "workdir", "verbose", "distributed", "coordinator", "num_processes", "process_id")
+# command -> (summary, its own flags besides _COMMON)
+COMMANDS = {
+    "train": (
+        "GRPO training of the memory agent; resumes from the latest checkpoint in --workdir",
+        ("allow_config_change",),
+    ),
+    "eval": ("evaluates a checkpoint of --workdir (latest readable, or --step N) on the held-out episodes", ("step",)),
+    "export": (
+        "writes a checkpoint's policy as a complete HuggingFace folder (--out, outside the run)",
+        ("step", "out"),
+    ),
+    "plot": ("writes the run's curves as a PNG (--out, default WORKDIR/curves.png)", ("out",)),
+    "chat": ("one chat reply from the config's policy: is the model loaded right?", ("prompt", "max_new_tokens")),
+    "eval-qa": ("long-text QA by context length", ("qa-file", "num-docs", "limit", "baseline", "plot")),
+    "eval-search": ("search QA (MEM1's loop) over the pool", ("limit",)),
+    "compare": (
+        "the paper's Table 1: the base model and each --arms name=RUN",
+        ("arms", "qa-file", "num-docs", "limit", "plot"),
+    ),
+    "plan": (
+        "compiles the run's programs for a TPU slice and prints memory and FLOPs per chip",
+        ("topology", "estimate_only", "out"),
+    ),
+}
+
+DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "memtrain.py:cpu")
+_CONFIG = None  # the --config flag; defined by _parse_flags once the overrides in argv are known to be valid
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot / JSON of plan.")
@@ -69,6 +109,12 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "--distributed: processes in all (MEMTRAIN_NUM_PROCESSES)."
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process, 0-based (MEMTRAIN_PROCESS_ID).")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "train: resume although settings other than run choices differ from the run's (recorded in its history).",
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of a refusal or failure.")
 
 
 def _workdir(config: ml_collections.ConfigDict) -> str:
@@ -77,12 +123,14 @@ def _workdir(config: ml_collections.ConfigDict) -> str:
 
 def _stored_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (eval/export read the run as it was)."""
-    from memtrain_jax.train.trainer import CONFIG_FILE
+    from memtrain_jax.train.workdir import CONFIG_FILE
 
     path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://
     if not path.exists():
-        raise app.UsageError(f"{path} not found: {workdir} is not a memtrain workdir (train first).")
+        raise UsageError(f"{path} not found: {workdir} is not a memtrain workdir (train first).")
     values = json.loads(path.read_text(encoding="utf-8"))
+    if "axis_rules" not in values:
+        raise UsageError(f"{path} is not a memtrain run config (no axis_rules): was it overwritten?")
     values["axis_rules"] = tuple(
         (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in values["axis_rules"]
     )
@@ -107,31 +155,43 @@ def _table(before: dict, after: dict, config: ml_collections.ConfigDict) -> str:
     return "\n".join(lines)
 
 
-def train(config: ml_collections.ConfigDict) -> None:
+def train(config: ml_collections.ConfigDict) -> int:
     from memtrain_jax.train import Trainer
 
     workdir = _workdir(config)
     start = time.perf_counter()
-    trainer = Trainer(config, workdir)
+    with _refusals():
+        trainer = Trainer(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
     summary = trainer.train()
     if jax.process_index() != 0:  # every process trains; process 0 reports
-        return
+        return EXIT_PREEMPTED if summary.get("preempted") else 0
     minutes = (time.perf_counter() - start) / 60
     print(f"\n[memtrain] {summary['steps']} steps in {workdir} ({minutes:.1f} min this run)")
     if summary.get("preempted"):
-        print("[memtrain] stopped by SIGTERM after saving a checkpoint; run the same command to resume")
+        saved = summary.get("checkpoint_step")
+        if saved:
+            print(
+                f"[memtrain] stopped by SIGTERM after saving the checkpoint of step {saved}; run the same command "
+                "to resume"
+            )
+        else:
+            print("[memtrain] stopped by SIGTERM before any step was saved; run the same command to start again")
+        return EXIT_PREEMPTED
     if "before" in summary and "after" in summary:
         print(_table(summary["before"], summary["after"], config))
     elif "after" in summary:
         print("after: " + json.dumps({k: round(v, 3) for k, v in summary["after"].items()}))
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: tensorboard --logdir {workdir}/tensorboard")
     print(f"curves: memtrain plot --workdir {workdir}; export: memtrain export --workdir {workdir} --out DIR")
+    return 0
 
 
 def _restored(workdir: str):
+    """(trainer, step, state) of a run's checkpoint (--step, else the latest readable one); reads only."""
     from memtrain_jax.train import Trainer
 
-    trainer = Trainer(_stored_config(workdir), workdir)
+    with _refusals():
+        trainer = Trainer(_stored_config(workdir), workdir, writer=False)
     abstract = jax.eval_shape(trainer.initial_state)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, trainer.learner.state_shardings
@@ -151,17 +211,19 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
 
 
 def export(config: ml_collections.ConfigDict) -> None:
-    from memtrain_jax.checkpoint.hf import save_hf_checkpoint
+    from memtrain_jax.checkpoint.export import export_hf, refuse_run_directory
 
     if not _OUT.value:
-        raise app.UsageError("export needs --out DIR (the HuggingFace folder to write).")
+        raise UsageError("export needs --out DIR (the HuggingFace folder to write, outside the run directory).")
+    refuse_run_directory(_OUT.value)  # before anything is loaded
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
-    save_hf_checkpoint(trainer.setup.policy.model_config, jax.device_get(state.params), _OUT.value)
-    tokenizer = trainer.setup.tokenizer
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(_OUT.value)
-    print(f"[export] step {step} of {workdir} -> {_OUT.value} (transformers: AutoModelForCausalLM.from_pretrained)")
+    setup = trainer.setup
+    export_hf(setup.policy.model_config, jax.device_get(state.params), setup.tokenizer, setup.chat.name, _OUT.value)
+    print(
+        f"[export] step {step} of {workdir} -> {_OUT.value} (transformers: AutoModelForCausalLM / AutoTokenizer"
+        f".from_pretrained; memtrain: --config.model.source=hf --config.model.path={_OUT.value})"
+    )
 
 
 def plot(config: ml_collections.ConfigDict) -> None:
@@ -233,13 +295,16 @@ def plan(config: ml_collections.ConfigDict) -> None:
 def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     from memtrain_jax.tools import downstream
 
+    if _LIMIT.value is not None and _LIMIT.value < 0:
+        raise UsageError(f"--limit must be >= 0 (0 = every question), got {_LIMIT.value}.")
     workdir = _WORKDIR.value or os.path.join("runs", command)
     if command == "eval-search":
         task = "search_qa"
     elif config.get("task", "memtrain") == "search_qa":
-        raise app.UsageError(f"{command} evaluates long-text QA; use a long-text config (not ...:search).")
+        raise UsageError(f"{command} evaluates long-text QA; use a long-text config (not ...:search).")
     else:
         task = "long_qa"
+    arms = downstream.parse_arms(_ARMS.value) if command == "compare" else []  # before any model is loaded
     config = downstream.qa_config(
         config,
         task,
@@ -253,13 +318,149 @@ def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     elif command == "eval-search":
         downstream.eval_search(config, workdir)
     else:
-        downstream.compare(config, workdir, downstream.parse_arms(_ARMS.value), plot=_PLOT.value)
+        downstream.compare(config, workdir, arms, plot=_PLOT.value)
 
 
-def main(argv: list[str]) -> None:
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+class _Refused(Exception):
+    """A refusal raised while a command builds its run (config, files, workdir): printed as one line."""
+
+
+# Errors that, raised while a command sets itself up, mean the user's input is wrong rather than the code.
+_INPUT_ERRORS = (
+    UsageError,
+    app.UsageError,
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+@contextlib.contextmanager
+def _refusals():
+    """Inside: an input error becomes a _Refused (exit 2, one line) instead of a traceback."""
+    try:
+        yield
+    except _Refused:
+        raise
+    except _INPUT_ERRORS as e:
+        raise _Refused(_message(e)) from e
+
+
+def _message(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(text):
+        text = f"{text}: {error.filename}"
+    return " ".join(str(text).split()) if len(str(text)) < 600 else str(text)[:600] + " ..."
+
+
+def _flag_help(name: str) -> str:
+    if name == "config":
+        return f"  --{name:22s}Training config (path.py[:variant]) (default {DEFAULT_CONFIG})"
+    flag = flags.FLAGS[name]
+    default = "" if flag.default in (None, "", False) else f" (default {flag.default_as_str or flag.default})"
+    return f"  --{name:22s}{flag.help}{default}"
+
+
+def _help(command: str | None) -> str:
+    if command in COMMANDS:
+        summary, own = COMMANDS[command]
+        lines = [f"usage: memtrain {command} [--flags]", "", f"{command}: {summary}.", "", "flags:"]
+        lines += [_flag_help(n) for n in (*own, *_COMMON)]
+        lines += ["  --config.SECTION.FIELD=VALUE  override one config field, e.g. --config.train.steps=20"]
+        return "\n".join(lines)
+    lines = ["usage: memtrain [COMMAND] [--flags]   (memtrain help COMMAND: a command's flags)", "", "commands:"]
+    lines += [f"  {name:12s} {summary}" for name, (summary, _) in COMMANDS.items()]
+    lines += ["", "flags of every command:"] + [_flag_help(n) for n in _COMMON]
+    lines += ["", __doc__.split("Exit codes:")[1].join(["Exit codes:", ""]).strip()]
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"memtrain: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _config_arg(argv: list[str]) -> tuple[int, str] | None:
+    """(index, value) of the --config flag's file argument in argv."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return i, arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return i + 1, argv[i + 1]
+    return None
+
+
+def _words(argv: list[str]) -> list[str]:
+    """The arguments that are not flags or flag values (the command, `help COMMAND`)."""
+    words, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-"):
+            name = arg.lstrip("-")
+            if "=" not in name and name in flags.FLAGS and not flags.FLAGS[name].boolean:
+                i += 1  # `--flag value`: skip the value
+        else:
+            words.append(arg)
+        i += 1
+    return words
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with help for humans and one-line refusals of bad flags and unknown config fields.
+
+    The --config flag is defined here, after its overrides are checked: ml_collections applies them to the config
+    as it defines the flag, and an unknown field would be a traceback there.
+    """
+    global _CONFIG
+    argv = list(argv)
+    words = _words(argv)
+    if words[:1] == ["help"]:
+        print(_help(words[1] if len(words) > 1 else None))
+        sys.exit(0)
+    if {"-h", "--help", "-help", "--helpshort"} & set(argv):
+        print(_help(words[0] if words else None))
+        sys.exit(0)
+    if words and words[0] not in COMMANDS:
+        _fail(f"unknown command {words[0]!r}; commands: {', '.join(COMMANDS)} (memtrain --help).", EXIT_USAGE)
+    found = _config_arg(argv)
+    spec = found[1] if found else DEFAULT_CONFIG
+    path, sep, variant = spec.partition(":")
+    try:
+        resolved = resolve_config_path(path) + sep + variant
+        config = load_config(resolved)
+    except Exception as e:  # noqa: BLE001 (any failure of the config file is the user's to fix)
+        _fail(f"--config {spec}: {_message(e)}", EXIT_USAGE)
+    if found:  # from the package's configs/ when not found from the working directory
+        argv[found[0]] = resolved if argv[found[0]] == spec else f"--config={resolved}"
+    fields = set(flatten(config))
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            name = arg[len("--config.") :].split("=", 1)[0]
+            if name not in fields and not any(f.startswith(name + ".") for f in fields):
+                _fail(f"{arg.split('=', 1)[0]}: {unknown_field_message(name, config)}", EXIT_USAGE)
+    try:
+        if _CONFIG is None:
+            _CONFIG = config_flags.DEFINE_config_file(
+                "config", DEFAULT_CONFIG, "Training config (path.py[:variant]).", lock_config=True
+            )
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{_message(e)} (memtrain help {words[0] if words else 'train'} lists the flags)", EXIT_USAGE)
+    except Exception as e:  # noqa: BLE001 (a config override that does not parse)
+        _fail(_message(e), EXIT_USAGE)
+    return argv
+
+
+def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "train"
     if command not in COMMANDS or len(argv) > 2:
-        raise app.UsageError(f"Usage: memtrain [{'|'.join(COMMANDS)}] [--flags]; got {argv[1:]}.")
+        raise UsageError(f"expected one command of {', '.join(COMMANDS)}; got {' '.join(argv[1:])!r}.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO.
     if _DISTRIBUTED.value:
@@ -268,20 +469,43 @@ def main(argv: list[str]) -> None:
         try:
             cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         except ValueError as e:
-            raise app.UsageError(str(e)) from e
+            raise UsageError(str(e)) from e
         logging.warning(
             "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
         )
     if command in ("eval-qa", "eval-search", "compare"):
-        _downstream(command, _CONFIG.value)
-        return
+        with _refusals():
+            _downstream(command, _CONFIG.value)
+        return 0
     commands = {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat, "plan": plan}
-    commands[command](_CONFIG.value)
+    if command == "train":
+        return train(_CONFIG.value)
+    with _refusals():  # the other commands read; their errors of input are refusals throughout
+        commands[command](_CONFIG.value)
+    return 0
+
+
+def _guarded_main(argv: list[str]) -> None:
+    """`main`, with refusals as one line on stderr (exit 2) and a failed write as one line (exit 1); a traceback
+    only for a bug or with --verbose."""
+    from memtrain_jax.train.workdir import WriteFailedError
+
+    try:
+        code = main(argv)
+    except (_Refused, UsageError, app.UsageError) as e:
+        if _VERBOSE.value:
+            traceback.print_exc()
+        _fail(_message(e), EXIT_USAGE)
+    except WriteFailedError as e:
+        if _VERBOSE.value:
+            traceback.print_exc()
+        _fail(str(e), EXIT_FAILED)
+    sys.exit(code)
 
 
 def run() -> None:
     """Console entry point (`memtrain`)."""
-    app.run(main)
+    app.run(_guarded_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

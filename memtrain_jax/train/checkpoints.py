@@ -27,32 +27,37 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from memtrain_jax.checkpoint.orbax_io import CHECKPOINT_DIR
+from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, flatten
 from memtrain_jax.data.pipeline import iterator_state, restore_iterator_state
 
 RUN_FILE = "run.json"
 
 
-class WorkdirMismatchError(ValueError):
+class WorkdirMismatchError(UsageError):
     """The workdir holds the checkpoints of another model, tokenizer or run."""
 
 
-def check_workdir(workdir: str, identity: dict[str, Any]) -> None:
-    """Writes `run.json` with `identity` in a new workdir; in an existing one, refuses a different identity."""
+def check_workdir(workdir: str, identity: dict[str, Any], *, write: bool = True) -> None:
+    """Writes `run.json` with `identity` in a new workdir (when `write`); in an existing one, refuses a different
+    identity, naming each differing field (run choices of the model, which older runs stored, are ignored)."""
     path = epath.Path(workdir) / RUN_FILE
     if path.exists():
         try:
             stored = json.loads(path.read_text())
         except ValueError as e:
-            raise WorkdirMismatchError(f"{path} is not valid JSON ({e}); is {workdir} a memtrain workdir?") from e
-        differences = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+            raise WorkdirMismatchError(f"{path} is not valid JSON ({e}); is {workdir} a memtrain workdir?") from None
+        ignored = {f"model_config.{k}" for k in MODEL_RUN_CHOICES}
+        a, b = flatten(stored), flatten(identity)
+        differences = sorted(k for k in (set(a) | set(b)) - ignored if a.get(k) != b.get(k))
         if differences:
-            detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {identity.get(k)!r}" for k in differences[:4])
+            detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differences[:4])
+            more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
             raise WorkdirMismatchError(
-                f"Workdir {workdir} holds a run of another model or setup ({detail}). Use a new --workdir, or the "
-                "config that wrote it; its checkpoints are left untouched."
+                f"Workdir {workdir} holds a run of another model or setup ({detail}{more}). Use a new --workdir, or "
+                "the config that wrote it; its checkpoints are left untouched."
             )
         return
-    if jax.process_index() == 0:
+    if write and jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{RUN_FILE}.tmp"
         tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
@@ -114,18 +119,39 @@ class RunCheckpointer:
         return None
 
     def restore_state(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
-        """(step, state, meta) without the data iterator (evaluation and export)."""
+        """(step, state, meta) without the data iterator (evaluation and export): `step`, or else the latest
+        readable checkpoint. A reader never moves a checkpoint: an unreadable one is named in a warning (with the
+        `--step` to pass) and the one before it is used."""
         steps = self.steps()
         if not steps:
             raise FileNotFoundError(f"No checkpoint in {self.directory}; train first (memtrain train --workdir ...).")
-        step = steps[-1] if step is None else step
-        if step not in steps:
+        if step is not None and step not in steps:
             raise FileNotFoundError(f"No checkpoint of step {step} in {self.directory} (have {steps}).")
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-        )
-        return step, restored.state, dict(restored.meta)
+        candidates = [step] if step is not None else sorted(steps, reverse=True)
+        for s in candidates:
+            try:
+                restored = self.manager.restore(
+                    s,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as e:  # any failure means this checkpoint cannot be trusted
+                if step is not None:
+                    raise UsageError(
+                        f"Checkpoint {self.directory / str(s)} cannot be restored ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); choose another --step of {steps}."
+                    ) from None
+                older = [t for t in steps if t < s]
+                warnings.warn(
+                    f"Checkpoint {self.directory / str(s)} cannot be restored ({type(e).__name__}); using "
+                    + (f"step {older[-1]} (pass --step to choose)." if older else "none: no older checkpoint."),
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            return s, restored.state, dict(restored.meta)
+        raise UsageError(f"No checkpoint in {self.directory} can be restored (tried steps {candidates}).")
 
     def _set_aside(self, step: int, error: Exception) -> None:
         path = self.directory / str(step)

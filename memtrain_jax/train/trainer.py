@@ -4,6 +4,8 @@
     AgentSetup.build(config)     mesh, policy + tokenizer (or init_from a run's parameters), the task's data
                                  (memtrain: masked-Wikipedia episodes; long_qa / search_qa: QA records),
                                  prompts, sampler; every turn checked against the model's window
+    lock_workdir, record_start   one writer per workdir (an OS lock); a resume with other settings than the
+                                 run's is refused before any model loads; each start is added to the history
     check_workdir                a workdir of another model or tokenizer is refused
     Learner                      jitted accumulate / apply / score programs with the config's shardings
     RunCheckpointer.restore      the latest readable checkpoint: state, data position, phase
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,11 +35,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
 from memtrain_jax import sharding
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit
 from memtrain_jax.agent.search import search_metrics
+from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
@@ -44,9 +47,11 @@ from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
 from memtrain_jax.train.format import format_examples
 from memtrain_jax.train.learner import Learner, OptimConfig, TrainState, loss_config_from
 from memtrain_jax.train.metrics import MetricWriter
+from memtrain_jax.train.workdir import CONFIG_FILE, WriteFailedError, check_config, lock_workdir, record_start
+
+__all__ = ["CONFIG_FILE", "EVAL_KEYS", "STEP_KEYS", "TrainConfig", "Trainer", "run_identity"]
 
 Log = Callable[[str], None]
-CONFIG_FILE = "config.json"
 # Every record of metrics.jsonl has these keys (null where a step has no such figure, e.g. no rollout in
 # the format warm-up, no loss when the DAPO filter dropped every group).
 STEP_KEYS = (
@@ -93,9 +98,16 @@ class TrainConfig:
         if unknown:
             raise KeyError(f"Unknown train field(s) {unknown}; known: {sorted(known)}.")
         config = cls(**values)
-        for name in ("steps", "micro_batch_size", "length_block", "logprob_chunk", "log_every", "checkpoint_every"):
+        for name in ("steps", "micro_batch_size", "length_block", "logprob_chunk", "log_every"):
             if getattr(config, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
+                raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
+        if config.checkpoint_every < 0:
+            raise UsageError(f"train.checkpoint_every must be >= 1 (0: no checkpoints), got {config.checkpoint_every}.")
+        if config.checkpoint_every and config.keep_checkpoints < 1:
+            raise UsageError(
+                f"train.keep_checkpoints={config.keep_checkpoints} would keep no checkpoint of this run: keep at "
+                "least 1, or turn checkpointing off explicitly with train.checkpoint_every=0."
+            )
         if not 0 <= config.format_steps <= config.steps:
             raise ValueError(
                 f"train.format_steps must be in [0, train.steps={config.steps}], got {config.format_steps}."
@@ -106,10 +118,11 @@ class TrainConfig:
 def run_identity(setup: AgentSetup) -> dict[str, Any]:
     """What a workdir trains: the model's shapes, the tokenizer and the seed (checked on every restart).
 
-    The attention backend and its block sizes are left out: they change how, not what, the model computes.
+    The run choices (attention backend and blocks, dtypes, remat, scanned layers) are left out: they change how,
+    not what, the model computes.
     """
     model = setup.policy.model_config.to_dict()
-    for key in ("attention", "attention_block_q", "attention_block_kv"):
+    for key in MODEL_RUN_CHOICES:
         model.pop(key, None)
     return {
         "model_config": model,
@@ -119,11 +132,45 @@ def run_identity(setup: AgentSetup) -> dict[str, Any]:
 
 
 class Trainer:
-    """Builds a run from a config and a workdir; `train()` runs (or resumes) it to `train.steps`."""
+    """Builds a run from a config and a workdir; `train()` runs (or resumes) it to `train.steps`.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log: Log = print):
+    A writer (the default) holds the workdir's lock from construction to the end of `train()` (or `close()`),
+    and records the start in the config history; a resume whose settings differ from the run's is refused
+    unless `allow_config_change`. Readers (`writer=False`: eval, export) neither lock nor write.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        log: Log = print,
+        allow_config_change: bool = False,
+        writer: bool = True,
+    ):
         self.config, self.workdir, self.log = config, workdir, log
-        self.train_config = TrainConfig.from_config(config.train)
+        self.lock = None
+        self.train_config = TrainConfig.from_config(config.train)  # the cheap checks first
+        if writer:
+            self.lock = lock_workdir(workdir)
+        try:
+            changes = check_config(workdir, config, allow_changes=allow_config_change) if writer else {}
+            self._build(config, workdir, log, writer)
+            if writer:
+                record_start(workdir, config, changes)
+                if changes:
+                    log(f"[train] settings changed since the last start: {', '.join(changes)}")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the workdir's lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, config: ml_collections.ConfigDict, workdir: str, log: Log, writer: bool) -> None:
         self.optim = dataclasses.replace(
             OptimConfig.from_config(config.optim), format_steps=self.train_config.format_steps
         )
@@ -131,9 +178,7 @@ class Trainer:
         if int(config.rl.updates_per_batch) < 1:
             raise ValueError(f"rl.updates_per_batch must be >= 1, got {config.rl.updates_per_batch}.")
         self.setup = AgentSetup.build(config, log=log)
-        check_workdir(workdir, run_identity(self.setup))
-        if jax.process_index() == 0:  # local folder or gs:// alike
-            (epath.Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1, sort_keys=True))
+        check_workdir(workdir, run_identity(self.setup), write=writer)
         setup = self.setup
         if setup.task != "memtrain" and self.train_config.format_steps:
             raise ValueError(
@@ -161,11 +206,20 @@ class Trainer:
                 f"({self.learner.batch_multiple}) of the mesh."
             )
         self.train_slots, self.eval_slots = setup.split_items(self.train_config.eval_episodes)
+        batch = int(config.data.loader.batch_size)
+        if self.train_slots < batch:
+            raise UsageError(
+                f"train.eval_episodes={self.train_config.eval_episodes} leaves {self.train_slots} of the task's "
+                f"{setup.num_items} items for training, fewer than the {batch} a step needs (data.loader.batch_size): "
+                "lower train.eval_episodes or add data (data.num_documents, qa.num_train)."
+            )
         self.eval_policy = SamplerPolicy(
             setup.sampler, setup.policy.params, setup.chat.stop_tokens(setup.tokenizer), temperature=0.0
         )
         self.checkpointer = RunCheckpointer(
-            workdir, max_to_keep=self.train_config.keep_checkpoints, asynchronous=self.train_config.async_checkpoints
+            workdir,
+            max_to_keep=max(1, self.train_config.keep_checkpoints),
+            asynchronous=self.train_config.async_checkpoints,
         )
         self.stop_id = setup.chat.stop_tokens(setup.tokenizer)[0]
         self._preempted = False
@@ -311,14 +365,29 @@ class Trainer:
             )
         return "\n".join(lines)
 
+    def _save(self, step: int, state: TrainState, iterator: Any, meta: dict[str, Any], *, force: bool) -> None:
+        """A checkpoint of `step`; a failed write (a full disk) becomes one WriteFailedError line. The previous
+        checkpoint stays restorable: Orbax publishes a checkpoint only once it is complete."""
+        try:
+            self.checkpointer.save(step, state, iterator, meta, force=force)
+        except Exception as e:
+            raise WriteFailedError.of(f"the checkpoint of step {step} in", self.checkpointer.directory, e) from e
+
     def train(self) -> dict[str, Any]:
-        """Runs (or resumes) to train.steps; returns {"before": eval, "after": eval, "steps": n, ...}."""
+        """Runs (or resumes) to train.steps; returns {"before": eval, "after": eval, "steps": n, "preempted": bool,
+        "checkpoint_step": the last step saved by this run or restored (None: none), ...}. Releases the lock."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, Any]:
         tc = self.train_config
         iterator = iter(self.setup.dataset(num_slots=self.train_slots))
         step, state = self.restore_or_init(iterator)
         writer = MetricWriter(self.workdir, resume_step=step)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
-        summary: dict[str, Any] = {"workdir": self.workdir, "start_step": step}
+        summary: dict[str, Any] = {"workdir": self.workdir, "start_step": step, "checkpoint_step": step or None}
         try:
             if step == 0 and tc.eval_every > 0:
                 summary["before"] = self.evaluate(state.params, 0)
@@ -349,8 +418,9 @@ class Trainer:
                 # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps.
                 self._preempted = sharding.any_process(self._preempted)
                 last = step == tc.steps or self._preempted
-                if step % tc.checkpoint_every == 0 or last:
-                    self.checkpointer.save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
+                if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last):
+                    self._save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
+                    summary["checkpoint_step"] = step
                 if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
                     evaluation = self.evaluate(state.params, step)
                     writer.write(step, evaluation, prefix="eval")
@@ -362,7 +432,11 @@ class Trainer:
             summary.update(steps=step, preempted=self._preempted, state=state)
             return summary
         finally:
-            self.checkpointer.wait()
+            try:
+                self.checkpointer.wait()
+            except Exception as e:  # an asynchronous save that failed (e.g. a full disk)
+                if sys.exc_info()[0] is None:
+                    raise WriteFailedError.of("a checkpoint in", self.checkpointer.directory, e) from e
             writer.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
