@@ -76,7 +76,7 @@ class MetricWriter:
             return
         size = os.path.getsize(path) if path.exists() else 0
         try:
-            with path.open("a", encoding="utf-8") as f:
+            with open(os.fspath(path), "a", encoding="utf-8") as f:  # a local file (URLs are rewritten above)
                 f.write(line)
         except OSError as e:
             with contextlib.suppress(OSError):  # undo a partial line (else the reader drops a torn last line)
