@@ -8,7 +8,9 @@
 # devices (XLA_FLAGS=--xla_force_host_platform_device_count=D; default 4) that exchange collectives over
 # gloo. Process 0 writes to this terminal and DIR/process-0.log, process i to DIR/process-i.log (DIR
 # defaults to ./runs/local-logs). When a process fails, the others are stopped and the exit status is
-# the failed process's; its log's last lines are shown.
+# the failed process's; its log's last lines are shown. Exit status 75 (memtrain stopped by SIGTERM after
+# saving a checkpoint; every process stops at the same step) is not a failure: the others finish, and
+# the launcher exits 75 so that a resume loop can tell a preemption from a finished run.
 # --dry-run prints each process's command (shell-quoted, "+ " first) instead of running it.
 #
 # Example: two processes x four devices = one 8-device mesh:
@@ -103,6 +105,10 @@ while [ ${#running[@]} -gt 0 ]; do
   remaining=()
   for pid in "${running[@]}"; do [ "$pid" = "$finished" ] || remaining+=("$pid"); done
   running=("${remaining[@]}")
+  if [ "$rc" -eq 75 ]; then  # preempted (memtrain --help: exit codes): the others stop at the same step
+    status=75
+    continue
+  fi
   if [ "$rc" -ne 0 ]; then
     i=${PROCESS_OF[$finished]:-?}
     echo "launch/local.sh: process $i exited with status $rc; stopping the others. Last lines of $LOG_DIR/process-$i.log:" >&2

@@ -176,7 +176,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(runs, tmp_path):
     assert pid, "process 1 not found"
     os.kill(int(pid[0]), signal.SIGTERM)
     out, _ = launcher.communicate(timeout=600)
-    assert launcher.returncode == 0, out[-3000:]
+    assert launcher.returncode == 75, out[-3000:]  # preempted, checkpoint saved (memtrain --help: exit codes)
     assert "stopped by SIGTERM" in out
     steps = [r["step"] for r in read_metrics(str(workdir))]
     stopped = steps[-1]

@@ -117,7 +117,7 @@ def test_sigterm_saves_a_restorable_checkpoint(cache, tmp_path):
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 75, output  # preempted (memtrain --help: exit codes)
     assert "SIGTERM" in output
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     done = len(read_metrics(str(workdir)))
