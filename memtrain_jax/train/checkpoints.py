@@ -29,12 +29,9 @@ from etils import epath
 from memtrain_jax.checkpoint.orbax_io import CHECKPOINT_DIR
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, flatten
 from memtrain_jax.data.pipeline import iterator_state, restore_iterator_state
+from memtrain_jax.train.workdir import WorkdirMismatchError
 
 RUN_FILE = "run.json"
-
-
-class WorkdirMismatchError(UsageError):
-    """The workdir holds the checkpoints of another model, tokenizer or run."""
 
 
 def check_workdir(workdir: str, identity: dict[str, Any], *, write: bool = True) -> None:

@@ -44,7 +44,11 @@ class WorkdirBusyError(UsageError):
     """Another live process is training in the workdir."""
 
 
-class ConfigChangedError(UsageError):
+class WorkdirMismatchError(UsageError):
+    """The workdir holds the checkpoints of another model, tokenizer or run."""
+
+
+class ConfigChangedError(WorkdirMismatchError):
     """A resume with settings that differ from the ones the run's checkpoints were trained with."""
 
 
@@ -188,7 +192,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
         shown = "; ".join(f"{k}: {_short(old)} -> {_short(now)}" for k, (old, now) in list(changes.items())[:6])
         more = f" (and {len(changes) - 6} more)" if len(changes) > 6 else ""
         raise ConfigChangedError(
-            f"{workdir} was trained with other settings: {shown}{more}. Resume with the run's settings, use a new "
+            f"{workdir} holds a run of another model or setup, trained with other settings: {shown}{more}. "
+            "Resume with the run's settings, use a new "
             "--workdir, or pass --allow_config_change to record the change and go on."
         )
     a, b = flatten(stored), flatten(new)
