@@ -314,6 +314,17 @@ def test_export_is_loaded_by_transformers(cache, tmp_path, full_run):
     with torch.no_grad():
         theirs = model(torch.from_numpy(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    # The folder is a policy a run can start from (source="hf"): the same weights, tokenizer and chat format.
+    from memtrain_jax.checkpoint.policy import load_policy
+
+    section = _tiny(cache).model
+    section.source, section.path, section.preset = "hf", str(out), ""
+    policy = load_policy(section, trainer.setup.mesh, trainer.setup.rules)
+    for a, b in zip(_leaves(policy.params), _leaves(summary["state"].params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    text = "Document 1: [MASK] was founded in 1907 by Ada Lovelace."
+    assert policy.tokenizer.encode(text) == trainer.setup.tokenizer.encode(text)
+    assert policy.chat_format == trainer.setup.chat.name
 
 
 def test_rollout_micro_batch_gives_the_same_replies():

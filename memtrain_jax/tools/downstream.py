@@ -179,6 +179,9 @@ def parse_arms(text: str) -> list[tuple[str, str]]:
             raise ValueError(f"--arms takes name=WORKDIR items separated by commas; got {item!r}.")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} does not exist (train it first).")
+        checkpoints = os.path.join(path, "checkpoints")
+        if not os.path.isdir(checkpoints) or not any(p.isdigit() for p in os.listdir(checkpoints)):
+            raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} has no checkpoint (train it first).")
         arms.append((name.strip(), path.strip()))
     names = [n for n, _ in arms]
     if len(set(names)) != len(names) or "base" in names:
