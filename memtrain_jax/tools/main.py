@@ -139,19 +139,56 @@ def _stored_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _table(before: dict, after: dict, config: ml_collections.ConfigDict) -> str:
-    """The closing before/after table; recall rows only where the task has recall probes."""
+    """The closing before/after table: each figure with its 95 % interval (Wilson for accuracies, bootstrap for
+    R_E), and the paired difference after - before on the same held-out episodes with its paired-bootstrap
+    interval; recall rows only where the task has recall probes."""
+    from memtrain_jax import stats
+
     extractor = config.agent.answer_extractor
     found = "answers boxed" if extractor == "boxed" else f"answers found ({extractor})"
-    rows = [("E2E accuracy (final answer EM)", "acc_e2e"), ("E2E reward R_E", "reward_e2e")]
+    rows = [("E2E accuracy (final answer EM)", "acc_e2e", True), ("E2E reward R_E", "reward_e2e", False)]
     if config.agent.imr:
-        rows.append(("recall accuracy (R_I)", "acc_recall"))
-    rows.append((found, "missing_box_answer"))
+        rows.append(("recall accuracy (R_I)", "acc_recall", True))
+    rows.append((found, "missing_box_answer", True))
     if config.agent.imr:
-        rows.append(("recall answers boxed", "missing_box_recall"))
-    lines = [f"{'held-out, greedy':34s} {'before':>8s} {'after':>8s}"]
-    for label, key in rows:
-        value = lambda m, k=key: (1 - m[k]) if k.startswith("missing") else m[k]
-        lines.append(f"{label:34s} {value(before):8.3f} {value(after):8.3f}")
+        rows.append(("recall answers boxed", "missing_box_recall", True))
+    n = int(after.get("episodes", before.get("episodes", 0)))
+    header = f"{'held-out, greedy (95% intervals)':34s} {'before':>22s} {'after':>22s} {'after - before (paired)':>26s}"
+    lines = [header]
+    moved = []
+    for label, key, binary in rows:
+        cells = []
+        for m in (before, after):
+            items = m.get("items", {}).get(key)
+            if items is not None:
+                value, lo, hi, _ = stats.mean_with_interval(items, binary=binary)
+            else:  # box shares: a mean of n 0/1 outcomes
+                value = (1 - m[key]) if key.startswith("missing") else m[key]
+                lo, hi = stats.wilson_interval(round(value * n), n)
+            cells.append(stats.format_interval(value, lo, hi))
+        a_items, b_items = before.get("items", {}).get(key), after.get("items", {}).get(key)
+        if (
+            a_items is not None
+            and b_items is not None
+            and before["items"]["episode_id"] == after["items"]["episode_id"]
+        ):
+            nan = float("nan")
+            diff = stats.paired_difference(
+                [nan if v is None else v for v in a_items], [nan if v is None else v for v in b_items]
+            )
+            cells.append(stats.format_interval(*diff))
+            if diff[1] > 0 or diff[2] < 0:
+                moved.append(label)
+        else:
+            cells.append("-")
+        lines.append(f"{label:34s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>26s}")
+    if moved:
+        lines.append(f"n = {n} held-out episodes; outside its interval: {', '.join(moved)}")
+    else:
+        lines.append(
+            f"n = {n} held-out episodes: no paired difference excludes 0 (at this n a difference must exceed about "
+            f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show; the longer protocols evaluate more episodes)"
+        )
     return "\n".join(lines)
 
 
@@ -206,7 +243,17 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
     metrics = trainer.evaluate(state.params, step)
     if jax.process_index() != 0:  # every process evaluates; process 0 reports and writes
         return
-    print(f"[eval] {workdir} step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    from memtrain_jax import stats
+
+    items = metrics.get("items", {})
+    shown = []
+    for key, value in metrics.items():
+        if key in items:
+            mean, lo, hi, n = stats.mean_with_interval(items[key], binary=key.startswith("acc"))
+            shown.append(f"{key} {stats.format_interval(mean, lo, hi)} (n {n})")
+        elif isinstance(value, float):
+            shown.append(f"{key} {value:.3f}")
+    print(f"[eval] {workdir} step {step}: " + ", ".join(shown))
     (epath.Path(workdir) / f"eval-{step}.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
 
 

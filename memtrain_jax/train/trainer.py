@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from memtrain_jax import sharding
-from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit
+from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
@@ -327,9 +327,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
 
-    def evaluate(self, params: Any, step: int = 0) -> dict[str, float]:
-        """Greedy rollouts of the held-out episodes (one trajectory and one recall sample each); the text of
-        the first one is kept in `self.last_eval_sample`."""
+    def evaluate(self, params: Any, step: int = 0) -> dict[str, Any]:
+        """Greedy rollouts of the held-out episodes (one trajectory and one recall sample each): the means of
+        EVAL_KEYS, and under "items" each episode's figures (`eval_items`) for intervals and paired comparisons.
+        The text of the first episode is kept in `self.last_eval_sample`."""
         setup = self.setup
         if not self.eval_slots:
             return {}
@@ -342,8 +343,9 @@ class Trainer:
             return {}
         _, metrics = assign_credit(result, agent)
         self.last_eval_sample = self._sample_text(result)
-        out = {k: float(metrics[k]) for k in EVAL_KEYS}
+        out: dict[str, Any] = {k: float(metrics[k]) for k in EVAL_KEYS}
         out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
+        out["items"] = eval_items(result, agent.recall_weight)
         return out
 
     # ------------------------------------------------------------------------------- the loop
@@ -442,6 +444,17 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
 
 
+def eval_items(result: Any, recall_weight: float) -> dict[str, list]:
+    """Per held-out episode, in episode-id order (one greedy trajectory each): {"episode_id", "acc_e2e" (0/1),
+    "reward_e2e" (R_E), "acc_recall" (0/1, None without a probe)}; the items two checkpoints are paired on."""
+    r_e, r_i = trajectory_rewards(result, recall_weight)
+    rows = sorted(
+        (int(result.episodes[t.episode].episode_id), float(t.correct), float(r), float(i.mean()) if i.size else None)
+        for t, r, i in zip(result.trajectories, r_e, r_i, strict=True)
+    )
+    return {k: [row[j] for row in rows] for j, k in enumerate(("episode_id", "acc_e2e", "reward_e2e", "acc_recall"))}
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -449,7 +462,8 @@ def _main_thread() -> bool:
 
 
 def _format(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    shown = {k: v for k, v in metrics.items() if k != "items"}
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
 
 
 def _progress(start: int, total: int) -> Callable[[int, dict[str, Any]], None]:
