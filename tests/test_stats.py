@@ -50,3 +50,18 @@ def test_mean_with_interval_picks_wilson_for_outcomes():
     mean, lo, hi, n = stats.mean_with_interval([1.0, 0.0, None, 1.0, 0.0], binary=True)
     assert (mean, n) == (0.5, 4) and (lo, hi) == stats.wilson_interval(2, 4)
     assert stats.format_interval(0.25, 0.1, 0.5) == "0.250 [0.100, 0.500]"
+
+
+def test_eval_band_is_the_wilson_interval_of_each_evaluation():
+    from memtrain_jax.train.plots import eval_band
+
+    records = [
+        {"step": 0, "acc_e2e": 0.25, "items": {"acc_e2e": [1.0, 0.0, 0.0, 0.0]}},
+        {"step": 4, "acc_e2e": 0.5},  # an older record without items: no band there
+        {"step": 8, "acc_e2e": 2 / 3, "items": {"acc_e2e": [1.0, 1.0, 0.0]}},
+    ]
+    steps, lo, hi = eval_band(records, "acc_e2e")
+    np.testing.assert_array_equal(steps, [0, 8])
+    np.testing.assert_allclose([lo[0], hi[0]], stats.wilson_interval(1, 4))
+    np.testing.assert_allclose([lo[1], hi[1]], stats.wilson_interval(2, 3))
+    assert eval_band(records, "acc_recall") is None

@@ -25,6 +25,24 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
+def eval_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(steps, lo, hi): the Wilson 95 % interval of a held-out accuracy at each evaluation, from the per-episode
+    items each record keeps (None when no record has them)."""
+    from memtrain_jax import stats
+
+    rows = []
+    for r in records:
+        items = (r.get("items") or {}).get(key)
+        if items is not None:
+            _, lo, hi, n = stats.mean_with_interval(items, binary=True)
+            if n:
+                rows.append((r["step"], lo, hi))
+    if not rows:
+        return None
+    steps, lo, hi = (np.asarray(c, np.float64) for c in zip(*rows, strict=True))
+    return steps, lo, hi
+
+
 def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
     """Writes the curves of `workdir` to a PNG and returns its path."""
     import matplotlib
@@ -48,7 +66,10 @@ def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
     for key, label in (("acc_e2e", "E2E accuracy"), ("acc_recall", "recall accuracy")):
         steps, values = _series(evaluation, key)
         if steps.size:
-            axes[1].plot(steps, values, marker="o", label=f"{label}, held-out greedy")
+            (line,) = axes[1].plot(steps, values, marker="o", label=f"{label}, held-out greedy")
+            band = eval_band(evaluation, key)
+            if band is not None:
+                axes[1].fill_between(band[0], band[1], band[2], color=line.get_color(), alpha=0.15, linewidth=0)
     steps, values = _series(evaluation, "missing_box_answer")
     if steps.size:
         axes[1].plot(steps, 1 - values, marker="s", linestyle="--", label="boxed answers, held-out")
@@ -56,7 +77,7 @@ def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
         steps, values = _series(train, key)
         if steps.size:
             axes[2].plot(steps, _smooth(values, smooth), label=key)
-    titles = ("rollouts during training", "held-out evaluation", "update")
+    titles = ("rollouts during training", "held-out evaluation (bands: Wilson 95 %)", "update")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
