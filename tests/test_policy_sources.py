@@ -150,3 +150,13 @@ def test_train_two_steps_from_gguf_and_init(source, tmp_path):
     done = _cli("train", "--config", f"configs/memtrain.py:{variant}", f"--workdir={tmp_path / 'w'}", *flags)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [r["step"] for r in read_metrics(str(tmp_path / "w"))] == [1, 2]
+
+
+def test_bad_model_paths_are_named(tmp_path):
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a.gguf").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=r"is a directory \(it holds a.gguf\); give the .gguf file itself"):
+        load_policy(_model_section("gguf", str(tmp_path / "models"), cache_dir=str(tmp_path)), mesh, DEFAULT_RULES)
+    with pytest.raises(ValueError, match="is ignored with config.model.source='init'"):
+        load_policy(_model_section("init", str(tmp_path), preset="tiny"), mesh, DEFAULT_RULES)
