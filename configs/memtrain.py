@@ -97,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # a MemTrain checkpoint, or evaluation of a trained arm (memtrain eval-qa / compare).
     c.init_from = ""
 
+    # JAX's persistent compilation cache ("" = off): a second run loads its programs instead of compiling them.
+    c.compilation_cache = "cache/jax"
+
     c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     c.axis_rules = sharding.DEFAULT_RULES
 

@@ -34,6 +34,7 @@ MODEL_RUN_CHOICES = (
 RUN_CHOICES = (
     "workdir",
     "mesh_shape",
+    "compilation_cache",
     *(f"model.{k}" for k in MODEL_RUN_CHOICES),
     "model.cache_dir",
     "data.cache_dir",

@@ -11,6 +11,7 @@ def run_config(name: str, cache_dir, **overrides):
     config = load_config(name)
     config.data.cache_dir = str(cache_dir)
     config.model.cache_dir = str(cache_dir)
+    config.compilation_cache = ""  # tests compile fresh (test_compile_cache checks the cache)
     config.rl.dapo_filter = False
     config.train.async_checkpoints = False
     for key, value in overrides.items():

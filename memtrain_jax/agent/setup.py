@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from memtrain_jax import sharding
+from memtrain_jax import compile_cache, sharding
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import TrainingSequences, assign_credit
 from memtrain_jax.agent.policy import SamplerPolicy
@@ -121,6 +121,7 @@ class AgentSetup:
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, *, log: Log | None = print) -> AgentSetup:
         log = log or (lambda _: None)
+        compile_cache.enable(config.get("compilation_cache", ""))  # before anything compiles
         task = config.get("task", "memtrain")
         if task not in TASKS:
             raise ValueError(f"config.task={task!r}; choose one of {TASKS}.")

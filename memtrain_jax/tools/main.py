@@ -203,7 +203,10 @@ def train(config: ml_collections.ConfigDict) -> int:
     if jax.process_index() != 0:  # every process trains; process 0 reports
         return EXIT_PREEMPTED if summary.get("preempted") else 0
     minutes = (time.perf_counter() - start) / 60
+    from memtrain_jax import compile_cache
+
     print(f"\n[memtrain] {summary['steps']} steps in {workdir} ({minutes:.1f} min this run)")
+    print(f"[memtrain] {compile_cache.describe()}")
     if summary.get("preempted"):
         saved = summary.get("checkpoint_step")
         if saved:
@@ -280,11 +283,12 @@ def plot(config: ml_collections.ConfigDict) -> None:
 
 
 def chat(config: ml_collections.ConfigDict) -> None:
-    from memtrain_jax import sharding
+    from memtrain_jax import compile_cache, sharding
     from memtrain_jax.checkpoint.policy import load_policy
     from memtrain_jax.sampler import generate
     from memtrain_jax.tokenizer.chat import get_chat_format
 
+    compile_cache.enable(config.get("compilation_cache", ""))
     mesh = sharding.make_mesh(tuple(config.mesh_shape))
     rules = sharding.rules_from_config(config.axis_rules)
     print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}", flush=True)
