@@ -111,6 +111,7 @@ def test_paper_run_on_a_tiny_hf_checkpoint_and_an_xml_dump(hf_dir, tmp_path):
         "agent.recall_tokens": 8,
         "train.steps": 2,
         "train.eval_every": 0,
+        "train.eval_episodes": 2,
         "train.length_block": 128,
         "train.async_checkpoints": False,
         "rl.dapo_filter": False,
