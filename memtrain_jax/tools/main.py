@@ -2,7 +2,8 @@
 
 Commands:
   train (default)  MemTrain: GRPO training of the memory agent (resumes from the latest checkpoint in DIR);
-                   prints a table of held-out accuracy and reward before and after
+                   prints held-out accuracy and reward before, after the format warm-up and after GRPO, with
+                   95 % intervals and paired differences (GRPO's own effect: after - warm-up)
   eval             evaluates a checkpoint of DIR (latest, or --step N) on the held-out episodes
   export           writes a checkpoint's policy as a HuggingFace safetensors folder (--out OUT)
   plot             writes DIR/curves.png from the run's metrics
@@ -12,6 +13,8 @@ Commands:
                    the config's, or a run's latest checkpoint with --config.init_from=RUN; writes DIR/results.json
   eval-search      search QA (MEM1's loop, two questions an episode) over the pool: --limit N
   compare          the paper's Table 1: the base model and each --arms name=RUN on the same long-text QA set
+  compare-runs     MemTrain runs as arms (--runs name=RUN[@STEP],...) on the same held-out episodes, from their
+                   eval records: figures with 95 % intervals and paired differences to the first run
   plan             --topology v5p-64: compiles the config's train step and rollout programs for that TPU slice on
                    this machine (libtpu, no TPU) and prints per-chip memory, FLOPs and whether it fits;
                    --estimate_only: the closed-form estimate alone (no libtpu)
@@ -71,6 +74,10 @@ COMMANDS = {
         "the paper's Table 1: the base model and each --arms name=RUN",
         ("arms", "qa-file", "num-docs", "limit", "plot"),
     ),
+    "compare-runs": (
+        "MemTrain runs as arms on the same held-out episodes (their eval records): intervals, paired differences",
+        ("runs",),
+    ),
     "plan": (
         "compiles the run's programs for a TPU slice and prints memory and FLOPs per chip",
         ("topology", "estimate_only", "out"),
@@ -92,6 +99,9 @@ _LIMIT = flags.DEFINE_integer("limit", None, "eval-qa/eval-search/compare: the f
 _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
 _ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
+_RUNS = flags.DEFINE_list(
+    "runs", [], "compare-runs: name=WORKDIR[@STEP],... (the first is the reference; default step: the last evaluated)."
+)
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "plan: the TPU slice, e.g. v4-8, v5e-16, v5p-64, v6e-8 (default: the config's `topology`)."
 )
@@ -138,58 +148,21 @@ def _stored_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
-def _table(before: dict, after: dict, config: ml_collections.ConfigDict) -> str:
-    """The closing before/after table: each figure with its 95 % interval (Wilson for accuracies, bootstrap for
-    R_E), and the paired difference after - before on the same held-out episodes with its paired-bootstrap
-    interval; recall rows only where the task has recall probes."""
-    from memtrain_jax import stats
+def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) -> str | None:
+    """The run's held-out table from its eval records (so a resumed run shows it too): before training, after
+    the format warm-up (the warm-up-only control arm) and after GRPO, with paired differences."""
+    from memtrain_jax.tools import report
+    from memtrain_jax.train.metrics import EVAL_FILE, read_metrics
 
-    extractor = config.agent.answer_extractor
-    found = "answers boxed" if extractor == "boxed" else f"answers found ({extractor})"
-    rows = [("E2E accuracy (final answer EM)", "acc_e2e", True), ("E2E reward R_E", "reward_e2e", False)]
-    if config.agent.imr:
-        rows.append(("recall accuracy (R_I)", "acc_recall", True))
-    rows.append((found, "missing_box_answer", True))
-    if config.agent.imr:
-        rows.append(("recall answers boxed", "missing_box_recall", True))
-    n = int(after.get("episodes", before.get("episodes", 0)))
-    header = f"{'held-out, greedy (95% intervals)':34s} {'before':>22s} {'after':>22s} {'after - before (paired)':>26s}"
-    lines = [header]
-    moved = []
-    for label, key, binary in rows:
-        cells = []
-        for m in (before, after):
-            items = m.get("items", {}).get(key)
-            if items is not None:
-                value, lo, hi, _ = stats.mean_with_interval(items, binary=binary)
-            else:  # box shares: a mean of n 0/1 outcomes
-                value = (1 - m[key]) if key.startswith("missing") else m[key]
-                lo, hi = stats.wilson_interval(round(value * n), n)
-            cells.append(stats.format_interval(value, lo, hi))
-        a_items, b_items = before.get("items", {}).get(key), after.get("items", {}).get(key)
-        if (
-            a_items is not None
-            and b_items is not None
-            and before["items"]["episode_id"] == after["items"]["episode_id"]
-        ):
-            nan = float("nan")
-            diff = stats.paired_difference(
-                [nan if v is None else v for v in a_items], [nan if v is None else v for v in b_items]
-            )
-            cells.append(stats.format_interval(*diff))
-            if diff[1] > 0 or diff[2] < 0:
-                moved.append(label)
-        else:
-            cells.append("-")
-        lines.append(f"{label:34s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>26s}")
-    if moved:
-        lines.append(f"n = {n} held-out episodes; outside its interval: {', '.join(moved)}")
-    else:
-        lines.append(
-            f"n = {n} held-out episodes: no paired difference excludes 0 (at this n a difference must exceed about "
-            f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show; the longer protocols evaluate more episodes)"
-        )
-    return "\n".join(lines)
+    records = {r["step"]: r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")}
+    if 0 not in records or steps not in records or steps == 0:
+        return None
+    format_steps = int(config.train.format_steps)
+    summary = {"before": records[0], "after": records[steps], "warmup": records.get(format_steps)}
+    arms, differences = report.training_arms(summary, format_steps if 0 < format_steps < steps else 0)
+    return report.arms_table(
+        arms, differences, answer_extractor=config.agent.answer_extractor, imr=bool(config.agent.imr)
+    )
 
 
 def train(config: ml_collections.ConfigDict) -> int:
@@ -217,10 +190,9 @@ def train(config: ml_collections.ConfigDict) -> int:
         else:
             print("[memtrain] stopped by SIGTERM before any step was saved; run the same command to start again")
         return EXIT_PREEMPTED
-    if "before" in summary and "after" in summary:
-        print(_table(summary["before"], summary["after"], config))
-    elif "after" in summary:
-        print("after: " + json.dumps({k: round(v, 3) for k, v in summary["after"].items()}))
+    table = _closing_table(workdir, config, int(summary["steps"]))
+    if table:
+        print(table)
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: tensorboard --logdir {workdir}/tensorboard")
     print(f"curves: memtrain plot --workdir {workdir}; export: memtrain export --workdir {workdir} --out DIR")
     return 0
@@ -258,6 +230,28 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
             shown.append(f"{key} {value:.3f}")
     print(f"[eval] {workdir} step {step}: " + ", ".join(shown))
     (epath.Path(workdir) / f"eval-{step}.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+
+
+def compare_runs(config: ml_collections.ConfigDict) -> None:
+    """MemTrain runs as arms on the same held-out episodes, from their eval records (no model is loaded): each
+    arm's figures with intervals and every arm's paired difference to the first."""
+    from memtrain_jax.tools import report
+
+    specs = [s for s in _RUNS.value if s]
+    if len(specs) < 2:
+        raise UsageError("--runs needs at least two runs: name=WORKDIR[@STEP],name=WORKDIR[@STEP] ...")
+    loaded = [report.run_arm(spec) for spec in specs]
+    arms = [arm for _, arm, _ in loaded]
+    differences = [(f"{arms[i][0]} - {arms[0][0]}", 0, i) for i in range(1, len(arms))]
+    first = loaded[0][2]
+    print(
+        report.arms_table(
+            arms,
+            differences,
+            answer_extractor=first["agent"]["answer_extractor"],
+            imr=bool(first["agent"]["imr"]),
+        )
+    )
 
 
 def export(config: ml_collections.ConfigDict) -> None:
@@ -528,7 +522,15 @@ def main(argv: list[str]) -> int:
         with _refusals():
             _downstream(command, _CONFIG.value)
         return 0
-    commands = {"train": train, "eval": evaluate, "export": export, "plot": plot, "chat": chat, "plan": plan}
+    commands = {
+        "train": train,
+        "eval": evaluate,
+        "export": export,
+        "plot": plot,
+        "chat": chat,
+        "plan": plan,
+        "compare-runs": compare_runs,
+    }
     if command == "train":
         return train(_CONFIG.value)
     with _refusals():  # the other commands read; their errors of input are refusals throughout

@@ -423,11 +423,15 @@ class Trainer:
                 if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last):
                     self._save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
                     summary["checkpoint_step"] = step
-                if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
+                # The end of the format warm-up is always evaluated: by determinism it is the warm-up-only control
+                # arm, so after - warm-up on the same episodes is GRPO's own effect.
+                if tc.eval_every > 0 and (step % tc.eval_every == 0 or step in (tc.format_steps, tc.steps)):
                     evaluation = self.evaluate(state.params, step)
                     writer.write(step, evaluation, prefix="eval")
                     writer.write_text(step, "eval/memories", self.last_eval_sample)
                     self.log(f"[eval] step {step}: {_format(evaluation)}")
+                    if step == tc.format_steps:
+                        summary["warmup"] = evaluation
                     if step == tc.steps:
                         summary["after"] = evaluation
             self.setup.sampler_policy.params = state.params
@@ -444,15 +448,31 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
 
 
+EVAL_ITEMS = ("episode_id", "acc_e2e", "reward_e2e", "acc_recall", "answer_found", "recall_found")
+
+
 def eval_items(result: Any, recall_weight: float) -> dict[str, list]:
     """Per held-out episode, in episode-id order (one greedy trajectory each): {"episode_id", "acc_e2e" (0/1),
-    "reward_e2e" (R_E), "acc_recall" (0/1, None without a probe)}; the items two checkpoints are paired on."""
+    "reward_e2e" (R_E), "acc_recall" (0/1, None without a probe), "answer_found" (1 when the extractor found a
+    final answer), "recall_found" (the share of recall answers found, None without a probe)}; the items two
+    checkpoints are paired on."""
     r_e, r_i = trajectory_rewards(result, recall_weight)
+
+    def found(predictions: Any) -> float | None:
+        return float(np.mean([p is not None for p in predictions])) if len(predictions) else None
+
     rows = sorted(
-        (int(result.episodes[t.episode].episode_id), float(t.correct), float(r), float(i.mean()) if i.size else None)
+        (
+            int(result.episodes[t.episode].episode_id),
+            float(t.correct),
+            float(r),
+            float(i.mean()) if i.size else None,
+            float(t.prediction is not None),
+            found(t.recall_predictions),
+        )
         for t, r, i in zip(result.trajectories, r_e, r_i, strict=True)
     )
-    return {k: [row[j] for row in rows] for j, k in enumerate(("episode_id", "acc_e2e", "reward_e2e", "acc_recall"))}
+    return {k: [row[j] for row in rows] for j, k in enumerate(EVAL_ITEMS)}
 
 
 def _main_thread() -> bool:

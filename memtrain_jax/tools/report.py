@@ -1,0 +1,143 @@
+"""Held-out tables of MemTrain runs: each figure with n and its 95 % interval, and paired differences.
+
+Arms are evaluations of the same held-out episodes (`Trainer.evaluate`'s records, whose `items` hold each
+episode's figures): the checkpoints of one run (before training, after the format warm-up, after GRPO) or the
+final evaluations of several runs (`memtrain compare-runs`). Accuracies carry Wilson intervals, R_E a
+bootstrap interval, and a difference of two arms the paired bootstrap over episodes (memtrain_jax/stats).
+
+Reads records only: nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memtrain_jax import stats
+from memtrain_jax.config import UsageError
+
+__all__ = ["arms_table", "run_arm", "training_arms"]
+
+Arm = tuple[str, Mapping[str, Any]]  # (column name, an evaluation record with "items")
+
+
+def _rows(answer_extractor: str, imr: bool) -> list[tuple[str, str, bool]]:
+    """(label, item key, binary) of the table's rows; recall rows only where the task has recall probes."""
+    found = "answers boxed" if answer_extractor == "boxed" else f"answers found ({answer_extractor})"
+    rows = [("E2E accuracy (final answer EM)", "acc_e2e", True), ("E2E reward R_E", "reward_e2e", False)]
+    if imr:
+        rows.append(("recall accuracy (R_I)", "acc_recall", True))
+    rows.append((found, "answer_found", True))
+    if imr:
+        rows.append(("recall answers boxed", "recall_found", False))
+    return rows
+
+
+def _values(items: Sequence[Any] | None) -> list[float] | None:
+    return None if items is None else [float("nan") if v is None else float(v) for v in items]
+
+
+def arms_table(
+    arms: Sequence[Arm],
+    differences: Sequence[tuple[str, int, int]],
+    *,
+    answer_extractor: str = "boxed",
+    imr: bool = True,
+) -> str:
+    """A table with one column per arm (mean [95 % interval]) and one per difference (label, a, b): the paired
+    mean of arm b - arm a over the episodes both evaluated, with its paired-bootstrap interval. Arms must hold
+    the same episodes in the same order (`items["episode_id"]`), else a UsageError names the two arms.
+
+    The last line names the differences whose interval excludes 0, or says that none does and how large a
+    difference must be to show at this n (z / sqrt(n), the half-width of a paired 0/1 difference at its widest).
+    """
+    ids = [tuple(a[1].get("items", {}).get("episode_id", ())) for a in arms]
+    for (name, _), episodes in zip(arms[1:], ids[1:], strict=True):
+        if episodes != ids[0]:
+            raise UsageError(
+                f"arms {arms[0][0]!r} and {name!r} were evaluated on other held-out episodes "
+                f"({len(ids[0])} and {len(episodes)} episodes, not the same ids): compare runs of the same data "
+                "config, seed and train.eval_episodes."
+            )
+    n = len(ids[0]) if arms else 0
+    width = 22
+    header = f"{'held-out, greedy (95% intervals)':34s} " + " ".join(f"{name:>{width}s}" for name, _ in arms)
+    header += "".join(f" {label:>{width + 4}s}" for label, _, _ in differences)
+    lines = [header]
+    moved: list[str] = []
+    for label, key, binary in _rows(answer_extractor, imr):
+        columns = [_values(record.get("items", {}).get(key)) for _, record in arms]
+        cells = []
+        for values in columns:
+            if values is None:
+                cells.append(f"{'-':>{width}s}")
+                continue
+            mean, lo, hi, _ = stats.mean_with_interval(values, binary=binary)
+            cells.append(f"{stats.format_interval(mean, lo, hi):>{width}s}")
+        for diff_label, a, b in differences:
+            if columns[a] is None or columns[b] is None:
+                cells.append(f"{'-':>{width + 4}s}")
+                continue
+            diff = stats.paired_difference(columns[a], columns[b])
+            cells.append(f"{stats.format_interval(*diff):>{width + 4}s}")
+            if diff[1] > 0 or diff[2] < 0:
+                moved.append(f"{label} ({diff_label})")
+        lines.append(f"{label:34s} " + " ".join(cells))
+    if not differences:
+        lines.append(f"n = {n} held-out episodes")
+    elif moved:
+        lines.append(f"n = {n} held-out episodes; paired difference outside 0: {'; '.join(moved)}")
+    else:
+        lines.append(
+            f"n = {n} held-out episodes: no paired difference excludes 0 (at this n a difference must exceed about "
+            f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show)"
+        )
+    return "\n".join(lines)
+
+
+def training_arms(summary: Mapping[str, Any], format_steps: int) -> tuple[list[Arm], list[tuple[str, int, int]]]:
+    """The arms of one run's closing table: before training, after the format warm-up (when the run has one and
+    evaluated it) and after; GRPO's own effect is after - warm-up on the same episodes, since the run up to the
+    warm-up's end is, by determinism, the warm-up-only control arm."""
+    arms: list[Arm] = [("before", summary["before"])]
+    if format_steps and summary.get("warmup"):
+        arms.append((f"warm-up (step {format_steps})", summary["warmup"]))
+        arms.append(("after GRPO", summary["after"]))
+        return arms, [("warm-up - before", 0, 1), ("GRPO: after - warm-up", 1, 2)]
+    arms.append(("after", summary["after"]))
+    return arms, [("after - before (paired)", 0, 1)]
+
+
+def run_arm(spec: str) -> tuple[str, Arm, Mapping[str, Any]]:
+    """`name=WORKDIR[@STEP]` (or `WORKDIR[@STEP]`) -> (workdir, (name, the evaluation record of STEP, default the
+    run's last), the run's stored config). Refused in one line when the run or the step's evaluation is missing."""
+    import json
+
+    from memtrain_jax.train.metrics import EVAL_FILE, read_metrics
+    from memtrain_jax.train.workdir import CONFIG_FILE
+
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        name, rest = "", spec
+    workdir, _, step_text = rest.partition("@")
+    name = name or workdir.rstrip("/").rsplit("/", 1)[-1]
+    config_path = f"{workdir}/{CONFIG_FILE}"
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"run {spec!r}: {config_path} not found (not a memtrain workdir; train it first).") from None
+    records = [r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")]
+    if not records:
+        raise UsageError(f"run {spec!r}: {workdir} has no held-out evaluation with per-episode items.")
+    if step_text:
+        if not step_text.isdigit():
+            raise UsageError(f"run {spec!r}: the step after '@' must be a number, got {step_text!r}.")
+        found = [r for r in records if r["step"] == int(step_text)]
+        if not found:
+            steps = ", ".join(str(r["step"]) for r in records)
+            raise UsageError(f"run {spec!r}: no evaluation at step {step_text}; {workdir} evaluated steps {steps}.")
+        record = found[-1]
+    else:
+        record = records[-1]
+    return workdir, (f"{name}@{record['step']}", record), config

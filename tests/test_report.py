@@ -1,0 +1,119 @@
+"""Held-out tables: the warm-up-only control arm inside a run, paired differences, and `memtrain compare-runs`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from run_configs import run_config
+
+from memtrain_jax import stats
+from memtrain_jax.config import UsageError
+from memtrain_jax.tools import report
+from memtrain_jax.train import Trainer, read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _record(step, recall, ids=None, e2e=None):
+    n = len(recall)
+    e2e = [0.0] * n if e2e is None else e2e
+    items = {
+        "episode_id": list(range(n)) if ids is None else ids,
+        "acc_e2e": e2e,
+        "reward_e2e": [a + 0.5 * r for a, r in zip(e2e, recall, strict=True)],
+        "acc_recall": recall,
+        "answer_found": [1.0] * n,
+        "recall_found": [1.0] * n,
+    }
+    return {"step": step, "episodes": n, "items": items}
+
+
+def test_grpo_effect_is_after_minus_warmup_on_the_same_episodes():
+    n = 40
+    rng = np.random.default_rng(0)
+    warm = [float(x) for x in (rng.random(n) < 0.25)]
+    after = [1.0 if (w or i % 2) else 0.0 for i, w in enumerate(warm)]  # the warm-up's successes kept, more added
+    arms, diffs = report.training_arms(
+        {"before": _record(0, [0.0] * n), "warmup": _record(5, warm), "after": _record(9, after)}, format_steps=5
+    )
+    assert [a[0] for a in arms] == ["before", "warm-up (step 5)", "after GRPO"]
+    table = report.arms_table(arms, diffs)
+    recall_line = next(line for line in table.splitlines() if line.startswith("recall accuracy"))
+    expected = stats.paired_difference(warm, after)
+    assert abs(expected[0] - (sum(after) - sum(warm)) / n) < 1e-12  # the paired mean is the mean of the differences
+    assert recall_line.endswith(stats.format_interval(*expected))
+    lo, hi = stats.wilson_interval(sum(after), n)
+    assert stats.format_interval(sum(after) / n, lo, hi) in recall_line
+    assert "recall accuracy (R_I) (GRPO: after - warm-up)" in table.splitlines()[-1]
+    assert "E2E accuracy" not in table.splitlines()[-1]  # 0 -> 0 moves nothing
+    # without a warm-up evaluation: one difference, after - before
+    arms, diffs = report.training_arms({"before": _record(0, warm), "after": _record(9, warm)}, format_steps=0)
+    assert [d[0] for d in diffs] == ["after - before (paired)"]
+    assert "no paired difference excludes 0" in report.arms_table(arms, diffs).splitlines()[-1]
+
+
+def test_arms_of_other_episodes_are_refused():
+    arms = [("a", _record(1, [1.0, 0.0])), ("b", _record(1, [1.0, 0.0], ids=[0, 7]))]
+    with pytest.raises(UsageError, match="'a' and 'b' were evaluated on other held-out episodes"):
+        report.arms_table(arms, [("b - a", 0, 1)])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("report-cache")
+
+
+def _train(cache, workdir, **overrides):
+    config = run_config("memtrain.py:tiny", cache, **{"train.format_steps": 1, "train.eval_every": 3, **overrides})
+    return Trainer(config, str(workdir), log=lambda _: None).train(), config
+
+
+def test_the_warmup_end_is_evaluated_and_equals_the_warmup_only_arm(cache, tmp_path):
+    """A run evaluates the end of its format warm-up even off the eval cadence, and that evaluation is the
+    control arm: a run of the warm-up alone (same seed and data) evaluates to the same per-episode items."""
+    full, config = _train(cache, tmp_path / "full", **{"train.steps": 3})
+    assert [r["step"] for r in read_metrics(str(tmp_path / "full"), "eval.jsonl")] == [0, 1, 3]
+    control, _ = _train(cache, tmp_path / "control", **{"train.steps": 1})
+    assert control["after"]["items"] == full["warmup"]["items"]
+    from memtrain_jax.tools.main import _closing_table
+
+    table = _closing_table(str(tmp_path / "full"), config, 3)
+    assert "warm-up (step 1)" in table.splitlines()[0] and "GRPO: after - warm-up" in table.splitlines()[0]
+    assert table.splitlines()[-1].startswith(f"n = {full['after']['episodes']} held-out episodes")
+
+
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "memtrain_jax.tools.main", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _fake_run(path, records):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"agent": {"answer_extractor": "boxed", "imr": True}}))
+    (path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_compare_runs_pairs_runs_from_their_records(tmp_path):
+    n = 30
+    base = [float(i % 5 == 0) for i in range(n)]
+    better = [float(i % 5 == 0 or i % 3 == 0) for i in range(n)]
+    _fake_run(tmp_path / "warm", [_record(0, [0.0] * n), _record(4, base)])
+    _fake_run(tmp_path / "grpo", [_record(0, [0.0] * n), _record(4, base), _record(8, better)])
+    done = _cli("compare-runs", f"--runs=control={tmp_path / 'warm'},memtrain={tmp_path / 'grpo'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    header, *rows = done.stdout.strip().splitlines()
+    assert "control@4" in header and "memtrain@8" in header and "memtrain@8 - control@4" in header
+    recall = next(r for r in rows if r.startswith("recall accuracy"))
+    assert recall.endswith(stats.format_interval(*stats.paired_difference(base, better)))
+    done = _cli("compare-runs", f"--runs={tmp_path / 'grpo'}@4,{tmp_path / 'warm'}")  # a step of a run
+    assert done.returncode == 0 and "warm@4 - grpo@4" in done.stdout
+    assert "no paired difference excludes 0" in done.stdout  # the same items: every difference is 0
+    done = _cli("compare-runs", f"--runs={tmp_path / 'grpo'}@5,{tmp_path / 'warm'}")
+    assert done.returncode == 2 and "no evaluation at step 5" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr
