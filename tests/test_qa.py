@@ -9,8 +9,18 @@ import re
 import numpy as np
 import pytest
 
+from memtrain_jax import stats
 from memtrain_jax.agent import AgentConfig, PromptBuilder, PromptConfig, ScriptedPolicy, assign_credit
-from memtrain_jax.agent.qa import evaluate_long_qa, qa_episode, read_full_context, read_with_memory
+from memtrain_jax.agent.qa import (
+    QAAnswer,
+    evaluate_long_qa,
+    format_paired,
+    format_table,
+    qa_episode,
+    read_full_context,
+    read_with_memory,
+    score_table,
+)
 from memtrain_jax.agent.search import SearchConfig, information_block, objective_score, parse_action, search_rollout
 from memtrain_jax.data import qa
 from memtrain_jax.data.chunking import centre_truncate
@@ -367,3 +377,45 @@ def test_search_rollout_prompts_retrieval_scores_and_loss_masks(pool, records, b
         assert mask.all() and len(mask) == len(response)
         assert "Doc 1 (" not in tokenizer.decode(response.tolist())
     assert metrics["acc_e2e"] == pytest.approx(np.mean([t.correct for t in trajectories]))
+
+
+def _answers(reader, n, em, f1):
+    return [
+        QAAnswer(f"q{i}", reader, n, "x", "x", {"em": e, "sub_em": e, "f1": f}, 100, 100)
+        for i, (e, f) in enumerate(zip(em, f1, strict=True))
+    ]
+
+
+def test_qa_tables_carry_intervals_and_paired_differences():
+    """Cells are Wilson (matches) / bootstrap (f1) intervals; a second arm is paired with the first on the same
+    questions, per length and on each question's mean over the lengths."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(1)
+    n = 64
+    base_em = {2: (rng.random(n) < 0.2).astype(float), 8: (rng.random(n) < 0.1).astype(float)}
+    arm_em = {k: np.maximum(v, (rng.random(n) < 0.3).astype(float)) for k, v in base_em.items()}  # never worse
+    f1 = rng.random(n)
+    base = score_table([a for k, v in base_em.items() for a in _answers("memory_agent", k, v, f1)], {})
+    arm = score_table([a for k, v in arm_em.items() for a in _answers("memory_agent", k, v, f1)], {})
+    cell = base["memory_agent"]["8"]
+    wilson = binomtest(int(base_em[8].sum()), n).proportion_ci(method="wilson")
+    assert np.allclose(cell["em_interval"], [wilson.low, wilson.high], atol=1e-9)
+    assert cell["items"]["id"] == [f"q{i}" for i in range(n)] and cell["items"]["em"] == base_em[8].tolist()
+    lo, hi = stats.bootstrap_interval(f1)
+    assert np.allclose(cell["f1_interval"], [lo, hi])
+    tables = {"base": base["memory_agent"], "memtrain": arm["memory_agent"]}
+    table = format_table(tables, "em").splitlines()
+    assert table[-1] == f"n = {n} questions per cell"
+    assert f"{100 * base_em[8].mean():.1f} [{100 * wilson.low:.1f}, {100 * wilson.high:.1f}]" in table[2]
+    paired = format_paired(tables, "em").splitlines()
+    assert paired[0].startswith("em x 100: row - base")
+    cells = re.findall(r"(-?\d+\.\d) \[(-?\d+\.\d), (-?\d+\.\d)\]", paired[1])
+    assert len(cells) == 3  # two lengths and the average
+    for (mean, low, high), k in zip(cells[:2], (2, 8), strict=True):
+        d = arm_em[k] - base_em[k]
+        assert float(mean) == round(100 * d.mean(), 1) and float(low) >= 0  # never worse: the interval is >= 0
+        ref = stats.paired_difference(base_em[k], arm_em[k])
+        assert (float(low), float(high)) == (round(100 * ref[1], 1), round(100 * ref[2], 1))
+    per_question = (arm_em[2] + arm_em[8]) / 2 - (base_em[2] + base_em[8]) / 2
+    assert float(cells[2][0]) == round(100 * per_question.mean(), 1)

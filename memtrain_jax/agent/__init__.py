@@ -5,7 +5,14 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.policy import CallStats, Policy, SamplerPolicy
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig, Template, TemplateError, load_template
-from memtrain_jax.agent.qa import QAAnswer, evaluate_long_qa, format_table, read_full_context, read_with_memory
+from memtrain_jax.agent.qa import (
+    QAAnswer,
+    evaluate_long_qa,
+    format_paired,
+    format_table,
+    read_full_context,
+    read_with_memory,
+)
 from memtrain_jax.agent.rollout import (
     Episode,
     Reply,
@@ -26,6 +33,7 @@ __all__ = [
     "QATaskData",
     "SearchConfig",
     "evaluate_long_qa",
+    "format_paired",
     "format_table",
     "objective_score",
     "parse_action",

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from memtrain_jax import stats
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
@@ -155,15 +156,23 @@ def read_full_context(
 
 
 def score_table(answers: Sequence[QAAnswer], seconds: dict[tuple[str, int], float]) -> dict[str, Any]:
-    """{reader: {num_docs: figures}}: mean em / sub_em / f1 (in [0, 1]), questions, mean context tokens,
-    wall seconds and throughput (questions/s, processed tokens/s) of each reader at each length."""
+    """{reader: {num_docs: figures}}: mean em / sub_em / f1 (in [0, 1]) with their 95 % intervals
+    (`<metric>_interval`: Wilson for the 0/1 matches, bootstrap for f1), questions, mean context tokens, wall
+    seconds and throughput (questions/s, processed tokens/s) of each reader at each length, and `items`: each
+    question's id and scores in the questions' order, on which two arms are paired."""
     table: dict[str, Any] = {}
     for reader in READERS:
         for n in sorted({a.num_docs for a in answers if a.reader == reader}):
             rows = [a for a in answers if a.reader == reader and a.num_docs == n]
             s = seconds.get((reader, n), float("nan"))
+            intervals = {
+                f"{m}_interval": list(stats.mean_with_interval([a.scores[m] for a in rows], binary=m != "f1")[1:3])
+                for m in METRICS
+            }
             table.setdefault(reader, {})[str(n)] = {
                 **{m: float(np.mean([a.scores[m] for a in rows])) for m in METRICS},
+                **intervals,
+                "items": {"id": [a.id for a in rows], **{m: [float(a.scores[m]) for a in rows] for m in METRICS}},
                 "questions": len(rows),
                 "mean_tokens": float(np.mean([a.tokens for a in rows])),
                 "seconds": s,
@@ -242,18 +251,78 @@ def evaluate_long_qa(
     return score_table(answers, seconds), answers
 
 
+def _cell(value: float | None, lo: float = float("nan"), hi: float = float("nan")) -> str:
+    if value is None:
+        return f"{'-':>20s}"
+    if np.isnan(lo):
+        return f"{100 * value:>20.1f}"
+    return f"{f'{100 * value:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]':>20s}"
+
+
+def _average(table: dict[str, Any], lengths: Sequence[int], metric: str) -> tuple[float, float, float] | None:
+    """The mean over lengths and its bootstrap interval over questions (each question's mean over the lengths);
+    without per-question items (an old results file) the plain mean."""
+    cells = [table[str(n)] for n in lengths if str(n) in table]
+    if not cells:
+        return None
+    if all("items" in c for c in cells) and len({tuple(c["items"]["id"]) for c in cells}) == 1:
+        per_question = np.mean([c["items"][metric] for c in cells], axis=0)
+        mean, lo, hi, _ = stats.mean_with_interval(per_question.tolist(), binary=False)
+        return mean, lo, hi
+    return float(np.mean([c[metric] for c in cells])), float("nan"), float("nan")
+
+
 def format_table(tables: dict[str, dict[str, Any]], metric: str = "sub_em") -> str:
-    """Rows: arm (or reader); columns: lengths and their average; cells: `metric` x 100 (Table 1's layout).
+    """Rows: arm (or reader); columns: lengths and their average; cells: `metric` x 100 with its 95 % interval
+    (Table 1's layout; n questions per cell in the last line).
 
     tables: {row name: {num_docs: figures}}."""
     lengths = sorted({int(n) for table in tables.values() for n in table})
-    header = f"{metric + ' x 100':28s}" + "".join(f"{n:>8d}" for n in lengths) + f"{'avg':>8s}"
-    lines = [header, f"{'(documents; mean tokens)':28s}" + "".join(f"{_mean_tokens(tables, n):>8.0f}" for n in lengths)]
+    header = f"{metric + ' x 100 [95% CI]':28s}" + "".join(f"{n:>20d}" for n in lengths) + f"{'avg':>20s}"
+    lines = [
+        header,
+        f"{'(documents; mean tokens)':28s}" + "".join(f"{_mean_tokens(tables, n):>20.0f}" for n in lengths),
+    ]
     for name, table in tables.items():
-        values = [table.get(str(n), {}).get(metric) for n in lengths]
-        cells = "".join(f"{100 * v:8.2f}" if v is not None else f"{'-':>8s}" for v in values)
-        present = [v for v in values if v is not None]
-        lines.append(f"{name:28s}{cells}{100 * float(np.mean(present)) if present else float('nan'):8.2f}")
+        cells = ""
+        for n in lengths:
+            cell = table.get(str(n))
+            if cell is None:
+                cells += _cell(None)
+            else:
+                lo, hi = cell.get(f"{metric}_interval", (float("nan"), float("nan")))
+                cells += _cell(cell[metric], lo, hi)
+        average = _average(table, lengths, metric)
+        lines.append(f"{name:28s}{cells}{_cell(*average) if average else _cell(None)}")
+    counts = sorted({c["questions"] for t in tables.values() for c in t.values()})
+    lines.append(f"n = {', '.join(map(str, counts))} questions per cell")
+    return "\n".join(lines)
+
+
+def format_paired(tables: dict[str, dict[str, Any]], metric: str = "sub_em") -> str:
+    """Each row after the first minus the first (the reference: the base model, or the memory agent), paired on
+    the same questions at each length and on each question's mean over the lengths: mean x 100 [paired-bootstrap
+    95 % interval]. Cells whose rows lack per-question items, or hold other questions, are "-"."""
+    (reference, base), *others = tables.items()
+    lengths = sorted({int(n) for table in tables.values() for n in table})
+    header = f"{metric + ' x 100: row - ' + reference:28s}" + "".join(f"{n:>20d}" for n in lengths) + f"{'avg':>20s}"
+    lines = [header]
+    for name, table in others:
+        cells, per_a, per_b = "", [], []
+        for n in lengths:
+            a, b = base.get(str(n), {}).get("items"), table.get(str(n), {}).get("items")
+            if a is None or b is None or a["id"] != b["id"]:
+                cells += _cell(None)
+                continue
+            per_a.append(a[metric])
+            per_b.append(b[metric])
+            cells += _cell(*stats.paired_difference(a[metric], b[metric]))
+        average = (
+            stats.paired_difference(np.mean(per_a, axis=0), np.mean(per_b, axis=0))
+            if per_a and len(per_a) == len(lengths)
+            else None
+        )
+        lines.append(f"{name:28s}{cells}{_cell(*average) if average else _cell(None)}")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 
 from memtrain_jax.agent import AgentSetup, SamplerPolicy
-from memtrain_jax.agent.qa import evaluate_long_qa, format_table, format_times
+from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
 from memtrain_jax.agent.search import search_metrics, search_rollout
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 
@@ -123,6 +123,8 @@ def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = Fal
                 f.write(json.dumps(dataclasses.asdict(a)) + "\n")
     for metric in ("sub_em", "em", "f1"):
         print("\n" + format_table(tables, metric))
+        if len(tables) > 1:
+            print(format_paired(tables, metric))
     print("\n" + format_times(tables))
     print(f"\n[eval-qa] {os.path.join(workdir, 'results.json')} ({results['seconds']:.0f}s in all)")
     if plot:
@@ -209,6 +211,8 @@ def compare(
     _write_json(os.path.join(workdir, "compare.json"), results)
     for metric in ("sub_em", "em", "f1"):
         print("\n" + format_table(rows, metric))
+        if len(rows) > 1:
+            print(format_paired(rows, metric))
     print(f"\n[compare] {os.path.join(workdir, 'compare.json')}")
     if plot:
         from memtrain_jax.train.plots import plot_qa

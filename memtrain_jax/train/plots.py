@@ -92,8 +92,19 @@ def plot_run(workdir: str, out: str = "", smooth: int = 5) -> str:
     return out
 
 
+def qa_band(table: dict[str, dict], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi) of `metric`'s 95 % interval at each length of a score table (lengths in increasing order); None
+    when a cell lacks it (results written before intervals were kept)."""
+    lengths = sorted(table, key=int)
+    if not all(f"{metric}_interval" in table[n] for n in lengths):
+        return None
+    lo, hi = zip(*(table[n][f"{metric}_interval"] for n in lengths), strict=True)
+    return np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+
+
 def plot_qa(tables: dict[str, dict[str, dict]], out: str) -> str:
-    """Accuracy (sub-EM, EM, F1) against context length (mean tokens, log scale), one line per reader or arm;
+    """Accuracy (sub-EM, EM, F1) against context length (mean tokens, log scale), one line per reader or arm with
+    its 95 % interval band;
     tables: {name: {num_docs: figures}} as memtrain_jax.agent.qa.score_table writes them. Returns `out`."""
     import matplotlib
 
@@ -105,7 +116,10 @@ def plot_qa(tables: dict[str, dict[str, dict]], out: str) -> str:
         for name, table in tables.items():
             lengths = sorted(table, key=int)
             tokens = [table[n]["mean_tokens"] for n in lengths]
-            ax.plot(tokens, [100 * table[n][metric] for n in lengths], marker="o", label=name)
+            (line,) = ax.plot(tokens, [100 * table[n][metric] for n in lengths], marker="o", label=name)
+            band = qa_band(table, metric)
+            if band is not None:
+                ax.fill_between(tokens, 100 * band[0], 100 * band[1], color=line.get_color(), alpha=0.15, lw=0)
             for x, n in zip(tokens, lengths, strict=True):
                 ax.annotate(f"{n} docs", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
         ax.set_xscale("log")
