@@ -117,3 +117,20 @@ def test_compare_runs_pairs_runs_from_their_records(tmp_path):
     done = _cli("compare-runs", f"--runs={tmp_path / 'grpo'}@5,{tmp_path / 'warm'}")
     assert done.returncode == 2 and "no evaluation at step 5" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_held_out_episodes_are_the_last_usable_ones(cache):
+    """`eval_episodes` counts episodes that are evaluated: pivots whose masks all fall beyond max_chunks are
+    passed over, and training keeps every pivot before the first held-out one."""
+    from memtrain_jax.agent import AgentSetup
+
+    config = run_config("memtrain.py:tiny", cache, **{"data.chunking.max_chunks": 1})
+    setup = AgentSetup.build(config)
+    everything = setup.eval_batch(list(range(setup.num_items)))["usable"]
+    assert 0 < everything.sum() < setup.num_items  # this setting skips some pivots
+    want = int(everything.sum()) // 2
+    train, slots = setup.split_items(want)
+    assert len(slots) == want and all(everything[slots]) and train == min(slots)
+    assert [s for s in range(train, setup.num_items) if everything[s]] == slots  # the last usable ones
+    train, slots = setup.split_items(setup.num_items)  # more than there are: all usable but the first pivot
+    assert train == 1 and slots == [s for s in range(1, setup.num_items) if everything[s]]

@@ -226,11 +226,18 @@ class AgentSetup:
         return self.prepared.num_pivots if self.task == "memtrain" else len(self._qa_records())
 
     def split_items(self, eval_episodes: int) -> tuple[int, list[int]]:
-        """(training slots: the first items, held-out evaluation slots). memtrain: the last `eval_episodes` pivots
-        (at least one pivot trains); QA: every training record trains, the first dev records are held out."""
+        """(training slots: the first items, held-out evaluation slots). memtrain: the last pivots whose episodes
+        are usable, `eval_episodes` of them (an episode whose every mask falls beyond `max_chunks` is skipped by
+        the rollout, so it would not be evaluated) or as many as there are while at least one pivot trains; QA:
+        every training record trains, the first dev records are held out."""
         if self.task == "memtrain":
-            num_eval = max(0, min(eval_episodes, self.num_items - 1))
-            return self.num_items - num_eval, list(range(self.num_items - num_eval, self.num_items))
+            wanted, first, slots = max(0, eval_episodes), self.num_items, []
+            while len(slots) < wanted and first > 1:
+                block = list(range(max(1, first - (wanted - len(slots))), first))
+                usable = self.eval_batch(block)["usable"]
+                slots += [s for s, ok in zip(block, usable, strict=True) if ok][::-1][: wanted - len(slots)]
+                first = block[0] if len(slots) < wanted else min(slots)
+            return first, sorted(slots)
         train = len(self.qa.train)
         return train, list(range(train, train + max(0, min(eval_episodes, len(self.qa.dev)))))
 
