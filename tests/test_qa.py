@@ -419,3 +419,28 @@ def test_qa_tables_carry_intervals_and_paired_differences():
         assert (float(low), float(high)) == (round(100 * ref[1], 1), round(100 * ref[2], 1))
     per_question = (arm_em[2] + arm_em[8]) / 2 - (base_em[2] + base_em[8]) / 2
     assert float(cells[2][0]) == round(100 * per_question.mean(), 1)
+
+
+def test_search_format_examples_replay_as_a_full_score_episode(pool, records, bm25, tokenizer, chat, builder):
+    """The warm-up's examples are the turns of a search episode: a policy replying with their targets makes
+    `search_rollout` build exactly the examples' prompts, write only well-formed actions and score 1."""
+    from memtrain_jax.train.format import search_format_examples, sub_questions
+
+    corpus = [(p.title, p.text) for p in pool]
+    joined = qa.multi_objective(records[:8], 2, seed=0)
+    by_id = {r.id: r for r in records}
+    for j in joined:
+        assert sub_questions(j.question) == [by_id[i].question for i in j.id.split("+")]
+    config = SearchConfig(max_turns=4, top_k=3, turn_tokens=128, information_tokens=400, group_size=1)
+    stop = chat.stop_tokens(tokenizer)[0]
+    examples = search_format_examples(joined, builder, tokenizer, config, bm25, corpus, stop)
+    assert len(examples) == 3 * len(joined)  # two searches and one answer per episode
+    assert all(int(r[-1]) == stop for r in examples.responses)
+    targets = {tuple(p.tolist()): r[:-1].tolist() for p, r in zip(examples.prompts, examples.responses, strict=True)}
+    policy = ScriptedPolicy(tokenizer, lambda kind, prompt, row: tokenizer.decode(targets[tuple(prompt)]), stop)
+    batch = search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0)
+    assert all(t.failure == "" and t.correct == 1.0 for t in batch.trajectories)
+    asked = [tuple(p) for _, prompts, budgets in policy.calls for p, b in zip(prompts, budgets, strict=True) if b]
+    assert sorted(asked) == sorted(targets)  # every prompt of the rollout is an example's prompt, and no other
+    short = search_format_examples(joined, builder, tokenizer, config, bm25, corpus, stop, max_target=8)
+    assert all(len(r) <= 8 for r in short.responses) and len(short) < len(examples)

@@ -151,3 +151,18 @@ def test_bad_downstream_arguments(cache, tmp_path, memtrain_run):
     with pytest.raises(ValueError, match="distractors, but the pool has only"):
         downstream.eval_qa(config, str(tmp_path / "too-long"))
     assert not (tmp_path / "too-long" / "results.json").exists()
+
+
+def test_search_format_warmup_trains_on_the_episodes_turns(cache, tmp_path):
+    """The search task's format steps train on MEM1-format turns of the batch's questions (two searches and one
+    answer for two objectives), not on MemTrain's examples."""
+    config = run_config(
+        "task.py:tiny,search",
+        cache,
+        **{"train.format_steps": 1, "train.steps": 1, "train.eval_every": 0, "search.turn_tokens": 96},
+    )
+    trainer = Trainer(config, str(tmp_path / "search-format"), log=_quiet)
+    trainer.train()
+    (record,) = read_metrics(str(tmp_path / "search-format"))
+    assert record["phase"] == "format" and record["episodes"] == config.data.loader.batch_size
+    assert record["sequences"] == 3 * record["episodes"] and np.isfinite(record["loss"])

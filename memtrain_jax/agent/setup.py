@@ -283,6 +283,11 @@ class AgentSetup:
             episodes.append(qa_episode(context, int(episode_id), self.builder, self.agent.chunk_size))
         return episodes, 0
 
+    def records(self, batch: Mapping[str, np.ndarray]) -> list[qa_data.QARecord]:
+        """A QA task's records of a batch of its stream."""
+        records = self._qa_records()
+        return [records[int(i)] for i in batch["record"]]
+
     def rollout(
         self, batch: Mapping[str, np.ndarray], step: int, policy: Any = None, agent: AgentConfig | None = None
     ) -> RolloutBatch | None:
@@ -290,10 +295,9 @@ class AgentSetup:
         evaluation's one greedy trajectory); None when no episode of the batch is usable."""
         agent = agent or self.agent
         if self.task == "search_qa":
-            records = self._qa_records()
             return search_rollout(
                 policy or self.sampler_policy,
-                [records[int(i)] for i in batch["record"]],
+                self.records(batch),
                 self.builder,
                 self.tokenizer,
                 self.qa.retriever,

@@ -13,6 +13,10 @@ the answer format, and the reading it relies on, from data whose answers are kno
   section's first sentences, cut to the memory budget. It only teaches the model to write notes from
   the text instead of chatting; GRPO then shapes what the notes keep.
 
+For search QA (`search_format_examples`): MEM1's action format, each turn of the episode a well-behaved
+agent would play (notes, then `<search>` the next question, finally `<answer>` every objective), so the base
+loop writes well-formed actions and task RL sees non-zero rewards.
+
 Targets end with the chat format's end-of-turn token, as a sampled reply does. The examples go
 through the same packing and train step as GRPO, with the cross-entropy objective.
 """
@@ -29,12 +33,16 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences
 from memtrain_jax.agent.prompts import PromptBuilder
 from memtrain_jax.agent.rollout import Episode
+from memtrain_jax.agent.search import NO_SEARCH, SearchConfig, information_block
 from memtrain_jax.data.entities import choose_entity
 from memtrain_jax.data.masking import count_occurrences, mask_entity
+from memtrain_jax.data.qa import QARecord
+from memtrain_jax.data.retrieval import Retriever
 from memtrain_jax.data.types import Paragraph
 from memtrain_jax.tokenizer.base import Tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SUB_QUESTION = re.compile(r"Question \d+: (.*?)(?= Question \d+: |$)", re.DOTALL)
 
 
 def _window(text: str, needle: str, tokenizer: Tokenizer, budget: int) -> list[int] | None:
@@ -94,6 +102,64 @@ def format_examples(
             if memory:
                 prompt = builder.recall_prompt(memory, tokenizer.encode(chunk))
                 rows.append((prompt, tokenizer.encode(f"\\boxed{{{entity}}}") + [stop_id], KIND_IDS["recall"]))
+    return _sequences(rows, max_target)
+
+
+def sub_questions(question: str) -> list[str]:
+    """The questions of a multi-objective question ("... Question 1: q1 Question 2: q2", as
+    memtrain_jax.data.qa.join_questions writes it), or [question] for a plain one."""
+    parts = _SUB_QUESTION.findall(question)
+    return [q.strip() for q in parts] if parts else [question]
+
+
+def search_format_examples(
+    records: Sequence[QARecord],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    config: SearchConfig,
+    retriever: Retriever,
+    corpus: Sequence[tuple[str, str]],
+    stop_id: int,
+    max_target: int | None = None,
+    query_words: int = 16,
+) -> TrainingSequences:
+    """MEM1's action format, from records whose answers are known: for a question of K objectives, the
+    episode a well-behaved agent would play, one example per turn (the prompt as `search_rollout` builds it):
+
+      turn k <= K   notes "Answer i: a_i." for i < k, then <search>q_k</search>   (q_k: the k-th question's
+                    first `query_words` words); its information block: the retriever's top_k for q_{k-1}
+      turn K + 1    notes for every objective, then <answer>a_1; ...; a_K</answer>
+
+    Each turn's memory is the previous turn's target, as in the rollout. Examples whose target exceeds
+    `max_target` tokens (the turn budget) are left out."""
+    rows: list[tuple[list[int], list[int], int]] = []
+    for record in records:
+        questions = sub_questions(record.question)
+        answers = [golds[0] for golds in record.golds]
+        if len(questions) != len(answers):
+            continue  # a question whose parts cannot be told apart: no example rather than a wrong one
+        problem = builder.encode_problem(record.question)
+        queries = [" ".join(q.split()[:query_words]) for q in questions]
+        found, _ = retriever.search(queries, config.top_k)
+        memory, information = list(builder.no_memory_ids), tokenizer.encode(NO_SEARCH)
+        for k in range(len(answers) + 1):
+            notes = " ".join(f"Answer {i + 1}: {a}." for i, a in enumerate(answers[:k])) or "Nothing found yet."
+            if k < len(answers):
+                reply = f"{notes}\n<search>{queries[k]}</search>"
+            else:
+                reply = f"{notes}\n<answer>{f'{config.separator} '.join(answers)}</answer>"
+            target = tokenizer.encode(reply)
+            prompt = builder.search_prompt(problem, memory, information)
+            rows.append((prompt, target + [stop_id], KIND_IDS["answer" if k == len(answers) else "memory"]))
+            if k < len(answers):
+                block = information_block([corpus[int(i)] for i in found[k]])
+                memory, information = target, tokenizer.encode(block)[: config.information_tokens]
+    return _sequences(rows, max_target)
+
+
+def _sequences(rows: list[tuple[list[int], list[int], int]], max_target: int | None) -> TrainingSequences:
+    """Supervised (prompt, target, kind) rows as training sequences: every target token in the loss, advantage 1
+    (the cross-entropy objective reads neither log-probs nor rewards)."""
     if max_target is not None:
         rows = [row for row in rows if len(row[1]) <= max_target]
     n = len(rows)

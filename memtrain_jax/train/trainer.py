@@ -44,7 +44,7 @@ from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
-from memtrain_jax.train.format import format_examples
+from memtrain_jax.train.format import format_examples, search_format_examples
 from memtrain_jax.train.learner import Learner, OptimConfig, TrainState, loss_config_from
 from memtrain_jax.train.metrics import MetricWriter
 from memtrain_jax.train.workdir import CONFIG_FILE, WriteFailedError, check_config, lock_workdir, record_start
@@ -180,10 +180,11 @@ class Trainer:
         self.setup = AgentSetup.build(config, log=log)
         check_workdir(workdir, run_identity(self.setup), write=writer)
         setup = self.setup
-        if setup.task != "memtrain" and self.train_config.format_steps:
+        if setup.task == "long_qa" and self.train_config.format_steps:
             raise ValueError(
                 f"train.format_steps={self.train_config.format_steps}: the format warm-up builds MemTrain's "
-                f"masked-entity examples and does not apply to task {setup.task!r}; set it to 0."
+                "masked-entity examples (memtrain) or MEM1's search turns (search_qa), none for task 'long_qa'; "
+                "set it to 0."
             )
         lengths = setup.sequence_lengths()
         block = self.train_config.length_block
@@ -274,17 +275,32 @@ class Trainer:
         return state, merged
 
     def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
-        episodes, skipped = self.setup.episodes(batch)
-        examples = format_examples(
-            episodes,
-            self.setup.builder,
-            self.setup.tokenizer,
-            self.setup.agent,
-            self.stop_id,
-            self.setup.extractor,
-            np.random.default_rng([int(self.config.seed), step, 13]),
-            max_target=self.window,
-        )
+        setup = self.setup
+        if setup.task == "search_qa":  # MEM1's action format (train/format.py)
+            records = setup.records(batch)
+            examples = search_format_examples(
+                records,
+                setup.builder,
+                setup.tokenizer,
+                setup.search,
+                setup.qa.retriever,
+                setup.qa.corpus,
+                self.stop_id,
+                max_target=setup.search.turn_tokens,
+            )
+            episodes, skipped = records, 0
+        else:
+            episodes, skipped = setup.episodes(batch)
+            examples = format_examples(
+                episodes,
+                setup.builder,
+                setup.tokenizer,
+                setup.agent,
+                self.stop_id,
+                setup.extractor,
+                np.random.default_rng([int(self.config.seed), step, 13]),
+                max_target=self.window,
+            )
         metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
         if not len(examples):
             return state, {**metrics, "skipped_update": 1}
