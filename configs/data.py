@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Intermediate memory recall probes (memtrain_jax.data.probes).
     c.probes = ml_collections.ConfigDict()
-    c.probes.mode = "paper"  # paper: chunk l < k | code: l in 1..k
+    c.probes.mode = "paper"  # paper: chunk l < k | code: l in 1..k | latest: l = k - 1 (a CPU curriculum)
     c.probes.target_token = "[TARGET]"
     # Entities of a probed chunk: "" = entities.extractor ("links" needs link spans, which chunks lack: use rules).
     c.probes.extractor = ""

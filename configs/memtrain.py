@@ -199,6 +199,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.async_checkpoints = True
     c.train.eval_every = {"paper": 50, "cpu": 8, "cpu_long": 15, "tiny": 2}[variant]
     c.train.eval_episodes = {"paper": 64, "cpu": 6, "cpu_long": 12, "tiny": 2}[variant]
+    c.train.eval_before = True  # also evaluate step 0 (the base model); the warm-up's end is always evaluated
 
     # Downstream QA (memtrain eval-qa / compare, and the QA tasks of configs/task.py).
     c.qa = ml_collections.ConfigDict()

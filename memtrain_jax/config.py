@@ -54,6 +54,7 @@ RUN_CHOICES = (
     "train.keep_checkpoints",
     "train.async_checkpoints",
     "train.eval_every",
+    "train.eval_before",
 )
 
 

@@ -28,6 +28,7 @@ def test_candidate_chunks():
     assert candidate_chunks(1, 8, "code") == [1]
     assert candidate_chunks(5, 8, "code") == [1, 2, 3, 4, 5]
     assert candidate_chunks(8, 8, "code") == list(range(1, 8))
+    assert [candidate_chunks(k, 8, "latest") for k in (1, 5, 8)] == [[0], [4], [7]]
     with pytest.raises(ValueError, match="'papr'"):
         candidate_chunks(2, 8, "papr")
     with pytest.raises(ValueError, match="step_k=0"):
@@ -36,7 +37,7 @@ def test_candidate_chunks():
         candidate_chunks(9, 8)
 
 
-@pytest.mark.parametrize("mode", ["paper", "code"])
+@pytest.mark.parametrize("mode", ["paper", "code", "latest"])
 def test_probes_mask_only_allowed_chunks(chunks, extractor, mode):
     for step in range(1, 9):
         for episode in range(12):
@@ -44,6 +45,8 @@ def test_probes_mask_only_allowed_chunks(chunks, extractor, mode):
             assert probe is not None and probe.step == step
             if mode == "paper":
                 assert 0 <= probe.chunk_index < step  # read before the memory at this step was written
+            elif mode == "latest":
+                assert probe.chunk_index == step - 1  # the chunk read by the turn that wrote this memory
             else:
                 assert 1 <= probe.chunk_index <= min(step, 7)
             original = chunks[probe.chunk_index]

@@ -51,6 +51,9 @@ def test_grpo_effect_is_after_minus_warmup_on_the_same_episodes():
     assert stats.format_interval(sum(after) / n, lo, hi) in recall_line
     assert "recall accuracy (R_I) (GRPO: after - warm-up)" in table.splitlines()[-1]
     assert "E2E accuracy" not in table.splitlines()[-1]  # 0 -> 0 moves nothing
+    # without the evaluation before training (train.eval_before=False): warm-up and after, GRPO's difference
+    arms, diffs = report.training_arms({"warmup": _record(5, warm), "after": _record(9, after)}, format_steps=5)
+    assert [a[0] for a in arms] == ["warm-up (step 5)", "after GRPO"] and diffs == [("GRPO: after - warm-up", 0, 1)]
     # without a warm-up evaluation: one difference, after - before
     arms, diffs = report.training_arms({"before": _record(0, warm), "after": _record(9, warm)}, format_steps=0)
     assert [d[0] for d in diffs] == ["after - before (paired)"]

@@ -9,6 +9,8 @@ Modes (`mode`):
 - "paper" (default): l is drawn from 0..k-1, chunks already read at step k.
 - "code": l is drawn from 1..k (the public code's variant: it can pick the unread chunk k and
   never chunk 0); indices past the last chunk are not candidates.
+- "latest": l = k - 1, the chunk read at the turn that wrote the memory (a CPU curriculum: a memory that
+  keeps what it just read answers it; "paper" also asks for what earlier turns had to carry forward).
 
 Candidate chunks are tried in an rng-drawn order until one has a valid entity; `make_probe`
 returns None when none has (no probe for that trajectory). Randomness comes from `probe_rng`
@@ -33,7 +35,7 @@ from memtrain_jax.data.entities import choose_entity, valid_entities
 from memtrain_jax.data.masking import MASK_TOKEN, TARGET_TOKEN, mask_entity
 from memtrain_jax.data.types import Paragraph
 
-PROBE_MODES = ("paper", "code")
+PROBE_MODES = ("paper", "code", "latest")
 # Stream tag of probe randomness in the episode seed sequence (documents use tag 1).
 _PROBE_STREAM = 2
 
@@ -76,6 +78,8 @@ def candidate_chunks(step_k: int, num_chunks: int, mode: str = "paper") -> list[
         )
     if mode == "paper":
         return list(range(step_k))
+    if mode == "latest":
+        return [step_k - 1]
     return [i for i in range(1, step_k + 1) if i < num_chunks]
 
 

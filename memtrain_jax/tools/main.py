@@ -155,11 +155,13 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
     from memtrain_jax.train.metrics import EVAL_FILE, read_metrics
 
     records = {r["step"]: r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")}
-    if 0 not in records or steps not in records or steps == 0:
+    if steps not in records or steps == 0:
         return None
     format_steps = int(config.train.format_steps)
-    summary = {"before": records[0], "after": records[steps], "warmup": records.get(format_steps)}
+    summary = {"before": records.get(0), "after": records[steps], "warmup": records.get(format_steps)}
     arms, differences = report.training_arms(summary, format_steps if 0 < format_steps < steps else 0)
+    if len(arms) < 2:
+        return None
     return report.arms_table(
         arms, differences, answer_extractor=config.agent.answer_extractor, imr=bool(config.agent.imr)
     )

@@ -96,16 +96,17 @@ def arms_table(
 
 
 def training_arms(summary: Mapping[str, Any], format_steps: int) -> tuple[list[Arm], list[tuple[str, int, int]]]:
-    """The arms of one run's closing table: before training, after the format warm-up (when the run has one and
-    evaluated it) and after; GRPO's own effect is after - warm-up on the same episodes, since the run up to the
+    """The arms of one run's closing table: before training (when evaluated), after the format warm-up (when the
+    run has one) and after; GRPO's own effect is after - warm-up on the same episodes, since the run up to the
     warm-up's end is, by determinism, the warm-up-only control arm."""
-    arms: list[Arm] = [("before", summary["before"])]
+    arms: list[Arm] = [("before", summary["before"])] if summary.get("before") else []
     if format_steps and summary.get("warmup"):
         arms.append((f"warm-up (step {format_steps})", summary["warmup"]))
         arms.append(("after GRPO", summary["after"]))
-        return arms, [("warm-up - before", 0, 1), ("GRPO: after - warm-up", 1, 2)]
+        grpo = [("GRPO: after - warm-up", len(arms) - 2, len(arms) - 1)]
+        return arms, ([("warm-up - before", 0, 1)] if len(arms) == 3 else []) + grpo
     arms.append(("after", summary["after"]))
-    return arms, [("after - before (paired)", 0, 1)]
+    return arms, [("after - before (paired)", 0, 1)] if len(arms) == 2 else []
 
 
 def run_arm(spec: str) -> tuple[str, Arm, Mapping[str, Any]]:

@@ -89,6 +89,7 @@ class TrainConfig:
     async_checkpoints: bool = True
     eval_every: int = 50
     eval_episodes: int = 16
+    eval_before: bool = True
 
     @classmethod
     def from_config(cls, section: Any) -> TrainConfig:
@@ -407,7 +408,7 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         summary: dict[str, Any] = {"workdir": self.workdir, "start_step": step, "checkpoint_step": step or None}
         try:
-            if step == 0 and tc.eval_every > 0:
+            if step == 0 and tc.eval_every > 0 and tc.eval_before:
                 summary["before"] = self.evaluate(state.params, 0)
                 writer.write(0, summary["before"], prefix="eval")
                 writer.write_text(0, "eval/memories", self.last_eval_sample)
