@@ -78,6 +78,8 @@ def test_search_task_trains_on_search_turns(cache, tmp_path):
     assert all(1 <= len(t.memory_turns) + 1 <= config.search.max_turns for t in result.trajectories)
     # A random model never writes a well-formed action: every episode is a counted failure scoring 0.
     assert all(t.failure and t.correct == 0.0 for t in result.trajectories)
+    evaluation = trainer.evaluate(setup.policy.params)  # the held-out figures count the failures too
+    assert evaluation["malformed"] + evaluation["no_answer"] == 1.0 and evaluation["score"] == 0.0
     summary = trainer.train()
     records = read_metrics(str(tmp_path / "search"))
     assert [r["malformed"] + r["no_answer"] for r in records] == [1.0] * config.train.steps

@@ -361,6 +361,8 @@ class Trainer:
         _, metrics = assign_credit(result, agent)
         self.last_eval_sample = self._sample_text(result)
         out: dict[str, Any] = {k: float(metrics[k]) for k in EVAL_KEYS}
+        if setup.task == "search_qa":  # the action-format failures (malformed, no answer) and turns
+            out.update(search_metrics(result))
         out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
         out["items"] = eval_items(result, agent.recall_weight)
         return out
