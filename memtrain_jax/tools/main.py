@@ -243,9 +243,9 @@ def compare_runs(config: ml_collections.ConfigDict) -> None:
     if len(specs) < 2:
         raise UsageError("--runs needs at least two runs: name=WORKDIR[@STEP],name=WORKDIR[@STEP] ...")
     loaded = [report.run_arm(spec) for spec in specs]
-    arms = [arm for _, arm, _ in loaded]
+    arms = [arm for arm, _ in loaded]
     differences = [(f"{arms[i][0]} - {arms[0][0]}", 0, i) for i in range(1, len(arms))]
-    first = loaded[0][2]
+    first = loaded[0][1]
     print(
         report.arms_table(
             arms,

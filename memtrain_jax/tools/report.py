@@ -109,10 +109,12 @@ def training_arms(summary: Mapping[str, Any], format_steps: int) -> tuple[list[A
     return arms, [("after - before (paired)", 0, 1)] if len(arms) == 2 else []
 
 
-def run_arm(spec: str) -> tuple[str, Arm, Mapping[str, Any]]:
-    """`name=WORKDIR[@STEP]` (or `WORKDIR[@STEP]`) -> (workdir, (name, the evaluation record of STEP, default the
-    run's last), the run's stored config). Refused in one line when the run or the step's evaluation is missing."""
+def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
+    """`name=WORKDIR[@STEP]` (or `WORKDIR[@STEP]`) -> ((name@step, the evaluation record of STEP, default the run's
+    last), the run's stored config). Refused in one line when the run or the step's evaluation is missing."""
     import json
+
+    from etils import epath
 
     from memtrain_jax.train.metrics import EVAL_FILE, read_metrics
     from memtrain_jax.train.workdir import CONFIG_FILE
@@ -122,12 +124,10 @@ def run_arm(spec: str) -> tuple[str, Arm, Mapping[str, Any]]:
         name, rest = "", spec
     workdir, _, step_text = rest.partition("@")
     name = name or workdir.rstrip("/").rsplit("/", 1)[-1]
-    config_path = f"{workdir}/{CONFIG_FILE}"
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"run {spec!r}: {config_path} not found (not a memtrain workdir; train it first).") from None
+    config_path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://, as every workdir reader
+    if not config_path.exists():
+        raise UsageError(f"run {spec!r}: {config_path} not found (not a memtrain workdir; train it first).")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
     records = [r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")]
     if not records:
         raise UsageError(f"run {spec!r}: {workdir} has no held-out evaluation with per-episode items.")
@@ -141,4 +141,4 @@ def run_arm(spec: str) -> tuple[str, Arm, Mapping[str, Any]]:
         record = found[-1]
     else:
         record = records[-1]
-    return workdir, (f"{name}@{record['step']}", record), config
+    return (f"{name}@{record['step']}", record), config
