@@ -186,6 +186,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
     # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
     c.train.format_steps = {"paper": 0, "cpu": 5, "cpu_long": 30, "tiny": 1}[variant]
+    # The warm-up's memory-update targets (train/format.py): masked_first (the [MASK] sentences read so far, then
+    # the chunk) | latest_first (the chunk just read, then the [MASK] sentences: recall probes stay answerable).
+    c.train.format_memory = "masked_first"
     c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
     c.train.length_block = 1024 if paper else 128  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection

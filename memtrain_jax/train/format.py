@@ -9,9 +9,12 @@ the answer format, and the reading it relies on, from data whose answers are kno
 - recall: the recall prompt whose memory is a chunk's own text around an entity (a perfect memory)
   and whose section is that chunk with the entity masked as `[TARGET]`, target `\\boxed{<entity>}`;
 - memory update (with `memory_examples`): the memory prompt of each turn, its memory the previous
-  turn's target, target a plain note-taker's memory: the sentences holding `[MASK]` so far, then the
-  section's first sentences, cut to the memory budget. It only teaches the model to write notes from
-  the text instead of chatting; GRPO then shapes what the notes keep.
+  turn's target, target a plain note-taker's memory cut to the memory budget (`memory_target`):
+  "masked_first" (the default): the sentences holding `[MASK]` so far, then the section's first sentences;
+  "latest_first": the section's sentences, then the earlier sentences holding `[MASK]` (a memory that
+  always carries the chunk just read, so a recall probe of that chunk is answerable from it; once the
+  `[MASK]` sentences fill the budget, "masked_first" adds nothing new). It only teaches the model to write
+  notes from the text instead of chatting; GRPO then shapes what the notes keep.
 
 For search QA (`search_format_examples`): MEM1's action format, each turn of the episode a well-behaved
 agent would play (notes, then `<search>` the next question, finally `<answer>` every objective), so the base
@@ -42,6 +45,7 @@ from memtrain_jax.data.types import Paragraph
 from memtrain_jax.tokenizer.base import Tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MEMORY_TARGETS = ("masked_first", "latest_first")
 _SUB_QUESTION = re.compile(r"Question \d+: (.*?)(?= Question \d+: |$)", re.DOTALL)
 
 
@@ -65,10 +69,14 @@ def format_examples(
     rng: np.random.Generator,
     memory_examples: bool = True,
     max_target: int | None = None,
+    memory_target: str = "masked_first",
 ) -> TrainingSequences:
     """One final-answer example per episode with a `[MASK]`, one recall example per chunk with an entity,
     and (with `memory_examples`) one memory-update example per chunk. Examples whose target is longer than
-    `max_target` tokens (a long entity name beyond the reply budget) are left out."""
+    `max_target` tokens (a long entity name beyond the reply budget) are left out. `memory_target` orders the
+    memory-update targets (MEMORY_TARGETS, see the module docstring)."""
+    if memory_target not in MEMORY_TARGETS:
+        raise ValueError(f"Unknown train.format_memory {memory_target!r}; choose one of {MEMORY_TARGETS}.")
     rows: list[tuple[list[int], list[int], int]] = []  # (prompt, target, kind)
     for episode in episodes:
         if episode.chunk_texts is None:
@@ -78,8 +86,13 @@ def format_examples(
             kept: list[str] = []  # sentences with the mask token, read so far
             for ids, text in zip(episode.chunks, episode.chunk_texts, strict=True):
                 sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-                kept += [s for s in sentences if config.mask_token in s]
-                notes = tokenizer.encode(" ".join(kept + [s for s in sentences if s not in kept]))
+                if memory_target == "latest_first":
+                    order = sentences + [s for s in kept if s not in sentences]
+                    kept += [s for s in sentences if config.mask_token in s]
+                else:
+                    kept += [s for s in sentences if config.mask_token in s]
+                    order = kept + [s for s in sentences if s not in kept]
+                notes = tokenizer.encode(" ".join(order))
                 notes = notes[: config.memory_tokens - 1]  # room for the end-of-turn token
                 prompt = builder.memory_prompt(builder.problem_ids, memory, ids)
                 rows.append((prompt, notes + [stop_id], KIND_IDS["memory"]))

@@ -44,7 +44,7 @@ from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
-from memtrain_jax.train.format import format_examples, search_format_examples
+from memtrain_jax.train.format import MEMORY_TARGETS, format_examples, search_format_examples
 from memtrain_jax.train.learner import Learner, OptimConfig, TrainState, loss_config_from
 from memtrain_jax.train.metrics import MetricWriter
 from memtrain_jax.train.workdir import CONFIG_FILE, WriteFailedError, check_config, lock_workdir, record_start
@@ -78,6 +78,7 @@ class TrainConfig:
 
     steps: int = 300
     format_steps: int = 0
+    format_memory: str = "masked_first"
     micro_batch_size: int = 8
     length_block: int = 256
     logprob_chunk: int = 256
@@ -109,6 +110,8 @@ class TrainConfig:
                 f"train.keep_checkpoints={config.keep_checkpoints} would keep no checkpoint of this run: keep at "
                 "least 1, or turn checkpointing off explicitly with train.checkpoint_every=0."
             )
+        if config.format_memory not in MEMORY_TARGETS:
+            raise UsageError(f"Unknown train.format_memory {config.format_memory!r}; choose one of {MEMORY_TARGETS}.")
         if not 0 <= config.format_steps <= config.steps:
             raise ValueError(
                 f"train.format_steps must be in [0, train.steps={config.steps}], got {config.format_steps}."
@@ -301,6 +304,7 @@ class Trainer:
                 setup.extractor,
                 np.random.default_rng([int(self.config.seed), step, 13]),
                 max_target=self.window,
+                memory_target=self.train_config.format_memory,
             )
         metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
         if not len(examples):
