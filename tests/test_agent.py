@@ -350,3 +350,23 @@ def test_bad_inputs(tokenizer, chat, tmp_path):
     with pytest.raises(ValueError, match="'mean'"):
         _config(advantage_normalisation="mean")
     assert extract_boxed("\\boxed{x}") == "x"
+
+
+def test_recall_prompt_names_the_configured_target_token(tokenizer, chat, tmp_path):
+    """The recall question names data.probes.target_token, the token that masks the probed chunk: a changed token
+    changes the prompt, and a template file that never names it is refused."""
+    default = PromptBuilder(tokenizer, chat, PromptConfig())
+    other = PromptBuilder(tokenizer, chat, PromptConfig(), target_token="<ENT>")
+    memory, chunk = tokenizer.encode("notes"), tokenizer.encode("<ENT> was born in Ulm.")
+    text = tokenizer.decode(other.recall_prompt(memory, chunk))
+    assert "[TARGET]" not in text and text.count("<ENT>") == 3  # the two mentions of the question, the chunk's
+    assert tokenizer.decode(default.recall_prompt(memory, chunk)).count("[TARGET]") == 2
+    assert "{target}" not in tokenizer.decode(default.build("recall", memory=memory, chunk=chunk))
+    path = tmp_path / "recall.txt"
+    path.write_text("{memory}\n{chunk}\nWhich entity does [TARGET] stand for?")
+    assert PromptBuilder(tokenizer, chat, PromptConfig(recall_template=str(path)))  # the default token, written out
+    with pytest.raises(TemplateError, match="'<ENT>'"):
+        PromptBuilder(tokenizer, chat, PromptConfig(recall_template=str(path)), target_token="<ENT>")
+    path.write_text("{memory}\n{chunk}\nWhich entity does {target} stand for?")
+    custom = PromptBuilder(tokenizer, chat, PromptConfig(recall_template=str(path)), target_token="<ENT>")
+    assert tokenizer.decode(custom.recall_prompt(memory, chunk)).count("<ENT>") == 2

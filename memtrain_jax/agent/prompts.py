@@ -10,9 +10,10 @@ Five templates, each one user message of the model's chat format:
 - downstream QA's full-context baseline: the whole (middle-truncated) document and the question;
 - search QA (MEM1's loop): the question, the latest notes and the latest retrieved `<information>`.
 
-Placeholders are `{problem}`, `{memory}`, `{chunk}`, `{document}` and `{information}`; every other brace
-is literal (so `\\boxed{}`
-needs no escaping). A template can be replaced by a text file named in the config, to run the
+Placeholders are `{problem}`, `{memory}`, `{chunk}`, `{document}` and `{information}`; `{target}` is the
+recall probes' target token (`data.probes.target_token`), written into the text when the builder is made, so
+the prompt names the token the masked chunk carries; every other brace is literal (so `\\boxed{}` needs no
+escaping). A template can be replaced by a text file named in the config, to run the
 paper's exact wording; a file missing a placeholder its prompt needs, or naming one it cannot
 have, is refused.
 
@@ -67,7 +68,7 @@ FINAL_TEMPLATE = """You have read a long article, keeping a memory as you went. 
 Give your final answer inside \\boxed{}."""
 
 RECALL_TEMPLATE = """Below are your memory from reading an article and one section of that article in which a single \
-entity has been replaced by [TARGET] everywhere it occurs.
+entity has been replaced by {target} everywhere it occurs.
 
 <memory>
 {memory}
@@ -77,7 +78,7 @@ entity has been replaced by [TARGET] everywhere it occurs.
 {chunk}
 </section>
 
-Which entity does [TARGET] stand for? Give your answer inside \\boxed{}."""
+Which entity does {target} stand for? Give your answer inside \\boxed{}."""
 
 FULL_CONTEXT_TEMPLATE = """Read the documents below and solve the problem.
 
@@ -180,6 +181,17 @@ class Template:
             parts.append((text[position:], False))
         return cls(name, tuple(parts))
 
+    def with_text(self, field: str, value: str) -> Template:
+        """The template with the text field `{field}` (not a placeholder) written out as `value`."""
+        token = "{" + field + "}"
+        return Template(
+            self.name, tuple((p if is_slot else p.replace(token, value), is_slot) for p, is_slot in self.parts)
+        )
+
+    def text(self) -> str:
+        """The template's text without its placeholders."""
+        return "".join(p for p, is_slot in self.parts if not is_slot)
+
     def render(self, **values: str) -> str:
         """The template with its placeholders filled by text (for display and tests)."""
         return "".join(values[p] if is_slot else p for p, is_slot in self.parts)
@@ -230,7 +242,14 @@ class PromptBuilder:
     Pieces given as ids (problem, memory, chunk) are spliced in unchanged.
     """
 
-    def __init__(self, tokenizer: Tokenizer, chat: ChatFormat, config: PromptConfig, mask_token: str = "[MASK]"):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat: ChatFormat,
+        config: PromptConfig,
+        mask_token: str = "[MASK]",
+        target_token: str = "[TARGET]",
+    ):
         self.tokenizer, self.chat, self.config = tokenizer, chat, config
         example = WORKED_EXAMPLE if config.worked_example else ""
         self.templates = {
@@ -240,6 +259,13 @@ class PromptBuilder:
             "full_context": load_template("full_context", config.full_context_template, example),
             "search": load_template("search", config.search_template),
         }
+        self.templates = {name: t.with_text("target", target_token) for name, t in self.templates.items()}
+        if target_token not in self.templates["recall"].text():
+            raise TemplateError(
+                f"The recall template ({config.recall_template or 'built-in'}) never names the target token "
+                f"{target_token!r} (data.probes.target_token) that masks the probed chunk: write {{target}} where "
+                "the question refers to it."
+            )
         self._prefix, self._suffix = chat.user_turn_wrapper(tokenizer, config.system)
         self._encoded = {
             name: tuple((p, True) if is_slot else (tuple(tokenizer.encode(p)), False) for p, is_slot in t.parts)

@@ -153,7 +153,9 @@ class AgentSetup:
             policy.description += f", parameters of {config.init_from} step {init_step}"
             log(f"[setup] parameters from {config.init_from} (checkpoint step {init_step})")
         chat = get_chat_format(config.chat_format or policy.chat_format)
-        builder = PromptBuilder(policy.tokenizer, chat, prompt_config, mask_token=agent.mask_token)
+        builder = PromptBuilder(
+            policy.tokenizer, chat, prompt_config, mask_token=agent.mask_token, target_token=agent.target_token
+        )
         if task == "memtrain":
             prepared, qa = _process_0_first(lambda: pipeline.prepare_data(data, pool=pool, log=log)), None
         else:
