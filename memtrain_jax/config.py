@@ -8,6 +8,7 @@ notebooks, config files that build on other config files).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -129,6 +130,28 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             raise KeyError(unknown_field_message(dotted, config))
         node[leaf] = value
     return config
+
+
+class UnknownFieldError(UsageError, KeyError):
+    """A config section with a field its dataclass does not have (a KeyError and a UsageError: one clear line)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def section_values(cls: type, section: Mapping[str, Any] | Any, name: str, exclude: tuple[str, ...] = ()) -> dict:
+    """The fields of config section `name` (a ConfigDict or dict) as a dict for dataclass `cls`; a field `cls`
+    does not have (or that is filled from elsewhere, `exclude`) is refused, naming the nearest known fields."""
+    values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+    known = sorted({f.name for f in dataclasses.fields(cls)} - set(exclude))
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        hints = {u: nearest_fields(u, known) for u in unknown}
+        hint = "; ".join(f"did you mean {' or '.join(h)} for {u!r}?" for u, h in hints.items() if h)
+        raise UnknownFieldError(
+            f"Unknown {name} field(s) {unknown}{'; ' + hint if hint else ''} (known: {', '.join(known)})."
+        )
+    return values
 
 
 def unknown_field_message(name: str, config: Any) -> str:

@@ -80,3 +80,31 @@ def test_model_config_rejects_bad_values_with_the_value():
     with pytest.raises(ValueError, match="hidden_dim"):
         ModelConfig.from_dict({**base, "hidden_dim": 8})
     assert ModelConfig.from_dict(ModelConfig(**base).to_dict()) == ModelConfig(**base)
+
+
+def test_every_section_refuses_an_unknown_field_the_same_way():
+    """One check for every typed section: a misspelt field is a KeyError and a UsageError (one line on the CLI)
+    naming the field and the nearest known one; the agent section refuses fields filled from other sections."""
+    from memtrain_jax.agent.config import AgentConfig
+    from memtrain_jax.config import UnknownFieldError, UsageError
+    from memtrain_jax.data.documents import DocumentConfig
+    from memtrain_jax.model.config import ModelConfig
+    from memtrain_jax.train.learner import OptimConfig
+    from memtrain_jax.train.trainer import TrainConfig
+
+    cases = [
+        (lambda: TrainConfig.from_config({"stepz": 3}), "train", "stepz", "steps"),
+        (lambda: OptimConfig.from_config({"learning_rat": 1.0}), "optim", "learning_rat", "learning_rate"),
+        (lambda: ModelConfig.from_dict({"num_layer": 2}), "model config", "num_layer", "num_layers"),
+        (lambda: DocumentConfig.from_config({"num_paragraph": 2}), "data.document", "num_paragraph", "num_paragraphs"),
+    ]
+    for build, section, field, nearest in cases:
+        with pytest.raises(UnknownFieldError) as caught:
+            build()
+        assert isinstance(caught.value, KeyError) and isinstance(caught.value, UsageError)
+        message = str(caught.value)
+        assert message.startswith(f"Unknown {section} field(s) ['{field}']") and f"did you mean {nearest}" in message
+    config = load_config("configs/memtrain.py:tiny")
+    config.agent.temperature = 0.5  # a sampling field: set in `sampling`, never in `agent`
+    with pytest.raises(UnknownFieldError, match="'temperature'"):
+        AgentConfig.from_config(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from memtrain_jax.config import section_values
 from memtrain_jax.data.probes import PROBE_MODES
 from memtrain_jax.rewards import EXTRACTORS
 from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS
@@ -12,6 +13,24 @@ from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS
 # Room for a probed chunk that re-encodes longer than `chunk_size` after masking (e.g. "[TARGET]"
 # takes more tokens than the entity it replaces); a probe beyond it is dropped and counted.
 RECALL_CHUNK_SLACK = 64
+
+
+# AgentConfig fields filled from the sampling, rl and data sections (never set in `agent`).
+_FROM_OTHER_SECTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "advantage_normalisation",
+    "dapo_filter",
+    "chunk_size",
+    "max_chunks",
+    "probe_mode",
+    "probe_extractor",
+    "target_token",
+    "mask_token",
+    "max_occurrences",
+    "max_words",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +107,7 @@ class AgentConfig:
     @classmethod
     def from_config(cls, config: Any) -> AgentConfig:
         """From a full training config: its `agent`, `sampling`, `rl` and `data` sections."""
-        agent = dict(config.agent.to_dict() if hasattr(config.agent, "to_dict") else config.agent)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(agent) - known)
-        if unknown:
-            raise KeyError(f"Unknown agent field(s) {unknown}; known: {sorted(known)}.")
+        agent = section_values(cls, config.agent, "agent", exclude=_FROM_OTHER_SECTIONS)
         data = config.data
         return cls(
             **agent,

@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from memtrain_jax.config import section_values
 from memtrain_jax.tokenizer.base import Tokenizer
 from memtrain_jax.tokenizer.chat import ChatFormat
 
@@ -226,11 +227,7 @@ class PromptConfig:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any) -> PromptConfig:
-        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise KeyError(f"Unknown prompts field(s) {unknown}; known: {sorted(names)}.")
+        values = section_values(cls, section, "prompts")
         if values.get("system") == "":
             values["system"] = None
         return cls(**values)

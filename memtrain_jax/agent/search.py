@@ -30,6 +30,7 @@ import numpy as np
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
 from memtrain_jax.agent.rollout import Episode, Reply, RolloutBatch, Trajectory, call_seed, replies_from_output
+from memtrain_jax.config import section_values
 from memtrain_jax.data.qa import QARecord
 from memtrain_jax.data.retrieval import Retriever
 from memtrain_jax.rewards import qa_scores
@@ -61,11 +62,7 @@ class SearchConfig:
 
     @classmethod
     def from_config(cls, section: Any, group_size: int = 1) -> SearchConfig:
-        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-        known = {f.name for f in dataclasses.fields(cls)} - {"group_size"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"Unknown search field(s) {unknown}; known: {sorted(known)}.")
+        values = section_values(cls, section, "search", exclude=("group_size",))
         return cls(**values, group_size=group_size)
 
 

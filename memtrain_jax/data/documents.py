@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from memtrain_jax.config import section_values
 from memtrain_jax.data.entities import choose_entity
 from memtrain_jax.data.masking import MASK_TOKEN, count_occurrences, mask_entity
 from memtrain_jax.data.types import Paragraph
@@ -88,12 +89,7 @@ class DocumentConfig:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any) -> DocumentConfig:
         """From a ConfigDict/dict; an unknown key is an error naming it."""
-        d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise KeyError(f"Unknown data.document field(s) {unknown}; known: {sorted(names)}.")
-        return cls(**d)
+        return cls(**section_values(cls, section, "data.document"))
 
     @property
     def token_range_active(self) -> bool:

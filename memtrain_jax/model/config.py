@@ -8,6 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from memtrain_jax.config import section_values
+
 FAMILIES = ("llama", "qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
@@ -92,11 +94,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """Builds a config from a dict or ml-collections ConfigDict; an unknown key is an error."""
-        values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown model config fields {unknown}; valid fields are {sorted(known)}.")
+        values = section_values(cls, values, "model config")
         if isinstance(values.get("rope_scaling"), Mapping):
             values["rope_scaling"] = tuple(sorted(values["rope_scaling"].items()))
         elif values.get("rope_scaling") is not None:

@@ -34,6 +34,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from memtrain_jax import sharding
+from memtrain_jax.config import section_values
 from memtrain_jax.model import ModelConfig, param_shardings, token_logprobs_and_entropy
 from memtrain_jax.rl.loss import LossConfig, aggregate, grpo_token_loss
 from memtrain_jax.train.batching import MicroBatch
@@ -102,12 +103,7 @@ class OptimConfig:
 
     @classmethod
     def from_config(cls, section: Any) -> OptimConfig:
-        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"Unknown optim field(s) {unknown}; known: {sorted(known)}.")
-        return cls(**values)
+        return cls(**section_values(cls, section, "optim"))
 
     def schedule(self) -> optax.Schedule:
         """Learning rate by optimiser step: format lr, then linear warm-up to the GRPO lr, then constant."""

@@ -39,7 +39,7 @@ import numpy as np
 from memtrain_jax import sharding
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.search import search_metrics
-from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError
+from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, section_values
 from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.train.batching import LengthBuckets, pack
@@ -94,12 +94,7 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, section: Any) -> TrainConfig:
-        values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"Unknown train field(s) {unknown}; known: {sorted(known)}.")
-        config = cls(**values)
+        config = cls(**section_values(cls, section, "train"))
         for name in ("steps", "micro_batch_size", "length_block", "logprob_chunk", "log_every"):
             if getattr(config, name) < 1:
                 raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
