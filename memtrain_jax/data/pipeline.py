@@ -79,7 +79,7 @@ from memtrain_jax.data.documents import (
 )
 from memtrain_jax.data.masking import mask_entity
 from memtrain_jax.data.types import Paragraph
-from memtrain_jax.tokenizer.base import Tokenizer
+from memtrain_jax.tokenizer.base import Tokenizer, tokenizer_fingerprint
 
 Log = Callable[[str], None]
 _PREPARED_FORMAT = 1
@@ -114,12 +114,6 @@ def load_pool_from_config(config: Any) -> list[Paragraph]:
     if not pool:
         raise ValueError(f"Pool source {pool_cfg.source!r} (path {pool_cfg.path!r}) gave no paragraphs.")
     return list(pool)
-
-
-def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    """A hash of how `tokenizer` encodes a fixed, varied text (plus its vocabulary size)."""
-    probe = "Document 12:\nThe [MASK] of Zürich, founded in 1789 by Ada Lovelace—naïve café 3.14% ✓\n\n"
-    return _hash({"vocab": tokenizer.vocab_size, "ids": list(tokenizer.encode(probe))})[:16]
 
 
 def load_tokenizer(config: Any, pool: Sequence[Paragraph] | None = None, *, log: Log | None = print) -> Tokenizer:

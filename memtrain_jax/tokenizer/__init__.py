@@ -73,7 +73,7 @@ def load_tokenizer(spec_or_path: str | os.PathLike | Mapping[str, Any] | Tokeniz
         return SentencePieceTokenizer(os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path)
     if kind == "hf":
         return HFTokenizer.from_directory(path) if os.path.isdir(path) else HFTokenizer(path)
-    from memtrain_jax.checkpoint.gguf import load_gguf_tokenizer  # lazy: pulls in the gguf package
+    from memtrain_jax.tokenizer.gguf_tokenizer import load_gguf_tokenizer  # lazy: pulls in the gguf package
 
     return load_gguf_tokenizer(path)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -31,3 +33,11 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def token_to_id(self, token: str) -> int | None: ...
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of how `tokenizer` encodes a fixed, varied text (plus its vocabulary size): chunks cut by one
+    tokenizer are refused by a policy with another."""
+    probe = "Document 12:\nThe [MASK] of Zürich, founded in 1789 by Ada Lovelace—naïve café 3.14% ✓\n\n"
+    payload = {"ids": list(tokenizer.encode(probe)), "vocab": tokenizer.vocab_size}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]

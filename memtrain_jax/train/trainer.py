@@ -40,8 +40,8 @@ from memtrain_jax import sharding
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, section_values
-from memtrain_jax.data.pipeline import tokenizer_fingerprint
 from memtrain_jax.rl.loss import aggregation_weights
+from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
 from memtrain_jax.train.format import MEMORY_TARGETS, format_examples, search_format_examples
