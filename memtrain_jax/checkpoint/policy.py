@@ -16,6 +16,7 @@ from memtrain_jax.checkpoint.gguf import default_gguf_path, import_gguf_cached
 from memtrain_jax.checkpoint.hf import config_from_hf, load_hf_checkpoint
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError
 from memtrain_jax.model import ModelConfig, init_params, param_shardings
+from memtrain_jax.model.presets import preset_values
 from memtrain_jax.model.transformer import stack_layers
 from memtrain_jax.tokenizer import Tokenizer, check_tokenizer_fits_model
 from memtrain_jax.tokenizer.chat import chat_format_from_template
@@ -35,9 +36,7 @@ def model_config_of(model: ml_collections.ConfigDict) -> ModelConfig:
     """The policy's model config without loading weights (`memtrain plan`): the preset (`model.preset`) or
     the HuggingFace folder's config.json, with the run's choices."""
     if model.get("preset"):
-        from memtrain_jax.config import load_config
-
-        config = ModelConfig.from_dict(load_config(f"models.py:{model.preset}").to_dict())
+        config = ModelConfig.from_dict(preset_values(model.preset))
     elif model.source == "hf" and model.path and os.path.isfile(os.path.join(model.path, "config.json")):
         with open(os.path.join(model.path, "config.json"), encoding="utf-8") as f:
             config = config_from_hf(json.load(f), source=model.path)
@@ -119,9 +118,7 @@ def load_policy(
             raise ValueError("config.model.source='init' needs a tokenizer (the data pipeline's) to size the model.")
         if not model.preset:
             raise ValueError("config.model.source='init' needs config.model.preset (a configs/models.py preset).")
-        from memtrain_jax.config import load_config
-
-        values = load_config(f"models.py:{model.preset}").to_dict()
+        values = preset_values(model.preset)
         values["vocab_size"] = tokenizer.vocab_size
         config = with_run_choices(ModelConfig.from_dict(values), model)
         params = init_params(config, jax.random.key(seed), param_shardings(config, mesh, rules))
