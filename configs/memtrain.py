@@ -28,6 +28,7 @@ from __future__ import annotations
 import ml_collections
 
 from memtrain_jax import sharding
+from memtrain_jax.agent.prompts import MEMTRAIN_PROBLEM, NO_MEMORY
 from memtrain_jax.config import load_config
 
 VARIANTS = ("paper", "cpu", "cpu_long", "tiny")
@@ -126,10 +127,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.prompts.memory_template = ""  # a text file with {problem} {memory} {chunk}; "" = built-in
     c.prompts.final_template = ""  # {problem} {memory}
     c.prompts.recall_template = ""  # {memory} {chunk}
-    c.prompts.problem = "In the article, one entity has been replaced by {mask} at every place it occurs. " + (
-        "Judging from the whole article, which entity does {mask} stand for?"
-    )
-    c.prompts.no_memory = "No previous memory."
+    c.prompts.problem = MEMTRAIN_PROBLEM  # {mask} = data.document.mask_token
+    c.prompts.no_memory = NO_MEMORY
     c.prompts.worked_example = False
     c.prompts.system = ""  # "" = the chat format's default system message
 
