@@ -203,7 +203,7 @@ class Ours:
         optim = OptimConfig(learning_rate=LEARNING_RATE, warmup_steps=0, weight_decay=0.01, clip_norm=1.0)
         loss = LossConfig(clip_low=CLIP, clip_high=CLIP, kl_coef=0.0, aggregation="sequence_mean")
         self.learner = Learner(
-            config, mesh, sharding.DEFAULT_RULES, optim, loss, chunk_size=256, trainable_layers=trainable_layers
+            config, mesh, sharding.DEFAULT_RULES, optim, loss, logprob_chunk=256, trainable_layers=trainable_layers
         )
         self.state = self.learner.init_state(init_params(config, jax.random.key(0)))
 

@@ -161,7 +161,7 @@ def _learner(mesh_shape=(1, 1, 1), kl=0.0, **loss):
         (("batch", ("data", "fsdp")),) + tuple(_rules()),
         optim,
         LossConfig(kl_coef=kl, **loss),
-        chunk_size=4,
+        logprob_chunk=4,
     )
 
 
@@ -259,8 +259,8 @@ def test_trainable_layers_update_only_the_top_and_keep_the_full_gradient():
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     rules = (("batch", ("data", "fsdp")),) + tuple(_rules())
     optim = OptimConfig(learning_rate=1e-2, warmup_steps=0)
-    full = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), chunk_size=4)
-    top = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), chunk_size=4, trainable_layers=1)
+    full = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), logprob_chunk=4)
+    top = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), logprob_chunk=4, trainable_layers=1)
     g_full, _ = full.gradients(full.init_state(params), _micro_batches(seqs, 8))
     g_top, _ = top.gradients(top.init_state(params), _micro_batches(seqs, 8))
     trained = sorted(k for k in g_top if jax.tree.leaves(g_top[k]))

@@ -143,7 +143,7 @@ def loss_sums(
     model_config: ModelConfig,
     loss_config: LossConfig,
     objective: str,
-    chunk_size: int,
+    logprob_chunk: int,
     use_ref: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(sum_i w_i sum_t m_it l_it, metric sums) of one micro-batch; see memtrain_jax.rl.loss."""
@@ -152,7 +152,7 @@ def loss_sums(
         params,
         batch.tokens,
         batch.attention_mask,
-        chunk_size=chunk_size,
+        chunk_size=logprob_chunk,
         start=batch.response_start,
         window=batch.loss_mask.shape[1],
     )
@@ -195,11 +195,11 @@ class Learner:
         optim: OptimConfig,
         loss_config: LossConfig,
         *,
-        chunk_size: int = 256,
+        logprob_chunk: int = 256,
         trainable_layers: int = 0,
     ):
         self.model_config, self.mesh, self.rules = model_config, mesh, tuple(rules)
-        self.loss_config, self.chunk_size = loss_config, chunk_size
+        self.loss_config, self.logprob_chunk = loss_config, logprob_chunk  # positions per vocabulary block
         self.use_ref = loss_config.kl_coef > 0
         self.optimizer = optim.optimizer()
         self.compile_count = 0
@@ -273,7 +273,7 @@ class Learner:
         def loss(trainable):
             merged = merge(self.mask, trainable, params)
             return loss_sums(
-                merged, batch, self.model_config, self.loss_config, objective, self.chunk_size, self.use_ref
+                merged, batch, self.model_config, self.loss_config, objective, self.logprob_chunk, self.use_ref
             )
 
         new, sums = jax.grad(loss, has_aux=True)(select(params, self.mask))
@@ -295,7 +295,7 @@ class Learner:
             params,
             batch.tokens,
             batch.attention_mask,
-            chunk_size=self.chunk_size,
+            chunk_size=self.logprob_chunk,
             start=batch.response_start,
             window=batch.loss_mask.shape[1],
         )[0]

@@ -196,7 +196,7 @@ class Trainer:
             setup.rules,
             self.optim,
             self.loss_config,
-            chunk_size=self.train_config.logprob_chunk,
+            logprob_chunk=self.train_config.logprob_chunk,
             trainable_layers=self.train_config.trainable_layers,
         )
         micro = self.train_config.micro_batch_size
