@@ -343,3 +343,18 @@ def test_sigterm_exits_75_and_resumes(cache, tmp_path):
     done = len(read_metrics(str(workdir)))
     assert proc.returncode == 75, output[-3000:]
     assert f"stopped by SIGTERM after saving the checkpoint of step {done}" in output
+
+
+def test_diagnose_reports_memory_and_answer_shares(uninterrupted):
+    """`memtrain diagnose` on a tiny run: every held-out episode's final memory and answer, each share with its n;
+    the warm-up's own examples; and a reader that leaves the run directory as it was."""
+    workdir = uninterrupted[0]
+    before = sorted(p.name for p in workdir.iterdir())
+    done = _cli("diagnose", f"--workdir={workdir}", "--limit=2", "--warmup")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert f"[diagnose] {workdir} step 4, the first 2 held-out episodes (greedy)" in out
+    finals = [line for line in out.splitlines() if line.startswith(("  final memory holds", "  E2E accuracy"))]
+    assert len(finals) == 2 and all(line.endswith("(n 2)") for line in finals)
+    assert "the warm-up's own examples, greedy" in out and "recall answers (the target's entity)" in out
+    assert sorted(p.name for p in workdir.iterdir()) == before

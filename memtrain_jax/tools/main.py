@@ -62,6 +62,10 @@ COMMANDS = {
         ("allow_config_change",),
     ),
     "eval": ("evaluates a checkpoint of --workdir (latest readable, or --step N) on the held-out episodes", ("step",)),
+    "diagnose": (
+        "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16)",
+        ("step", "limit", "warmup"),
+    ),
     "export": (
         "writes a checkpoint's policy as a complete HuggingFace folder (--out, outside the run)",
         ("step", "out"),
@@ -95,7 +99,10 @@ _PROMPT = flags.DEFINE_string(
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "chat reply budget.")
 _QA_FILE = flags.DEFINE_string("qa-file", None, "eval-qa/compare: a HotpotQA JSON, SQuAD JSON or JSONL file.")
 _NUM_DOCS = flags.DEFINE_list("num-docs", None, "eval-qa/compare: context lengths in documents, e.g. 50,200.")
-_LIMIT = flags.DEFINE_integer("limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all).")
+_LIMIT = flags.DEFINE_integer(
+    "limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all); diagnose: held-out episodes."
+)
+_WARMUP = flags.DEFINE_bool("warmup", False, "diagnose: also the greedy replies to the format warm-up's own examples.")
 _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
 _ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
@@ -232,6 +239,17 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
             shown.append(f"{key} {value:.3f}")
     print(f"[eval] {workdir} step {step}: " + ", ".join(shown))
     (epath.Path(workdir) / f"eval-{step}.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+
+
+def diagnose(config: ml_collections.ConfigDict) -> None:
+    from memtrain_jax.tools.diagnose import diagnose as report
+
+    workdir = _workdir(config)
+    trainer, step, state = _restored(workdir)
+    episodes = _LIMIT.value or 16
+    text = report(trainer, state.params, episodes, warmup=_WARMUP.value)
+    if jax.process_index() == 0:
+        print(f"[diagnose] {workdir} step {step}, the first {episodes} held-out episodes (greedy)\n{text}")
 
 
 def compare_runs(config: ml_collections.ConfigDict) -> None:
@@ -527,6 +545,7 @@ def main(argv: list[str]) -> int:
     commands = {
         "train": train,
         "eval": evaluate,
+        "diagnose": diagnose,
         "export": export,
         "plot": plot,
         "chat": chat,
