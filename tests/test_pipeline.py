@@ -260,3 +260,32 @@ def test_prepare_and_preview_tools_agree_with_the_pipeline(env):
     assert f"pivot: {doc.pivot_id!r}" in shown
     n_chunks = min(4, -(-len(tokenizer.encode(doc.text)) // 64))
     assert f"=== {n_chunks} chunks of <= 64 tokens" in shown
+
+
+def test_a_qa_record_stream_visits_every_slot_once_an_epoch():
+    """The QA tasks' stream (AgentSetup.dataset through pipeline.slot_stream): each epoch a seeded permutation of
+    the train slots; episode ids unique across epochs (epoch * items + slot); two hosts split every batch."""
+    from memtrain_jax.config import load_config
+
+    data = load_config("configs/data.py:cpu")
+    data.loader.batch_size = 2
+    rows = _qa_rows(data, 0, 10)
+    first, second = rows[:5], rows[5:]
+    assert sorted(r for r, _ in first) == list(range(5)) and sorted(r for r, _ in second) == list(range(5))
+    assert [e for _, e in first] == [r for r, _ in first]
+    assert [e for _, e in second] == [7 + r for r, _ in second]
+    assert _qa_rows(data, 0, 10) == rows and _qa_rows(data, 1, 10) != rows
+    hosts = [_qa_rows(data, 0, 5, shard_index=i, shard_count=2) for i in range(2)]
+    assert [row for pair in zip(*hosts, strict=True) for row in pair] == rows
+
+
+def _qa_rows(data, seed, n, shard_index=0, shard_count=1):
+    """The first n (record, episode id) of a QA stream of 5 train slots among 7 items."""
+    from memtrain_jax.agent.setup import _RecordSlot
+
+    data = data.copy_and_resolve_references()
+    data.seed = seed
+    stream = pipeline.slot_stream(
+        data, 5, _RecordSlot(5, 7), batch=False, shard_index=shard_index, shard_count=shard_count
+    )
+    return [(int(r["record"]), int(r["episode_id"])) for _, r in zip(range(n), stream, strict=False)]

@@ -244,20 +244,12 @@ class AgentSetup:
         return train, list(range(train, train + max(0, min(eval_episodes, len(self.qa.dev)))))
 
     def dataset(self, **kw: Any) -> grain.IterDataset:
-        """This host's episode stream (memtrain: chunks cut in the policy's tokenizer; QA: record slots)."""
+        """This host's episode stream (memtrain: chunks cut in the policy's tokenizer; QA: record slots), through
+        the pipeline's one stream wiring."""
         if self.task == "memtrain":
             return pipeline.make_dataset(self.config.data, self.prepared, self.tokenizer, **kw)
-        loader = self.config.data.loader
-        shard = pipeline.shard_options(self.config.data)
-        num_slots = kw.get("num_slots") or self.num_items
-        ds = grain.MapDataset.range(num_slots).shuffle(seed=int(self.config.data.seed) % 2**32).repeat(None)
-        total = self.num_items
-        ds = ds.map_with_index(
-            lambda i, slot: {"episode_id": np.int64((i // num_slots) * total + slot), "record": np.int32(slot)}
-        )
-        ds = pipeline.host_rows(ds, int(loader.batch_size), shard)  # hosts split every batch, as in MemTrain
-        ds = ds.batch(int(loader.batch_size) // shard.shard_count, drop_remainder=True)
-        return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+        num_slots = kw.pop("num_slots", None) or self.num_items
+        return pipeline.slot_stream(self.config.data, num_slots, _RecordSlot(num_slots, self.num_items), **kw)
 
     def eval_batch(self, slots: Any) -> dict[str, np.ndarray]:
         """The fixed batch of items `slots` (epoch 0), e.g. the held-out evaluation episodes."""
@@ -365,3 +357,14 @@ class AgentSetup:
             return None
         sequences, metrics = assign_credit(result, self.agent)
         return result, sequences, metrics
+
+
+class _RecordSlot:
+    """A QA stream's element: the record at a slot, its episode id unique across epochs (epoch * items + slot)."""
+
+    def __init__(self, num_slots: int, total: int):
+        self.num_slots, self.total = num_slots, total
+
+    def __call__(self, index: int, item: tuple[int, Any]) -> dict[str, np.ndarray]:
+        slot = int(item[0])
+        return {"episode_id": np.int64((index // self.num_slots) * self.total + slot), "record": np.int32(slot)}

@@ -665,28 +665,50 @@ def make_dataset(
 
     `num_slots` keeps only the first pivot slots (a trainer holds the last ones out for evaluation)."""
     data = data_section(config)
+    if data.loader.documents not in DOCUMENT_MODES:
+        raise ValueError(f"Unknown data.loader.documents={data.loader.documents!r}; choose one of {DOCUMENT_MODES}.")
+    num_pivots = prepared.num_pivots if num_slots is None else min(num_slots, prepared.num_pivots)
+    if num_pivots < 1:
+        raise ValueError(f"No pivot slots to stream (num_slots={num_slots}, {prepared.num_pivots} pivots prepared).")
+    prebuilt = data.loader.documents == "array_record"
+    records = grain.MapDataset.source(_open_documents(data, prepared, tokenizer))[:num_pivots] if prebuilt else None
+    element = _EpisodeMap(prepared, tokenizer, data, num_pivots, prebuilt)
+    return slot_stream(
+        data, num_pivots, element, records=records, batch=batch, shard_index=shard_index, shard_count=shard_count
+    )
+
+
+def slot_stream(
+    config: Any,
+    num_slots: int,
+    element: Callable[[int, tuple[int, Any]], dict[str, Any]],
+    *,
+    records: grain.MapDataset | None = None,
+    batch: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.IterDataset:
+    """The one Grain wiring of every training stream (MemTrain documents, QA records): slots 0..num_slots-1
+    (zipped with `records` when given), shuffled by `data.seed` (`loader.shuffle`), repeated `loader.num_epochs`
+    times (0 = forever), `element(position, (slot, record or None))` at each position of the stream, this host's
+    rows of every batch, batched `[batch_size / hosts, ...]` if `batch`, read ahead (and in worker processes
+    with `loader.worker_count`)."""
+    data = data_section(config)
     loader = data.loader
-    if loader.documents not in DOCUMENT_MODES:
-        raise ValueError(f"Unknown data.loader.documents={loader.documents!r}; choose one of {DOCUMENT_MODES}.")
     if loader.batch_size < 1:
         raise ValueError(f"data.loader.batch_size must be >= 1, got {loader.batch_size}.")
     if loader.num_epochs < 0:
         raise ValueError(f"data.loader.num_epochs must be >= 0 (0 = repeat forever), got {loader.num_epochs}.")
     shard = shard_options(data, shard_index, shard_count)
-    num_pivots = prepared.num_pivots if num_slots is None else min(num_slots, prepared.num_pivots)
-    if num_pivots < 1:
-        raise ValueError(f"No pivot slots to stream (num_slots={num_slots}, {prepared.num_pivots} pivots prepared).")
-    prebuilt = loader.documents == "array_record"
-    slots = grain.MapDataset.range(num_pivots)
-    if prebuilt:
-        records = grain.MapDataset.source(_open_documents(data, prepared, tokenizer))[:num_pivots]
+    slots = grain.MapDataset.range(num_slots)
+    if records is not None:
         ds = grain.experimental.ZipMapDataset(parents=[slots, records])
     else:
         ds = slots.map(lambda slot: (slot, None))
     if loader.shuffle:
         ds = ds.shuffle(seed=int(data.seed) % 2**32)
     ds = ds.repeat(loader.num_epochs or None)
-    ds = ds.map_with_index(_EpisodeMap(prepared, tokenizer, data, num_pivots, prebuilt))
+    ds = ds.map_with_index(element)
     ds = host_rows(ds, int(loader.batch_size), shard)
     if batch:
         ds = ds.batch(loader.batch_size // shard.shard_count, drop_remainder=True)
