@@ -130,3 +130,18 @@ def test_cpu_variants_depart_from_the_paper_only_where_listed():
         assert not unlisted, f"{variant} departs from the paper in unlisted fields {sorted(unlisted)}"
         assert all(config[k] == v for k, v in listed.items())
         assert config["workdir"] == f"runs/memtrain-{variant}"
+
+
+def test_the_rl_section_is_typed_once():
+    """RLConfig: the loss settings every consumer reads, bad names refused with the value, a misspelt field named."""
+    from memtrain_jax.config import UnknownFieldError, UsageError
+    from memtrain_jax.rl import LossConfig, RLConfig
+
+    rl = RLConfig.from_config(load_config("configs/memtrain.py:cpu,token_mean").rl)
+    assert rl.loss == LossConfig(clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.0, aggregation="token_mean")
+    with pytest.raises(UnknownFieldError, match="did you mean kl_coef"):
+        RLConfig.from_config({"kl_coeff": 0.0})
+    with pytest.raises(UsageError, match="'zscore'"):
+        RLConfig.from_config({"advantage_normalisation": "zscore"})
+    with pytest.raises(ValueError, match="'k4'"):
+        RLConfig.from_config({"kl_estimator": "k4"})

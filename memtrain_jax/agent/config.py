@@ -9,6 +9,7 @@ from memtrain_jax.config import section_values
 from memtrain_jax.data.probes import PROBE_MODES
 from memtrain_jax.rewards import EXTRACTORS
 from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS
+from memtrain_jax.rl.config import RLConfig
 
 # Room for a probed chunk that re-encodes longer than `chunk_size` after masking (e.g. "[TARGET]"
 # takes more tokens than the entity it replaces); a probe beyond it is dropped and counted.
@@ -108,14 +109,14 @@ class AgentConfig:
     def from_config(cls, config: Any) -> AgentConfig:
         """From a full training config: its `agent`, `sampling`, `rl` and `data` sections."""
         agent = section_values(cls, config.agent, "agent", exclude=_FROM_OTHER_SECTIONS)
-        data = config.data
+        data, rl = config.data, RLConfig.from_config(config.rl)
         return cls(
             **agent,
             temperature=float(config.sampling.temperature),
             top_p=float(config.sampling.top_p),
             top_k=int(config.sampling.top_k),
-            advantage_normalisation=config.rl.advantage_normalisation,
-            dapo_filter=bool(config.rl.dapo_filter),
+            advantage_normalisation=rl.advantage_normalisation,
+            dapo_filter=rl.dapo_filter,
             chunk_size=int(data.chunking.chunk_size),
             max_chunks=int(data.chunking.max_chunks),
             probe_mode=data.probes.mode,

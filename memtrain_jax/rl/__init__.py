@@ -1,6 +1,7 @@
 """GRPO math: group advantages, DAPO filtering, the clipped surrogate, KL estimators and loss aggregation."""
 
 from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS, group_advantages, uniform_groups
+from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
@@ -17,6 +18,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "LossConfig",
+    "RLConfig",
     "aggregate",
     "aggregation_weights",
     "clipped_surrogate",

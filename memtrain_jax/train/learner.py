@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from memtrain_jax import sharding
 from memtrain_jax.config import section_values
 from memtrain_jax.model import ModelConfig, param_shardings, token_logprobs_and_entropy
+from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import LossConfig, aggregate, grpo_token_loss
 from memtrain_jax.train.batching import MicroBatch
 
@@ -127,14 +128,8 @@ class OptimConfig:
 
 
 def loss_config_from(rl: ml_collections.ConfigDict) -> LossConfig:
-    return LossConfig(
-        clip_low=float(rl.clip_low),
-        clip_high=float(rl.clip_high),
-        dual_clip=float(rl.dual_clip),
-        kl_coef=float(rl.kl_coef),
-        kl_estimator=rl.kl_estimator,
-        aggregation=rl.loss_aggregation,
-    )
+    """The loss settings of a config's `rl` section (RLConfig, the section typed once)."""
+    return RLConfig.from_config(rl).loss
 
 
 def loss_sums(

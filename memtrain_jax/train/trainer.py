@@ -40,12 +40,13 @@ from memtrain_jax import sharding
 from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, section_values
+from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
 from memtrain_jax.train.format import MEMORY_TARGETS, format_examples, search_format_examples
-from memtrain_jax.train.learner import Learner, OptimConfig, TrainState, loss_config_from
+from memtrain_jax.train.learner import Learner, OptimConfig, TrainState
 from memtrain_jax.train.metrics import MetricWriter
 from memtrain_jax.train.workdir import CONFIG_FILE, WriteFailedError, check_config, lock_workdir, record_start
 
@@ -173,9 +174,8 @@ class Trainer:
         self.optim = dataclasses.replace(
             OptimConfig.from_config(config.optim), format_steps=self.train_config.format_steps
         )
-        self.loss_config = loss_config_from(config.rl)
-        if int(config.rl.updates_per_batch) < 1:
-            raise ValueError(f"rl.updates_per_batch must be >= 1, got {config.rl.updates_per_batch}.")
+        self.rl = RLConfig.from_config(config.rl)
+        self.loss_config = self.rl.loss
         self.setup = AgentSetup.build(config, log=log)
         check_workdir(workdir, run_identity(self.setup), write=writer)
         setup = self.setup
@@ -245,7 +245,7 @@ class Trainer:
 
     def _updates(self, state: TrainState, sequences: TrainingSequences, objective: str, step: int):
         """rl.updates_per_batch optimiser steps over mini-batches of `sequences`; returns (state, metrics)."""
-        rl = self.config.rl
+        rl = self.rl
         aggregation = self.loss_config.aggregation if objective == "grpo" else "token_mean"
         lengths = np.asarray([m.sum() for m in sequences.loss_masks])
         constant = self.setup.reply_tokens()
