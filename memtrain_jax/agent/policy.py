@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import jax
 import numpy as np
 
 from memtrain_jax.sampler import SampleOutput, Sampler
@@ -62,6 +63,24 @@ class SamplerPolicy:
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
         self.max_rows = int(max_rows)
         self.stats: dict[str, CallStats] = {}
+
+    def use_params(self, params: Any) -> None:
+        """The weights the next calls sample from (after an optimiser step, or a checkpoint's). They must have the
+        current weights' tree, shapes and dtypes: the sampler's compiled programs are reused, never re-traced."""
+        old, new = jax.tree.structure(self.params), jax.tree.structure(params)
+        if old != new:
+            raise ValueError(f"use_params: another parameter tree ({new}) than the policy's ({old}).")
+        spec = lambda x: (tuple(x.shape), str(x.dtype))
+        wrong = [
+            f"{jax.tree_util.keystr(path)}: {spec(a)} -> {spec(b)}"
+            for (path, a), b in zip(
+                jax.tree_util.tree_leaves_with_path(self.params), jax.tree.leaves(params), strict=True
+            )
+            if spec(a) != spec(b)
+        ]
+        if wrong:
+            raise ValueError(f"use_params: {len(wrong)} arrays change shape or dtype, e.g. {wrong[0]}.")
+        self.params = params
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
