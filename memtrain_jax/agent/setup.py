@@ -176,14 +176,6 @@ class AgentSetup:
             extractor = make_extractor(
                 agent.probe_extractor, max_occurrences=agent.max_occurrences, max_words=agent.max_words
             )
-        if task == "memtrain":
-            overhead = {name: builder.overhead(name) for name in ("memory", "final", "recall")}
-            agent.check_window(
-                overhead,
-                len(builder.problem_ids),
-                len(builder.no_memory_ids),
-                policy.model_config.max_position_embeddings,
-            )
         setup = cls(
             config,
             mesh,
@@ -201,7 +193,7 @@ class AgentSetup:
             search,
             init_step,
         )
-        window = policy.model_config.max_position_embeddings
+        window = policy.model_config.max_position_embeddings  # the one check of every task's turns
         too_long = {k: v for k, v in setup.sequence_lengths().items() if v > window}
         if too_long:
             raise ValueError(
