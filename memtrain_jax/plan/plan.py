@@ -265,7 +265,7 @@ def make_plan(
     loss = loss_config_from(config.rl)
     learner = Learner(
         model, mesh, rules, optim, loss,
-        chunk_size=int(config.train.logprob_chunk), trainable_layers=int(config.train.trainable_layers),
+        logprob_chunk=int(config.train.logprob_chunk), trainable_layers=int(config.train.trainable_layers),
     )  # fmt: skip
     sampler = Sampler(model, mesh, rules)
     shapes = run_shapes(config, sampler.batch_multiple)
