@@ -14,9 +14,9 @@ For a config (default configs/memtrain.py:cpu) it runs `--warmup` GRPO steps (th
 * host: the rest of the step (prompt building, decoding text, answer and entity extraction, probe drawing,
   credit, packing, transfers).
 
-The matmul peak (best of jax / numpy on [2048, 2048] float32) and the copy bandwidth (read + write) are measured
-in the same process. `--against REF` runs the same measurement on a git worktree of REF (e.g. an older commit)
-in a subprocess, one after the other, and prints both and their ratios; run nothing else meanwhile.
+The matmul peak (best of jax, numpy and torch on [2048, 2048] float32) and the copy bandwidth (read + write)
+are measured in the same process. `--against REF` runs the same measurement on a git worktree of REF (e.g. an
+older commit) in a subprocess, one after the other, and prints both and their ratios; run nothing else meanwhile.
 
     python benchmarks/bench_step.py                                   # configs/memtrain.py:cpu, 3 timed steps
     python benchmarks/bench_step.py --config configs/memtrain.py:cpu_long --steps 2
@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 import numpy as np
+from common import copy_bandwidth, matmul_peaks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -86,27 +87,8 @@ def _layer_matmuls(c: Any, layers: int) -> int:
 
 
 def _limits() -> tuple[float, float]:
-    """(float32 matmul peak FLOP/s, copy bandwidth bytes/s), measured here."""
-    import jax
-    import jax.numpy as jnp
-
-    def best(fn, runs=5):
-        fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    ja = jnp.asarray(a)
-    mm = jax.jit(lambda x, y: x @ y)
-    peak = max(2 * n**3 / best(lambda: mm(ja, ja).block_until_ready()), 2 * n**3 / best(lambda: a @ a))
-    src = np.ones(64 * 1024 * 1024, np.float64)
-    dst = np.empty_like(src)
-    return peak, 2 * src.nbytes / best(lambda: np.copyto(dst, src))
+    """(float32 matmul peak FLOP/s: the best of jax, numpy and torch on [2048, 2048]; copy bandwidth, bytes/s)."""
+    return max(matmul_peaks().values()), copy_bandwidth(on_accelerator=False)
 
 
 def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> dict[str, Any]:
