@@ -224,6 +224,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.agent.recall_tokens = 1024
     c.agent.imr = True
     c.agent.recall_weight = 0.5  # lambda
+    # Further reward columns of memtrain_jax/rewards/columns.py and their weights in R_E, e.g.
+    # {"memory_fill": -0.1} (a length penalty); the paper's R_E has none.
+    c.agent.rewards = ml_collections.ConfigDict()
     c.agent.train_final_answer = True
     c.agent.answer_extractor = "boxed"  # boxed (the paper) | boxed_or_line (lenient)
     c.agent.boxed_last_chars = 0  # 300 = MemAgent's scorer: only a box in the last 300 characters counts

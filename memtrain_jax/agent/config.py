@@ -8,6 +8,7 @@ from typing import Any
 from memtrain_jax.config import section_values
 from memtrain_jax.data.probes import PROBE_MODES
 from memtrain_jax.rewards import EXTRACTORS
+from memtrain_jax.rewards.columns import REWARDS, check_weights
 from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS
 from memtrain_jax.rl.config import RLConfig
 
@@ -41,8 +42,10 @@ class AgentConfig:
     group_size G1: rollouts per episode (the E2E group). recall_group_size G2: samples per recall probe.
     memory_tokens: the memory budget (a longer reply is cut and counted). answer_tokens / recall_tokens:
     reply budgets of the final answer and of a recall answer. imr: draw recall probes at all. recall_weight
-    lambda: R_E = EM(final) + lambda * mean(R_I). train_final_answer: the final answer turn is a training
-    sequence (else only the memory updates carry the E2E advantage).
+    lambda: R_E = EM(final) + lambda * mean(R_I). rewards: further reward columns and their weights,
+    ((name, weight), ...) of memtrain_jax.rewards.columns (R_E adds sum_c w_c * column_c).
+    train_final_answer: the final answer turn is a training sequence (else only the memory updates carry
+    the E2E advantage).
     """
 
     group_size: int = 8
@@ -52,6 +55,7 @@ class AgentConfig:
     recall_tokens: int = 1024
     imr: bool = True
     recall_weight: float = 0.5
+    rewards: tuple[tuple[str, float], ...] = ()
     train_final_answer: bool = True
     answer_extractor: str = "boxed"
     boxed_last_chars: int = 0
@@ -110,8 +114,11 @@ class AgentConfig:
         """From a full training config: its `agent`, `sampling`, `rl` and `data` sections."""
         agent = section_values(cls, config.agent, "agent", exclude=_FROM_OTHER_SECTIONS)
         data, rl = config.data, RLConfig.from_config(config.rl)
+        weights = dict(agent.pop("rewards", None) or {})
+        check_weights(weights, REWARDS)  # a column passed in code (assign_credit's `functions`) is checked there
         return cls(
             **agent,
+            rewards=tuple((str(k), float(v)) for k, v in weights.items()),
             temperature=float(config.sampling.temperature),
             top_p=float(config.sampling.top_p),
             top_k=int(config.sampling.top_k),

@@ -1,9 +1,10 @@
 """Rewards and GRPO credit for a rollout: a flat batch of training sequences and the rollout's metrics.
 
-Rewards (the paper's):
+Rewards (the paper's, as reward columns of memtrain_jax.rewards.columns):
   R_I = EM(recall answer)                                   one per recall sample
   R_E = EM(final answer) + lambda * mean_j R_I(j)          one per trajectory; the mean runs over the
-                                                            trajectory's G2 recall samples (0 without a probe)
+        + sum_c w_c * column_c                              trajectory's G2 recall samples (0 without a probe);
+                                                            columns weighed by agent.rewards (none in the paper)
 Advantages (memtrain_jax.rl.group_advantages): E2E groups are the G1 trajectories of an episode,
 each trajectory's G2 recall samples form their own group. Advantages are computed once per
 trajectory (normalised at trajectory level) and then copied to every turn of it: all memory
@@ -18,13 +19,14 @@ uses `conversations`: one id for all turns of a trajectory, its own id for each 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.rollout import Reply, RolloutBatch
+from memtrain_jax.rewards.columns import REWARDS, RewardFn, combine, reward_columns
 from memtrain_jax.rl.advantages import group_advantages, uniform_groups
 
 KIND_IDS = {"memory": 0, "answer": 1, "recall": 2}
@@ -81,17 +83,15 @@ class TrainingSequences:
         return cls(*lists, *arrays)
 
 
-def trajectory_rewards(batch: RolloutBatch, recall_weight: float) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(R_E [R] per trajectory, R_I per trajectory as [G2] arrays, empty without a probe)."""
+def trajectory_rewards(
+    batch: RolloutBatch, config: AgentConfig, functions: Mapping[str, RewardFn] = REWARDS
+) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+    """(R_E [R] per trajectory, R_I per trajectory as [G2] arrays (empty without a probe), the reward
+    columns {name: [R]} that R_E weighs)."""
+    weights = dict(config.rewards)
+    columns = reward_columns(batch.trajectories, batch.episodes, config, weights, functions)
     recall = [np.asarray(t.recall_correct, np.float32) for t in batch.trajectories]
-    e2e = np.asarray(
-        [
-            t.correct + recall_weight * (float(r.mean()) if r.size else 0.0)
-            for t, r in zip(batch.trajectories, recall, strict=True)
-        ],
-        np.float32,
-    )
-    return e2e, recall
+    return combine(columns, config.recall_weight, weights), recall, columns
 
 
 def _sequence(reply: Reply) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -99,11 +99,15 @@ def _sequence(reply: Reply) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return np.asarray(reply.prompt, np.int32), response, reply.logprobs.astype(np.float32), np.ones(len(response), bool)
 
 
-def assign_credit(batch: RolloutBatch, config: AgentConfig) -> tuple[TrainingSequences, dict[str, Any]]:
-    """Rewards, advantages and DAPO filtering of a rollout -> (training sequences, metrics of the rollout)."""
+def assign_credit(
+    batch: RolloutBatch, config: AgentConfig, functions: Mapping[str, RewardFn] = REWARDS
+) -> tuple[TrainingSequences, dict[str, Any]]:
+    """Rewards, advantages and DAPO filtering of a rollout -> (training sequences, metrics of the rollout).
+
+    `functions`: the reward columns agent.rewards may weigh (default: the registered ones)."""
     trajectories = batch.trajectories
     num_episodes = len(batch.episodes)
-    r_e, r_i = trajectory_rewards(batch, config.recall_weight)
+    r_e, r_i, columns = trajectory_rewards(batch, config, functions)
     episode_of = np.asarray([t.episode for t in trajectories], np.int32)
     adv_e = np.asarray(group_advantages(r_e, episode_of, num_episodes, config.advantage_normalisation))
     drop_e = np.asarray(uniform_groups(r_e, episode_of, num_episodes)) & config.dapo_filter
@@ -164,7 +168,9 @@ def assign_credit(batch: RolloutBatch, config: AgentConfig) -> tuple[TrainingSeq
         turns=column(6, np.int32),
         kinds=np.asarray([KIND_IDS[row[7]] for row in rows], np.int32),
     )
-    return sequences, rollout_metrics(batch, r_e, recall_rewards, drop_e, drop_i, sequences)
+    metrics = rollout_metrics(batch, r_e, recall_rewards, drop_e, drop_i, sequences)
+    metrics.update({f"column_{name}": float(np.mean(col)) if col.size else 0.0 for name, col in columns.items()})
+    return sequences, metrics
 
 
 def rollout_metrics(

@@ -3,6 +3,8 @@
 extract_boxed(text) -> str | None          content of the last \\boxed{...}
 exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
 qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
+REWARDS, reward(name)                      the reward columns R_E may weigh (agent.rewards), and their registry
+reward_columns(...), combine(...)          a rollout's columns and their weighted sum
 """
 
 from memtrain_jax.rewards.answers import (
@@ -14,9 +16,14 @@ from memtrain_jax.rewards.answers import (
     normalize_strict,
     qa_scores,
 )
+from memtrain_jax.rewards.columns import REWARDS, combine, reward, reward_columns
 
 __all__ = [
     "EXTRACTORS",
+    "REWARDS",
+    "combine",
+    "reward",
+    "reward_columns",
     "exact_match",
     "extract_answer",
     "extract_boxed",

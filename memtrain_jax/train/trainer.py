@@ -37,7 +37,14 @@ import ml_collections
 import numpy as np
 
 from memtrain_jax import sharding
-from memtrain_jax.agent import AgentSetup, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
+from memtrain_jax.agent import (
+    AgentConfig,
+    AgentSetup,
+    SamplerPolicy,
+    TrainingSequences,
+    assign_credit,
+    trajectory_rewards,
+)
 from memtrain_jax.agent.search import search_metrics
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, section_values
 from memtrain_jax.rl.config import RLConfig
@@ -363,7 +370,7 @@ class Trainer:
         if setup.task == "search_qa":  # the action-format failures (malformed, no answer) and turns
             out.update(search_metrics(result))
         out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
-        out["items"] = eval_items(result, agent.recall_weight)
+        out["items"] = eval_items(result, agent)
         return out
 
     # ------------------------------------------------------------------------------- the loop
@@ -469,12 +476,12 @@ class Trainer:
 EVAL_ITEMS = ("episode_id", "acc_e2e", "reward_e2e", "acc_recall", "answer_found", "recall_found")
 
 
-def eval_items(result: Any, recall_weight: float) -> dict[str, list]:
+def eval_items(result: Any, agent: AgentConfig) -> dict[str, list]:
     """Per held-out episode, in episode-id order (one greedy trajectory each): {"episode_id", "acc_e2e" (0/1),
     "reward_e2e" (R_E), "acc_recall" (0/1, None without a probe), "answer_found" (1 when the extractor found a
     final answer), "recall_found" (the share of recall answers found, None without a probe)}; the items two
     checkpoints are paired on."""
-    r_e, r_i = trajectory_rewards(result, recall_weight)
+    r_e, r_i, _ = trajectory_rewards(result, agent)
 
     def found(predictions: Any) -> float | None:
         return float(np.mean([p is not None for p in predictions])) if len(predictions) else None
