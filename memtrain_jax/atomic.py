@@ -6,13 +6,19 @@ place; if a crash falls between the two renames, `resolve` finds the old folder 
 never sees a half-written folder and a previous version is never lost. Paths may be local or URLs
 that `etils.epath` understands (e.g. gs://; there a rename is a copy, so the guarantee is weaker).
 Imported by the data caches, the GGUF cache and the parameter checkpoints alike.
+
+Every cache is content-addressed the same way: `content_key(inputs)` names the folder
+`cache_entry(cache_dir, prefix, key)`, written once with `write_directory_atomically`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from etils import epath
 
@@ -74,3 +80,15 @@ def write_directory_atomically(
     finally:
         if tmp.exists():
             tmp.rmtree()
+
+
+def content_key(payload: Any) -> str:
+    """sha256 hex digest of a cache's inputs: a str as it is, anything else as JSON with sorted keys (objects
+    JSON lacks by their str()). Equal inputs give equal keys; any changed input gives a new one."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_entry(cache_dir: str | os.PathLike, prefix: str, key: str) -> str:
+    """The folder of a cache entry: `cache_dir/<prefix>-<first 16 hex digits of key>`."""
+    return os.path.join(os.fspath(cache_dir), f"{prefix}-{key[:16]}")

@@ -11,7 +11,6 @@ transformers' GGUF converter does (byte-level BPE for `tokenizer.ggml.model == "
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from memtrain_jax import sharding
-from memtrain_jax.atomic import write_directory_atomically
+from memtrain_jax.atomic import content_key, write_directory_atomically
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.tokenizer.chat import chat_format_from_template
 from memtrain_jax.tokenizer.gguf_tokenizer import (  # noqa: F401  (default_gguf_path, load_gguf_tokenizer: API)
@@ -195,7 +194,7 @@ def gguf_cache_key(path: str | os.PathLike) -> str:
     """Cache entry name: file stem + hash of (absolute path, size, mtime). A changed file gets a new entry."""
     path = os.path.abspath(os.fspath(path))
     st = os.stat(path)
-    digest = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{_CACHE_FORMAT}".encode()).hexdigest()[:16]
+    digest = content_key(f"{path}|{st.st_size}|{st.st_mtime_ns}|{_CACHE_FORMAT}")[:16]
     stem = os.path.splitext(os.path.basename(path))[0]
     return f"{stem}-{digest}"
 

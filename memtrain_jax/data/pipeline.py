@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -63,7 +62,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from memtrain_jax.atomic import write_directory_atomically
+from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically
 from memtrain_jax.data import retrieval
 from memtrain_jax.data.chunking import chunk_document, pad_chunks
 from memtrain_jax.data.documents import (
@@ -96,10 +95,6 @@ def data_section(config: Any) -> Any:
     return config.data if "data" in config else config
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
 # --- pool and tokenizer ------------------------------------------------------------------------
 
 
@@ -129,8 +124,8 @@ def load_tokenizer(config: Any, pool: Sequence[Paragraph] | None = None, *, log:
         return load_tokenizer_file(tok.path)
     if pool is None:
         pool = load_pool_from_config(data)
-    key = _hash({"pool": retrieval.pool_fingerprint(pool), "vocab_size": tok.vocab_size})[:16]
-    directory = os.path.join(data.cache_dir, f"tokenizer-{key}")
+    key = content_key({"pool": retrieval.pool_fingerprint(pool), "vocab_size": tok.vocab_size})
+    directory = cache_entry(data.cache_dir, "tokenizer", key)
     model = os.path.join(directory, "spm.model")
     if not os.path.isfile(model):
         if log:
@@ -167,7 +162,7 @@ class PreparedData:
 
 
 def _prepared_key(data: Any, pool_fp: str, retriever: retrieval.Retriever) -> str:
-    return _hash(
+    return content_key(
         {
             "format": _PREPARED_FORMAT,
             "index": retrieval.index_cache_key(pool_fp, retriever),
@@ -230,7 +225,7 @@ def prepare_data(
     retriever = retrieval.retriever_from_config(data.retrieval)
     pool_fp = retrieval.pool_fingerprint(pool)
     key = _prepared_key(data, pool_fp, retriever)
-    directory = os.path.join(data.cache_dir, f"episodes-{key[:16]}")
+    directory = cache_entry(data.cache_dir, "episodes", key)
     rebuild = bool(data.retrieval.rebuild)
     if os.path.exists(directory) and not rebuild:
         prepared = _load_prepared(directory, key, pool, data.document.num_similar)
@@ -523,7 +518,7 @@ def document_statistics(
 def documents_key(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> str:
     """Key of the pre-built documents: prepared data, document settings, seed and tokenizer."""
     data = data_section(config)
-    return _hash(
+    return content_key(
         {
             "prepared": prepared.key,
             "document": data.document.to_dict() if hasattr(data.document, "to_dict") else dict(data.document),
@@ -536,8 +531,8 @@ def documents_key(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> 
 def documents_dir(config: Any, prepared: PreparedData, tokenizer: Tokenizer) -> str:
     """Folder of the pre-built ArrayRecord documents (`loader.array_record_dir` or under the cache)."""
     data = data_section(config)
-    return data.loader.array_record_dir or os.path.join(
-        prepared.directory, f"documents-{documents_key(data, prepared, tokenizer)[:16]}"
+    return data.loader.array_record_dir or cache_entry(
+        prepared.directory, "documents", documents_key(data, prepared, tokenizer)
     )
 
 

@@ -448,15 +448,11 @@ def prepare_qa_sets(
 ) -> dict[str, str]:
     """Writes the pool's dev and train QA sets (HotpotQA JSON) once under `cache_dir/qa-<key>/` and returns
     {"dev": path, "train": path}. The key hashes the pool, the counts, the seed and the rule's version."""
-    from memtrain_jax.atomic import write_directory_atomically
+    from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically
     from memtrain_jax.data.retrieval import pool_fingerprint
 
-    key = hashlib.sha256(
-        json.dumps(
-            {"pool": pool_fingerprint(pool), "dev": num_dev, "train": num_train, "seed": seed, "rule": 2}
-        ).encode("utf-8")
-    ).hexdigest()[:16]
-    directory = os.path.join(cache_dir, f"qa-{key}")
+    key = content_key({"pool": pool_fingerprint(pool), "dev": num_dev, "train": num_train, "seed": seed, "rule": 2})
+    directory = cache_entry(cache_dir, "qa", key)
     paths = {name: os.path.join(directory, f"{name}.json") for name in ("dev", "train")}
     if all(os.path.isfile(p) for p in paths.values()):
         return paths

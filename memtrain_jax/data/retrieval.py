@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from memtrain_jax.atomic import write_directory_atomically
+from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically
 from memtrain_jax.data.types import Paragraph
 
 # Bump when the on-disk layout of an index changes: old caches then get a new key.
@@ -465,11 +465,9 @@ def retriever_from_config(retrieval: Any) -> Retriever:
 
 def index_cache_key(fingerprint: str, retriever: Retriever) -> str:
     """Hex key of an index: layout version, pool fingerprint, retriever name and settings."""
-    blob = json.dumps(
-        {"format": FORMAT_VERSION, "pool": fingerprint, "retriever": retriever.name, "settings": retriever.settings()},
-        sort_keys=True,
+    return content_key(
+        {"format": FORMAT_VERSION, "pool": fingerprint, "retriever": retriever.name, "settings": retriever.settings()}
     )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def load_or_build_index(
@@ -488,7 +486,7 @@ def load_or_build_index(
     """
     log = log or (lambda _msg: None)
     key = index_cache_key(pool_fingerprint(paragraphs), retriever)
-    directory = os.path.join(os.fspath(cache_dir), f"{retriever.name}-{key[:16]}")
+    directory = cache_entry(cache_dir, retriever.name, key)
     if os.path.exists(directory) and not rebuild:
         try:
             retriever.load(directory, paragraphs)

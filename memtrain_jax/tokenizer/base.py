@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
+
+from memtrain_jax.atomic import content_key
 
 
 @runtime_checkable
@@ -40,4 +40,4 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     tokenizer are refused by a policy with another."""
     probe = "Document 12:\nThe [MASK] of Zürich, founded in 1789 by Ada Lovelace—naïve café 3.14% ✓\n\n"
     payload = {"ids": list(tokenizer.encode(probe)), "vocab": tokenizer.vocab_size}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+    return content_key(payload)[:16]
