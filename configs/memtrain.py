@@ -56,6 +56,8 @@ _NAMED_ABLATIONS = {
 def _set(c: ml_collections.ConfigDict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
+        if part not in c and dotted.startswith(("qa.overrides.", "qa.eval_overrides.")):
+            c[part] = ml_collections.ConfigDict()  # an override names a field of another section
         c = c[part]
     c[leaf] = value
 
@@ -109,13 +111,15 @@ _CPU = {
     "qa.num_train": 256,
     "qa.num_docs": (5, 10, 20),  # short contexts
     "qa.train_num_docs": 5,
-    "qa.chunk_size": 256,  # half the turns of MemTrain's 128-token chunks
-    "qa.answer_extractor": "boxed_or_line",  # the base row of `memtrain compare` is not zero by format alone
+    # A final "Answer: ..." line counts in QA, so the base row of `memtrain compare` is not zero by format alone.
+    "qa.overrides.agent.answer_extractor": "boxed_or_line",
     "search.turn_tokens": 64,
     "search.information_tokens": 256,
 }
+# QA contexts read in 256-token chunks: half the turns of MemTrain's 128-token chunks.
+_QA_CHUNKS = {"qa.overrides.data.chunking.chunk_size": 256}
 _VARIANTS = {
-    "cpu": {},
+    "cpu": {**_QA_CHUNKS},
     # About 40 minutes: 64-token chunks and a 96-token memory (a memory can carry a whole chunk, so recall probes
     # are answerable), 30 format warm-up steps, then 30 GRPO steps.
     "cpu_long": {
@@ -125,6 +129,7 @@ _VARIANTS = {
         "train.format_steps": 30,
         "train.eval_every": 15,
         "train.eval_episodes": 12,
+        **_QA_CHUNKS,
     },
     # The tiny random model and the pool's SentencePiece tokenizer: the whole loop in seconds (tests).
     "tiny": {
@@ -148,7 +153,6 @@ _VARIANTS = {
         "train.trainable_layers": 0,
         "train.eval_every": 2,
         "train.eval_episodes": 2,
-        "qa.chunk_size": 0,
     },
 }
 
@@ -298,17 +302,13 @@ def _paper() -> ml_collections.ConfigDict:
     c.qa.num_docs = (50, 100, 200, 400, 800, 1600, 3200, 6400)  # the paper's ladder (about 7K ... 896K tokens)
     c.qa.train_num_docs = 200  # task RL's contexts (about 28K tokens in the paper's setting)
     c.qa.batch_size = 8  # questions per lockstep rollout
-    # The agent's chunk when reading QA contexts (0 = data.chunking.chunk_size). The CPU default reads 256-token
-    # chunks: half the turns of MemTrain's 128 (the paper reads 5,120-token chunks in both).
-    c.qa.chunk_size = 0
     c.qa.readers = ("memory_agent",)  # memory_agent and/or full_context (the baseline)
     c.qa.num_objectives = 2  # search QA: questions joined into one episode (MEM1)
-    # Evaluation sampling (the paper's: temperature 0.7, top-p 0.95); 0 = greedy.
-    c.qa.temperature = 0.7
-    c.qa.top_p = 0.95
-    # "" = agent.answer_extractor. SmolLM2-135M rarely boxes a QA answer untrained: the CPU variants also read a
-    # final "Answer: ..." line, so the base row of `memtrain compare` is not zero by format alone.
-    c.qa.answer_extractor = ""
+    # Fields of the other sections set whenever QA contexts are read (task RL and evaluation), in their own
+    # sections' names, e.g. {"data": {"chunking": {"chunk_size": 256}}}; the paper reads QA as it reads MemTrain.
+    c.qa.overrides = ml_collections.ConfigDict()
+    # Set on top of those when QA is evaluated: the paper's evaluation sampling (temperature 0.7, top-p 0.95).
+    c.qa.eval_overrides = ml_collections.ConfigDict({"sampling": {"temperature": 0.7, "top_p": 0.95}})
 
     # Search QA (MEM1's loop, memtrain_jax/agent/search.py); the corpus is data.pool, searched by data.retrieval.
     c.search = ml_collections.ConfigDict()

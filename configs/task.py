@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from memtrain_jax.config import load_config
+from memtrain_jax.config import apply_overrides, flatten, load_config
 
 VARIANTS = ("paper", "cpu", "tiny")
 
@@ -48,11 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.learning_rate = 1e-6 if paper else 1e-5 if not tiny else 1e-3
     c.optim.warmup_steps = 20 if paper else 0
     c.data.loader.batch_size = 32 if paper else 2
-    if c.qa.chunk_size:
-        c.data.chunking.chunk_size = c.qa.chunk_size  # task RL reads QA contexts as the evaluation does
-    if not paper:
-        # The training reward reads the same answers as the evaluation (qa.answer_extractor).
-        c.agent.answer_extractor = c.qa.answer_extractor or c.agent.answer_extractor
+    # Task RL reads QA contexts, and scores answers, as the evaluation does.
+    c = apply_overrides(c, flatten(c.qa.overrides))
     if tiny:
         c.qa.num_dev, c.qa.num_train, c.qa.train_num_docs = 8, 16, 3
         c.search.turn_tokens, c.search.information_tokens, c.search.max_turns = 12, 48, 3

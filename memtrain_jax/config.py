@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -57,6 +57,28 @@ RUN_CHOICES = (
     "train.eval_every",
     "train.eval_before",
 )
+
+
+def _unless(new_key: str, unset: Any) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {} if value == unset else {new_key: value}
+
+
+# Fields renamed since run directories were first written: {old dotted field: old value -> {new field: value}}.
+# A stored config is read through them (`migrate`), so a run started before a rename resumes unchanged.
+RENAMED_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "qa.chunk_size": _unless("qa.overrides.data.chunking.chunk_size", 0),  # 0 meant "MemTrain's chunk"
+    "qa.answer_extractor": _unless("qa.overrides.agent.answer_extractor", ""),  # "" meant "agent's"
+    "qa.temperature": lambda value: {"qa.eval_overrides.sampling.temperature": value},
+    "qa.top_p": lambda value: {"qa.eval_overrides.sampling.top_p": value},
+}
+
+
+def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A flattened stored config with renamed fields under their current names (RENAMED_FIELDS)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out.update(RENAMED_FIELDS[key](value) if key in RENAMED_FIELDS else {key: value})
+    return out
 
 
 class UsageError(ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from run_configs import run_config
 
-from memtrain_jax.config import UsageError
+from memtrain_jax.config import UsageError, load_config
 from memtrain_jax.train import Trainer, read_metrics
 from memtrain_jax.train import metrics as metrics_module
 from memtrain_jax.train.checkpoints import RunCheckpointer
@@ -27,6 +27,8 @@ from memtrain_jax.train.workdir import (
     WorkdirBusyError,
     WorkdirLock,
     WriteFailedError,
+    config_changes,
+    config_values,
     read_history,
 )
 
@@ -230,6 +232,28 @@ def test_a_resume_with_other_settings_is_refused_before_the_model_loads(cache, t
     # With --allow_config_change the change is recorded and the run goes on.
     _train(_tiny(cache, **{"train.steps": 7, "optim.learning_rate": 0.5}), tmp_path, allow_config_change=True)
     assert read_history(str(tmp_path))[-1]["changed"]["optim.learning_rate"] == [0.001, 0.5]
+
+
+@pytest.mark.parametrize("variant", ["tiny", "cpu"])
+def test_a_config_written_before_the_field_renames_reads_unchanged(variant):
+    """config.json of the same variant written by commit 4d0fa85 (qa.chunk_size, qa.answer_extractor,
+    qa.temperature, qa.top_p; no agent.rewards) has no field that differs from today's config."""
+    with open(os.path.join(REPO, "tests", "fixtures", f"config_4d0fa85_{variant}.json"), encoding="utf-8") as f:
+        old = json.load(f)
+    assert "chunk_size" in old["qa"] and "overrides" not in old["qa"]
+    assert config_changes(old, config_values(load_config(f"memtrain.py:{variant}"))) == {}
+
+
+def test_a_run_written_before_the_field_renames_resumes_without_a_change(cache, tmp_path, uninterrupted):
+    shutil.copytree(uninterrupted[0], tmp_path, dirs_exist_ok=True)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    with open(os.path.join(REPO, "tests", "fixtures", "config_4d0fa85_tiny.json"), encoding="utf-8") as f:
+        stored["qa"] = json.load(f)["qa"]  # the qa section as the old code wrote it
+    del stored["agent"]["rewards"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    _, summary = _train(_tiny(cache, **{"train.steps": 6}), tmp_path)  # no --allow_config_change needed
+    assert summary["start_step"] == 4 and _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    assert set(read_history(str(tmp_path))[-1]["changed"]) == {"train.steps"}
 
 
 # ------------------------------------------------------------------------------------------------ refusals

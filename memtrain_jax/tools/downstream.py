@@ -27,6 +27,7 @@ from memtrain_jax.agent import AgentSetup, SamplerPolicy
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
 from memtrain_jax.agent.search import search_metrics, search_rollout
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
+from memtrain_jax.config import apply_overrides, flatten
 
 
 def qa_config(
@@ -52,25 +53,23 @@ def qa_config(
     if baseline:
         config.qa.readers = ("memory_agent", "full_context")
     config.agent.imr = False  # no recall probes downstream
-    if int(config.qa.get("chunk_size", 0)) > 0:
-        config.data.chunking.chunk_size = int(config.qa.chunk_size)
-    return config
+    return apply_overrides(config, {**flatten(config.qa.overrides), **flatten(config.qa.eval_overrides)})
 
 
 def _eval_policy(setup: AgentSetup, params: Any) -> SamplerPolicy:
-    qa = setup.config.qa
+    """The evaluation's sampling: the config's after qa_config (qa.eval_overrides)."""
+    agent = setup.agent
     return SamplerPolicy(
         setup.sampler,
         params,
         setup.chat.stop_tokens(setup.tokenizer),
-        temperature=float(qa.temperature),
-        top_p=float(qa.top_p),
+        temperature=agent.temperature,
+        top_p=agent.top_p,
     )
 
 
 def _eval_agent(setup: AgentSetup):
-    extractor = setup.config.qa.answer_extractor or setup.agent.answer_extractor
-    return dataclasses.replace(setup.agent, answer_extractor=extractor, group_size=1, imr=False)
+    return dataclasses.replace(setup.agent, group_size=1, imr=False)
 
 
 def _long_qa(setup: AgentSetup, params: Any, log=print) -> tuple[dict[str, Any], list]:

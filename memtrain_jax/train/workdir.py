@@ -32,7 +32,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from memtrain_jax.config import RUN_CHOICES, UsageError, flatten
+from memtrain_jax.config import RUN_CHOICES, UsageError, flatten, migrate
 
 LOCK_FILE = "lock"
 CONFIG_FILE = "config.json"
@@ -154,8 +154,9 @@ def _is_run_choice(key: str) -> bool:
 
 
 def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted field: (stored value, new value)} of the fields that differ, run choices left out."""
-    a, b = flatten(stored), flatten(new)
+    """{dotted field: (stored value, new value)} of the fields that differ, run choices left out; the stored
+    config is read under today's field names (memtrain_jax.config.migrate)."""
+    a, b = migrate(flatten(stored)), flatten(new)
     missing = object()
     changes = {}
     for key in sorted(set(a) | set(b)):
@@ -196,7 +197,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
             "Resume with the run's settings, use a new "
             "--workdir, or pass --allow_config_change to record the change and go on."
         )
-    a, b = flatten(stored), flatten(new)
+    a, b = migrate(flatten(stored)), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
