@@ -131,6 +131,23 @@ def test_episode_contents(env):
     assert stats["skipped_all_masks_truncated"] == skipped and stats["used"] == NUM_PIVOTS - skipped
 
 
+def test_usable_and_skipped_episodes_share_one_schema(env):
+    """Every episode, usable or skipped, has EPISODE_FIELDS' names, in order, with their dtypes and shapes."""
+    config, _, tokenizer, _ = env
+    sizes = {
+        "max_chunks": config.chunking.max_chunks,
+        "chunk_size": config.chunking.chunk_size,
+        "max_answer_tokens": config.loader.max_answer_tokens,
+    }
+    episodes = _stream(env, NUM_PIVOTS, batch=False, num_epochs=1)
+    assert {bool(ep["usable"]) for ep in episodes} == {True, False}
+    for ep in episodes:
+        assert list(ep) == list(pipeline.EPISODE_FIELDS)
+        for name, (shape, dtype) in pipeline.EPISODE_FIELDS.items():
+            expected = tuple(sizes[d.strip()] for d in shape.strip("[]").split(",") if d.strip())
+            assert np.shape(ep[name]) == expected and np.asarray(ep[name]).dtype.type is dtype, name
+
+
 @pytest.mark.parametrize("hosts", [1, 2, 4])
 def test_hosts_split_every_batch_of_the_one_stream(env, hosts):
     # batch_size 4 over 1, 2 or 4 hosts: host h builds rows [h*b, (h+1)*b) of every batch, so the hosts'

@@ -13,7 +13,7 @@ Two stages:
        -> this host's rows of every global batch of `batch_size` (`host_rows`)
        -> episode (build document on the fly, or read it from pre-built ArrayRecord files)
        -> batch(batch_size / hosts) -> iterator (threads; or worker processes)
-   One element (before batching) is an episode, a dict of numpy arrays:
+   One element (before batching) is an episode, a dict of numpy arrays (EPISODE_FIELDS):
        tokens         [max_chunks, chunk_size] int32  document chunks, pad_id-padded
        chunk_lengths  [max_chunks] int32              tokens in each chunk (0 = no chunk)
        num_chunks     [] int32
@@ -334,6 +334,37 @@ def build_episode_document(
     )
 
 
+# The episode schema (module docstring): name -> (shape in terms of the config, dtype). Every episode, usable or
+# skipped, is made by `_episode`, which checks the names and casts the dtypes.
+EPISODE_FIELDS: dict[str, tuple[str, Any]] = {
+    "tokens": ("[max_chunks, chunk_size]", np.int32),
+    "chunk_lengths": ("[max_chunks]", np.int32),
+    "num_chunks": ("[]", np.int32),
+    "num_tokens": ("[]", np.int32),
+    "answer": ("[]", np.str_),
+    "answer_ids": ("[max_answer_tokens]", np.int32),
+    "answer_length": ("[]", np.int32),
+    "mask_count": ("[]", np.int32),
+    "masks_kept": ("[]", np.int32),
+    "tokenizer_id": ("[]", np.str_),
+    "usable": ("[]", np.bool_),
+    "pivot_index": ("[]", np.int32),
+    "episode_id": ("[]", np.int64),
+    "epoch": ("[]", np.int32),
+    "seed": ("[]", np.int64),
+}
+
+
+def _episode(**values: Any) -> dict[str, np.ndarray]:
+    """An episode dict in EPISODE_FIELDS' order and dtypes; a missing or unknown field is a bug."""
+    if set(values) != set(EPISODE_FIELDS):
+        raise AssertionError(f"episode fields {sorted(values)} differ from EPISODE_FIELDS {sorted(EPISODE_FIELDS)}")
+    return {
+        name: np.asarray(values[name], dtype) if shape != "[]" else dtype(values[name])
+        for name, (shape, dtype) in EPISODE_FIELDS.items()
+    }
+
+
 def episode_from_document(
     document: Document | None,
     tokenizer: Tokenizer,
@@ -348,85 +379,55 @@ def episode_from_document(
     tokenizer_id: str | None = None,
     pivot_index: int = -1,
 ) -> dict[str, np.ndarray]:
-    """Tokenises, truncates, chunks and pads one document into an episode dict (module docstring).
+    """Tokenises, truncates, chunks and pads one document into an episode dict (EPISODE_FIELDS).
 
     `document` None (its pivot was skipped) or a document whose every mask was truncated away gives an
-    episode with `usable` False and no chunks. `tokenizer_id`: `tokenizer_fingerprint(tokenizer)` when the
-    caller has it already; `pivot_index`: recorded for a skipped document."""
+    episode with `usable` False and no chunks (same fields and shapes). `tokenizer_id`:
+    `tokenizer_fingerprint(tokenizer)` when the caller has it already; `pivot_index`: recorded for a skipped
+    document."""
     usable = document is not None
     if usable:
         chunks = chunk_document(document.text, tokenizer, chunk_size, max_chunks, decode=False)
         kept = document.text if not chunks.num_dropped else tokenizer.decode(np.concatenate(chunks.tokens).tolist())
         masks_kept = kept.count(mask_token)
         usable = masks_kept > 0
+    pad = tokenizer.pad_id
+    common = dict(
+        answer=document.gold if document is not None else "",
+        mask_count=document.mask_count if document is not None else 0,
+        tokenizer_id=tokenizer_id or tokenizer_fingerprint(tokenizer),
+        usable=usable,
+        pivot_index=document.pivot_index if document is not None else pivot_index,
+        episode_id=episode_id,
+        epoch=epoch,
+        seed=seed,
+    )
     if not usable:
-        return _skipped_episode(
-            document,
-            tokenizer,
-            chunk_size,
-            max_chunks,
-            max_answer_tokens,
-            episode_id,
-            epoch,
-            seed,
-            pivot_index,
-            tokenizer_id or tokenizer_fingerprint(tokenizer),
+        return _episode(
+            tokens=np.full((max_chunks, chunk_size), pad),
+            chunk_lengths=np.zeros((max_chunks,)),
+            num_chunks=0,
+            num_tokens=0,
+            answer_ids=np.full((max_answer_tokens,), pad),
+            answer_length=0,
+            masks_kept=0,
+            **common,
         )
-    tokens, lengths = pad_chunks(chunks.tokens, max_chunks, chunk_size, tokenizer.pad_id)
+    tokens, lengths = pad_chunks(chunks.tokens, max_chunks, chunk_size, pad)
     answer = np.asarray(tokenizer.encode(document.gold), dtype=np.int32)
-    answer_ids = np.full((max_answer_tokens,), tokenizer.pad_id, dtype=np.int32)
+    answer_ids = np.full((max_answer_tokens,), pad, dtype=np.int32)
     n_answer = min(len(answer), max_answer_tokens)
     answer_ids[:n_answer] = answer[:n_answer]
-    return {
-        "tokens": tokens,
-        "chunk_lengths": lengths,
-        "num_chunks": np.int32(chunks.num_chunks),
-        "num_tokens": np.int32(chunks.num_tokens),
-        "answer": np.str_(document.gold),
-        "answer_ids": answer_ids,
-        "answer_length": np.int32(n_answer),
-        "mask_count": np.int32(document.mask_count),
-        "masks_kept": np.int32(masks_kept),
-        "tokenizer_id": np.str_(tokenizer_id or tokenizer_fingerprint(tokenizer)),
-        "usable": np.bool_(True),
-        "pivot_index": np.int32(document.pivot_index),
-        "episode_id": np.int64(episode_id),
-        "epoch": np.int32(epoch),
-        "seed": np.int64(seed),
-    }
-
-
-def _skipped_episode(
-    document: Document | None,
-    tokenizer: Tokenizer,
-    chunk_size: int,
-    max_chunks: int,
-    max_answer_tokens: int,
-    episode_id: int,
-    epoch: int,
-    seed: int,
-    pivot_index: int,
-    tokenizer_id: str,
-) -> dict[str, np.ndarray]:
-    """The placeholder of a skipped episode: same keys and shapes, no chunks, `usable` False."""
-    pad = tokenizer.pad_id
-    return {
-        "tokens": np.full((max_chunks, chunk_size), pad, np.int32),
-        "chunk_lengths": np.zeros((max_chunks,), np.int32),
-        "num_chunks": np.int32(0),
-        "num_tokens": np.int32(0),
-        "answer": np.str_(document.gold if document is not None else ""),
-        "answer_ids": np.full((max_answer_tokens,), pad, np.int32),
-        "answer_length": np.int32(0),
-        "mask_count": np.int32(document.mask_count if document is not None else 0),
-        "masks_kept": np.int32(0),
-        "tokenizer_id": np.str_(tokenizer_id),
-        "usable": np.bool_(False),
-        "pivot_index": np.int32(document.pivot_index if document is not None else pivot_index),
-        "episode_id": np.int64(episode_id),
-        "epoch": np.int32(epoch),
-        "seed": np.int64(seed),
-    }
+    return _episode(
+        tokens=tokens,
+        chunk_lengths=lengths,
+        num_chunks=chunks.num_chunks,
+        num_tokens=chunks.num_tokens,
+        answer_ids=answer_ids,
+        answer_length=n_answer,
+        masks_kept=masks_kept,
+        **common,
+    )
 
 
 class _EpisodeMap:
