@@ -367,7 +367,7 @@ def test_metrics_on_an_object_store_are_rewritten_not_appended(tmp_path):
 
 
 def test_new_weights_reach_the_sampler_without_a_new_program():
-    """SamplerPolicy.use_params: the next call samples from the new weights (greedy replies as a policy built on
+    """SamplerPolicy.update_params: the next call samples from the new weights (greedy replies as a policy built on
     them) with no new compilation; a tree of other shapes or dtypes is refused, naming an array."""
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     first, second = init_params(TINY, jax.random.key(5)), init_params(TINY, jax.random.key(6))
@@ -376,7 +376,7 @@ def test_new_weights_reach_the_sampler_without_a_new_program():
     policy = SamplerPolicy(sampler, first, [5], temperature=0.0)
     before = policy.generate(prompts, budgets, kind="memory", seed=0)
     compiled = sampler.compile_count
-    policy.use_params(second)
+    policy.update_params(second)
     after = policy.generate(prompts, budgets, kind="memory", seed=0)
     assert sampler.compile_count == compiled
     fresh = SamplerPolicy(Sampler(TINY, mesh), second, [5], temperature=0.0)
@@ -385,6 +385,6 @@ def test_new_weights_reach_the_sampler_without_a_new_program():
     assert not np.array_equal(after.tokens, before.tokens)
     wrong = jax.tree.map(lambda x: x.astype(jnp.bfloat16), second)
     with pytest.raises(ValueError, match="change shape or dtype"):
-        policy.use_params(wrong)
+        policy.update_params(wrong)
     with pytest.raises(ValueError, match="another parameter tree"):
-        policy.use_params({"embedder": second["embedder"]})
+        policy.update_params({"embedder": second["embedder"]})

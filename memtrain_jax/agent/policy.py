@@ -64,12 +64,12 @@ class SamplerPolicy:
         self.max_rows = int(max_rows)
         self.stats: dict[str, CallStats] = {}
 
-    def use_params(self, params: Any) -> None:
+    def update_params(self, params: Any) -> None:
         """The weights the next calls sample from (after an optimiser step, or a checkpoint's). They must have the
         current weights' tree, shapes and dtypes: the sampler's compiled programs are reused, never re-traced."""
         old, new = jax.tree.structure(self.params), jax.tree.structure(params)
         if old != new:
-            raise ValueError(f"use_params: another parameter tree ({new}) than the policy's ({old}).")
+            raise ValueError(f"update_params: another parameter tree ({new}) than the policy's ({old}).")
         spec = lambda x: (tuple(x.shape), str(x.dtype))
         wrong = [
             f"{jax.tree_util.keystr(path)}: {spec(a)} -> {spec(b)}"
@@ -79,7 +79,7 @@ class SamplerPolicy:
             if spec(a) != spec(b)
         ]
         if wrong:
-            raise ValueError(f"use_params: {len(wrong)} arrays change shape or dtype, e.g. {wrong[0]}.")
+            raise ValueError(f"update_params: {len(wrong)} arrays change shape or dtype, e.g. {wrong[0]}.")
         self.params = params
 
     def generate(

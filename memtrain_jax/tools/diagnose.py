@@ -138,7 +138,7 @@ def diagnose(trainer: Any, params: Any, episodes: int, warmup: bool) -> str:
         raise ValueError(f"memtrain diagnose reads MemTrain runs; this run's task is {setup.task!r}.")
     slots = trainer.eval_slots[:episodes]
     agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
-    trainer.eval_policy.use_params(params)
+    trainer.eval_policy.update_params(params)
     batch = setup.eval_batch(slots)
     result = setup.rollout(batch, 0, policy=trainer.eval_policy, agent=agent)
     if result is None:

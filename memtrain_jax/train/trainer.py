@@ -318,7 +318,7 @@ class Trainer:
 
     def grpo_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any], Any]:
         setup = self.setup
-        setup.sampler_policy.use_params(state.params)
+        setup.sampler_policy.update_params(state.params)
         setup.sampler_policy.reset_stats()
         start = time.perf_counter()
         result = setup.rollout(batch, step)
@@ -358,7 +358,7 @@ class Trainer:
         if not self.eval_slots:
             return {}
         agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
-        self.eval_policy.use_params(params)
+        self.eval_policy.update_params(params)
         start = time.perf_counter()
         # greedy: the step only seeds the (unused) sampling
         result = setup.rollout(setup.eval_batch(self.eval_slots), 0, policy=self.eval_policy, agent=agent)
@@ -459,7 +459,7 @@ class Trainer:
                         summary["warmup"] = evaluation
                     if step == tc.steps:
                         summary["after"] = evaluation
-            self.setup.sampler_policy.use_params(state.params)
+            self.setup.sampler_policy.update_params(state.params)
             summary.update(steps=step, preempted=self._preempted, state=state)
             return summary
         finally:
