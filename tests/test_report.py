@@ -60,6 +60,23 @@ def test_grpo_effect_is_after_minus_warmup_on_the_same_episodes():
     assert "no paired difference excludes 0" in report.arms_table(arms, diffs).splitlines()[-1]
 
 
+def test_grpo_signal_counts_updates_and_groups_with_equal_rewards():
+    records = [
+        {"step": 1, "phase": "format"},
+        {"step": 2, "phase": "grpo", "skipped_update": 1, "groups_e2e": 2, "groups_e2e_dropped": 2,
+         "groups_recall": 8, "groups_recall_dropped": 8, "reward_e2e": 0.0},
+        {"step": 3, "phase": "grpo", "skipped_update": 0, "groups_e2e": 2, "groups_e2e_dropped": 1,
+         "groups_recall": 8, "groups_recall_dropped": 5, "reward_e2e": 0.25},
+        {"step": 4, "phase": "grpo", "skipped_update": 1, "rollout_s": 1.0},  # every episode skipped: no groups
+    ]  # fmt: skip
+    line = report.grpo_signal(records)
+    assert line == (
+        "GRPO signal: 1 of 3 GRPO steps updated; equal rewards (no advantage) in 3/4 e2e groups and "
+        "13/16 recall groups, mean training R_E 0.125"
+    )
+    assert report.grpo_signal(records[:1]) is None  # a warm-up-only run has no GRPO line
+
+
 def test_arms_of_other_episodes_are_refused():
     arms = [("a", _record(1, [1.0, 0.0])), ("b", _record(1, [1.0, 0.0], ids=[0, 7]))]
     with pytest.raises(UsageError, match="'a' and 'b' were evaluated on other held-out episodes"):

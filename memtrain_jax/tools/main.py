@@ -159,7 +159,7 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
     """The run's held-out table from its eval records (so a resumed run shows it too): before training, after
     the format warm-up (the warm-up-only control arm) and after GRPO, with paired differences."""
     from memtrain_jax.tools import report
-    from memtrain_jax.train.metrics import EVAL_FILE, read_metrics
+    from memtrain_jax.train.metrics import EVAL_FILE, METRICS_FILE, read_metrics
 
     records = {r["step"]: r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")}
     if steps not in records or steps == 0:
@@ -169,9 +169,11 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
     arms, differences = report.training_arms(summary, format_steps if 0 < format_steps < steps else 0)
     if len(arms) < 2:
         return None
-    return report.arms_table(
+    table = report.arms_table(
         arms, differences, answer_extractor=config.agent.answer_extractor, imr=bool(config.agent.imr)
     )
+    signal = report.grpo_signal(read_metrics(workdir, METRICS_FILE))  # why GRPO moved (or did not move) the figures
+    return table + (f"\n{signal}" if signal else "")
 
 
 def train(config: ml_collections.ConfigDict) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from memtrain_jax import stats
 from memtrain_jax.config import UsageError
 
-__all__ = ["arms_table", "run_arm", "training_arms"]
+__all__ = ["arms_table", "grpo_signal", "run_arm", "training_arms"]
 
 Arm = tuple[str, Mapping[str, Any]]  # (column name, an evaluation record with "items")
 
@@ -93,6 +93,28 @@ def arms_table(
             f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show)"
         )
     return "\n".join(lines)
+
+
+def grpo_signal(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """One line on how much learning signal the GRPO steps of a run's metrics had (None without GRPO steps):
+    steps that updated, and the share of E2E and recall groups the DAPO filter dropped because all their
+    rewards were equal (a group with equal rewards has zero advantages: it teaches nothing)."""
+    grpo = [r for r in records if r.get("phase") == "grpo"]
+    if not grpo:
+        return None
+    updated = sum(not r.get("skipped_update", 0) for r in grpo)
+
+    def dropped(kind: str) -> str:
+        total = sum(int(r.get(f"groups_{kind}") or 0) for r in grpo)
+        gone = sum(int(r.get(f"groups_{kind}_dropped") or 0) for r in grpo)
+        return f"{gone}/{total} {kind} groups" if total else f"no {kind} groups"
+
+    rewards = [float(r["reward_e2e"]) for r in grpo if r.get("reward_e2e") is not None]
+    mean = f", mean training R_E {sum(rewards) / len(rewards):.3f}" if rewards else ""
+    return (
+        f"GRPO signal: {updated} of {len(grpo)} GRPO steps updated; equal rewards (no advantage) in "
+        f"{dropped('e2e')} and {dropped('recall')}{mean}"
+    )
 
 
 def training_arms(summary: Mapping[str, Any], format_steps: int) -> tuple[list[Arm], list[tuple[str, int, int]]]:
