@@ -183,6 +183,35 @@ def test_estimate_only_plan_needs_no_devices():
     np.testing.assert_equal(plan.fits, plan.peak_bytes <= 0.94 * 95 * GiB)
 
 
+def test_predicted_step_sums_each_program_as_often_as_a_step_runs_it():
+    """qwen3-4b on v5p-64 (the paper's recipe): memory turns run once a chunk, every program at its analytic
+    roofline per chip; the step is their sum and MFU the update's model FLOPs over step time x chips x peak."""
+    from memtrain_jax.plan import cost, predict_step
+
+    config = load_config("pod.py:qwen3-4b,v5p-64")
+    tpu = parse_slice("v5p-64")
+    plan = estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes)
+    pred = predict_step(config, plan.model, plan.shapes, plan.mesh, tpu.peak_flops, tpu.hbm_bandwidth)
+    by_name = {p.name.split(" B=")[0].split(" M=")[0]: p for p in pred.programs}
+    chunks, episodes = config.data.chunking.max_chunks, config.data.loader.batch_size
+    trajectories = episodes * config.agent.group_size
+    memory = next(c for c in plan.shapes.calls if c.kind == "memory")
+    assert by_name["decode memory"].count == chunks * -(-trajectories // memory.rows)
+    assert by_name["prefill answer"].count == -(-trajectories // memory.rows)
+    sequences = trajectories * (chunks + 1) + trajectories * config.agent.recall_group_size
+    assert by_name["accumulate"].count == -(-sequences // plan.shapes.train_rows)
+    decode = cost.decode_cost(plan.model, memory.rows, memory.prompt, memory.new).per_chip(tpu.chips)
+    assert by_name["decode memory"].seconds == pytest.approx(decode.seconds(tpu.peak_flops, tpu.hbm_bandwidth))
+    assert by_name["decode memory"].bound == "memory"  # decode streams the weights for a few rows a chip
+    assert pred.step_seconds == pytest.approx(sum(p.count * p.seconds for p in pred.programs))
+    tokens = by_name["accumulate"].count * plan.shapes.train_rows * plan.shapes.train_length
+    useful = cost.model_flops(plan.model, tokens)
+    assert pred.mfu == pytest.approx(useful / (pred.step_seconds * tpu.chips * tpu.peak_flops))
+    assert 0 < pred.mfu < 1 and pred.run_hours == pytest.approx(pred.step_seconds * config.train.steps / 3600)
+    text = format_plan(dataclasses.replace(plan, prediction=pred))
+    assert "predicted step" in text and f"MFU {100 * pred.mfu:.1f}%" in text
+
+
 def _pod_module():
     from memtrain_jax.config import CONFIGS_DIR
 

@@ -1,7 +1,17 @@
 """Pod plans: TPU slices, a closed-form memory estimate, and the run's programs compiled for a slice."""
 
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate, parameter_bytes
-from memtrain_jax.plan.plan import HEADROOM, Plan, RunShapes, estimate_plan, format_plan, make_plan, run_shapes
+from memtrain_jax.plan.plan import (
+    HEADROOM,
+    Plan,
+    RunShapes,
+    StepPrediction,
+    estimate_plan,
+    format_plan,
+    make_plan,
+    predict_step,
+    run_shapes,
+)
 from memtrain_jax.plan.topology import TpuSlice, parse_slice, topology_devices
 
 __all__ = [
@@ -14,6 +24,8 @@ __all__ = [
     "estimate_plan",
     "format_plan",
     "make_plan",
+    "predict_step",
+    "StepPrediction",
     "parameter_bytes",
     "parse_slice",
     "run_shapes",

@@ -38,6 +38,7 @@ from memtrain_jax import sharding
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.checkpoint.policy import model_config_of
 from memtrain_jax.model import ModelConfig
+from memtrain_jax.plan import cost
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate
 from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Buckets, Sampler
@@ -149,6 +150,75 @@ def chip_bytes(tree: Any) -> int:
     return total
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgramTime:
+    """One program's analytic cost per chip, how often a step runs it, and its roofline time."""
+
+    name: str
+    count: int
+    tflop: float  # per chip, one run of the program
+    gib: float  # HBM bytes per chip, one run
+    seconds: float  # roofline, one run
+    bound: str  # "compute" | "memory"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPrediction:
+    """A GRPO step's predicted time on a slice from the analytic costs (memtrain_jax/plan/cost.py): each program
+    at its roofline, run as often as a step runs it, with no overlap and no communication."""
+
+    programs: tuple[ProgramTime, ...]
+    step_seconds: float
+    mfu: float  # model FLOPs of the update (padded positions counted) / (step time x chips x peak)
+    run_hours: float  # train.steps steps
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def predict_step(
+    config: ml_collections.ConfigDict, model: ModelConfig, shapes: RunShapes, mesh: dict[str, int],
+    peak_flops: float, bandwidth: float,
+) -> StepPrediction:  # fmt: skip
+    """The step's programs (rollout turns, micro-batches of the update, the optimizer apply) at their rooflines."""
+    agent = AgentConfig.from_config(config)
+    chips, shards = math.prod(mesh.values()), mesh.get("tensor", 1)
+    episodes, chunks = int(config.data.loader.batch_size), int(config.data.chunking.max_chunks)
+    trajectories = episodes * agent.group_size
+    real_rows = {"memory": trajectories, "answer": trajectories, "recall": trajectories * agent.recall_group_size}
+    turns = {"memory": chunks, "answer": 1, "recall": 1}
+    jobs: list[tuple[str, int, cost.Cost]] = []
+    for call in shapes.calls:
+        count = turns[call.kind] * -(-real_rows[call.kind] // call.rows)
+        label = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
+        jobs.append((f"prefill {label}", count, cost.prefill_cost(model, call.distinct, call.prompt)))
+        jobs.append((f"decode {label}", count, cost.decode_cost(model, call.rows, call.prompt, call.new)))
+    sequences = trajectories * (chunks + int(agent.train_final_answer))
+    sequences += trajectories * agent.recall_group_size if agent.imr else 0
+    micro = -(-sequences // shapes.train_rows)
+    layers = int(config.train.trainable_layers)
+    rows, length, window = shapes.train_rows, shapes.train_length, shapes.window
+    label = f"M={rows} L={length} W={window}"
+    jobs.append(
+        (f"accumulate {label}", micro, cost.train_cost(model, rows, length, trainable_layers=layers, scored=window))
+    )
+    if float(config.rl.kl_coef) > 0:
+        jobs.append((f"score (reference) {label}", micro, cost.score_cost(model, rows, length, scored=window)))
+    if bool(config.rl.get("recompute_old_logprobs", False)):
+        jobs.append((f"score (old policy) {label}", micro, cost.score_cost(model, rows, length, scored=window)))
+    jobs.append(("apply", int(config.rl.get("updates_per_batch", 1)), cost.apply_cost(model, layers)))
+    programs = []
+    for name, count, whole in jobs:
+        chip = whole.per_chip(chips, shards)
+        seconds = chip.seconds(peak_flops, bandwidth)
+        bound = "compute" if chip.flops / peak_flops >= chip.bytes / bandwidth else "memory"
+        programs.append(ProgramTime(name, count, chip.flops / 1e12, chip.bytes / GiB, seconds, bound))
+    step = sum(p.count * p.seconds for p in programs)
+    useful = cost.model_flops(model, micro * rows * length, trainable_layers=layers)
+    mfu = useful / (step * chips * peak_flops) if step > 0 else 0.0
+    return StepPrediction(tuple(programs), step, mfu, step * int(config.train.steps) / 3600)
+
+
 @dataclasses.dataclass
 class Plan:
     """What `memtrain plan` prints: the slice, mesh, shapes, layout bytes, estimate and compiled programs."""
@@ -162,6 +232,7 @@ class Plan:
     estimate: MemoryEstimate
     programs: list[ProgramStats]
     compiler: str
+    prediction: StepPrediction | None = None  # set by `memtrain plan` for the slice (predict_step)
 
     @property
     def peak(self) -> ProgramStats | None:
@@ -190,6 +261,7 @@ class Plan:
             "programs": [{**dataclasses.asdict(p), "peak": p.peak} for p in self.programs],
             "peak_bytes": self.peak_bytes,
             "fits": self.fits,
+            "prediction": self.prediction.to_json() if self.prediction else None,
         }
 
     def suggestions(self) -> list[str]:
@@ -348,6 +420,18 @@ def format_plan(plan: Plan) -> str:
                 f"{p.name[:58]:58s} {g(p.arguments)} {g(p.outputs)} {g(p.aliased)} {g(p.temporaries)} {g(p.peak)} "
                 f"{p.flops / 1e12:8.3f}"
             )
+    if plan.prediction is not None:
+        pred = plan.prediction
+        lines += ["", f"{'predicted step (analytic, per chip, roofline; no overlap)':58s} {'runs':>5s} {'TFLOP':>8s} "
+                  f"{'GiB':>8s} {'ms':>9s}  bound"]  # fmt: skip
+        for p in pred.programs:
+            lines.append(
+                f"{p.name[:58]:58s} {p.count:5d} {p.tflop:8.3f} {p.gib:8.2f} {1e3 * p.seconds:9.2f}  {p.bound}"
+            )
+        lines.append(
+            f"step {pred.step_seconds:.2f} s, MFU {100 * pred.mfu:.1f}% (update FLOPs / step time x peak), "
+            f"{pred.run_hours:.1f} h for the run's steps"
+        )
     peak = plan.peak_bytes
     source = f"compiled, {plan.peak.name.split()[0]}" if plan.programs else "estimated"
     verdict = "fits" if plan.fits else "DOES NOT FIT"

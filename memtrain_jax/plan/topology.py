@@ -13,15 +13,15 @@ import re
 GiB = 1 << 30
 
 # generation -> (topology prefix, TensorCores per chip in the accelerator name, HBM per chip, peak bf16 FLOP/s,
-# ICI shapes by chip count). v4 and v5p names count TensorCores (2 per chip, one "megacore" device);
-# v5e and v6e count chips.
+# ICI shapes by chip count, HBM bandwidth per chip in bytes/s; Cloud TPU's published figures). v4 and v5p names
+# count TensorCores (2 per chip, one "megacore" device); v5e and v6e count chips.
 _CUBE = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8"}  # chips -> 3-D torus
 _PLANE = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}  # 2-D
 GENERATIONS = {
-    "v4": ("v4", 2, 32 * GiB, 275e12, _CUBE),
-    "v5p": ("v5p", 2, 95 * GiB, 459e12, _CUBE),
-    "v5e": ("v5e", 1, 16 * GiB, 197e12, _PLANE),
-    "v6e": ("v6e", 1, 32 * GiB, 918e12, _PLANE),
+    "v4": ("v4", 2, 32 * GiB, 275e12, _CUBE, 1228e9),
+    "v5p": ("v5p", 2, 95 * GiB, 459e12, _CUBE, 2765e9),
+    "v5e": ("v5e", 1, 16 * GiB, 197e12, _PLANE, 819e9),
+    "v6e": ("v6e", 1, 32 * GiB, 918e12, _PLANE, 1640e9),
 }
 ALIASES = {"v5litepod": "v5e"}
 
@@ -36,6 +36,7 @@ class TpuSlice:
     topology: str  # e.g. "v5p:2x4x4", the compiler's name
     hbm_bytes: int
     peak_flops: float  # bf16 FLOP/s per chip
+    hbm_bandwidth: float  # bytes/s per chip
 
     @property
     def megacore(self) -> bool:
@@ -51,13 +52,13 @@ def parse_slice(name: str) -> TpuSlice:
             "e.g. v4-8, v5e-16, v5p-64, v6e-8."
         )
     generation = ALIASES.get(match.group(1), match.group(1))
-    prefix, per_chip, hbm, flops, shapes = GENERATIONS[generation]
+    prefix, per_chip, hbm, flops, shapes, bandwidth = GENERATIONS[generation]
     count = int(match.group(2))
     chips = count // per_chip
     if count % per_chip or chips not in shapes:
         known = ", ".join(f"{generation}-{c * per_chip}" for c in sorted(shapes))
         raise ValueError(f"No {generation} slice {name!r}; known: {known}.")
-    return TpuSlice(name, generation, chips, f"{prefix}:{shapes[chips]}", hbm, flops)
+    return TpuSlice(name, generation, chips, f"{prefix}:{shapes[chips]}", hbm, flops, bandwidth)
 
 
 def topology_devices(tpu: TpuSlice) -> list:

@@ -351,6 +351,9 @@ def plan(config: ml_collections.ConfigDict) -> None:
     else:
         devices = planning.topology_devices(tpu)
         result = planning.make_plan(config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes)
+    result.prediction = planning.predict_step(
+        config, result.model, result.shapes, result.mesh, tpu.peak_flops, tpu.hbm_bandwidth
+    )
     print(planning.format_plan(result))
     print(f"({time.perf_counter() - start:.0f}s)")
     if _OUT.value:
