@@ -143,7 +143,8 @@ def apply_cost(model: ModelConfig, trainable_layers: int = 0) -> Cost:
     trained = layers if trainable_layers <= 0 else min(trainable_layers, layers)
     share = trained / layers
     n = model.num_params() * share
-    return Cost(12 * n, 7 * n * 4)  # float32 moments and gradients, read and written once
+    # float32 parameters, gradients and moments read and written once; each chip updates its own shard (state)
+    return Cost(12 * n, 0.0, 7 * n * 4)
 
 
 def model_flops(model: ModelConfig, tokens: float, *, trainable_layers: int = 0) -> float:
