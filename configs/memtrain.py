@@ -20,7 +20,9 @@ Variants:
 Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
 normalisation), no_final (the final-answer turn is not trained), no_dapo, token_mean / sequence_mean /
-trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N.
+trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, qa_chunk=N (QA contexts read in
+N-token chunks), reward=NAME:W (reward column NAME of memtrain_jax/rewards/columns.py weighed W in R_E; several
+allowed), e.g. `configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _VALUE_ABLATIONS = {
     "g2": ("agent.recall_group_size", int),
     "chunk": ("data.chunking.chunk_size", int),
     "memory": ("agent.memory_tokens", int),
+    "qa_chunk": ("qa.overrides.data.chunking.chunk_size", int),
 }
 # Ablations that set fixed values.
 _NAMED_ABLATIONS = {
@@ -64,7 +67,10 @@ def _set(c: ml_collections.ConfigDict, dotted: str, value) -> None:
 
 def _ablate(c: ml_collections.ConfigDict, name: str) -> None:
     key, _, value = name.partition("=")
-    if key in _VALUE_ABLATIONS and value:
+    if key == "reward" and value.count(":") == 1:  # a reward column and its weight (checked by AgentConfig)
+        column, _, weight = value.partition(":")
+        c.agent.rewards[column] = float(weight)
+    elif key in _VALUE_ABLATIONS and value:
         field, kind = _VALUE_ABLATIONS[key]
         _set(c, field, kind(value))
     elif key in _NAMED_ABLATIONS and not value:
@@ -73,7 +79,7 @@ def _ablate(c: ml_collections.ConfigDict, name: str) -> None:
     else:
         raise ValueError(
             f"Unknown ablation {name!r} of configs/memtrain.py; choose from {', '.join(_NAMED_ABLATIONS)}, "
-            f"{', '.join(k + '=N' for k in _VALUE_ABLATIONS)}."
+            f"{', '.join(k + '=N' for k in _VALUE_ABLATIONS)}, reward=NAME:WEIGHT."
         )
 
 

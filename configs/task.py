@@ -13,7 +13,7 @@ Variants (the rest as configs/memtrain.py's variant of the same name):
   chunks, contexts of 200 documents (about 28K tokens, MemAgent's ~32K-token training set); exact match of the
   boxed answer as the reward. Set --config.qa.train_file to MemAgent's HotpotQA training file (HotpotQA JSON).
 - cpu: the same on this CPU: SmolLM2-135M, the QA sets prepared from the shipped pool, 5-document contexts in
-  128-token chunks, a 64-token memory, G = 4, 2 questions a step, 8 steps.
+  256-token chunks (qa.overrides), a 64-token memory, G = 4, 2 questions a step, 8 steps.
 - tiny: the tiny random model (tests).
 With `search`: MEM1's loop (two questions per episode, at most 6 turns, top-3 BM25 passages of the pool).
 """

@@ -7,8 +7,9 @@ never sees a half-written folder and a previous version is never lost. Paths may
 that `etils.epath` understands (e.g. gs://; there a rename is a copy, so the guarantee is weaker).
 Imported by the data caches, the GGUF cache and the parameter checkpoints alike.
 
-Every cache is content-addressed the same way: `content_key(inputs)` names the folder
-`cache_entry(cache_dir, prefix, key)`, written once with `write_directory_atomically`.
+Every cache is keyed the same way, by `content_key(inputs)`, and written once with `write_directory_atomically`;
+the data caches name their folder `cache_entry(cache_dir, prefix, key)` (the GGUF cache keys a file by its path,
+size and modification time, and names the folder after the file).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ length). XLA's own cost analysis is no reference: it skips custom calls and coun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -65,16 +66,18 @@ def test_prefill_flops_are_the_traced_matmuls(params, rows, prompt):
     assert full.flops - causal.flops == pytest.approx(expected)
 
 
-def test_train_flops_are_the_traced_forward_and_backward(params):
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_train_flops_are_the_traced_forward_and_backward(params, remat):
     rows, length = 2, 32
+    model = dataclasses.replace(MODEL, remat=remat)
     tokens = jnp.ones((rows, length), jnp.int32)
 
     def loss(p):
-        return token_logprobs(MODEL, p, tokens, chunk_size=length).sum()
+        return token_logprobs(model, p, tokens, chunk_size=length).sum()
 
     traced = _traced_flops(jax.grad(loss), params)
     # token_logprobs scores length - 1 positions; the backward pass of the embedding lookup is no matmul
-    expected = cost.train_cost(MODEL, rows, length, scored=length - 1, causal=False).flops
+    expected = cost.train_cost(model, rows, length, scored=length - 1, causal=False).flops
     assert expected == pytest.approx(traced, rel=1e-9)
 
 

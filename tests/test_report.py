@@ -75,6 +75,9 @@ def test_grpo_signal_counts_updates_and_groups_with_equal_rewards():
         "13/16 recall groups, mean training R_E 0.125"
     )
     assert report.grpo_signal(records[:1]) is None  # a warm-up-only run has no GRPO line
+    # without DAPO nothing is dropped, yet groups with equal rewards still teach nothing: they are counted
+    no_dapo = [{**r, "groups_e2e_dropped": 0, "groups_e2e_uniform": r.get("groups_e2e_dropped")} for r in records]
+    assert "in 3/4 e2e groups" in report.grpo_signal(no_dapo)
 
 
 def test_arms_of_other_episodes_are_refused():

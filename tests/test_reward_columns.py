@@ -8,6 +8,7 @@ import pytest
 from memtrain_jax.agent import AgentConfig, assign_credit
 from memtrain_jax.agent.rollout import Episode, Reply, RolloutBatch, Trajectory
 from memtrain_jax.config import load_config
+from memtrain_jax.data.probes import Probe
 from memtrain_jax.rewards.columns import REWARDS, combine, memory_fill, reward_columns
 
 
@@ -29,6 +30,7 @@ def _batch() -> RolloutBatch:
                 answer=_reply(2 * r + 1),
                 prediction="x",
                 correct=correct,
+                probe=Probe(1, 0, "[TARGET] met", "Paris", 1) if recall else None,
                 recall=[_reply(1) for _ in recall],
                 recall_predictions=["y" for _ in recall],
                 recall_correct=recall,
@@ -59,9 +61,12 @@ def test_a_length_penalty_is_one_function_and_one_weight():
     assert metrics["column_verifier"] == pytest.approx(0.5)
     assert metrics["column_recall"] == pytest.approx(np.mean([0.5, 1.0, 0.0, 0.0]))
 
-    # Without the weight the paper's R_E comes back: the same sequences, rewards without the penalty.
+    # Without the weight the paper's R_E comes back (verifier + 0.5 * mean recall).
     plain, _ = assign_credit(batch, AgentConfig(answer_tokens=10, recall_weight=0.5, dapo_filter=False), functions)
     np.testing.assert_allclose(plain.rewards[plain.kinds == 1], [1.25, 0.5, 0.0, 1.0])
+    # Groups with equal rewards are counted whether or not DAPO drops them: recall groups [1, 1] and [0, 0].
+    _, counts = assign_credit(batch, AgentConfig(recall_weight=0.0, dapo_filter=False))
+    assert (counts["groups_recall_uniform"], counts["groups_recall_dropped"], counts["groups_e2e_uniform"]) == (2, 0, 0)
 
 
 def test_registered_memory_fill_column():
@@ -82,6 +87,9 @@ def test_unknown_reward_column_is_refused_with_its_name():
     config = load_config("memtrain.py:tiny")
     config.agent.rewards = {"memory_fill": -0.1}
     assert AgentConfig.from_config(config).rewards == (("memory_fill", -0.1),)
+    # from the command line: the config's reward ablation (several allowed)
+    named = load_config("memtrain.py:tiny,reward=memory_fill:-0.1,reward=answer_found:0.5")
+    assert dict(AgentConfig.from_config(named).rewards) == {"memory_fill": -0.1, "answer_found": 0.5}
     config.agent.rewards = {"lenght_penalty": -1.0}
     with pytest.raises(ValueError, match="lenght_penalty"):
         AgentConfig.from_config(config)

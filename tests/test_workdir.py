@@ -234,20 +234,24 @@ def test_a_resume_with_other_settings_is_refused_before_the_model_loads(cache, t
     assert read_history(str(tmp_path))[-1]["changed"]["optim.learning_rate"] == [0.001, 0.5]
 
 
-@pytest.mark.parametrize("variant", ["tiny", "cpu"])
-def test_a_config_written_before_the_field_renames_reads_unchanged(variant):
-    """config.json of the same variant written by commit 4d0fa85 (qa.chunk_size, qa.answer_extractor,
+@pytest.mark.parametrize(
+    "spec", ["memtrain.py:tiny", "memtrain.py:cpu", "memtrain.py:cpu_long", "memtrain.py:paper", "task.py:cpu",
+             "task.py:cpu,search"],
+)  # fmt: skip
+def test_a_config_written_before_the_field_renames_reads_unchanged(spec):
+    """config.json of the same config written by commit 4d0fa85 (qa.chunk_size, qa.answer_extractor,
     qa.temperature, qa.top_p; no agent.rewards) has no field that differs from today's config."""
-    with open(os.path.join(REPO, "tests", "fixtures", f"config_4d0fa85_{variant}.json"), encoding="utf-8") as f:
+    name = spec.replace(".py:", "_").replace(",", "_")
+    with open(os.path.join(REPO, "tests", "fixtures", f"config_4d0fa85_{name}.json"), encoding="utf-8") as f:
         old = json.load(f)
     assert "chunk_size" in old["qa"] and "overrides" not in old["qa"]
-    assert config_changes(old, config_values(load_config(f"memtrain.py:{variant}"))) == {}
+    assert config_changes(old, config_values(load_config(spec))) == {}
 
 
 def test_a_run_written_before_the_field_renames_resumes_without_a_change(cache, tmp_path, uninterrupted):
     shutil.copytree(uninterrupted[0], tmp_path, dirs_exist_ok=True)
     stored = json.loads((tmp_path / "config.json").read_text())
-    with open(os.path.join(REPO, "tests", "fixtures", "config_4d0fa85_tiny.json"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "tests", "fixtures", "config_4d0fa85_memtrain_tiny.json"), encoding="utf-8") as f:
         stored["qa"] = json.load(f)["qa"]  # the qa section as the old code wrote it
     del stored["agent"]["rewards"]
     (tmp_path / "config.json").write_text(json.dumps(stored))

@@ -110,7 +110,8 @@ def assign_credit(
     r_e, r_i, columns = trajectory_rewards(batch, config, functions)
     episode_of = np.asarray([t.episode for t in trajectories], np.int32)
     adv_e = np.asarray(group_advantages(r_e, episode_of, num_episodes, config.advantage_normalisation))
-    drop_e = np.asarray(uniform_groups(r_e, episode_of, num_episodes)) & config.dapo_filter
+    uniform_e = np.asarray(uniform_groups(r_e, episode_of, num_episodes))
+    drop_e = uniform_e & config.dapo_filter
 
     probed = [r for r, t in enumerate(trajectories) if t.probe is not None and len(t.recall)]
     recall_rewards = np.concatenate([r_i[r] for r in probed]) if probed else np.zeros((0,), np.float32)
@@ -120,7 +121,8 @@ def assign_credit(
         else (np.zeros((0,), np.int32))
     )
     adv_i = np.asarray(group_advantages(recall_rewards, recall_group, len(probed), config.advantage_normalisation))
-    drop_i = np.asarray(uniform_groups(recall_rewards, recall_group, len(probed))) & config.dapo_filter
+    uniform_i = np.asarray(uniform_groups(recall_rewards, recall_group, len(probed)))
+    drop_i = uniform_i & config.dapo_filter
 
     rows: list[tuple] = []  # (reply, advantage, reward, trajectory, conversation, group, turn, kind)
     conversation = 0
@@ -169,6 +171,8 @@ def assign_credit(
         kinds=np.asarray([KIND_IDS[row[7]] for row in rows], np.int32),
     )
     metrics = rollout_metrics(batch, r_e, recall_rewards, drop_e, drop_i, sequences)
+    # groups whose rewards are all equal (zero advantage), whether or not the DAPO filter drops them
+    metrics.update(groups_e2e_uniform=int(uniform_e.sum()), groups_recall_uniform=int(uniform_i.sum()))
     metrics.update({f"column_{name}": float(np.mean(col)) if col.size else 0.0 for name, col in columns.items()})
     return sequences, metrics
 

@@ -10,8 +10,9 @@ XLA's cost analysis does not count custom kernels (splash attention) and counts 
                          position but queries, output and MLP of the last one only, and the head reads it
   decode [B, P, N]       B * N tokens and heads, B * (N * P + N (N - 1) / 2) attended keys (every step of its loop)
   train [M, S]           forward of every layer; backward (2x forward) of the trainable ones (+1 forward with
-                         remat); the head on the scored positions 4x: forward, forward again in the backward
-                         pass (token_logprobs' vocabulary blocks keep no logits) and its two backward matmuls
+                         full remat, +attention with "dots"); the head on the scored positions 4x: forward,
+                         forward again in the backward pass (token_logprobs' vocabulary blocks keep no logits)
+                         and its two backward matmuls
   bytes                  weights read once a program (prefill, train forward and backward) or once a decode
                          step, plus the KV cache written (prefill) or read (each decode step)
 
@@ -76,7 +77,10 @@ def attention_flops(model: ModelConfig, keys: float, layers: int | None = None) 
 
 
 def weight_bytes(model: ModelConfig) -> float:
-    return float(model.num_params() * np.dtype(model.param_dtype).itemsize)
+    """Bytes of the weights a forward pass reads: all but an untied input embedding table (only the looked-up
+    rows of it are read; a tied table is the lm head and read whole)."""
+    table = 0 if model.tie_embeddings else model.vocab_size * model.hidden_size
+    return float((model.num_params() - table) * np.dtype(model.param_dtype).itemsize)
 
 
 def kv_bytes_per_token(model: ModelConfig) -> float:
@@ -122,8 +126,10 @@ def train_cost(
     keys = rows * _attended(length, causal)
     forward = tokens * matmul_flops_per_token(model) + attention_flops(model, keys)
     backward = 2 * (tokens * matmul_flops_per_token(model, trained) + attention_flops(model, keys, trained))
-    if model.remat != "none":
+    if model.remat == "full":  # the trained layers' forward again in the backward pass
         backward += tokens * matmul_flops_per_token(model, trained) + attention_flops(model, keys, trained)
+    elif model.remat == "dots":  # matmul outputs are saved: only attention is recomputed
+        backward += attention_flops(model, keys, trained)
     head = 4 * rows * (scored or length) * head_flops_per_token(model)  # the logits blocks are recomputed
     # the weights are read by the forward pass and again by the backward pass of the trained layers
     read = weight_bytes(model) * (1 + trained / layers)

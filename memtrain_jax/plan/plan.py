@@ -195,7 +195,9 @@ def predict_step(
         jobs.append((f"decode {label}", count, cost.decode_cost(model, call.rows, call.prompt, call.new)))
     sequences = trajectories * (chunks + int(agent.train_final_answer))
     sequences += trajectories * agent.recall_group_size if agent.imr else 0
-    micro = -(-sequences // shapes.train_rows)
+    updates = int(config.rl.get("updates_per_batch", 1))  # each mini-batch is packed on its own
+    per_update = math.ceil(sequences / updates)
+    micro = updates * math.ceil(per_update / shapes.train_rows)
     layers = int(config.train.trainable_layers)
     rows, length, window = shapes.train_rows, shapes.train_length, shapes.window
     label = f"M={rows} L={length} W={window}"
@@ -206,7 +208,7 @@ def predict_step(
         jobs.append((f"score (reference) {label}", micro, cost.score_cost(model, rows, length, scored=window)))
     if bool(config.rl.get("recompute_old_logprobs", False)):
         jobs.append((f"score (old policy) {label}", micro, cost.score_cost(model, rows, length, scored=window)))
-    jobs.append(("apply", int(config.rl.get("updates_per_batch", 1)), cost.apply_cost(model, layers)))
+    jobs.append(("apply", updates, cost.apply_cost(model, layers)))
     programs = []
     for name, count, whole in jobs:
         chip = whole.per_chip(chips, shards)

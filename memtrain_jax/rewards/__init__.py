@@ -16,11 +16,22 @@ from memtrain_jax.rewards.answers import (
     normalize_strict,
     qa_scores,
 )
-from memtrain_jax.rewards.columns import REWARDS, combine, reward, reward_columns
+from memtrain_jax.rewards.columns import (
+    BUILTIN_COLUMNS,
+    REWARDS,
+    RewardFn,
+    check_weights,
+    combine,
+    reward,
+    reward_columns,
+)
 
 __all__ = [
     "EXTRACTORS",
+    "BUILTIN_COLUMNS",
     "REWARDS",
+    "RewardFn",
+    "check_weights",
     "combine",
     "reward",
     "reward_columns",

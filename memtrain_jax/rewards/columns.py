@@ -80,29 +80,30 @@ def reward_columns(
     weights: Mapping[str, float],
     functions: Mapping[str, RewardFn] = REWARDS,
 ) -> dict[str, np.ndarray]:
-    """{column: [R] float32}: the built-in `verifier` and `recall`, then each weighed column, in order.
+    """{column: [R] float64}: the built-in `verifier` and `recall`, then each weighed column, in order.
 
     trajectories[r].episode indexes `episodes`; trajectories carry `correct` (the verifier's score) and
     `recall_correct` (the recall EM of each G2 sample).
     """
     check_weights(weights, functions)
     columns = {
-        "verifier": np.asarray([t.correct for t in trajectories], np.float32),
+        "verifier": np.asarray([t.correct for t in trajectories], np.float64),
+        # the recall mean in float32, as R_E has always been computed
         "recall": np.asarray(
             [np.asarray(t.recall_correct, np.float32).mean() if len(t.recall_correct) else 0.0 for t in trajectories],
-            np.float32,
+            np.float64,
         ),
     }
     for name in weights:
         fn = functions[name]
-        columns[name] = np.asarray([fn(t, episodes[t.episode], config) for t in trajectories], np.float32)
+        columns[name] = np.asarray([fn(t, episodes[t.episode], config) for t in trajectories], np.float64)
     return columns
 
 
 def combine(columns: Mapping[str, np.ndarray], recall_weight: float, weights: Mapping[str, float]) -> np.ndarray:
     """R_E [R] = verifier + recall_weight * recall + sum_c weights[c] * columns[c], summed in float64 and
     returned as float32."""
-    total = columns["verifier"].astype(np.float64) + recall_weight * columns["recall"].astype(np.float64)
+    total = np.asarray(columns["verifier"], np.float64) + recall_weight * np.asarray(columns["recall"], np.float64)
     for name, weight in weights.items():
-        total = total + weight * columns[name].astype(np.float64)
+        total = total + weight * np.asarray(columns[name], np.float64)
     return total.astype(np.float32)

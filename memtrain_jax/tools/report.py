@@ -106,7 +106,8 @@ def grpo_signal(records: Sequence[Mapping[str, Any]]) -> str | None:
 
     def dropped(kind: str) -> str:
         total = sum(int(r.get(f"groups_{kind}") or 0) for r in grpo)
-        gone = sum(int(r.get(f"groups_{kind}_dropped") or 0) for r in grpo)
+        # all rewards equal, dropped by DAPO or not (runs written before the count: the DAPO drops)
+        gone = sum(int(r.get(f"groups_{kind}_uniform", r.get(f"groups_{kind}_dropped")) or 0) for r in grpo)
         return f"{gone}/{total} {kind} groups" if total else f"no {kind} groups"
 
     rewards = [float(r["reward_e2e"]) for r in grpo if r.get("reward_e2e") is not None]
