@@ -173,7 +173,10 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
         arms, differences, answer_extractor=config.agent.answer_extractor, imr=bool(config.agent.imr)
     )
     signal = report.grpo_signal(read_metrics(workdir, METRICS_FILE))  # why GRPO moved (or did not move) the figures
-    return table + (f"\n{signal}" if signal else "")
+    if not signal:
+        return table
+    *rows, verdict = table.splitlines()  # the signal goes just above the table's last line, its verdict
+    return "\n".join([*rows, signal, verdict])
 
 
 def train(config: ml_collections.ConfigDict) -> int:
