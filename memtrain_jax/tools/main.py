@@ -169,14 +169,14 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
     arms, differences = report.training_arms(summary, format_steps if 0 < format_steps < steps else 0)
     if len(arms) < 2:
         return None
-    table = report.arms_table(
-        arms, differences, answer_extractor=config.agent.answer_extractor, imr=bool(config.agent.imr)
-    )
     signal = report.grpo_signal(read_metrics(workdir, METRICS_FILE))  # why GRPO moved (or did not move) the figures
-    if not signal:
-        return table
-    *rows, verdict = table.splitlines()  # the signal goes just above the table's last line, its verdict
-    return "\n".join([*rows, signal, verdict])
+    return report.arms_table(
+        arms,
+        differences,
+        answer_extractor=config.agent.answer_extractor,
+        imr=bool(config.agent.imr),
+        notes=[signal] if signal else [],
+    )
 
 
 def train(config: ml_collections.ConfigDict) -> int:

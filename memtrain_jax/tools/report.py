@@ -43,13 +43,15 @@ def arms_table(
     *,
     answer_extractor: str = "boxed",
     imr: bool = True,
+    notes: Sequence[str] = (),
 ) -> str:
     """A table with one column per arm (mean [95 % interval]) and one per difference (label, a, b): the paired
     mean of arm b - arm a over the episodes both evaluated, with its paired-bootstrap interval. Arms must hold
     the same episodes in the same order (`items["episode_id"]`), else a UsageError names the two arms.
 
-    The last line names the differences whose interval excludes 0, or says that none does and how large a
-    difference must be to show at this n (z / sqrt(n), the half-width of a paired 0/1 difference at its widest).
+    `notes` (e.g. `grpo_signal`) come after the rows. The last line names the differences whose interval
+    excludes 0, or says that none does and how large a difference must be to show at this n (z / sqrt(n), the
+    half-width of a paired 0/1 difference at its widest).
     """
     ids = [tuple(a[1].get("items", {}).get("episode_id", ())) for a in arms]
     for (name, _), episodes in zip(arms[1:], ids[1:], strict=True):
@@ -83,6 +85,7 @@ def arms_table(
             if diff[1] > 0 or diff[2] < 0:
                 moved.append(f"{label} ({diff_label})")
         lines.append(f"{label:34s} " + " ".join(cells))
+    lines += notes
     if not differences:
         lines.append(f"n = {n} held-out episodes")
     elif moved:
