@@ -282,6 +282,9 @@ def _paper() -> ml_collections.ConfigDict:
     # The warm-up's memory-update targets (train/format.py): masked_first (the [MASK] sentences read so far, then
     # the chunk) | latest_first (the chunk just read, then the [MASK] sentences: recall probes stay answerable).
     c.train.format_memory = "masked_first"
+    # Recall examples per chunk in the warm-up (distinct entities): more of them train the recall answerer,
+    # whose rare right answers leave most recall groups without advantage in GRPO (README, the learning search).
+    c.train.format_recall_entities = 1
     c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
     c.train.length_block = 1024  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection

@@ -73,11 +73,23 @@ RENAMED_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
+# Fields added since run directories were first written: {dotted field: the value that reproduces what the
+# code did before the field existed}. A stored config of a section that lacks one reads it as that value.
+ADDED_FIELDS: dict[str, Any] = {
+    "train.format_recall_entities": 1,
+}
+
+
 def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A flattened stored config with renamed fields under their current names (RENAMED_FIELDS)."""
+    """A flattened stored config with renamed fields under their current names (RENAMED_FIELDS) and fields added
+    since it was written at their old behaviour (ADDED_FIELDS), where it has their section."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         out.update(RENAMED_FIELDS[key](value) if key in RENAMED_FIELDS else {key: value})
+    sections = {key.rsplit(".", 1)[0] for key in out}
+    for key, value in ADDED_FIELDS.items():
+        if key not in out and key.rsplit(".", 1)[0] in sections:
+            out[key] = value
     return out
 
 

@@ -68,3 +68,39 @@ def test_targets_are_cut_to_the_memory_budget(tokenizer, chat, memory_target):
 def test_an_unknown_memory_target_is_refused_with_its_name(tokenizer, chat):
     with pytest.raises(ValueError, match="'newest'"):
         _memory_targets(tokenizer, chat, "newest", memory_tokens=64)
+
+
+class _Names:
+    """An entity extractor proposing the listed names that occur in each paragraph, in text order."""
+
+    NAMES = ("Alpha", "Ulm", "Beta", "Bern", "Gamma", "Graz")
+
+    def extract(self, paragraphs):
+        return [sorted((n for n in self.NAMES if n in p.text), key=p.text.index) for p in paragraphs]
+
+
+def _recall_targets(tokenizer, chat, recall_entities: int) -> list[str]:
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    chunks = [np.asarray(tokenizer.encode(text), np.int32) for text in CHUNKS]
+    episode = Episode(episode_id=0, answer="Einstein", chunks=chunks, chunk_texts=list(CHUNKS))
+    stop = chat.stop_tokens(tokenizer)[0]
+    examples = format_examples(
+        [episode], builder, tokenizer, AgentConfig(memory_tokens=512), stop, _Names(),
+        np.random.default_rng(0), memory_examples=False, recall_entities=recall_entities,
+    )  # fmt: skip
+    recall = [r for r, k in zip(examples.responses, examples.kinds, strict=True) if k == KIND_IDS["recall"]]
+    return [tokenizer.decode(r[:-1].tolist()) for r in recall]
+
+
+def test_recall_entities_gives_that_many_distinct_recall_examples_per_chunk(tokenizer, chat):
+    """Every chunk names two entities: 3 per chunk asks for more than there are, so each chunk gives both, once;
+    1 per chunk gives one of them, the first chunk's the same first draw of the same generator."""
+    three, one = _recall_targets(tokenizer, chat, 3), _recall_targets(tokenizer, chat, 1)
+    boxed = [f"\\boxed{{{n}}}" for n in _Names.NAMES]
+    assert len(three) == 6 and sorted(three) == sorted(boxed)
+    for chunk in range(3):
+        assert set(three[2 * chunk : 2 * chunk + 2]) == set(boxed[2 * chunk : 2 * chunk + 2])
+        assert one[chunk] in boxed[2 * chunk : 2 * chunk + 2]
+    assert one[0] == three[0]
+    with pytest.raises(ValueError, match="format_recall_entities"):
+        _recall_targets(tokenizer, chat, 0)

@@ -95,6 +95,7 @@ def warmup_fit(trainer: Any, episodes: Sequence[Any], policy: Any, memory_prefix
         np.random.default_rng([int(trainer.config.seed), 0, 13]),
         max_target=trainer.window,
         memory_target=trainer.train_config.format_memory,
+        recall_entities=trainer.train_config.format_recall_entities,
     )
     budgets = {"memory": setup.agent.memory_tokens, "answer": setup.agent.answer_tokens}
     budgets["recall"] = setup.agent.recall_tokens

@@ -70,13 +70,17 @@ def format_examples(
     memory_examples: bool = True,
     max_target: int | None = None,
     memory_target: str = "masked_first",
+    recall_entities: int = 1,
 ) -> TrainingSequences:
-    """One final-answer example per episode with a `[MASK]`, one recall example per chunk with an entity,
-    and (with `memory_examples`) one memory-update example per chunk. Examples whose target is longer than
-    `max_target` tokens (a long entity name beyond the reply budget) are left out. `memory_target` orders the
-    memory-update targets (MEMORY_TARGETS, see the module docstring)."""
+    """One final-answer example per episode with a `[MASK]`, up to `recall_entities` recall examples per chunk
+    (distinct entities, drawn in turn without replacement), and (with `memory_examples`) one memory-update
+    example per chunk. Examples whose target is longer than `max_target` tokens (a long entity name beyond the
+    reply budget) are left out. `memory_target` orders the memory-update targets (MEMORY_TARGETS, see the
+    module docstring)."""
     if memory_target not in MEMORY_TARGETS:
         raise ValueError(f"Unknown train.format_memory {memory_target!r}; choose one of {MEMORY_TARGETS}.")
+    if recall_entities < 1:
+        raise ValueError(f"train.format_recall_entities must be >= 1, got {recall_entities}.")
     rows: list[tuple[list[int], list[int], int]] = []  # (prompt, target, kind)
     for episode in episodes:
         if episode.chunk_texts is None:
@@ -107,14 +111,17 @@ def format_examples(
         for text in episode.chunk_texts:
             (found,) = extractor.extract([Paragraph(id="chunk", title="", text=text)])
             found = [e for e in found if count_occurrences(text, e) and config.target_token not in e]
-            entity = choose_entity(found, rng)
-            if entity is None:
-                continue
-            memory = _window(text, entity, tokenizer, config.memory_tokens)
-            chunk, _ = mask_entity(text, entity, config.target_token)
-            if memory:
-                prompt = builder.recall_prompt(memory, tokenizer.encode(chunk))
-                rows.append((prompt, tokenizer.encode(f"\\boxed{{{entity}}}") + [stop_id], KIND_IDS["recall"]))
+            for _ in range(recall_entities):
+                entity = choose_entity(found, rng)
+                if entity is None:
+                    break
+                found = [e for e in found if e != entity]
+                memory = _window(text, entity, tokenizer, config.memory_tokens)
+                chunk, _ = mask_entity(text, entity, config.target_token)
+                if memory:
+                    prompt = builder.recall_prompt(memory, tokenizer.encode(chunk))
+                    target = tokenizer.encode(f"\\boxed{{{entity}}}") + [stop_id]
+                    rows.append((prompt, target, KIND_IDS["recall"]))
     return _sequences(rows, max_target)
 
 

@@ -87,6 +87,7 @@ class TrainConfig:
     steps: int = 300
     format_steps: int = 0
     format_memory: str = "masked_first"
+    format_recall_entities: int = 1
     micro_batch_size: int = 8
     length_block: int = 256
     logprob_chunk: int = 256
@@ -103,7 +104,14 @@ class TrainConfig:
     @classmethod
     def from_config(cls, section: Any) -> TrainConfig:
         config = cls(**section_values(cls, section, "train"))
-        for name in ("steps", "micro_batch_size", "length_block", "logprob_chunk", "log_every"):
+        for name in (
+            "steps",
+            "micro_batch_size",
+            "length_block",
+            "logprob_chunk",
+            "log_every",
+            "format_recall_entities",
+        ):
             if getattr(config, name) < 1:
                 raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
         if config.checkpoint_every < 0:
@@ -307,6 +315,7 @@ class Trainer:
                 np.random.default_rng([int(self.config.seed), step, 13]),
                 max_target=self.window,
                 memory_target=self.train_config.format_memory,
+                recall_entities=self.train_config.format_recall_entities,
             )
         metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
         if not len(examples):
