@@ -143,15 +143,16 @@ class Attention(nn.Module):
     last_only: bool = False  # only the last token's query (keys/values of every token still)
 
     @nn.compact
-    def __call__(self, x, cos, sin, key_valid, layer_cache, cache_index):
-        """x: [B, T, H]; key_valid: [B, S] bool; layer_cache: (k, v) buffers [B, K, S, D] or None.
+    def __call__(self, x, cos, sin, key_valid, layer_cache, cache_index, layer=None):
+        """x: [B, T, H]; key_valid: [B, S] bool; layer_cache: (k, v) buffers [B, K, S, D], or with `layer`
+        (an int32 scalar) the stacked buffers [L, B, K, S, D] of every layer, or None.
 
-        With a cache, the new keys/values are first written at slots cache_index..cache_index+T-1,
-        then the queries attend over the buffer (only the slots they can see, for the blocked
-        backend). Writing before reading lets XLA update a donated buffer in place. Without a
-        cache, cache_index is the Python int 0 and the tokens attend to each other. Returns
-        (output [B, T, H] ([B, 1, H] with last_only), updated (k, v) buffers, or the new tokens'
-        (k, v) [B, K, T, D]).
+        With a cache, the new keys/values are first written at slots cache_index..cache_index+T-1
+        (of layer `layer` in stacked buffers), then the queries attend over the layer's buffer (only
+        the slots they can see, for the blocked backend). Writing before reading lets XLA update a
+        donated buffer in place. Without a cache, cache_index is the Python int 0 and the tokens
+        attend to each other. Returns (output [B, T, H] ([B, 1, H] with last_only), updated (k, v)
+        buffers (stacked with `layer`), or the new tokens' (k, v) [B, K, T, D]).
         """
         c = self.config
         t = x.shape[1]
@@ -170,9 +171,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # heads-major [B, K, T, D]
-        if layer_cache is not None:
+        kv = k, v
+        if layer_cache is not None and layer is None:
             write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, cache_index, 0))
-            k, v = write(layer_cache[0], k), write(layer_cache[1], v)
+            k, v = kv = write(layer_cache[0], k), write(layer_cache[1], v)
+        elif layer_cache is not None:  # the stacked buffers of a scan's carry: written in place, one layer read
+            at = (layer, 0, 0, cache_index, 0)
+            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype), at)
+            kv = write(layer_cache[0], k), write(layer_cache[1], v)
+            k, v = (jax.lax.dynamic_index_in_dim(buf, layer, 0, keepdims=False) for buf in kv)
         out = attention_lib.attention(
             q,
             k,
@@ -184,7 +191,7 @@ class Attention(nn.Module):
             block_kv=c.attention_block_kv,
         )
         out = proj((c.hidden_size,), 2, ("heads", "head_dim", "embed"), False, name="o_proj")(out)
-        return out, (k, v)
+        return out, kv
 
 
 class MLP(nn.Module):
@@ -207,22 +214,31 @@ class DecoderLayer(nn.Module):
     # The last layer of a `last_only` call: the cache needs every token's keys/values, the logits
     # only the last token's output, so query, attention output and MLP run for that token alone.
     last_only: bool = False
+    # Scanned over a stacked cache: the carry is (x, k, v) with k, v [L, B, K, S, D], the scanned input the
+    # layer's index. The cache then travels in the scan's carry and is written in place; as the scan's
+    # input and output ([L, ...] sliced and re-stacked) XLA would copy it every decode step.
+    stacked_cache: bool = False
 
     @nn.compact
     def __call__(self, x, layer_cache, cos, sin, key_valid, cache_index):
         """Pre-norm block. x: [B, T, H]; layer_cache: (k, v) buffers [B, K, S, D] or None; key_valid: [B, S].
+        With `stacked_cache`: x is the carry (x, k, v), layer_cache the layer index (int32 scalar).
 
-        Returns (x ([B, 1, H] with last_only), (k, v) as Attention returns them). The signature fits
-        nn.scan (carry, scanned, broadcast...).
+        Returns (x ([B, 1, H] with last_only), (k, v) as Attention returns them), or with `stacked_cache`
+        ((x, k, v), None). The signature fits nn.scan (carry, scanned, broadcast...).
         """
         c = self.config
+        layer = None
+        if self.stacked_cache:
+            (x, *stacked), layer = x, layer_cache
+            layer_cache = tuple(stacked)
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weight_dtype)
         attn = Attention(c, last_only=self.last_only, name="attn")
-        attn_out, kv = attn(norm(name="input_norm")(x), cos, sin, key_valid, layer_cache, cache_index)
+        attn_out, kv = attn(norm(name="input_norm")(x), cos, sin, key_valid, layer_cache, cache_index, layer)
         x = (x[:, -1:] if self.last_only else x) + attn_out
         x = x + MLP(c, name="mlp")(norm(name="post_attn_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, kv
+        return ((x, *kv), None) if self.stacked_cache else (x, kv)
 
 
 def _layer_class(config: ModelConfig):
@@ -285,8 +301,13 @@ class Transformer(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            xs = None if cache is None else (cache["k"], cache["v"])
-            x, (new_k, new_v) = scanned(c, name="layers")(x, xs, cos, sin, key_valid, index)
+            if cache is None:  # the layers' keys/values come out stacked (prefill's return_kv)
+                x, (new_k, new_v) = scanned(c, name="layers")(x, None, cos, sin, key_valid, index)
+            else:
+                carry, layers = (x, cache["k"], cache["v"]), jnp.arange(c.num_layers, dtype=jnp.int32)
+                (x, new_k, new_v), _ = scanned(c, stacked_cache=True, name="layers")(
+                    carry, layers, cos, sin, key_valid, index
+                )
         else:
             new_k, new_v = [], []
             for i in range(c.num_layers):

@@ -229,16 +229,22 @@ def expand_prefix(prefix: KVCache, rows: jax.Array, cache: KVCache) -> KVCache:
     P slots. prefix: U rows, P slots; rows: [B] int32 in [0, U); cache: B rows, S >= P slots (empty).
     Rows sharing a prompt share its prefill; the copy is what each row would have computed itself."""
 
-    def fill(buf: jax.Array, new: jax.Array) -> jax.Array:  # buf [..., B, K, S, D], new [..., U, K, P, D]
-        batch_axis = buf.ndim - 4
-        return jax.lax.dynamic_update_slice(
-            buf, jnp.take(new, rows, axis=batch_axis).astype(buf.dtype), (0,) * buf.ndim
-        )
+    def fill(buf: jax.Array, new: jax.Array) -> jax.Array:  # buf [B, K, S, D], new [U, K, P, D]
+        return jax.lax.dynamic_update_slice(buf, jnp.take(new, rows, axis=0).astype(buf.dtype), (0,) * buf.ndim)
+
+    def fill_stacked(buf: jax.Array, new: jax.Array) -> jax.Array:  # buf [L, B, K, S, D], new [L, U, K, P, D]
+        # Layer by layer: gathering rows across batch shards all-gathers its operand, one layer's prefix
+        # here rather than every layer's at once (which the compiler would hold as a temporary).
+        def one(layer, buf):
+            rows_of_layer = jnp.take(jax.lax.dynamic_index_in_dim(new, layer, 0, keepdims=False), rows, axis=0)
+            return jax.lax.dynamic_update_slice(buf, rows_of_layer[None].astype(buf.dtype), (layer, 0, 0, 0, 0))
+
+        return jax.lax.fori_loop(0, buf.shape[0], one, buf)
 
     mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.take(prefix["mask"], rows, axis=0), (0, 0))
     return {
-        "k": jax.tree.map(fill, cache["k"], prefix["k"]),
-        "v": jax.tree.map(fill, cache["v"], prefix["v"]),
+        "k": jax.tree.map(fill if isinstance(cache["k"], tuple) else fill_stacked, cache["k"], prefix["k"]),
+        "v": jax.tree.map(fill if isinstance(cache["v"], tuple) else fill_stacked, cache["v"], prefix["v"]),
         "mask": mask,
         "index": jnp.asarray(prefix["index"], jnp.int32),
     }
