@@ -9,8 +9,9 @@ v4-N, v5e-N, v5p-N or v6e-N. The layout, by rule:
 - every chip on the fsdp axis (mesh (1, chips, 1)): these models' parameters and AdamW state are what fills
   HBM, and FSDP divides them by the chip count; the batch is split the same way;
 - bfloat16 compute, float32 parameter storage (updates of lr 1e-6 vanish in bfloat16), full
-  rematerialisation; layers not scanned: `memtrain plan` shows the scanned decode copying its stacked KV
-  cache (qwen3-4b on v5p-64: 135 GiB of temporaries a chip, refused by the compiler);
+  rematerialisation; layers scanned: one layer's program compiled once (compiles several times faster),
+  and decode writes the stacked KV cache in place through the scan's carry (its temporaries are those of
+  unrolled layers or less; `--config.model.scan_layers=False` gives the unrolled layout);
 - train.micro_batch_size = the chip count (one 8K-token sequence a chip per micro-batch);
 - sampling.max_rows (the rollout micro-batch): the largest power of two (the sampler's row buckets) that keeps
   the largest turn's KV cache within KV_FRACTION of the chip's HBM, at least the chip count. The compiled plans
@@ -53,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = "full"
+    c.model.scan_layers = True
     c.mesh_shape = (1, tpu.chips, 1)
     c.train.micro_batch_size = tpu.chips
     slots = c.data.chunking.chunk_size + 2 * c.agent.memory_tokens + 512  # a turn's prompt and reply, in tokens

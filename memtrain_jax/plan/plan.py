@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,6 +119,7 @@ class ProgramStats:
     resident_outside: int
     flops: float
     error: str = ""  # the compiler refused the program (e.g. its temporaries exceed HBM)
+    compile_s: float = 0.0  # lowering excluded; on this machine, for the target's compiler
 
     @property
     def peak(self) -> float:
@@ -126,7 +128,7 @@ class ProgramStats:
         return self.resident_outside + self.arguments + self.outputs - self.aliased + self.temporaries
 
 
-def program_stats(name: str, compiled: Any, resident_outside: int) -> ProgramStats:
+def program_stats(name: str, compiled: Any, resident_outside: int, compile_s: float = 0.0) -> ProgramStats:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -138,6 +140,7 @@ def program_stats(name: str, compiled: Any, resident_outside: int) -> ProgramSta
         int(memory.temp_size_in_bytes),
         resident_outside,
         float((cost or {}).get("flops", float("nan"))),
+        compile_s=compile_s,
     )
 
 
@@ -376,12 +379,15 @@ def make_plan(
     programs = []
     for name, program, outside in jobs:
         log(f"[plan] compiling {name} ...")
+        start = time.perf_counter()
         try:
-            programs.append(program_stats(name, program.compile(), outside))
+            compiled = program.compile()
+            programs.append(program_stats(name, compiled, outside, time.perf_counter() - start))
         except jax.errors.JaxRuntimeError as e:  # the compiler's own verdict: it cannot fit the program
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            programs.append(ProgramStats(name, 0, 0, 0, 0, outside, float("nan"), str(e).splitlines()[0][:200]))
+            error = str(e).splitlines()[0][:200]
+            programs.append(ProgramStats(name, 0, 0, 0, 0, outside, float("nan"), error, time.perf_counter() - start))
     compiler = f"{devices[0].platform} ({devices[0].device_kind})"
     return Plan(target, hbm_bytes, _mesh_dict(mesh), model, shapes, layout, est, programs, compiler)
 
@@ -413,14 +419,14 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'train activations':20s} {'':8s}   {g(est.activations + est.logits)}")
     if plan.programs:
         lines += ["", f"{'program (per chip: GiB; TFLOP by XLA, kernels not counted)':58s} {'args':>8s} "
-                  f"{'outputs':>8s} {'aliased':>8s} {'temps':>8s} {'peak':>8s} {'TFLOP':>8s}"]  # fmt: skip
+                  f"{'outputs':>8s} {'aliased':>8s} {'temps':>8s} {'peak':>8s} {'TFLOP':>8s} {'compile s':>9s}"]  # fmt: skip
         for p in plan.programs:
             if p.error:
                 lines.append(f"{p.name[:58]:58s} refused by the compiler: {p.error}")
                 continue
             lines.append(
                 f"{p.name[:58]:58s} {g(p.arguments)} {g(p.outputs)} {g(p.aliased)} {g(p.temporaries)} {g(p.peak)} "
-                f"{p.flops / 1e12:8.3f}"
+                f"{p.flops / 1e12:8.3f} {p.compile_s:9.1f}"
             )
     if plan.prediction is not None:
         pred = plan.prediction
