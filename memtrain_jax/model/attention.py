@@ -111,7 +111,33 @@ def attention(
         # cuDNN's fused attention takes half precision only; a float32 model runs the blocked kernel on GPU.
         if emulated or q.dtype in (jnp.bfloat16, jnp.float16):
             return cudnn_attention(q, k, v, key_valid, implementation="xla" if emulated else "cudnn")
-    return blocked_attention(q, k, v, key_valid, jnp.asarray(q_start, jnp.int32), block_q, block_kv)
+    blocked = lambda q, k, v, key_valid, q_start: blocked_attention(q, k, v, key_valid, q_start, block_q, block_kv)
+    return per_shard(blocked, q, k, v, key_valid, jnp.asarray(q_start, jnp.int32))
+
+
+def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, *scalars: jax.Array) -> jax.Array:
+    """fn(q, k, v, key_valid, *scalars) run on each shard of the active mesh (batch over the `batch` axes, heads
+    over the `heads` axes where they divide), or directly without a mesh. Attention never mixes rows or KV
+    heads, so each chip attends over its own rows; under SPMD partitioning instead, the blocked loops' slices
+    of the batch dimension made the compiler gather every row of the KV cache onto every chip."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(q, k, v, key_valid, *scalars)
+    batch_axes, head_axes = _shard_axes(mesh)
+    ways = lambda axes: math.prod(mesh.shape[a] for a in axes) if axes else 1
+    if q.shape[0] % ways(batch_axes):
+        batch_axes = None
+    if q.shape[2] % ways(head_axes) or k.shape[1] % ways(head_axes):
+        head_axes = None
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(P(batch_axes, None, head_axes), P(batch_axes, head_axes), P(batch_axes, head_axes), P(batch_axes))
+        + tuple(P() for _ in scalars),
+        out_specs=P(batch_axes, None, head_axes),
+        check_vma=False,
+    )(q, k, v, key_valid, *scalars)
 
 
 def _emulated(backend: str, platform: str) -> bool:
@@ -386,7 +412,7 @@ def splash_attention(
         block_q_dkv=bq, block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk,
     )  # fmt: skip
 
-    def per_shard(q, k, v, key_valid):
+    def one_shard(q, k, v, key_valid):
         heads = q.shape[2]
         mask = masks.MultiHeadMask([masks.CausalMask((t, t)) for _ in range(heads)])
         kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
@@ -395,18 +421,7 @@ def splash_attention(
         run = lambda q, k, v, seg: kernel(q, k, v, segment_ids=splash.SegmentIds(q=seg, kv=seg))
         return jnp.swapaxes(jax.vmap(run)(qh, k.astype(q.dtype), v.astype(q.dtype), segments), 1, 2)
 
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return per_shard(q, k, v, key_valid)
-    batch_axes, head_axes = _shard_axes(mesh)
-    P = jax.sharding.PartitionSpec
-    return jax.shard_map(
-        per_shard,
-        mesh=mesh,
-        in_specs=(P(batch_axes, None, head_axes), P(batch_axes, head_axes), P(batch_axes, head_axes), P(batch_axes)),
-        out_specs=P(batch_axes, None, head_axes),
-        check_vma=False,
-    )(q, k, v, key_valid)
+    return per_shard(one_shard, q, k, v, key_valid)
 
 
 def _shard_axes(mesh: Any) -> tuple[Any, Any]:

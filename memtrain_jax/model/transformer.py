@@ -178,8 +178,16 @@ class Attention(nn.Module):
         elif layer_cache is not None:  # the stacked buffers of a scan's carry: written in place, one layer read
             at = (layer, 0, 0, cache_index, 0)
             write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype), at)
-            kv = write(layer_cache[0], k), write(layer_cache[1], v)
-            k, v = (jax.lax.dynamic_index_in_dim(buf, layer, 0, keepdims=False) for buf in kv)
+            kv = tuple(nn.with_logical_constraint(write(buf, new), ("layers", *CACHE_LAYER_AXES)) for buf, new in
+                       zip(layer_cache, (k, v), strict=True))  # fmt: skip
+            # the layer's buffers keep the cache's sharding: unconstrained, the compiler gathered every row of
+            # them onto every chip, each layer of each decode step
+            k, v = (
+                nn.with_logical_constraint(
+                    jax.lax.dynamic_index_in_dim(buf, layer, 0, keepdims=False), CACHE_LAYER_AXES
+                )
+                for buf in kv
+            )
         out = attention_lib.attention(
             q,
             k,

@@ -418,8 +418,9 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'KV cache (largest)':20s} {'':8s}   {g(est.kv_cache)}")
     lines.append(f"{'train activations':20s} {'':8s}   {g(est.activations + est.logits)}")
     if plan.programs:
-        lines += ["", f"{'program (per chip: GiB; TFLOP by XLA, kernels not counted)':58s} {'args':>8s} "
-                  f"{'outputs':>8s} {'aliased':>8s} {'temps':>8s} {'peak':>8s} {'TFLOP':>8s} {'compile s':>9s}"]  # fmt: skip
+        columns = ("args", "outputs", "aliased", "temps", "peak", "TFLOP")
+        title = "program (per chip: GiB; TFLOP by XLA, kernels not counted)"
+        lines += ["", f"{title:58s} " + " ".join(f"{c:>8s}" for c in columns) + f" {'compile s':>9s}"]
         for p in plan.programs:
             if p.error:
                 lines.append(f"{p.name[:58]:58s} refused by the compiler: {p.error}")
