@@ -1,0 +1,61 @@
+"""A pod preset's rollout decode programs compiled for its TPU slice (libtpu, on this CPU machine) with scanned
+and with unrolled layers: temporaries, arguments, outputs and aliased bytes per chip, and compile seconds.
+
+    python benchmarks/plan_decode_layouts.py qwen3-4b,v5p-64 [--kinds memory,answer,recall]
+
+Scanned layers carry the stacked KV cache through the scan and write it in place, so their decode temporaries
+should be at most those of unrolled layers (the criterion of `memtrain plan` for every preset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from memtrain_jax import sharding
+from memtrain_jax.checkpoint.policy import model_config_of
+from memtrain_jax.config import load_config
+from memtrain_jax.plan import parse_slice, run_shapes, topology_devices
+from memtrain_jax.sampler import Sampler
+
+GiB = 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", help="MODEL,SLICE of configs/pod.py, e.g. qwen3-4b,v5p-64")
+    parser.add_argument("--kinds", default="memory", help="rollout turns to compile: memory, answer, recall")
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    model, slice_name = args.preset.split(",")
+    devices = topology_devices(parse_slice(slice_name))
+    temps: dict[tuple[str, bool], float] = {}
+    print(f"{'decode program (per chip, GiB)':44s} {'layers':>8s} {'temps':>7s} {'args':>7s} {'outputs':>7s} "
+          f"{'aliased':>7s} {'compile s':>9s}")  # fmt: skip
+    for scan in (True, False):
+        config = load_config(f"pod.py:{model},{slice_name}")
+        config.model.scan_layers = scan
+        mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=devices)
+        sampler = Sampler(model_config_of(config.model), mesh, sharding.rules_from_config(config.axis_rules))
+        for call in run_shapes(config, sampler.batch_multiple).calls:
+            if call.kind not in kinds:
+                continue
+            start = time.perf_counter()
+            lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)["decode"]
+            memory = lowered.compile().memory_analysis()
+            seconds = time.perf_counter() - start
+            temps[call.kind, scan] = memory.temp_size_in_bytes
+            name = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
+            print(
+                f"{name:44s} {'scanned' if scan else 'unrolled':>8s} {memory.temp_size_in_bytes / GiB:7.2f} "
+                f"{memory.argument_size_in_bytes / GiB:7.2f} {memory.output_size_in_bytes / GiB:7.2f} "
+                f"{memory.alias_size_in_bytes / GiB:7.2f} {seconds:9.1f}",
+                flush=True,
+            )
+    for kind in kinds:
+        if (kind, True) in temps:
+            print(f"{kind}: scanned / unrolled temporaries = {temps[kind, True] / temps[kind, False]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
