@@ -9,8 +9,9 @@ before it in its row.
 
 Cache layout, chosen so that a donated cache is updated in place and never copied: with
 unrolled layers, one [B, K, S, D] buffer per layer (slicing a stacked [L, ...] buffer
-inside a decode loop makes XLA materialise every layer's slice); with scanned layers, the
-stacked [L, B, K, S, D] buffer that nn.scan slices. Each layer writes its new keys/values
+inside a decode loop makes XLA materialise every layer's slice); with scanned layers, one
+stacked [L, B, K, S, D] buffer carried through the scan (as the scan's input and output it
+would be sliced and re-stacked, a copy every step). Each layer writes its new keys/values
 into its buffer first and then attends over it, so the write never races a read of the old
 value. Heads-major, so the attention matmuls read it without transposes. The attention
 backend is `config.attention` (memtrain_jax/model/attention.py); the blocked one reads only
