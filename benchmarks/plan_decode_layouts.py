@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from memtrain_jax import sharding
-from memtrain_jax.checkpoint.policy import model_config_of
 from memtrain_jax.config import load_config
 from memtrain_jax.plan import parse_slice, run_shapes, topology_devices
-from memtrain_jax.sampler import Sampler
+from memtrain_jax.plan.plan import rollout_sampler
 
 GiB = 2**30
 
@@ -35,8 +33,7 @@ def main() -> None:
     for scan in (True, False):
         config = load_config(f"pod.py:{model},{slice_name}")
         config.model.scan_layers = scan
-        mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=devices)
-        sampler = Sampler(model_config_of(config.model), mesh, sharding.rules_from_config(config.axis_rules))
+        sampler = rollout_sampler(config, devices)
         for call in run_shapes(config, sampler.batch_multiple).calls:
             if call.kind not in kinds:
                 continue

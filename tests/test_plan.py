@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from memtrain_jax import sharding
-from memtrain_jax.checkpoint.policy import model_config_of
 from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params, param_shardings
 from memtrain_jax.plan import (
@@ -28,7 +27,7 @@ from memtrain_jax.plan import (
     run_shapes,
     topology_devices,
 )
-from memtrain_jax.plan.plan import chip_bytes
+from memtrain_jax.plan.plan import chip_bytes, rollout_sampler
 from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
@@ -298,11 +297,7 @@ def test_scanned_decode_temporaries_stay_within_the_unrolled_ones_on_a_slice():
     for scan in (True, False):
         config = load_config(f"pod.py:{model},{slice_name}")
         config.model.scan_layers = scan
-        sampler = Sampler(
-            model_config_of(config.model),
-            sharding.make_mesh(tuple(config.mesh_shape), devices=devices),
-            sharding.rules_from_config(config.axis_rules),
-        )
+        sampler = rollout_sampler(config, devices)
         call = next(c for c in run_shapes(config, sampler.batch_multiple).calls if c.kind == "memory")
         lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)["decode"]
         memory = lowered.compile().memory_analysis()

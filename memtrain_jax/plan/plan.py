@@ -325,6 +325,12 @@ def _estimate(model, mesh, config, shapes: RunShapes, trainable: float) -> Memor
     )  # fmt: skip
 
 
+def rollout_sampler(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Sampler:
+    """The run's Sampler over `devices` (a TPU slice's, or this host's): its model, mesh and axis rules."""
+    mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=list(devices))
+    return Sampler(model_config_of(config.model), mesh, sharding.rules_from_config(config.axis_rules))
+
+
 def make_plan(
     config: ml_collections.ConfigDict,
     devices: Sequence[Any],
@@ -335,16 +341,14 @@ def make_plan(
 ) -> Plan:
     """Builds the run's Learner and Sampler over `devices` (a TPU slice's, or this host's), lowers their
     programs at the run's shapes and compiles them for those devices."""
-    model = model_config_of(config.model)
-    mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=list(devices))
-    rules = sharding.rules_from_config(config.axis_rules)
+    sampler = rollout_sampler(config, devices)
+    model, mesh, rules = sampler.config, sampler.mesh, sampler.rules
     optim = OptimConfig.from_config(config.optim)
     loss = loss_config_from(config.rl)
     learner = Learner(
         model, mesh, rules, optim, loss,
         logprob_chunk=int(config.train.logprob_chunk), trainable_layers=int(config.train.trainable_layers),
     )  # fmt: skip
-    sampler = Sampler(model, mesh, rules)
     shapes = run_shapes(config, sampler.batch_multiple)
     if shapes.train_rows % learner.batch_multiple:
         raise ValueError(
