@@ -238,3 +238,14 @@ def test_last_only_equals_last_position_of_full_logits(params, with_cache):
     last, last_cache = apply_model(CONFIG, params, tokens, attention_mask=mask, cache=cache, last_only=True)
     np.testing.assert_allclose(np.asarray(last), np.asarray(full)[:, -1:], atol=ATOL, rtol=0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL, rtol=0), last_cache, full_cache)
+
+
+def test_masked_bias_equals_where_exactly():
+    """The added mask bias is the `where` it replaces, bit for bit, for any score a model can produce."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.standard_normal(1000) * 10.0 ** rng.integers(-3, 7, 1000), [0.0, -0.0, 1e9, -1e9]])
+    scores = jnp.asarray(scores, jnp.float32)
+    allowed = jnp.asarray(rng.random(scores.shape) < 0.5)
+    got = np.asarray(jax.jit(attn.masked)(scores, allowed))
+    want = np.where(np.asarray(allowed), np.asarray(scores), np.float32(attn.MASK_VALUE))
+    np.testing.assert_array_equal(got, want)
