@@ -22,8 +22,11 @@ older commit) in a subprocess, one after the other, and prints both and their ra
     python benchmarks/bench_step.py --config configs/memtrain.py:cpu_long --steps 2
     python benchmarks/bench_step.py --against 0914f9c                 # side by side with an older commit
     python benchmarks/bench_step.py --set data.loader.batch_size=4 --set agent.recall_group_size=8
+    python benchmarks/bench_step.py --set init_from=runs/RUN          # a warmed-up policy: its updates are timed
 
 Run from a folder whose cache/ holds the prepared data (else the first step prepares it, untimed).
+The base model earns no reward at the CPU shapes, so DAPO drops every group and its steps have no update
+(update 0.0, MFU nan); `init_from` a warmed-up run times the update as well.
 """
 
 from __future__ import annotations
