@@ -63,9 +63,9 @@ def resolve_backend(name: str, platform: str | None = None) -> str:
 def masked(scores: jax.Array, allowed: jax.Array) -> jax.Array:
     """Scores with MASK_VALUE where `allowed` is False, as an added bias: |MASK_VALUE| is so large that
     a finite score plus it rounds to MASK_VALUE exactly, so this equals `where(allowed, scores, MASK_VALUE)`.
-    Why not `where`: XLA:CPU then runs the score matmul as a kernel of its own, which at decode shapes (one
-    query per row) took 26 ms a layer for 128 rows x 352 slots of SmolLM2-135M against ~6 ms fused with the
-    bias (`benchmarks/bench_sampler.py --batches 128 --prompt-lengths 320 --new-tokens 24`)."""
+    Why not `where`: XLA:CPU then runs the score matmul as a kernel of its own, slow at one query per row (26 ms
+    a layer for 128 rows x 352 slots of SmolLM2-135M, 787 of a decode step's 1,374 ms; fused with the bias the
+    step takes 482 ms). A whole GRPO step's decode: `benchmarks/bench_step.py --against COMMIT`."""
     return scores + jnp.where(allowed, 0.0, MASK_VALUE)
 
 
