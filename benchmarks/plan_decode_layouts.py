@@ -13,8 +13,7 @@ import argparse
 import time
 
 from memtrain_jax.config import load_config
-from memtrain_jax.plan import parse_slice, run_shapes, topology_devices
-from memtrain_jax.plan.plan import rollout_sampler
+from memtrain_jax.plan import parse_slice, rollout_sampler, run_shapes, topology_devices
 
 GiB = 2**30
 

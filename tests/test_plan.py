@@ -24,10 +24,11 @@ from memtrain_jax.plan import (
     format_plan,
     make_plan,
     parse_slice,
+    rollout_sampler,
     run_shapes,
     topology_devices,
 )
-from memtrain_jax.plan.plan import chip_bytes, rollout_sampler
+from memtrain_jax.plan.plan import chip_bytes
 from memtrain_jax.plan.topology import GiB
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from

@@ -10,6 +10,7 @@ from memtrain_jax.plan.plan import (
     format_plan,
     make_plan,
     predict_step,
+    rollout_sampler,
     run_shapes,
 )
 from memtrain_jax.plan.topology import TpuSlice, parse_slice, topology_devices
@@ -28,6 +29,7 @@ __all__ = [
     "StepPrediction",
     "parameter_bytes",
     "parse_slice",
+    "rollout_sampler",
     "run_shapes",
     "topology_devices",
 ]
