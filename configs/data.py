@@ -74,6 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # True: never mask an entity that stays readable inside a longer word ("Brazil" in "Brazilian") or in
     # another casing; the paper keeps them (False). prepare and preview count them.
     c.document.skip_leaking_entities = False
+    # Where the entity is masked: "document" (the paper) every paragraph; "pivot" only the pivot, the entity drawn
+    # from those a similar paragraph names, so the document holds the answer (a CPU variant for small models).
+    c.document.mask_scope = "document"
 
     # What the agent reads: centre-truncated to max_chunks * chunk_size tokens, then chunked.
     c.chunking = ml_collections.ConfigDict()

@@ -256,3 +256,40 @@ def test_leaking_entities_are_counted_kept_by_default_and_skipped_on_request():
         assert doc.gold == "Peru" and not documents.entity_leaks(doc.text, doc.gold)
     with pytest.raises(NoValidEntityError, match="leaks"):
         build_document(pool, 0, [1], document_rng(0, 0), skip, entities=["Brazil"])
+
+
+@pytest.mark.parametrize("j", range(4))
+def test_pivot_scope_masks_the_pivot_only_and_keeps_the_name_elsewhere(pool, prepared, j):
+    selection, neighbours = prepared
+    config = DocumentConfig(num_paragraphs=6, num_similar=2, mask_scope="pivot")
+    doc = _build(pool, prepared, j, seed=0, config=config)
+    pivot = doc.pivot_index
+    named = [e for e in selection.entities[j] if any(count_occurrences(pool[i].text, e) for i in doc.similar_indices)]
+    # The entity is one a similar paragraph names whenever there is such an entity.
+    assert doc.gold in (named or selection.entities[j])
+    _, bodies = _split(doc)
+    for i, body in zip(doc.paragraph_indices, bodies, strict=True):
+        if i == pivot:  # every occurrence in the pivot is masked, and only those
+            assert count_occurrences(body, doc.gold) == 0 and body.replace("[MASK]", doc.gold) == pool[i].text
+        else:  # the other paragraphs are verbatim, so the document still names the entity when one was named
+            assert body == pool[i].text
+    assert doc.mask_count == count_occurrences(pool[pivot].text, doc.gold) == doc.text.count("[MASK]") >= 1
+    assert (count_occurrences(doc.text, doc.gold) > 0) == bool(named)
+
+
+def test_pivot_scope_prefers_a_named_entity_and_checks_leaks_in_the_pivot_only():
+    pool = _leak_pool()
+    # "Peru" is named by the similar paragraph 3 ("Peru" in p3 below); "Lima" by p1; "Brazil" nowhere else whole.
+    pool[3] = Paragraph(id="p3", title="t3", text="Peru exports copper.")
+    config = DocumentConfig(num_paragraphs=4, num_similar=2, mask_scope="pivot")
+    golds = {
+        build_document(pool, 0, [3, 1], document_rng(s, 0), config, entities=["Brazil", "Peru", "Lima"]).gold
+        for s in range(30)
+    }
+    assert golds == {"Peru", "Lima"}
+    # A name readable in a similar paragraph is the point of the variant, not a leak: nothing is skipped.
+    skip = DocumentConfig(num_paragraphs=4, num_similar=1, mask_scope="pivot", skip_leaking_entities=True)
+    doc = build_document(pool, 0, [1], document_rng(0, 0), skip, entities=["Lima"])
+    assert doc.gold == "Lima" and "Lima" in doc.text and doc.mask_count == 1
+    with pytest.raises(ValueError, match="mask_scope='chunk'"):
+        DocumentConfig(mask_scope="chunk")

@@ -14,7 +14,9 @@ A document (paper: 150 paragraphs, 24k-40k tokens) is built from a pivot paragra
 4. one valid entity of the PIVOT, chosen with the document's rng, replaced by the mask token at
    every occurrence in every paragraph of the document (case-sensitive, word boundaries; the
    "Document i:" headers are formatting and never masked, so an entity such as "3" cannot
-   corrupt them).
+   corrupt them). With `mask_scope="pivot"` (a CPU variant, not the paper's) only the pivot's occurrences
+   are masked and the entity is drawn, when there is one, from those an included similar paragraph also
+   names, so the answer can be recovered from the document itself (see DocumentConfig.mask_scope).
 
 Leaks: word-boundary masking (the paper's rule, the default) leaves the answer inside longer words
 ("Brazil" in "Brazilian", "German" in "Germany") and in other casings; `entity_leaks` tells when
@@ -44,6 +46,8 @@ from memtrain_jax.data.types import Paragraph
 _DOCUMENT_STREAM = 1
 
 TokenCounter = Callable[[str], int]
+# Where the entity is masked: "document" (the paper) every paragraph; "pivot" the pivot only.
+MASK_SCOPES = ("document", "pivot")
 
 
 class PoolTooSmallError(ValueError):
@@ -66,6 +70,11 @@ class DocumentConfig:
     header: str = "Document {i}:"
     separator: str = "\n\n"
     skip_leaking_entities: bool = False  # paper: False (its word-boundary rule leaves e.g. "Brazil" in "Brazilian")
+    # "document" (the paper): the entity is masked in every paragraph, so naming it needs knowledge a small model
+    # lacks. "pivot": masked in the pivot only, and drawn from the pivot's entities that an included similar
+    # paragraph names (any of them when none is), so the document itself holds the answer: a memory that keeps
+    # the naming sentence can answer, which is the skill MemTrain trains (a CPU variant for small models).
+    mask_scope: str = "document"
 
     def __post_init__(self):
         if self.num_paragraphs < 1:
@@ -85,6 +94,8 @@ class DocumentConfig:
             raise ValueError(f"document.header must contain '{{i}}' for the paragraph number, got {self.header!r}.")
         if not self.mask_token:
             raise ValueError("document.mask_token must be a non-empty string such as '[MASK]'.")
+        if self.mask_scope not in MASK_SCOPES:
+            raise ValueError(f"document.mask_scope={self.mask_scope!r} is not one of {MASK_SCOPES}.")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any) -> DocumentConfig:
@@ -192,12 +203,6 @@ def build_document(
     if config.token_range_active and count_tokens is None:
         raise ValueError("document.min_tokens/max_tokens are set but no count_tokens function was given.")
 
-    gold = choose_entity(maskable_entities(entities, config.mask_token), rng)
-    if gold is None:
-        raise NoValidEntityError(
-            f"Pivot {pool[pivot_index].id!r} has no valid entity to mask (entities: {list(entities)})."
-        )
-
     similar: list[int] = []
     taken = {int(pivot_index)}
     for i in np.asarray(neighbours, dtype=np.int64).tolist():
@@ -208,6 +213,16 @@ def build_document(
         if i not in taken:
             taken.add(i)
             similar.append(i)
+
+    candidates = maskable_entities(entities, config.mask_token)
+    if config.mask_scope == "pivot":
+        named = [e for e in candidates if any(count_occurrences(pool[i].text, e) for i in similar)]
+        candidates = named or candidates
+    gold = choose_entity(candidates, rng)
+    if gold is None:
+        raise NoValidEntityError(
+            f"Pivot {pool[pivot_index].id!r} has no valid entity to mask (entities: {list(entities)})."
+        )
     randoms = _draw_random(rng, n_pool, taken, config.num_paragraphs - 1 - len(similar))
 
     estimated, in_range = -1, True
@@ -231,18 +246,23 @@ def build_document(
     chosen = np.asarray([pivot_index, *similar, *randoms], dtype=np.int64)
     order = chosen[rng.permutation(len(chosen))].tolist()
 
+    masked = order if config.mask_scope == "document" else [pivot_index]
+
     def masked_parts(entity: str) -> tuple[list[str], int]:
         parts, count = [], 0
         for position, i in enumerate(order):
-            body, n = mask_entity(pool[i].text, entity, config.mask_token)
+            body, n = mask_entity(pool[i].text, entity, config.mask_token) if i in masked else (pool[i].text, 0)
             count += n
             parts.append(config.header.format(i=position + 1) + "\n" + body)
         return parts, count
 
+    def leaks(parts: list[str], entity: str) -> bool:  # only the masked paragraphs can leak
+        return entity_leaks(config.separator.join(p for p, i in zip(parts, order, strict=True) if i in masked), entity)
+
     parts, mask_count = masked_parts(gold)
     if config.skip_leaking_entities:
-        untried = [e for e in maskable_entities(entities, config.mask_token) if e != gold]
-        while entity_leaks(config.separator.join(parts), gold):
+        untried = [e for e in candidates if e != gold]
+        while leaks(parts, gold):
             gold = choose_entity(untried, rng)
             if gold is None:
                 raise NoValidEntityError(
