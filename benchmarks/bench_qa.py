@@ -19,9 +19,10 @@ import dataclasses
 
 import numpy as np
 
-from memtrain_jax.agent import AgentSetup, SamplerPolicy
+from memtrain_jax.agent import SamplerPolicy
 from memtrain_jax.agent.qa import evaluate_long_qa
 from memtrain_jax.config import load_config
+from memtrain_jax.tasks import AgentSetup
 
 
 def _fit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, float]:

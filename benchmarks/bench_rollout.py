@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
-from memtrain_jax.agent import AgentSetup, SamplerPolicy, assign_credit
+from memtrain_jax.agent import SamplerPolicy, assign_credit
 from memtrain_jax.agent.rollout import Episode, rollout
 from memtrain_jax.config import load_config
 from memtrain_jax.model import forward
+from memtrain_jax.tasks import AgentSetup
 
 
 class PhaseTimedPolicy(SamplerPolicy):

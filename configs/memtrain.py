@@ -19,11 +19,12 @@ Variants:
 
 Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
-normalisation), no_final (the final-answer turn is not trained), no_dapo, recoverable (the entity masked in the pivot
-only and named by a similar paragraph: the document holds the answer; not the paper's task), token_mean / sequence_mean /
-trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, qa_chunk=N (QA contexts read in
-N-token chunks), reward=NAME:W (reward column NAME of memtrain_jax/rewards/columns.py weighed W in R_E; several
-allowed), e.g. `configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
+normalisation), no_final (the final-answer turn is not trained), no_dapo, recoverable (the entity masked in
+the pivot only and named by a similar paragraph: the document holds the answer; not the paper's task),
+token_mean / sequence_mean / trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N,
+qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
+memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.
+`configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
 """
 
 from __future__ import annotations
@@ -279,10 +280,10 @@ def _paper() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 300
-    # Answer-format warm-up steps before GRPO (memtrain_jax/train/format.py): the paper's models box their
+    # Answer-format warm-up steps before GRPO (memtrain_jax/tasks/format.py): the paper's models box their
     # answers already; SmolLM2-135M does not, and the strict verifier then gives GRPO only zero rewards.
     c.train.format_steps = 0
-    # The warm-up's memory-update targets (train/format.py): masked_first (the [MASK] sentences read so far, then
+    # The warm-up's memory-update targets (tasks/format.py): masked_first (the [MASK] sentences read so far, then
     # the chunk) | latest_first (the chunk just read, then the [MASK] sentences: recall probes stay answerable).
     c.train.format_memory = "masked_first"
     # Recall examples per chunk in the warm-up (distinct entities): more of them train the recall answerer,

@@ -1,4 +1,4 @@
-"""The format warm-up's memory-update targets (memtrain_jax/train/format.py): what each `memory_target` keeps,
+"""The format warm-up's memory-update targets (memtrain_jax/tasks/format.py): what each `memory_target` keeps,
 checked against the sentences written out by hand."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import KIND_IDS
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig
 from memtrain_jax.agent.rollout import Episode
-from memtrain_jax.train.format import format_examples
+from memtrain_jax.tasks.format import format_examples
 
 CHUNKS = (
     "Alpha was born in Ulm. [MASK] taught Alpha physics. The city had a river.",
@@ -104,3 +104,25 @@ def test_recall_entities_gives_that_many_distinct_recall_examples_per_chunk(toke
     assert one[0] == three[0]
     with pytest.raises(ValueError, match="format_recall_entities"):
         _recall_targets(tokenizer, chat, 0)
+
+
+def _final_memory(tokenizer, chat, chunks: tuple[str, ...], answer: str) -> str:
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    ids = [np.asarray(tokenizer.encode(text), np.int32) for text in chunks]
+    episode = Episode(episode_id=0, answer=answer, chunks=ids, chunk_texts=list(chunks))
+    stop = chat.stop_tokens(tokenizer)[0]
+    examples = format_examples(
+        [episode], builder, tokenizer, AgentConfig(memory_tokens=512), stop, None, np.random.default_rng(0)
+    )
+    (prompt,) = [p for p, k in zip(examples.prompts, examples.kinds, strict=True) if k == KIND_IDS["answer"]]
+    return tokenizer.decode(prompt.tolist())
+
+
+def test_the_final_answer_memory_keeps_the_sentence_naming_the_entity_when_the_document_has_one(tokenizer, chat):
+    # mask_scope="document": the entity is named nowhere, the memory is the first [MASK] sentence onwards.
+    plain = _final_memory(tokenizer, chat, CHUNKS, "Einstein")
+    assert "[MASK] taught Alpha physics. The city had a river." in plain and "Einstein was" not in plain
+    # mask_scope="pivot": a similar paragraph names it; that sentence comes first, then the masked window.
+    named = (CHUNKS[0], "Gamma met Einstein in Graz. Nothing else is known.")
+    memory = _final_memory(tokenizer, chat, named, "Einstein")
+    assert "Gamma met Einstein in Graz. [MASK] taught Alpha physics. The city had a river." in memory

@@ -280,7 +280,7 @@ def test_prepare_and_preview_tools_agree_with_the_pipeline(env):
 
 
 def test_a_qa_record_stream_visits_every_slot_once_an_epoch():
-    """The QA tasks' stream (AgentSetup.dataset through pipeline.slot_stream): each epoch a seeded permutation of
+    """The QA tasks' stream (tasks/qa_records.py through pipeline.slot_stream): each epoch a seeded permutation of
     the train slots; episode ids unique across epochs (epoch * items + slot); two hosts split every batch."""
     from memtrain_jax.config import load_config
 
@@ -298,11 +298,11 @@ def test_a_qa_record_stream_visits_every_slot_once_an_epoch():
 
 def _qa_rows(data, seed, n, shard_index=0, shard_count=1):
     """The first n (record, episode id) of a QA stream of 5 train slots among 7 items."""
-    from memtrain_jax.agent.setup import _RecordSlot
+    from memtrain_jax.tasks.qa_records import RecordSlot
 
     data = data.copy_and_resolve_references()
     data.seed = seed
     stream = pipeline.slot_stream(
-        data, 5, _RecordSlot(5, 7), batch=False, shard_index=shard_index, shard_count=shard_count
+        data, 5, RecordSlot(5, 7), batch=False, shard_index=shard_index, shard_count=shard_count
     )
     return [(int(r["record"]), int(r["episode_id"])) for _, r in zip(range(n), stream, strict=False)]

@@ -424,7 +424,7 @@ def test_qa_tables_carry_intervals_and_paired_differences():
 def test_search_format_examples_replay_as_a_full_score_episode(pool, records, bm25, tokenizer, chat, builder):
     """The warm-up's examples are the turns of a search episode: a policy replying with their targets makes
     `search_rollout` build exactly the examples' prompts, write only well-formed actions and score 1."""
-    from memtrain_jax.train.format import search_format_examples, sub_questions
+    from memtrain_jax.tasks.format import search_format_examples, sub_questions
 
     corpus = [(p.title, p.text) for p in pool]
     joined = qa.multi_objective(records[:8], 2, seed=0)

@@ -145,7 +145,7 @@ def test_compare_runs_pairs_runs_from_their_records(tmp_path):
 def test_held_out_episodes_are_the_last_usable_ones(cache):
     """`eval_episodes` counts episodes that are evaluated: pivots whose masks all fall beyond max_chunks are
     passed over, and training keeps every pivot before the first held-out one."""
-    from memtrain_jax.agent import AgentSetup
+    from memtrain_jax.tasks import AgentSetup
 
     config = run_config("memtrain.py:tiny", cache, **{"data.chunking.max_chunks": 1})
     setup = AgentSetup.build(config)

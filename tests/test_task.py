@@ -118,7 +118,7 @@ def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run):
         written = json.load(f)
     assert written["num_docs"] == written["readers"]["memory_agent"] == results["num_docs"]
     assert set(written["readers"]) == {"memory_agent", "full_context"}
-    from memtrain_jax.agent import AgentSetup
+    from memtrain_jax.tasks import AgentSetup
 
     setup = AgentSetup.build(config, log=None)
     for n in (2, 4):
@@ -168,3 +168,29 @@ def test_search_format_warmup_trains_on_the_episodes_turns(cache, tmp_path):
     (record,) = read_metrics(str(tmp_path / "search-format"))
     assert record["phase"] == "format" and record["episodes"] == config.data.loader.batch_size
     assert record["sequences"] == 3 * record["episodes"] and np.isfinite(record["loss"])
+
+
+def test_a_task_registered_in_a_few_lines_is_chosen_by_name(cache):
+    """A new task is one class and one config line: here MemTrain reading only each document's first chunk."""
+    from memtrain_jax.tasks import TASK_TYPES, AgentSetup, MemTrainTask, register
+
+    @register
+    class FirstChunk(MemTrainTask):
+        name = "first_chunk"
+
+        def episodes(self, setup, batch):
+            episodes, skipped = super().episodes(setup, batch)
+            return [dataclasses.replace(e, chunks=e.chunks[:1], chunk_texts=None) for e in episodes], skipped
+
+    try:
+        config = run_config("memtrain.py:tiny", cache, task="first_chunk")
+        setup = AgentSetup.build(config, log=None)
+        assert setup.task == "first_chunk" and isinstance(setup.task_impl, FirstChunk)
+        batch = setup.eval_batch(setup.split_items(2)[1])
+        result = setup.rollout(batch, 0)
+        assert all(batch["num_chunks"] > 1)  # the documents have several chunks; the task reads one
+        assert [len(t.memory_turns) for t in result.trajectories] == [1] * len(result.trajectories)
+        with pytest.raises(ValueError, match="'no_such_task'"):
+            AgentSetup.build(run_config("memtrain.py:tiny", cache, task="no_such_task"), log=None)
+    finally:
+        TASK_TYPES.pop("first_chunk")

@@ -208,7 +208,7 @@ def test_a_checkpoint_write_that_fails_halfway_keeps_the_last_good_one(cache, tm
 def test_a_resume_with_other_settings_is_refused_before_the_model_loads(cache, tmp_path, uninterrupted, monkeypatch):
     shutil.copytree(uninterrupted[0], tmp_path, dirs_exist_ok=True)
     stored = (tmp_path / "config.json").read_text()
-    from memtrain_jax.agent import AgentSetup
+    from memtrain_jax.tasks import AgentSetup
 
     def no_build(*_a, **_k):
         raise AssertionError("the model was loaded before the refusal")

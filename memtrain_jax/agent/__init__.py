@@ -1,5 +1,6 @@
 """The memory agent: prompts in token space, batched multi-turn rollouts, recall probes and GRPO credit;
-downstream long-text QA (with the full-context baseline) and the search-QA agent."""
+downstream long-text QA (with the full-context baseline) and the search-QA agent. What it is trained on (the
+tasks, and the job's built pieces, AgentSetup) lives in memtrain_jax.tasks."""
 
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import KIND_IDS, TrainingSequences, assign_credit, trajectory_rewards
@@ -24,13 +25,10 @@ from memtrain_jax.agent.rollout import (
 )
 from memtrain_jax.agent.scripted import ScriptedPolicy
 from memtrain_jax.agent.search import SearchConfig, objective_score, parse_action, search_rollout
-from memtrain_jax.agent.setup import TASKS, AgentSetup, QATaskData
 
 __all__ = [
     "KIND_IDS",
-    "TASKS",
     "QAAnswer",
-    "QATaskData",
     "SearchConfig",
     "evaluate_long_qa",
     "format_paired",
@@ -41,7 +39,6 @@ __all__ = [
     "read_with_memory",
     "search_rollout",
     "AgentConfig",
-    "AgentSetup",
     "CallStats",
     "Episode",
     "Policy",

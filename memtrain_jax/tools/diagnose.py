@@ -82,7 +82,7 @@ def warmup_fit(trainer: Any, episodes: Sequence[Any], policy: Any, memory_prefix
     equal the target's."""
     from memtrain_jax.agent.credit import KIND_IDS
     from memtrain_jax.rewards import exact_match, extract_answer
-    from memtrain_jax.train.format import format_examples
+    from memtrain_jax.tasks import format_examples
 
     setup = trainer.setup
     examples = format_examples(

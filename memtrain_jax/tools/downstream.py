@@ -23,11 +23,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from memtrain_jax.agent import AgentSetup, SamplerPolicy
+from memtrain_jax.agent import SamplerPolicy
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
 from memtrain_jax.agent.search import search_metrics, search_rollout
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.config import apply_overrides, flatten
+from memtrain_jax.tasks import AgentSetup
 
 
 def qa_config(

@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from memtrain_jax.agent import KIND_IDS, AgentSetup, RolloutBatch, TrainingSequences, assign_credit
+from memtrain_jax.agent import KIND_IDS, RolloutBatch, TrainingSequences, assign_credit
+from memtrain_jax.tasks import AgentSetup
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config, e.g. configs/memtrain.py:cpu.")
 _EPISODES = flags.DEFINE_integer("episodes", 2, "Episodes to roll out (in batches of data.loader.batch_size).")

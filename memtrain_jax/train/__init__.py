@@ -2,7 +2,6 @@
 
 from memtrain_jax.train.batching import LengthBuckets, MicroBatch, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, WorkdirMismatchError, check_workdir
-from memtrain_jax.train.format import format_examples
 from memtrain_jax.train.learner import OBJECTIVES, Learner, OptimConfig, TrainState, loss_config_from, loss_sums
 from memtrain_jax.train.metrics import MetricWriter, read_metrics
 from memtrain_jax.train.trainer import TrainConfig, Trainer, run_identity
@@ -25,5 +24,4 @@ __all__ = [
     "pack",
     "read_metrics",
     "run_identity",
-    "format_examples",
 ]

@@ -88,7 +88,7 @@ class TrainState:
 class OptimConfig:
     """AdamW with linear warm-up to a constant lr and global-norm clipping (the paper's numbers by default).
 
-    With `format_steps` > 0 the first optimiser steps (the format warm-up of train/format.py) use the
+    With `format_steps` > 0 the first optimiser steps (the format warm-up of tasks/format.py) use the
     constant `format_learning_rate`; the GRPO schedule (warm-up, then constant) starts after them.
     """
 

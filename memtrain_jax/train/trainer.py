@@ -10,7 +10,7 @@
     Learner                      jitted accumulate / apply / score programs with the config's shardings
     RunCheckpointer.restore      the latest readable checkpoint: state, data position, phase
     ---------------------------------------------------------------- one step
-    format steps (train.format_steps)    answer/memory-format examples of the batch (train/format.py), cross-entropy
+    format steps (train.format_steps)    answer/memory-format examples of the batch (tasks/format.py), cross-entropy
     GRPO steps                           rollout (agent) -> credit (agent.credit) -> for each of
                                          rl.updates_per_batch mini-batches: pack into length buckets ->
                                          accumulate gradients -> one AdamW step
@@ -37,22 +37,14 @@ import ml_collections
 import numpy as np
 
 from memtrain_jax import sharding
-from memtrain_jax.agent import (
-    AgentConfig,
-    AgentSetup,
-    SamplerPolicy,
-    TrainingSequences,
-    assign_credit,
-    trajectory_rewards,
-)
-from memtrain_jax.agent.search import search_metrics
+from memtrain_jax.agent import AgentConfig, SamplerPolicy, TrainingSequences, assign_credit, trajectory_rewards
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, section_values
 from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import aggregation_weights
+from memtrain_jax.tasks import MEMORY_TARGETS, AgentSetup
 from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 from memtrain_jax.train.batching import LengthBuckets, pack
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
-from memtrain_jax.train.format import MEMORY_TARGETS, format_examples, search_format_examples
 from memtrain_jax.train.learner import Learner, OptimConfig, TrainState
 from memtrain_jax.train.metrics import MetricWriter
 from memtrain_jax.train.workdir import CONFIG_FILE, WriteFailedError, check_config, lock_workdir, record_start
@@ -194,10 +186,10 @@ class Trainer:
         self.setup = AgentSetup.build(config, log=log)
         check_workdir(workdir, run_identity(self.setup), write=writer)
         setup = self.setup
-        if setup.task == "long_qa" and self.train_config.format_steps:
+        if self.train_config.format_steps and not setup.task_impl.has_format_warmup:
             raise ValueError(
                 f"train.format_steps={self.train_config.format_steps}: the format warm-up builds MemTrain's "
-                "masked-entity examples (memtrain) or MEM1's search turns (search_qa), none for task 'long_qa'; "
+                f"masked-entity examples (memtrain) or MEM1's search turns (search_qa), none for task {setup.task!r}; "
                 "set it to 0."
             )
         lengths = setup.sequence_lengths()
@@ -289,35 +281,16 @@ class Trainer:
         return state, merged
 
     def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
-        setup = self.setup
-        if setup.task == "search_qa":  # MEM1's action format (train/format.py)
-            records = setup.records(batch)
-            examples = search_format_examples(
-                records,
-                setup.builder,
-                setup.tokenizer,
-                setup.search,
-                setup.qa.retriever,
-                setup.qa.corpus,
-                self.stop_id,
-                max_target=setup.search.turn_tokens,
-            )
-            episodes, skipped = records, 0
-        else:
-            episodes, skipped = setup.episodes(batch)
-            examples = format_examples(
-                episodes,
-                setup.builder,
-                setup.tokenizer,
-                setup.agent,
-                self.stop_id,
-                setup.extractor,
-                np.random.default_rng([int(self.config.seed), step, 13]),
-                max_target=self.window,
-                memory_target=self.train_config.format_memory,
-                recall_entities=self.train_config.format_recall_entities,
-            )
-        metrics: dict[str, Any] = {"phase": "format", "episodes": len(episodes), "episodes_skipped": skipped}
+        examples, used, skipped = self.setup.task_impl.format_examples(
+            self.setup,
+            batch,
+            np.random.default_rng([int(self.config.seed), step, 13]),
+            stop_id=self.stop_id,
+            max_target=self.window,
+            memory_target=self.train_config.format_memory,
+            recall_entities=self.train_config.format_recall_entities,
+        )
+        metrics: dict[str, Any] = {"phase": "format", "episodes": used, "episodes_skipped": skipped}
         if not len(examples):
             return state, {**metrics, "skipped_update": 1}
         start = time.perf_counter()
@@ -336,8 +309,7 @@ class Trainer:
             self.log(f"[train] WARNING step {step}: every episode of the batch was skipped by the pipeline; no update")
             return state, {"phase": "grpo", "skipped_update": 1, "rollout_s": rollout_s}, None
         sequences, metrics = assign_credit(result, setup.agent)
-        if setup.task == "search_qa":
-            metrics.update(search_metrics(result))
+        metrics.update(setup.task_impl.rollout_metrics(result))
         stats = setup.sampler_policy.reset_stats()
         rollout_tokens = sum(s.prompt_tokens + s.generated_tokens for s in stats.values())
         metrics.update(
@@ -376,8 +348,7 @@ class Trainer:
         _, metrics = assign_credit(result, agent)
         self.last_eval_sample = self._sample_text(result)
         out: dict[str, Any] = {k: float(metrics[k]) for k in EVAL_KEYS}
-        if setup.task == "search_qa":  # the action-format failures (malformed, no answer) and turns
-            out.update(search_metrics(result))
+        out.update(setup.task_impl.rollout_metrics(result))  # search: the action-format failures and turns
         out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
         out["items"] = eval_items(result, agent)
         return out

@@ -5,7 +5,8 @@ paper's strict verifier every reward is zero and GRPO has nothing to learn from.
 the answer format, and the reading it relies on, from data whose answers are known without labels:
 
 - final answer: the final-answer prompt whose memory holds the document's sentences around the
-  first `[MASK]` (what a good memory would have kept), target `\\boxed{<masked entity>}`;
+  first `[MASK]` (what a good memory would have kept), preceded by the first sentence that names the entity
+  when the document names it elsewhere (`document.mask_scope="pivot"`), target `\\boxed{<masked entity>}`;
 - recall: the recall prompt whose memory is a chunk's own text around an entity (a perfect memory)
   and whose section is that chunk with the entity masked as `[TARGET]`, target `\\boxed{<entity>}`;
 - memory update (with `memory_examples`): the memory prompt of each turn, its memory the previous
@@ -104,6 +105,11 @@ def format_examples(
         target = tokenizer.encode(f"\\boxed{{{episode.answer}}}") + [stop_id]
         masked = next((t for t in episode.chunk_texts if config.mask_token in t), None)
         memory = _window(masked, config.mask_token, tokenizer, config.memory_tokens) if masked else None
+        sentences = [s for t in episode.chunk_texts for s in _SENTENCE_END.split(t)]
+        naming = [s for s in sentences if count_occurrences(s, episode.answer)]
+        if memory and naming:  # the document names the entity elsewhere (document.mask_scope="pivot"): keep that too
+            named = tokenizer.decode(tokenizer.encode(naming[0])[: config.memory_tokens // 2])
+            memory = tokenizer.encode(f"{named} {tokenizer.decode(memory)}")[: config.memory_tokens]
         if memory:
             rows.append((builder.final_prompt(builder.problem_ids, memory), target, KIND_IDS["answer"]))
         if extractor is None:
