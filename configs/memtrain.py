@@ -303,6 +303,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.train.eval_every = 50
     c.train.eval_episodes = 64
     c.train.eval_before = True  # also evaluate step 0 (the base model); the warm-up's end is always evaluated
+    # 1: one greedy trajectory per held-out episode; K > 1: K sampled at the rollout temperature, averaged (avg@K).
+    c.train.eval_samples = 1
 
     # Downstream QA (memtrain eval-qa / compare, and the QA tasks of configs/task.py).
     c.qa = ml_collections.ConfigDict()

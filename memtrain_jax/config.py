@@ -56,6 +56,7 @@ RUN_CHOICES = (
     "train.async_checkpoints",
     "train.eval_every",
     "train.eval_before",
+    "train.eval_samples",
 )
 
 
@@ -77,6 +78,8 @@ RENAMED_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
 # code did before the field existed}. A stored config of a section that lacks one reads it as that value.
 ADDED_FIELDS: dict[str, Any] = {
     "train.format_recall_entities": 1,
+    "train.eval_samples": 1,
+    "data.document.mask_scope": "document",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -157,3 +158,51 @@ def test_held_out_episodes_are_the_last_usable_ones(cache):
     assert [s for s in range(train, setup.num_items) if everything[s]] == slots  # the last usable ones
     train, slots = setup.split_items(setup.num_items)  # more than there are: all usable but the first pivot
     assert train == 1 and slots == [s for s in range(1, setup.num_items) if everything[s]]
+
+
+def test_sampled_evaluations_are_means_with_bootstrap_intervals_and_are_not_mixed_with_greedy(tmp_path):
+    n = 30
+    rng = np.random.default_rng(1)
+    warm = [float(x) for x in rng.integers(0, 5, n) / 4]  # avg@4: each episode's share of 4 correct samples
+    after = [min(1.0, w + 0.25 * (i % 2)) for i, w in enumerate(warm)]
+    sampled = lambda step, recall: {**_record(step, recall), "samples": 4, "temperature": 0.7}
+    table = report.arms_table([("w", sampled(4, warm)), ("g", sampled(8, after))], [("g - w", 0, 1)])
+    assert table.splitlines()[0].startswith("held-out, avg@4, T 0.7 (95% intervals)")
+    recall = next(line for line in table.splitlines() if line.startswith("recall accuracy"))
+    mean, lo, hi, _ = stats.mean_with_interval(after, binary=False)  # a mean of samples: the bootstrap's interval
+    assert stats.format_interval(mean, lo, hi) in recall
+    assert recall.endswith(stats.format_interval(*stats.paired_difference(warm, after)))
+    with pytest.raises(UsageError, match="evaluated differently"):
+        report.arms_table([("w", _record(4, [1.0] * n)), ("g", sampled(8, after))], [("g - w", 0, 1)])
+    # `memtrain eval --samples` writes eval-STEP-kK.json beside the run's config: an arm of compare-runs
+    _fake_run(tmp_path / "run", [_record(4, [0.0] * n)])
+    (tmp_path / "run" / "eval-4-k4.json").write_text(json.dumps(sampled(4, warm)))
+    (tmp_path / "run" / "eval-8-k4.json").write_text(json.dumps(sampled(8, after)))
+    run = tmp_path / "run"
+    done = _cli("compare-runs", f"--runs=w={run / 'eval-4-k4.json'},g={run / 'eval-8-k4.json'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "avg@4" in done.stdout and "g@8 - w@4" in done.stdout
+
+
+def test_a_sampled_evaluation_averages_each_episodes_samples(cache, tmp_path):
+    """train.eval_samples=K: K trajectories per held-out episode at the rollout temperature; each episode's item is
+    the mean over its trajectories, from the same seeds at every evaluation."""
+    from memtrain_jax.train.trainer import EVAL_SEED_STEP
+
+    overrides = {"train.steps": 1, "train.eval_every": 0, "train.eval_episodes": 4}
+    config = run_config("memtrain.py:tiny", cache, **overrides)
+    trainer = Trainer(config, str(tmp_path / "run"), log=lambda _: None)
+    params = trainer.setup.policy.params
+    first = trainer.evaluate(params, 0, samples=3)
+    assert first["samples"] == 3 and first["items"] == trainer.evaluate(params, 5, samples=3)["items"]
+    setup = trainer.setup
+    agent = dataclasses.replace(setup.agent, group_size=3, recall_group_size=3, dapo_filter=False)
+    result = setup.rollout(setup.eval_batch(trainer.eval_slots), EVAL_SEED_STEP, setup.sampler_policy, agent)
+    by_episode = {}
+    for t in result.trajectories:
+        by_episode.setdefault(int(result.episodes[t.episode].episode_id), []).append(float(t.correct))
+    assert first["items"]["episode_id"] == sorted(by_episode)
+    assert first["items"]["acc_e2e"] == [float(np.mean(by_episode[e])) for e in sorted(by_episode)]
+    assert all(len(v) == 3 for v in by_episode.values())
+    greedy = trainer.evaluate(params, 0)
+    assert greedy["samples"] == 1 and set(greedy["items"]["acc_e2e"]) <= {0.0, 1.0}

@@ -91,6 +91,22 @@ def test_resume_equals_uninterrupted(cache, tmp_path, full_run):
     assert all(np.isfinite(warm)) and int(np.asarray(jax.device_get(full["state"].step))) == 4
 
 
+def test_a_run_checkpointed_before_the_tasks_redesign_resumes_exactly(cache, tmp_path, full_run):
+    """tests/fixtures/run_ead1fca_tiny: the 2 format steps of FULL, checkpointed by the code of ead1fca (before
+    memtrain_jax/tasks/, the document mask scope and the moved format warm-up; made by
+    tests/fixtures/make_run_ead1fca_tiny.py). Today's code resumes it to step 4 and ends where today's
+    uninterrupted run ends, on the same data."""
+    full_dir, full = full_run
+    workdir = tmp_path / "old"
+    shutil.copytree(os.path.join(REPO, "tests", "fixtures", "run_ead1fca_tiny"), workdir)
+    _, resumed = _run(_tiny(cache, **FULL), workdir)
+    assert resumed["start_step"] == 2 and resumed["steps"] == 4
+    for a, b in zip(_leaves(full["state"]), _leaves(resumed["state"]), strict=True):
+        np.testing.assert_array_equal(a, b)  # parameters, optimizer state, step, reference
+    order = lambda d: [r["episode_ids"] for r in read_metrics(str(d))]
+    assert order(full_dir) == order(workdir)
+
+
 def test_sigterm_saves_a_restorable_checkpoint(cache, tmp_path):
     workdir = tmp_path / "preempted"
     command = [

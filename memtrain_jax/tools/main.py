@@ -45,6 +45,7 @@ from ml_collections import config_flags
 
 from memtrain_jax.config import (
     CONFIGS_DIR,
+    RUN_CHOICES,
     UsageError,
     flatten,
     load_config,
@@ -61,7 +62,11 @@ COMMANDS = {
         "GRPO training of the memory agent; resumes from the latest checkpoint in --workdir",
         ("allow_config_change",),
     ),
-    "eval": ("evaluates a checkpoint of --workdir (latest readable, or --step N) on the held-out episodes", ("step",)),
+    "eval": (
+        "evaluates a checkpoint of --workdir (latest readable, or --step N) on the held-out episodes; --samples K: "
+        "K sampled answers per episode (avg@K); run choices such as --config.sampling.max_rows apply",
+        ("step", "samples"),
+    ),
     "diagnose": (
         "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16)",
         ("step", "limit", "warmup"),
@@ -92,6 +97,9 @@ DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "memtrain.py:cpu")
 _CONFIG = None  # the --config flag; defined by _parse_flags once the overrides in argv are known to be valid
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: the latest).")
+_SAMPLES = flags.DEFINE_integer(
+    "samples", None, "eval: K > 1 sampled trajectories per held-out episode, averaged (default: train.eval_samples)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot / JSON of plan.")
 _PROMPT = flags.DEFINE_string(
     "prompt", "Tell me about Paris, the capital of France, in three sentences.", "chat prompt."
@@ -107,7 +115,10 @@ _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
 _ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
 _RUNS = flags.DEFINE_list(
-    "runs", [], "compare-runs: name=WORKDIR[@STEP],... (the first is the reference; default step: the last evaluated)."
+    "runs",
+    [],
+    "compare-runs: name=WORKDIR[@STEP] or name=WORKDIR/eval-STEP-kK.json (written by eval),... (the first is the "
+    "reference; default step: the last evaluated).",
 )
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "plan: the TPU slice, e.g. v4-8, v5e-16, v5p-64, v6e-8 (default: the config's `topology`)."
@@ -216,8 +227,17 @@ def _restored(workdir: str):
     """(trainer, step, state) of a run's checkpoint (--step, else the latest readable one); reads only."""
     from memtrain_jax.train import Trainer
 
+    stored = _stored_config(workdir)
+    for arg in sys.argv[1:]:  # run choices (how, not what, the run computes) given on the command line apply
+        name = arg[len("--config.") :].split("=", 1)[0] if arg.startswith("--config.") else ""
+        if name in RUN_CHOICES and name not in ("workdir",):
+            *parents, leaf = name.split(".")
+            node, given = stored, _CONFIG.value
+            for part in parents:
+                node, given = node[part], given[part]
+            node[leaf] = given[leaf]
     with _refusals():
-        trainer = Trainer(_stored_config(workdir), workdir, writer=False)
+        trainer = Trainer(stored, workdir, writer=False)
     abstract = jax.eval_shape(trainer.initial_state)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, trainer.learner.state_shardings
@@ -229,7 +249,9 @@ def _restored(workdir: str):
 def evaluate(config: ml_collections.ConfigDict) -> None:
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
-    metrics = trainer.evaluate(state.params, step)
+    if _SAMPLES.value is not None and _SAMPLES.value < 1:
+        raise UsageError(f"--samples must be >= 1, got {_SAMPLES.value}.")
+    metrics = trainer.evaluate(state.params, step, samples=_SAMPLES.value)
     if jax.process_index() != 0:  # every process evaluates; process 0 reports and writes
         return
     from memtrain_jax import stats
@@ -238,12 +260,15 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
     shown = []
     for key, value in metrics.items():
         if key in items:
-            mean, lo, hi, n = stats.mean_with_interval(items[key], binary=key.startswith("acc"))
+            binary = key.startswith("acc") and metrics["samples"] == 1  # avg@K: a mean, bootstrap interval
+            mean, lo, hi, n = stats.mean_with_interval(items[key], binary=binary)
             shown.append(f"{key} {stats.format_interval(mean, lo, hi)} (n {n})")
         elif isinstance(value, float):
             shown.append(f"{key} {value:.3f}")
     print(f"[eval] {workdir} step {step}: " + ", ".join(shown))
-    (epath.Path(workdir) / f"eval-{step}.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+    name = f"eval-{step}.json" if metrics["samples"] == 1 else f"eval-{step}-k{metrics['samples']}.json"
+    (epath.Path(workdir) / name).write_text(json.dumps({"step": step, **metrics}, indent=1))
+    print(f"[eval] wrote {epath.Path(workdir) / name} (an arm of `memtrain compare-runs --runs name=THAT_FILE,...`)")
 
 
 def diagnose(config: ml_collections.ConfigDict) -> None:

@@ -2,8 +2,9 @@
 
 Arms are evaluations of the same held-out episodes (`Trainer.evaluate`'s records, whose `items` hold each
 episode's figures): the checkpoints of one run (before training, after the format warm-up, after GRPO) or the
-final evaluations of several runs (`memtrain compare-runs`). Accuracies carry Wilson intervals, R_E a
-bootstrap interval, and a difference of two arms the paired bootstrap over episodes (memtrain_jax/stats).
+final evaluations of several runs (`memtrain compare-runs`). Greedy accuracies carry Wilson intervals, R_E and
+every avg@K figure (the mean of K sampled answers per episode) a bootstrap interval, and a difference of two
+arms the paired bootstrap over episodes (memtrain_jax/stats).
 
 Reads records only: nothing here loads a model.
 """
@@ -61,9 +62,17 @@ def arms_table(
                 f"({len(ids[0])} and {len(episodes)} episodes, not the same ids): compare runs of the same data "
                 "config, seed and train.eval_episodes."
             )
+    kinds = {(a[1].get("samples", 1), a[1].get("temperature")) for a in arms}
+    if len(kinds) > 1:
+        raise UsageError(
+            f"the arms were evaluated differently (samples per episode, temperature: {sorted(kinds, key=str)}): "
+            "compare evaluations of the same kind (train.eval_samples, `memtrain eval --samples`)."
+        )
+    samples, temperature = kinds.pop() if kinds else (1, None)
+    kind = "greedy" if samples == 1 else f"avg@{samples}, T {temperature:g}"
     n = len(ids[0]) if arms else 0
     width = 22
-    header = f"{'held-out, greedy (95% intervals)':34s} " + " ".join(f"{name:>{width}s}" for name, _ in arms)
+    header = f"{f'held-out, {kind} (95% intervals)':34s} " + " ".join(f"{name:>{width}s}" for name, _ in arms)
     header += "".join(f" {label:>{width + 4}s}" for label, _, _ in differences)
     lines = [header]
     moved: list[str] = []
@@ -74,7 +83,8 @@ def arms_table(
             if values is None:
                 cells.append(f"{'-':>{width}s}")
                 continue
-            mean, lo, hi, _ = stats.mean_with_interval(values, binary=binary)
+            # a mean over samples is not 0/1: its interval is the bootstrap's
+            mean, lo, hi, _ = stats.mean_with_interval(values, binary=binary and samples == 1)
             cells.append(f"{stats.format_interval(mean, lo, hi):>{width}s}")
         for diff_label, a, b in differences:
             if columns[a] is None or columns[b] is None:
@@ -137,7 +147,8 @@ def training_arms(summary: Mapping[str, Any], format_steps: int) -> tuple[list[A
 
 def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
     """`name=WORKDIR[@STEP]` (or `WORKDIR[@STEP]`) -> ((name@step, the evaluation record of STEP, default the run's
-    last), the run's stored config). Refused in one line when the run or the step's evaluation is missing."""
+    last), the run's stored config); `name=WORKDIR/eval-STEP[-kK].json` reads an evaluation `memtrain eval` wrote.
+    Refused in one line when the run or the step's evaluation is missing."""
     import json
 
     from etils import epath
@@ -148,6 +159,16 @@ def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
     name, sep, rest = spec.partition("=")
     if not sep:
         name, rest = "", spec
+    if rest.endswith(".json"):  # an evaluation written by `memtrain eval` (e.g. eval-60-k4.json) in its workdir
+        path = epath.Path(rest)
+        if not path.exists():
+            raise UsageError(f"run {spec!r}: {path} not found (write it with `memtrain eval --workdir RUN`).")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        config_path = path.parent / CONFIG_FILE
+        if not config_path.exists() or not record.get("items"):
+            raise UsageError(f"run {spec!r}: not an evaluation of a memtrain workdir (no {CONFIG_FILE} or items).")
+        name = name or path.parent.name
+        return (f"{name}@{record['step']}", record), json.loads(config_path.read_text(encoding="utf-8"))
     workdir, _, step_text = rest.partition("@")
     name = name or workdir.rstrip("/").rsplit("/", 1)[-1]
     config_path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://, as every workdir reader

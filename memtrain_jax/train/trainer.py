@@ -69,6 +69,7 @@ STEP_KEYS = (
     "update_s",
     "step_s",
 )
+EVAL_SEED_STEP = 2**31 - 1  # the rollout step that seeds sampled evaluations (training steps never reach it)
 EVAL_KEYS = ("acc_e2e", "reward_e2e", "acc_recall", "reward_recall", "missing_box_answer", "missing_box_recall")
 
 
@@ -92,6 +93,10 @@ class TrainConfig:
     eval_every: int = 50
     eval_episodes: int = 16
     eval_before: bool = True
+    # Per held-out episode: 1 = one greedy trajectory and recall answer; K > 1 = K trajectories and K recall answers
+    # sampled at the rollout temperature, each episode's figures their mean (avg@K: what GRPO optimises, with less
+    # noise per episode than one greedy sample).
+    eval_samples: int = 1
 
     @classmethod
     def from_config(cls, section: Any) -> TrainConfig:
@@ -103,6 +108,7 @@ class TrainConfig:
             "logprob_chunk",
             "log_every",
             "format_recall_entities",
+            "eval_samples",
         ):
             if getattr(config, name) < 1:
                 raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
@@ -331,25 +337,31 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
 
-    def evaluate(self, params: Any, step: int = 0) -> dict[str, Any]:
-        """Greedy rollouts of the held-out episodes (one trajectory and one recall sample each): the means of
-        EVAL_KEYS, and under "items" each episode's figures (`eval_items`) for intervals and paired comparisons.
-        The text of the first episode is kept in `self.last_eval_sample`."""
+    def evaluate(self, params: Any, step: int = 0, samples: int | None = None) -> dict[str, Any]:
+        """Rollouts of the held-out episodes: one greedy trajectory and recall answer each, or with `samples` K > 1
+        (default train.eval_samples) K of each sampled at the rollout temperature, from the same seeds at every
+        evaluation (so two checkpoints are compared on the same random numbers). Returns the means of EVAL_KEYS,
+        and under "items" each episode's figures (`eval_items`, the mean of its samples) for intervals and paired
+        comparisons. The text of the first episode is kept in `self.last_eval_sample`."""
         setup = self.setup
         if not self.eval_slots:
             return {}
-        agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
-        self.eval_policy.update_params(params)
+        k = samples or self.train_config.eval_samples
+        agent = dataclasses.replace(setup.agent, group_size=k, recall_group_size=k, dapo_filter=False)
+        policy = self.eval_policy if k == 1 else setup.sampler_policy
+        policy.update_params(params)
         start = time.perf_counter()
-        # greedy: the step only seeds the (unused) sampling
-        result = setup.rollout(setup.eval_batch(self.eval_slots), 0, policy=self.eval_policy, agent=agent)
+        # greedy: the step only seeds the (unused) sampling; sampled: one fixed stream for every evaluation
+        result = setup.rollout(setup.eval_batch(self.eval_slots), 0 if k == 1 else EVAL_SEED_STEP, policy, agent)
         if result is None:
             return {}
         _, metrics = assign_credit(result, agent)
         self.last_eval_sample = self._sample_text(result)
-        out: dict[str, Any] = {k: float(metrics[k]) for k in EVAL_KEYS}
+        out: dict[str, Any] = {key: float(metrics[key]) for key in EVAL_KEYS}
         out.update(setup.task_impl.rollout_metrics(result))  # search: the action-format failures and turns
-        out.update(episodes=len(result.episodes), eval_s=time.perf_counter() - start)
+        out.update(episodes=len(result.episodes), samples=k, eval_s=time.perf_counter() - start)
+        if k > 1:
+            out["temperature"] = float(agent.temperature)
         out["items"] = eval_items(result, agent)
         return out
 
@@ -457,27 +469,35 @@ EVAL_ITEMS = ("episode_id", "acc_e2e", "reward_e2e", "acc_recall", "answer_found
 
 
 def eval_items(result: Any, agent: AgentConfig) -> dict[str, list]:
-    """Per held-out episode, in episode-id order (one greedy trajectory each): {"episode_id", "acc_e2e" (0/1),
-    "reward_e2e" (R_E), "acc_recall" (0/1, None without a probe), "answer_found" (1 when the extractor found a
-    final answer), "recall_found" (the share of recall answers found, None without a probe)}; the items two
+    """Per held-out episode, in episode-id order: {"episode_id", "acc_e2e" (EM), "reward_e2e" (R_E), "acc_recall"
+    (None without a probe), "answer_found" (1 when the extractor found a final answer), "recall_found" (the share
+    of recall answers found, None without a probe)}; each the mean over the episode's trajectories (one when
+    greedy: 0/1 accuracies), a trajectory's recall figures the mean over its recall answers. The items two
     checkpoints are paired on."""
     r_e, r_i, _ = trajectory_rewards(result, agent)
-
-    def found(predictions: Any) -> float | None:
-        return float(np.mean([p is not None for p in predictions])) if len(predictions) else None
-
-    rows = sorted(
-        (
-            int(result.episodes[t.episode].episode_id),
-            float(t.correct),
-            float(r),
-            float(i.mean()) if i.size else None,
-            float(t.prediction is not None),
-            found(t.recall_predictions),
+    rows: dict[int, list[tuple]] = {}
+    for t, r, i in zip(result.trajectories, r_e, r_i, strict=True):
+        found = [p is not None for p in t.recall_predictions]
+        rows.setdefault(int(result.episodes[t.episode].episode_id), []).append(
+            (
+                float(t.correct),
+                float(r),
+                float(i.mean()) if i.size else None,
+                float(t.prediction is not None),
+                float(np.mean(found)) if found else None,
+            )
         )
-        for t, r, i in zip(result.trajectories, r_e, r_i, strict=True)
-    )
-    return {k: [row[j] for row in rows] for j, k in enumerate(EVAL_ITEMS)}
+
+    def mean(values: list) -> float | None:
+        kept = [v for v in values if v is not None]
+        return float(np.mean(kept)) if kept else None
+
+    items: dict[str, list] = {k: [] for k in EVAL_ITEMS}
+    for episode_id in sorted(rows):
+        items["episode_id"].append(episode_id)
+        for j, key in enumerate(EVAL_ITEMS[1:]):
+            items[key].append(mean([row[j] for row in rows[episode_id]]))
+    return items
 
 
 def _main_thread() -> bool:
