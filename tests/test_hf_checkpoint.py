@@ -356,3 +356,49 @@ def test_missing_config_and_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf))
     with pytest.raises(HFCheckpointError, match=r"neither model\.safetensors"):
         load_hf_checkpoint(tmp_path)
+
+
+def test_a_family_registered_in_one_module_loads_and_exports(tmp_path, monkeypatch):
+    """A new family is one `Family(...)` (what a module under model/families/ holds): Mistral, the Llama block
+    under its own config.json name, is refused above and, once registered, read at logit parity with
+    transformers' MistralForCausalLM and exported as one that transformers loads back."""
+    from transformers import MistralConfig
+
+    from memtrain_jax.model.families import base
+
+    monkeypatch.setattr(base, "_FAMILIES", dict(base._FAMILIES))  # the registration ends with the test
+    base.register(
+        base.Family(
+            name="mistral",
+            hf_architecture="MistralForCausalLM",
+            gguf_architecture="mistral",
+            gguf_permuted_qk=True,
+            hf_extras=lambda config: {"sliding_window": None},
+        )
+    )
+    hf_config = MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    _randomize(model, seed=11)
+    model.save_pretrained(tmp_path / "in")
+    config, params = load_hf_checkpoint(tmp_path / "in")
+    assert config.family == "mistral" and not config.qkv_bias and not config.qk_norm
+    ref = _torch_logits(model, TOKENS)
+    assert np.abs(ref).max() > 1.0
+    np.testing.assert_array_less(np.abs(np.asarray(forward(config, params, TOKENS)) - ref).max(), TOL)
+    save_hf_checkpoint(config, params, tmp_path / "out")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert type(exported).__name__ == "MistralForCausalLM"
+    np.testing.assert_array_less(np.abs(_torch_logits(exported, TOKENS) - ref).max(), TOL)

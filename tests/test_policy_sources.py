@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,21 @@ def test_load_policy_hf_reads_the_folder_with_the_runs_choices(hf_dir, choices):
         loaded = unstack_layers(loaded, policy.model_config)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_chat_template_saved_as_jinja_is_read(hf_dir, tmp_path):
+    """transformers >= 4.43 saves the chat template as chat_template.jinja, not in tokenizer_config.json: the
+    chat format is inferred from it the same (SmolLM2's template -> "smollm2"; without any template: "plain")."""
+    directory = tmp_path / "jinja"
+    shutil.copytree(hf_dir[0], directory)
+    config_file = directory / "tokenizer_config.json"
+    values = json.loads(config_file.read_text())
+    template = values.pop("chat_template")
+    config_file.write_text(json.dumps(values))
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    assert load_policy(_model_section("hf", str(directory)), mesh, DEFAULT_RULES).chat_format == "plain"
+    (directory / "chat_template.jinja").write_text(template)
+    assert load_policy(_model_section("hf", str(directory)), mesh, DEFAULT_RULES).chat_format == "smollm2"
 
 
 def test_load_policy_gguf_and_init(tmp_path, tokenizer):

@@ -104,3 +104,20 @@ def test_describe_cli_applies_overrides():
     expected = _config("qwen2.5-0.5b").replace(num_layers=4, tie_embeddings=False).num_params()
     assert f"total {expected:,d}" in " ".join(result.stdout.split())
     assert f"{expected * 2:,d}" in result.stdout  # bfloat16 bytes
+
+
+def test_each_family_owns_its_presets_and_their_block_flags():
+    """Presets live in their family's module (model/families/<name>.py): each carries that family's name and its
+    block additions (Qwen2's QKV bias, Qwen3's q/k norm), and no preset name is defined twice."""
+    from memtrain_jax.model import families
+    from memtrain_jax.model.presets import PRESETS
+
+    seen = []
+    for name in families.names():
+        family = families.get(name)
+        for preset, values in family.presets.items():
+            assert values["family"] == name, preset
+            assert (values["qkv_bias"], values["qk_norm"]) == (family.qkv_bias, family.qk_norm), preset
+            seen.append(preset)
+        assert set(family.published_num_params) <= set(family.presets)
+    assert sorted(seen) == sorted(PRESETS) and len(seen) == len(set(seen))

@@ -1,9 +1,11 @@
-"""GGUF import: a llama-architecture GGUF file -> (ModelConfig, float32 params, tokenizer, chat format name).
+"""GGUF import: a GGUF file of a registered model family (llama, qwen2, qwen3; memtrain_jax/model/families/)
+-> (ModelConfig, float32 params, tokenizer, chat format name).
 
 Weights are dequantised with the `gguf` package (numpy) and mapped into the parameter tree of
-memtrain_jax.model (MODEL_CONTRACT). llama.cpp stores the q/k projection rows permuted for its
-interleaved RoPE; they are permuted back to the HF rotate_half layout the model uses (the same
-reverse permutation as transformers' GGUF loader). The tokenizer is rebuilt from the metadata as
+memtrain_jax.model by the families' weight map (`families.tensors`, shared with the HF importer). For the
+families whose llama.cpp converter permutes the q/k projection rows for its interleaved RoPE (Llama), they are
+permuted back to the HF rotate_half layout the model uses (the same reverse permutation as transformers' GGUF
+loader); Qwen2/Qwen3 files keep HF's order. The tokenizer is rebuilt from the metadata as
 transformers' GGUF converter does (byte-level BPE for `tokenizer.ggml.model == "gpt2"`).
 
 `import_gguf_cached` converts once and keeps an Orbax checkpoint + tokenizer + config on disk.
@@ -27,6 +29,7 @@ from gguf.quants import dequantize
 
 from memtrain_jax import sharding
 from memtrain_jax.atomic import content_key, write_directory_atomically
+from memtrain_jax.model import families
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.tokenizer.chat import chat_format_from_template
 from memtrain_jax.tokenizer.gguf_tokenizer import (  # noqa: F401  (default_gguf_path, load_gguf_tokenizer: API)
@@ -42,16 +45,15 @@ from memtrain_jax.tokenizer.hf_tokenizer import HFTokenizer
 Params = dict[str, Any]
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
-
-
 # ------------------------------------------------------------------------------------------------ config
 
 
 def _config_from_reader(reader: GGUFReader, path: str, tensor_names: set[str], vocab_size: int) -> ModelConfig:
     arch = gguf_field(reader, "general.architecture", path)
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"GGUF file {path!r} has architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}.")
+    family = families.by_gguf_architecture(arch)
+    if family is None:
+        supported = tuple(families.get(name).gguf_architecture for name in families.names())
+        raise ValueError(f"GGUF file {path!r} has architecture {arch!r}; supported: {supported}.")
     scaling = gguf_field(reader, f"{arch}.rope.scaling.type", path, default="none")
     if scaling not in ("none", None) or "rope_freqs.weight" in tensor_names:
         raise ValueError(
@@ -73,9 +75,11 @@ def _config_from_reader(reader: GGUFReader, path: str, tensor_names: set[str], v
         head_dim=int(head_dim),
         rope_theta=float(gguf_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
         rms_norm_eps=float(gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        qkv_bias=family.qkv_bias,
+        qk_norm=family.qk_norm,
         tie_embeddings="output.weight" not in tensor_names,
         max_position_embeddings=int(gguf_field(reader, f"{arch}.context_length", path, default=32768)),
-        family="llama",
+        family=family.name,
     )
 
 
@@ -110,49 +114,30 @@ def _dequantize_all(reader: GGUFReader, path: str) -> dict[str, np.ndarray]:
 
 
 def _params_from_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: str) -> Params:
-    h, n, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    """The parameter tree from torch-layout tensors by GGUF name: the families' weight map, q/k rows un-permuted
+    where the family's llama.cpp converter permuted them; a missing, misshapen or unmapped tensor is an error."""
+    permuted = families.get(config.family).gguf_permuted_qk
     remaining = dict(tensors)
-
-    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in remaining:
-            raise ValueError(f"GGUF file {path!r} lacks tensor {name!r}.")
-        x = remaining.pop(name)
-        if x.shape != shape:
-            raise ValueError(f"GGUF file {path!r}: tensor {name!r} has shape {x.shape}, expected {shape}.")
-        return x
-
-    params: Params = {"embedder": {"embedding": take("token_embd.weight", (config.vocab_size, h))}}
-    for i in range(config.num_layers):
-        b = f"blk.{i}."
-        q = unpermute_qk(take(b + "attn_q.weight", (n * d, h)), n)
-        kk = unpermute_qk(take(b + "attn_k.weight", (k * d, h)), k)
-        v = take(b + "attn_v.weight", (k * d, h))
-        o = take(b + "attn_output.weight", (h, n * d))
-        params[f"layers_{i}"] = {
-            "input_norm": {"scale": take(b + "attn_norm.weight", (h,))},
-            "attn": {
-                "q_proj": {"kernel": q.T.reshape(h, n, d)},
-                "k_proj": {"kernel": kk.T.reshape(h, k, d)},
-                "v_proj": {"kernel": v.T.reshape(h, k, d)},
-                "o_proj": {"kernel": o.T.reshape(n, d, h)},
-            },
-            "post_attn_norm": {"scale": take(b + "ffn_norm.weight", (h,))},
-            "mlp": {
-                "gate_proj": {"kernel": take(b + "ffn_gate.weight", (config.intermediate_size, h)).T},
-                "up_proj": {"kernel": take(b + "ffn_up.weight", (config.intermediate_size, h)).T},
-                "down_proj": {"kernel": take(b + "ffn_down.weight", (h, config.intermediate_size)).T},
-            },
-        }
-    params["final_norm"] = {"scale": take("output_norm.weight", (h,))}
-    if not config.tie_embeddings:
-        params["lm_head"] = {"kernel": take("output.weight", (config.vocab_size, h)).T}
+    params: Params = {}
+    for t in families.tensors(config):
+        if t.gguf_name not in remaining:
+            raise ValueError(f"GGUF file {path!r} lacks tensor {t.gguf_name!r}.")
+        x = remaining.pop(t.gguf_name)
+        if x.shape != t.hf_shape:
+            raise ValueError(f"GGUF file {path!r}: tensor {t.gguf_name!r} has shape {x.shape}, expected {t.hf_shape}.")
+        if permuted and t.qk_heads:
+            x = unpermute_qk(x, t.qk_heads)
+        node = params
+        for key in t.path[:-1]:
+            node = node.setdefault(key, {})
+        node[t.path[-1]] = t.to_ours(x)
     if remaining:
         raise ValueError(f"GGUF file {path!r} has tensors this importer does not map: {sorted(remaining)[:10]}.")
-    return jax.tree.map(np.ascontiguousarray, params)
+    return params
 
 
 def load_gguf(path: str | os.PathLike, shardings: Params | None = None) -> tuple[ModelConfig, Params, HFTokenizer, str]:
-    """Reads a llama GGUF file: (ModelConfig, params, tokenizer, chat format name).
+    """Reads a GGUF file of a registered family: (ModelConfig, params, tokenizer, chat format name).
 
     params: the MODEL_CONTRACT tree in float32 (non-scanned layout), placed with `shardings` (a matching
     tree of NamedShardings, e.g. memtrain_jax.model.transformer.param_shardings) or on the default device.

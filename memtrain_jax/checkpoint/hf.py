@@ -1,8 +1,9 @@
 """Hugging Face checkpoints (config.json + safetensors) to and from ModelConfig and the parameter tree.
 
-Supported architectures: LlamaForCausalLM, Qwen2ForCausalLM (QKV bias), Qwen3ForCausalLM (q/k
-RMSNorm). Torch Linear weights W [out, in] become kernels W.T reshaped to the contract's layout
-(see notes/MODEL_CONTRACT.md); biases and norm scales are reshaped or copied. Tensors are read
+Supported architectures: those of the registered model families (memtrain_jax/model/families/: Llama,
+Qwen2 with QKV bias, Qwen3 with q/k RMSNorm); this module is a loop over the families' weight map
+(`families.tensors`), which owns every tensor's name and layout. Torch Linear weights W [out, in] become
+kernels W.T reshaped to the contract's layout; biases and norm scales are reshaped or copied. Tensors are read
 one at a time through safetensors' memory map, so host memory holds the converted tree (or, with
 `shardings`, one tensor at a time) rather than a second copy of the checkpoint.
 """
@@ -10,7 +11,6 @@ one at a time through safetensors' memory map, so host memory holds the converte
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -24,7 +24,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from memtrain_jax.model import families
 from memtrain_jax.model.config import DTYPES, ModelConfig
+from memtrain_jax.model.families import Tensor
 
 Params = dict[str, Any]
 
@@ -33,12 +35,6 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # Hugging Face's customary "5GB" shards.
 
-SUPPORTED_ARCHITECTURES: dict[str, str] = {
-    "LlamaForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
-_ARCHITECTURE_OF_FAMILY = {family: arch for arch, family in SUPPORTED_ARCHITECTURES.items()}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 # Buffers some exporters write that carry no learned state (recomputed from the config).
@@ -54,23 +50,23 @@ class HFCheckpointError(ValueError):
 # config.json <-> ModelConfig
 
 
-def _architecture(hf_config: Mapping[str, Any], source: str) -> str:
+def _family(hf_config: Mapping[str, Any], source: str) -> families.Family:
+    """The registered family of a config.json: by `architectures[0]`, else by `model_type`."""
+    supported = sorted(families.hf_architectures())
     archs = hf_config.get("architectures") or []
     if archs:
-        arch = archs[0]
-    elif hf_config.get("model_type") in _ARCHITECTURE_OF_FAMILY:
-        arch = _ARCHITECTURE_OF_FAMILY[hf_config["model_type"]]
-    else:
-        raise HFCheckpointError(
-            f"{source}: no 'architectures' entry (model_type={hf_config.get('model_type')!r}); "
-            f"supported architectures are {sorted(SUPPORTED_ARCHITECTURES)}."
-        )
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise HFCheckpointError(
-            f"{source}: architectures={archs!r} is not supported; supported architectures are "
-            f"{sorted(SUPPORTED_ARCHITECTURES)}."
-        )
-    return arch
+        family = families.by_hf_architecture(archs[0])
+        if family is None:
+            raise HFCheckpointError(
+                f"{source}: architectures={archs!r} is not supported; supported architectures are {supported}."
+            )
+        return family
+    if hf_config.get("model_type") in families.names():
+        return families.get(hf_config["model_type"])
+    raise HFCheckpointError(
+        f"{source}: no 'architectures' entry (model_type={hf_config.get('model_type')!r}); "
+        f"supported architectures are {supported}."
+    )
 
 
 def _rope_from_hf(hf_config: Mapping[str, Any], source: str) -> tuple[float, tuple[tuple[str, float], ...] | None]:
@@ -107,8 +103,8 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> M
     o_proj / MLP, sliding-window layers, non-SiLU activations, other RoPE types) are errors rather
     than silently producing a different network.
     """
-    arch = _architecture(hf_config, source)
-    family = SUPPORTED_ARCHITECTURES[arch]
+    family = _family(hf_config, source)
+    arch = family.hf_architecture
 
     def required(key: str) -> int:
         if hf_config.get(key) is None:
@@ -142,26 +138,31 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> M
         rope_theta=theta,
         rope_scaling=scaling,
         rms_norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
-        qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3",
+        qkv_bias=family.qkv_bias,
+        qk_norm=family.qk_norm,
         # All three model classes default to untied embeddings when config.json does not say.
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
-        family=family,
+        family=family.name,
     )
     if hf_config.get("max_position_embeddings") is not None:
         values["max_position_embeddings"] = int(hf_config["max_position_embeddings"])
     return ModelConfig(**values)
 
 
-def _check_exportable(config: ModelConfig) -> None:
-    expected = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}[config.family]
+def _check_exportable(config: ModelConfig) -> families.Family:
+    family = families.get(config.family)
+    expected = (family.qkv_bias, family.qk_norm)
     if (config.qkv_bias, config.qk_norm) != expected:
+        choices = ", ".join(
+            f"{name!r} (qkv_bias={families.get(name).qkv_bias}, qk_norm={families.get(name).qk_norm})"
+            for name in families.names()
+        )
         raise HFCheckpointError(
             f"ModelConfig(family={config.family!r}, qkv_bias={config.qkv_bias}, qk_norm={config.qk_norm}) has no "
-            f"Hugging Face equivalent: {_ARCHITECTURE_OF_FAMILY[config.family]} needs qkv_bias={expected[0]}, "
-            f"qk_norm={expected[1]}. Set family to 'llama' (no bias, no qk norm), 'qwen2' (qkv bias) or 'qwen3' "
-            "(qk norm)."
+            f"Hugging Face equivalent: {family.hf_architecture} needs qkv_bias={expected[0]}, "
+            f"qk_norm={expected[1]}. Set family to one of {choices}."
         )
+    return family
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     RoPE is written both as transformers-5 `rope_parameters` and as the older `rope_theta` /
     `rope_scaling` fields, so readers built on either convention agree.
     """
-    _check_exportable(config)
+    family = _check_exportable(config)
     rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
     rope_scaling = None
     if config.rope_scaling is not None:
@@ -179,7 +180,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         rope_scaling = {"rope_type": "llama3", **scaling}
         rope_parameters = {**rope_scaling, "rope_theta": config.rope_theta}
     hf: dict[str, Any] = {
-        "architectures": [_ARCHITECTURE_OF_FAMILY[config.family]],
+        "architectures": [family.hf_architecture],
         "model_type": config.family,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -200,73 +201,12 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "use_cache": True,
         "dtype": config.param_dtype,
     }
-    if config.family == "llama":
-        hf.update(attention_bias=False, mlp_bias=False)
-    else:
-        hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.num_layers)
-        if config.family == "qwen3":
-            hf["attention_bias"] = False
+    hf.update(family.hf_extras(config))
     return hf
 
 
 # ----------------------------------------------------------------------------------------------
-# Tensor name / layout mapping
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """One HF tensor and where it lives in the (non-scanned) parameter tree."""
-
-    hf_name: str
-    path: tuple[str, ...]  # e.g. ("layers_3", "attn", "q_proj", "kernel")
-    hf_shape: tuple[int, ...]
-    shape: tuple[int, ...]  # our shape
-    transpose: bool  # kernel = W.T reshaped (torch Linear weights); otherwise a plain reshape
-    layer: int | None = None
-
-    def to_ours(self, w: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(w.T if self.transpose else w).reshape(self.shape)
-
-    def to_hf(self, x: np.ndarray) -> np.ndarray:
-        if self.transpose:
-            return np.ascontiguousarray(x.reshape(self.hf_shape[::-1]).T)
-        return np.ascontiguousarray(x.reshape(self.hf_shape))
-
-
-def _entries(config: ModelConfig) -> list[_Entry]:
-    """Every tensor of the HF checkpoint for `config`, in the order transformers writes them."""
-    h, m, n, k, d, v = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.num_heads,
-        config.num_kv_heads,
-        config.head_dim,
-        config.vocab_size,
-    )
-    out = [_Entry("model.embed_tokens.weight", ("embedder", "embedding"), (v, h), (v, h), False)]
-    for i in range(config.num_layers):
-        pre, layer = f"model.layers.{i}.", f"layers_{i}"
-
-        def add(name: str, path: tuple[str, ...], hf_shape, shape, transpose: bool, pre=pre, layer=layer, i=i):
-            out.append(_Entry(pre + name, (layer, *path), tuple(hf_shape), tuple(shape), transpose, i))
-
-        add("input_layernorm.weight", ("input_norm", "scale"), (h,), (h,), False)
-        for proj, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
-            add(f"self_attn.{proj}.weight", ("attn", proj, "kernel"), (heads * d, h), (h, heads, d), True)
-            if config.qkv_bias:
-                add(f"self_attn.{proj}.bias", ("attn", proj, "bias"), (heads * d,), (heads, d), False)
-        add("self_attn.o_proj.weight", ("attn", "o_proj", "kernel"), (h, n * d), (n, d, h), True)
-        if config.qk_norm:
-            add("self_attn.q_norm.weight", ("attn", "q_norm", "scale"), (d,), (d,), False)
-            add("self_attn.k_norm.weight", ("attn", "k_norm", "scale"), (d,), (d,), False)
-        add("post_attention_layernorm.weight", ("post_attn_norm", "scale"), (h,), (h,), False)
-        add("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), (m, h), (h, m), True)
-        add("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (m, h), (h, m), True)
-        add("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (h, m), (m, h), True)
-    out.append(_Entry("model.norm.weight", ("final_norm", "scale"), (h,), (h,), False))
-    if not config.tie_embeddings:
-        out.append(_Entry("lm_head.weight", ("lm_head", "kernel"), (v, h), (h, v), True))
-    return out
+# Parameter-tree paths (the weight map itself is families.tensors)
 
 
 def _get(tree: Mapping[str, Any], path: tuple[str, ...], what: str) -> Any:
@@ -282,10 +222,6 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
-
-
-def _scanned_path(entry: _Entry) -> tuple[str, ...]:
-    return entry.path if entry.layer is None else ("layers", *entry.path[1:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +300,7 @@ def load_hf_checkpoint(
     config = config_from_hf(_read_json(config_path), source=config_path)
     # `overrides` may name the compute dtype too (a run's choice): it wins over `dtype`.
     config = config.replace(**{"param_dtype": dtype, "dtype": dtype, **dict(overrides or {})})
-    entries = _entries(config)
+    entries = families.tensors(config)
     locations, listed_by = _tensor_files(directory)
     target = np.dtype(DTYPES[config.param_dtype])
 
@@ -399,7 +335,7 @@ def load_hf_checkpoint(
                     f"from {config_path}."
                 )
 
-        def read(entry: _Entry) -> np.ndarray:
+        def read(entry: Tensor) -> np.ndarray:
             return entry.to_ours(handles[locations[entry.hf_name]].get_tensor(entry.hf_name)).astype(target, copy=False)
 
         if config.tie_embeddings and "lm_head.weight" in locations:
@@ -416,8 +352,8 @@ def load_hf_checkpoint(
 
 def _build_tree(
     config: ModelConfig,
-    entries: list[_Entry],
-    read: Callable[[_Entry], np.ndarray],
+    entries: list[Tensor],
+    read: Callable[[Tensor], np.ndarray],
     shardings: Params | None,
 ) -> Params:
     def sharding_at(path: tuple[str, ...]):
@@ -428,12 +364,12 @@ def _build_tree(
         for e in entries:
             _set(params, e.path, _place(read(e), sharding_at(e.path)))
         return params
-    per_layer: dict[tuple[str, ...], list[_Entry]] = {}
+    per_layer: dict[tuple[str, ...], list[Tensor]] = {}
     for e in entries:
         if e.layer is None:
             _set(params, e.path, _place(read(e), sharding_at(e.path)))
         else:
-            per_layer.setdefault(_scanned_path(e), []).append(e)
+            per_layer.setdefault(e.scanned_path, []).append(e)
     for path, layer_entries in per_layer.items():
         stacked = np.stack([read(e) for e in sorted(layer_entries, key=lambda e: e.layer)])
         _set(params, path, _place(stacked, sharding_at(path)))
@@ -468,8 +404,8 @@ def save_hf_checkpoint(
     call this with its shards of `params`; process 0 writes. Returns the weight file names.
     """
     hf_config = config_to_hf(config)
-    entries = _entries(config)
-    tree_path = _scanned_path if config.scan_layers else (lambda e: e.path)
+    entries = families.tensors(config)
+    tree_path = (lambda e: e.scanned_path) if config.scan_layers else (lambda e: e.path)
     for e in entries:
         leaf = _get(params, tree_path(e), "params")
         shape = tuple(leaf.shape[1:] if e.layer is not None and config.scan_layers else leaf.shape)
@@ -480,12 +416,12 @@ def save_hf_checkpoint(
     embed_dtype = np.dtype(_get(params, ("embedder", "embedding"), "params").dtype)
     hf_config["dtype"] = embed_dtype.name
 
-    def leaf_for(e: _Entry) -> Any:
+    def leaf_for(e: Tensor) -> Any:
         leaf = _get(params, tree_path(e), "params")
         return leaf[e.layer] if e.layer is not None and config.scan_layers else leaf
 
     # Plan shards from sizes alone so only one shard's tensors are on the host at a time.
-    shards: list[list[_Entry]] = [[]]
+    shards: list[list[Tensor]] = [[]]
     shard_bytes = 0
     total = 0
     for e in entries:

@@ -112,6 +112,10 @@ def load_policy(
         if os.path.isfile(tokenizer_config):
             with open(tokenizer_config, encoding="utf-8") as f:
                 template = json.load(f).get("chat_template")
+        jinja = os.path.join(model.path, "chat_template.jinja")  # where transformers >= 4.43 saves it
+        if not template and os.path.isfile(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                template = f.read()
         policy = LoadedPolicy(config, params, tok, chat_format_from_template(template), f"HF {model.path}")
     else:
         if tokenizer is None:

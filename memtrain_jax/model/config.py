@@ -9,8 +9,9 @@ from typing import Any
 import jax.numpy as jnp
 
 from memtrain_jax.config import section_values
+from memtrain_jax.model import families
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = families.names()  # memtrain_jax/model/families/<name>.py, one module each
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_BACKENDS = ("auto", "reference", "blocked", "splash", "cudnn")  # see memtrain_jax/model/attention.py
@@ -73,8 +74,8 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
-        if self.family not in FAMILIES:
-            raise ValueError(f"ModelConfig.family={self.family!r}; choose one of {FAMILIES}.")
+        if self.family not in families.names():
+            raise ValueError(f"ModelConfig.family={self.family!r}; choose one of {families.names()}.")
         if self.rope_scaling is not None:
             if isinstance(self.rope_scaling, Mapping):
                 object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))

@@ -1,0 +1,63 @@
+"""Qwen2 / Qwen2.5 (Qwen2ForCausalLM): biases on the q/k/v projections. llama.cpp keeps HF's q/k row order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memtrain_jax.model.families.base import Family, register
+
+
+def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, **kw: Any) -> dict[str, Any]:
+    """Qwen2.5: QKV bias, head_dim = hidden / heads, theta 1e6, eps 1e-6."""
+    values = dict(
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        rope_theta=1_000_000.0,
+        rope_scaling=None,
+        rms_norm_eps=1e-6,
+        qkv_bias=True,
+        qk_norm=False,
+        tie_embeddings=True,
+        max_position_embeddings=32768,
+        family="qwen2",
+    )
+    values.update(kw)
+    return values
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b": _qwen2(896, 4864, 24, 14, 2),
+    "qwen2.5-1.5b": _qwen2(1536, 8960, 28, 12, 2, max_position_embeddings=131072),
+    "qwen2.5-3b": _qwen2(2048, 11008, 36, 16, 2),
+    "qwen2.5-7b": _qwen2(
+        3584, 18944, 28, 28, 4, vocab_size=152064, tie_embeddings=False, max_position_embeddings=131072
+    ),
+}
+
+
+def sliding_window_off(config: Any) -> dict[str, Any]:
+    """config.json fields of the Qwen classes that say every layer attends in full."""
+    return {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.num_layers}
+
+
+QWEN2 = register(
+    Family(
+        name="qwen2",
+        hf_architecture="Qwen2ForCausalLM",
+        gguf_architecture="qwen2",
+        qkv_bias=True,
+        hf_extras=sliding_window_off,
+        presets=PRESETS,
+        published_num_params={
+            "qwen2.5-0.5b": 494_032_768,
+            "qwen2.5-1.5b": 1_543_714_304,
+            "qwen2.5-3b": 3_085_938_688,
+            "qwen2.5-7b": 7_615_616_512,
+        },
+    )
+)
