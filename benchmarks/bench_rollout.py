@@ -164,4 +164,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from memtrain_jax import host_memory
+
+    host_memory.retain_freed_memory()  # as `memtrain` does (memtrain_jax/host_memory.py)
     main()

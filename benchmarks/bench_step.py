@@ -267,4 +267,7 @@ def _split(text: str) -> tuple[str, Any]:
 
 
 if __name__ == "__main__":
+    from memtrain_jax import host_memory
+
+    host_memory.retain_freed_memory()  # as `memtrain` does (memtrain_jax/host_memory.py)
     main()

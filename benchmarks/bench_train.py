@@ -464,6 +464,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-tunix", action="store_true", help="skip google-tunix")
     parser.add_argument("--tunix-path", default=None, help="directory holding an installed google-tunix")
     parser.add_argument("--matmul-precision", default="highest", help="jax_default_matmul_precision")
+    parser.add_argument("--attention", default=None, help="ModelConfig.attention of ours (e.g. reference, blocked)")
     args = parser.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     counter = CompileCounter()
@@ -474,7 +475,9 @@ def main(argv=None) -> None:
         "tiny": ("tiny", MODELS["tiny"], args.lengths or ([128, 256] if args.quick else [256, 512, 1024]), 3),
         "smollm2-135m": (
             f"smollm2-135m shapes, {args.smollm2_layers} of {smollm2.num_layers} layers",
-            smollm2.replace(num_layers=args.smollm2_layers),
+            smollm2.replace(
+                num_layers=args.smollm2_layers, **({"attention": args.attention} if args.attention else {})
+            ),
             args.smollm2_lengths or ([128] if args.quick else [256, 512]),
             3,
         ),
@@ -526,4 +529,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from memtrain_jax import host_memory
+
+    host_memory.retain_freed_memory()  # as `memtrain` does (memtrain_jax/host_memory.py)
     main()

@@ -43,6 +43,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from memtrain_jax import host_memory
 from memtrain_jax.config import (
     CONFIGS_DIR,
     RUN_CHOICES,
@@ -612,6 +613,7 @@ def _guarded_main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (`memtrain`)."""
+    host_memory.retain_freed_memory()  # before any computation: see memtrain_jax/host_memory.py
     app.run(_guarded_main, flags_parser=_parse_flags)
 
 
