@@ -13,7 +13,7 @@ from memtrain_jax.agent.qa import qa_episode
 from memtrain_jax.agent.rollout import Episode, RolloutBatch
 from memtrain_jax.data import qa as qa_data
 from memtrain_jax.tasks.base import register
-from memtrain_jax.tasks.memtrain import memory_agent_lengths, memory_rollout
+from memtrain_jax.tasks.memory_agent import memory_agent_lengths, memory_rollout
 from memtrain_jax.tasks.qa_records import QARecordsTask
 
 

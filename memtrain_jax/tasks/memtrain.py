@@ -12,10 +12,11 @@ import numpy as np
 
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import TrainingSequences
-from memtrain_jax.agent.rollout import RolloutBatch, episodes_from_batch, rollout
+from memtrain_jax.agent.rollout import RolloutBatch, episodes_from_batch
 from memtrain_jax.data import pipeline
 from memtrain_jax.tasks.base import Log, process_0_first, register
 from memtrain_jax.tasks.format import format_examples
+from memtrain_jax.tasks.memory_agent import memory_agent_lengths, memory_rollout
 
 
 @register
@@ -88,33 +89,3 @@ class MemTrainTask:
 
     def sequence_lengths(self, setup: Any) -> dict[str, int]:
         return memory_agent_lengths(setup, self.max_problem_tokens(setup))
-
-
-def memory_rollout(
-    setup: Any, episodes: list, skipped: int, step: int, policy: Any, agent: AgentConfig
-) -> RolloutBatch | None:
-    """The memory agent's rollout of episodes (MemTrain and long-text QA); None without an episode."""
-    if not episodes:
-        return None
-    return rollout(
-        policy,
-        episodes,
-        setup.builder,
-        setup.tokenizer,
-        agent,
-        seed=setup.config.seed,
-        step=step,
-        extractor=setup.extractor,
-        window=setup.policy.model_config.max_position_embeddings,
-        episodes_skipped=skipped,
-    )
-
-
-def memory_agent_lengths(setup: Any, problem: int) -> dict[str, int]:
-    """The memory agent's turn lengths (memory, final, recall when probes are on) for a question of `problem`
-    tokens."""
-    overhead = {name: setup.builder.overhead(name) for name in ("memory", "final", "recall")}
-    lengths = setup.agent.prompt_lengths(overhead, problem, len(setup.builder.no_memory_ids))
-    if not setup.agent.imr:
-        lengths.pop("recall")
-    return lengths
