@@ -42,17 +42,21 @@ VOCAB = 101
 TOL = 1e-4  # float32 parity with torch
 
 
+# The shapes of every test model here (config.json fields).
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+)
+
+
 def _hf_config(family: str):
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-    )
+    common = COMMON
     if family == "llama":
         # original_max_position_embeddings=64 puts the 8 frequencies of head_dim 16 in all three regimes
         # of llama3 scaling (kept, smoothed, divided by the factor) within a 24-token sequence.
@@ -376,20 +380,7 @@ def test_a_family_registered_in_one_module_loads_and_exports(tmp_path, monkeypat
             hf_extras=lambda config: {"sliding_window": None},
         )
     )
-    hf_config = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    )
+    hf_config = MistralConfig(**COMMON, head_dim=16, rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False)
     model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
     _randomize(model, seed=11)
     model.save_pretrained(tmp_path / "in")
