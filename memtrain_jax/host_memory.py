@@ -9,8 +9,8 @@ the update's CPU time in the kernel. `retain_freed_memory` sets glibc's malloc t
 in the heap and the next step reuses them. The price: the process keeps its peak resident size.
 
 `memtrain` and the benchmarks call it first thing; `MEMTRAIN_MALLOC=default` turns it off. It must run
-before the first computation (XLA's threads take their arenas then). Measured in benchmarks/bench_train.py
-(`--malloc`); tests/test_host_memory.py checks the page faults.
+before the first computation (XLA's threads take their arenas then). Measured with benchmarks/bench_step.py
+`--against` an older commit (README, "Host memory"); tests/test_host_memory.py checks the page faults.
 """
 
 from __future__ import annotations

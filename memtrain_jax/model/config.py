@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from memtrain_jax.config import section_values
 from memtrain_jax.model import families
 
-FAMILIES = families.names()  # memtrain_jax/model/families/<name>.py, one module each
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_BACKENDS = ("auto", "reference", "blocked", "splash", "cudnn")  # see memtrain_jax/model/attention.py

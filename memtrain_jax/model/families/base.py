@@ -32,7 +32,8 @@ class Family:
     qkv_bias / qk_norm: the block's additions to Llama's (biases on q/k/v; RMSNorm on each head's q and k).
     gguf_permuted_qk: llama.cpp's converter interleaves the q/k rows for its RoPE (LlamaModel.permute); the
     importer undoes it. hf_extras: config.json fields beyond the shared ones that the transformers class
-    reads, for `config_to_hf`. presets: name -> ModelConfig fields of published checkpoints (`model/presets.py`);
+    reads, for `config_to_hf`. presets: name -> ModelConfig fields of published checkpoints
+    (`model/presets.py`; the family's name and block flags are filled in);
     published_num_params: their parameter counts from the model cards (checked by the tests).
     """
 
@@ -45,6 +46,34 @@ class Family:
     hf_extras: Callable[[ModelConfig], dict[str, Any]] = _no_extras
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     published_num_params: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # A preset gets its family's name and block flags from the family: they are stated once, here.
+        flags = {"family": self.name, "qkv_bias": self.qkv_bias, "qk_norm": self.qk_norm}
+        object.__setattr__(self, "presets", {name: {**values, **flags} for name, values in self.presets.items()})
+
+
+def size(
+    vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, head_dim: int, **kw: Any
+) -> dict[str, Any]:
+    """A preset's ModelConfig fields: the widths and depth, then `kw` over the defaults (RoPE theta 1e4 without
+    scaling, RMSNorm eps 1e-6, untied embeddings, 2K positions)."""
+    values = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        rms_norm_eps=1e-6,
+        tie_embeddings=False,
+        max_position_embeddings=2048,
+    )
+    values.update(kw)
+    return values
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memtrain_jax.model.families.base import Family, register
+from memtrain_jax.model.families.base import Family, register, size
 
 _LLAMA3_SCALING_8 = {
     "factor": 8.0,
@@ -17,63 +17,31 @@ _LLAMA3_SCALING_32 = dict(_LLAMA3_SCALING_8, factor=32.0)
 
 def _llama3(hidden: int, intermediate: int, layers: int, heads: int, head_dim: int, **kw: Any) -> dict[str, Any]:
     """Llama 3.x: 8 kv heads, theta 5e5, llama3 RoPE scaling, eps 1e-5, 128K context."""
-    values = dict(
-        vocab_size=128256,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=8,
-        head_dim=head_dim,
+    llama3 = dict(
         rope_theta=500_000.0,
         rope_scaling=dict(_LLAMA3_SCALING_32),
         rms_norm_eps=1e-5,
-        qkv_bias=False,
-        qk_norm=False,
         tie_embeddings=True,
         max_position_embeddings=131072,
-        family="llama",
     )
-    values.update(kw)
-    return values
+    return size(128256, hidden, intermediate, layers, heads, 8, head_dim, **{**llama3, **kw})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # A CPU test model.
-    "tiny": dict(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        rms_norm_eps=1e-6,
-        qkv_bias=False,
-        qk_norm=False,
-        tie_embeddings=False,
-        max_position_embeddings=2048,
-        family="llama",
-    ),
+    "tiny": size(512, 64, 128, 2, 4, 2, 16),  # a CPU test model
     # HuggingFaceTB/SmolLM2-135M (LlamaForCausalLM).
-    "smollm2-135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
+    "smollm2-135m": size(
+        49152,
+        576,
+        1536,
+        30,
+        9,
+        3,
+        64,
         rope_theta=100000.0,
-        rope_scaling=None,
         rms_norm_eps=1e-5,
-        qkv_bias=False,
-        qk_norm=False,
         tie_embeddings=True,
         max_position_embeddings=8192,
-        family="llama",
     ),
     "llama-3.2-1b": _llama3(2048, 8192, 16, 32, 64),
     "llama-3.2-3b": _llama3(3072, 8192, 28, 24, 128),

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from memtrain_jax.model.families.base import Family, register
+from memtrain_jax.model.families.base import Family, register, size
 
 
 def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, **kw: Any) -> dict[str, Any]:
-    """Qwen2.5: QKV bias, head_dim = hidden / heads, theta 1e6, eps 1e-6."""
-    values = dict(
-        vocab_size=151936,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        rope_theta=1_000_000.0,
-        rope_scaling=None,
-        rms_norm_eps=1e-6,
-        qkv_bias=True,
-        qk_norm=False,
-        tie_embeddings=True,
-        max_position_embeddings=32768,
-        family="qwen2",
-    )
-    values.update(kw)
-    return values
+    """Qwen2.5: head_dim = hidden / heads, theta 1e6, eps 1e-6, tied, 32K context."""
+    qwen2 = dict(rope_theta=1_000_000.0, tie_embeddings=True, max_position_embeddings=32768)
+    return size(151936, hidden, intermediate, layers, heads, kv_heads, hidden // heads, **{**qwen2, **kw})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from memtrain_jax.model.families.base import Family, register
+from memtrain_jax.model.families.base import Family, register, size
 from memtrain_jax.model.families.qwen2 import sliding_window_off
 
 
 def _qwen3(hidden: int, intermediate: int, **kw: Any) -> dict[str, Any]:
-    """Qwen3 dense: q/k RMSNorm, 36 layers, 32 query / 8 kv heads of 128, theta 1e6, eps 1e-6."""
-    values = dict(
-        vocab_size=151936,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_layers=36,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        rope_theta=1_000_000.0,
-        rope_scaling=None,
-        rms_norm_eps=1e-6,
-        qkv_bias=False,
-        qk_norm=True,
-        tie_embeddings=True,
-        max_position_embeddings=40960,
-        family="qwen3",
-    )
-    values.update(kw)
-    return values
+    """Qwen3 dense: 36 layers, 32 query / 8 kv heads of 128, theta 1e6, eps 1e-6, tied, 40K context."""
+    qwen3 = dict(rope_theta=1_000_000.0, tie_embeddings=True, max_position_embeddings=40960)
+    return size(151936, hidden, intermediate, 36, 32, 8, 128, **{**qwen3, **kw})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
