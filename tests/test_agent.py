@@ -20,7 +20,7 @@ from memtrain_jax.agent import (
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.data.masking import mask_entity
 from memtrain_jax.data.probes import draw_probe
-from memtrain_jax.rewards import extract_boxed
+from memtrain_jax.rewards import extract_boxed, score_memory_agent
 from memtrain_jax.tokenizer.base import tokenizer_fingerprint
 
 # Chunk texts made of whole sentences, so token ids and text agree exactly at chunk boundaries.
@@ -126,7 +126,9 @@ def test_scripted_rollout_prompts_calls_rewards_and_credit(tokenizer, chat):
     # Trajectories: episode-major, 2 per episode. Right answers: trajectory 0 (Paris) and both of episode 2.
     golds = {0: "Paris", 4: "Torun", 5: "Torun"}
     policy = _TurnCounter(tokenizer, _script(golds, [p.gold for p in probes]), stop_id=chat.stop_tokens(tokenizer)[0])
-    batch = rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0, extractor=make_extractor("rules"))
+    batch = score_memory_agent(
+        rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0, extractor=make_extractor("rules")), config
+    )
 
     # One call per turn (3 = the longest document), one for the answers, one for all recall probes.
     assert [kind for kind, _, _ in policy.calls] == ["memory"] * 3 + ["answer", "recall"]
@@ -193,7 +195,9 @@ def test_credit_variants(tokenizer, chat, overrides, expected_e2e):
     episodes, _ = episodes_from_batch(_batch(tokenizer), tokenizer)
     probes = _probes(tokenizer, episodes, config, seed=5)
     policy = _TurnCounter(tokenizer, _script({0: "Paris", 4: "Torun", 5: "Torun"}, [p.gold for p in probes]), 2)
-    batch = rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0, extractor=make_extractor("rules"))
+    batch = score_memory_agent(
+        rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0, extractor=make_extractor("rules")), config
+    )
     sequences, _ = assign_credit(batch, config)
     answers = sequences.kinds == 1
     np.testing.assert_allclose(sequences.advantages[answers], expected_e2e, atol=1e-6)
@@ -207,7 +211,7 @@ def test_without_imr_no_recall_call(tokenizer, chat):
     builder = PromptBuilder(tokenizer, chat, PromptConfig())
     episodes, _ = episodes_from_batch(_batch(tokenizer), tokenizer)
     policy = _TurnCounter(tokenizer, _script({0: "Paris"}, []), 2)
-    batch = rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0)
+    batch = score_memory_agent(rollout(policy, episodes, builder, tokenizer, config, seed=5, step=0), config)
     assert [kind for kind, _, _ in policy.calls] == ["memory"] * 3 + ["answer"]
     sequences, metrics = assign_credit(batch, config)
     assert metrics["recall_samples"] == 0 and not (sequences.kinds == 2).any()
@@ -248,7 +252,9 @@ def test_reward_depends_on_the_memory(tokenizer, chat, memory_tokens, expected):
     config = _config(memory_tokens=memory_tokens, group_size=1, imr=False)
     builder = PromptBuilder(tokenizer, chat, PromptConfig())
     episodes, _ = episodes_from_batch(_batch(tokenizer, docs), tokenizer)
-    batch = rollout(_copy_policy(chat, tokenizer), episodes, builder, tokenizer, config, seed=0, step=0)
+    batch = score_memory_agent(
+        rollout(_copy_policy(chat, tokenizer), episodes, builder, tokenizer, config, seed=0, step=0), config
+    )
     (traj,) = batch.trajectories
     assert traj.correct == expected
     assert (traj.truncations > 0) == (expected == 0.0)  # the small budget really cut the memory

@@ -21,12 +21,13 @@ from memtrain_jax.agent.qa import (
     read_with_memory,
     score_table,
 )
-from memtrain_jax.agent.search import SearchConfig, information_block, objective_score, parse_action, search_rollout
+from memtrain_jax.agent.search import SearchConfig, information_block, parse_action, search_rollout
 from memtrain_jax.data import qa
 from memtrain_jax.data.chunking import centre_truncate
 from memtrain_jax.data.masking import count_occurrences
 from memtrain_jax.data.retrieval import BM25Retriever
 from memtrain_jax.data.sources import load_pool
+from memtrain_jax.rewards import objective_score, score_search
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +352,11 @@ def test_search_rollout_prompts_retrieval_scores_and_loss_masks(pool, records, b
         return f"Notes.\n<search>{first_title[question]}</search>"
 
     policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
-    batch = search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0)
+    batch = score_search(
+        search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0),
+        [j.golds for j in joined],
+        config.separator,
+    )
     assert [k for k, _, _ in policy.calls] == ["search"] * 3 and batch.policy_calls == {"search": 3, "retrieval": 2}
     trajectories = batch.trajectories
     assert trajectories[0].failure.startswith("malformed") and trajectories[0].correct == 0
@@ -438,7 +443,11 @@ def test_search_format_examples_replay_as_a_full_score_episode(pool, records, bm
     assert all(int(r[-1]) == stop for r in examples.responses)
     targets = {tuple(p.tolist()): r[:-1].tolist() for p, r in zip(examples.prompts, examples.responses, strict=True)}
     policy = ScriptedPolicy(tokenizer, lambda kind, prompt, row: tokenizer.decode(targets[tuple(prompt)]), stop)
-    batch = search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0)
+    batch = score_search(
+        search_rollout(policy, joined, builder, tokenizer, bm25, corpus, config, seed=0, step=0),
+        [j.golds for j in joined],
+        config.separator,
+    )
     assert all(t.failure == "" and t.correct == 1.0 for t in batch.trajectories)
     asked = [tuple(p) for _, prompts, budgets in policy.calls for p, b in zip(prompts, budgets, strict=True) if b]
     assert sorted(asked) == sorted(targets)  # every prompt of the rollout is an example's prompt, and no other

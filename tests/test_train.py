@@ -26,6 +26,7 @@ from memtrain_jax.agent import (
     rollout,
 )
 from memtrain_jax.model import ModelConfig, init_params
+from memtrain_jax.rewards import score_memory_agent
 from memtrain_jax.rl import group_advantages
 from memtrain_jax.rl.loss import LossConfig, aggregation_weights
 from memtrain_jax.sampler import Sampler
@@ -302,7 +303,7 @@ def test_memory_loop_learns_to_carry_a_token_forward():
         }
         episodes, _ = episodes_from_batch(batch, tokenizer)
         policy.params = state.params
-        result = rollout(policy, episodes, builder, tokenizer, agent, seed=0, step=step)
+        result = score_memory_agent(rollout(policy, episodes, builder, tokenizer, agent, seed=0, step=step), agent)
         sequences, metrics = assign_credit(result, agent)
         accuracy.append(metrics["acc_e2e"])
         if len(sequences):

@@ -15,6 +15,7 @@ from memtrain_jax.agent.qa import (
     read_with_memory,
 )
 from memtrain_jax.agent.rollout import (
+    AgentTrajectory,
     Episode,
     Reply,
     RolloutBatch,
@@ -24,7 +25,7 @@ from memtrain_jax.agent.rollout import (
     rollout,
 )
 from memtrain_jax.agent.scripted import ScriptedPolicy
-from memtrain_jax.agent.search import SearchConfig, objective_score, parse_action, search_rollout
+from memtrain_jax.agent.search import SearchConfig, SearchTrajectory, parse_action, search_rollout
 
 __all__ = [
     "KIND_IDS",
@@ -33,12 +34,13 @@ __all__ = [
     "evaluate_long_qa",
     "format_paired",
     "format_table",
-    "objective_score",
+    "SearchTrajectory",
     "parse_action",
     "read_full_context",
     "read_with_memory",
     "search_rollout",
     "AgentConfig",
+    "AgentTrajectory",
     "CallStats",
     "Episode",
     "Policy",

@@ -29,7 +29,7 @@ from memtrain_jax.agent.prompts import PromptBuilder
 from memtrain_jax.agent.rollout import Episode, call_seed, replies_from_output, rollout
 from memtrain_jax.data.chunking import centre_truncate, split_chunks
 from memtrain_jax.data.qa import LongContext, QARecord, build_context
-from memtrain_jax.rewards import extract_answer, qa_scores
+from memtrain_jax.rewards import extract_answer, qa_scores, score_memory_agent
 from memtrain_jax.tokenizer.base import Tokenizer
 
 READERS = ("memory_agent", "full_context")
@@ -82,7 +82,7 @@ def read_with_memory(
     answers: list[QAAnswer] = []
     for b, rows in enumerate(_batches(len(contexts), batch_size)):
         episodes = [qa_episode(contexts[i], i, builder, agent.chunk_size) for i in rows]
-        result = rollout(policy, episodes, builder, tokenizer, agent, seed=seed, step=b)
+        result = score_memory_agent(rollout(policy, episodes, builder, tokenizer, agent, seed=seed, step=b), agent)
         for traj in result.trajectories:
             context = contexts[rows[traj.episode]]
             replies = [*traj.memory_turns, traj.answer]

@@ -9,7 +9,10 @@ the problem from the final memory alone, answer in `\\boxed{}`. Then one call sa
 probe G2 times: for each trajectory, the memory it had at a drawn step k and an already-read chunk
 with one entity masked as `[TARGET]` (memtrain_jax.data.probes.draw_probe).
 
-Everything stays in token ids; text is decoded only to score answers and to find probe entities.
+Everything stays in token ids; text is decoded only for the replies that are answered (final and
+recall) and to find probe entities. A rollout returns text and ids only: the task scores it
+(memtrain_jax.rewards.scoring.score_memory_agent).
+
 Shapes: E episodes (usable ones), R = E * G1 trajectories, P = R * G2 recall rows at most.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,7 +28,6 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
 from memtrain_jax.data.probes import Probe, draw_probe
-from memtrain_jax.rewards import exact_match, extract_answer
 from memtrain_jax.tokenizer.base import Tokenizer, tokenizer_fingerprint
 
 KINDS = ("memory", "answer", "recall")
@@ -47,24 +49,41 @@ class Reply:
 
 
 @dataclasses.dataclass
-class Trajectory:
-    """One of the G1 rollouts of an episode."""
+class AgentTrajectory:
+    """What GRPO trains from one of the G1 rollouts of an episode: the turns that rewrite the agent's bounded
+    state (`memory_turns`: memory updates; for the search agent, its turns, whose reply is its notes) and the
+    final `answer`, all sharing the trajectory's advantage. `prediction` and `correct` (the verifier) are
+    filled by the task's scoring (memtrain_jax.rewards.scoring), not by the rollout."""
 
     episode: int  # index among the batch's usable episodes
     sample: int  # 0..G1-1
     memory_turns: list[Reply]
-    memories: list[tuple[int, ...]]  # memories[k]: after reading k chunks; [0] is the "no memory" text
+    memories: list[tuple[int, ...]]  # memories[k]: the state after k turns; [0] is the "no memory" text
     answer: Reply | None = None
     answer_text: str = ""
-    prediction: str | None = None
-    correct: float = 0.0
-    truncations: int = 0  # memory replies cut at the budget
+    prediction: str | None = None  # scored: the extracted answer (None: none found)
+    correct: float = 0.0  # scored: the verifier
+    truncations: int = 0  # replies cut at their budget
+
+    # Recall probes are the memory agent's (Trajectory's fields); any other agent's trajectory has none. Class
+    # attributes, not fields: readers of a rollout (credit, metrics, evaluation) need no branch on the agent.
+    probe: ClassVar[None] = None
+    recall: ClassVar[tuple] = ()
+    recall_texts: ClassVar[tuple] = ()
+    recall_predictions: ClassVar[tuple] = ()
+    recall_correct: ClassVar[tuple] = ()
+
+
+@dataclasses.dataclass
+class Trajectory(AgentTrajectory):
+    """The memory agent's trajectory: its memories, the final answer and its recall probe's G2 samples."""
+
     probe: Probe | None = None
     probe_skipped: str = ""  # why there is no probe ("" when there is one)
     recall: list[Reply] = dataclasses.field(default_factory=list)
-    recall_predictions: list[str | None] = dataclasses.field(default_factory=list)
-    recall_correct: list[float] = dataclasses.field(default_factory=list)
-    failure: str = ""  # search QA: why the episode ended without an answer ("" when it answered)
+    recall_texts: list[str] = dataclasses.field(default_factory=list)
+    recall_predictions: list[str | None] = dataclasses.field(default_factory=list)  # scored
+    recall_correct: list[float] = dataclasses.field(default_factory=list)  # scored: R_I per sample
 
 
 @dataclasses.dataclass
@@ -83,7 +102,7 @@ class RolloutBatch:
     """What one rollout produced: the episodes, their trajectories (episode-major) and counters."""
 
     episodes: list[Episode]
-    trajectories: list[Trajectory]
+    trajectories: list[AgentTrajectory]  # Trajectory (memory agent) or agent.search.SearchTrajectory
     episodes_skipped: int
     policy_calls: dict[str, int]
     group_size: int
@@ -201,8 +220,6 @@ def rollout(
     for traj, reply in zip(trajectories, replies_from_output(prompts, out, range(len(prompts))), strict=True):
         traj.answer = reply
         traj.answer_text = tokenizer.decode(reply.content.tolist())
-        traj.prediction = extract_answer(traj.answer_text, config.answer_extractor, config.boxed_last_chars)
-        traj.correct = exact_match(traj.prediction, episodes[traj.episode].answer)
 
     # --- intermediate memory recall: every probe x G2 in one call ----------------------------------
     if config.imr:
@@ -239,12 +256,8 @@ def rollout(
             )
             calls["recall"] += 1
             for r, reply in zip(owners, replies_from_output(prompts, out, range(len(prompts))), strict=True):
-                traj = trajectories[r]
-                text = tokenizer.decode(reply.content.tolist())
-                prediction = extract_answer(text, config.answer_extractor, config.boxed_last_chars)
-                traj.recall.append(reply)
-                traj.recall_predictions.append(prediction)
-                traj.recall_correct.append(exact_match(prediction, traj.probe.gold))
+                trajectories[r].recall.append(reply)
+                trajectories[r].recall_texts.append(tokenizer.decode(reply.content.tolist()))
     return RolloutBatch(
         list(episodes), trajectories, episodes_skipped, calls, g1, config.recall_group_size if config.imr else 0
     )

@@ -12,10 +12,12 @@ reaching `max_turns` without an answer ("no answer"). Both are counted.
 Multi-objective episodes (memtrain_jax.data.qa.join_questions) answer their sub-questions in order,
 separated by `separator`; the score is exact match averaged over the sub-answers.
 
-For training, a search episode is a `Trajectory` of the memory agent (its search turns as
-`memory_turns`, the last turn as `answer`, `correct` = the score), so GRPO credit
-(memtrain_jax.agent.credit) copies the trajectory's advantage to every turn. Retrieved passages
-enter only prompts, never replies: they are outside every loss mask by construction.
+For training, a search episode is a `SearchTrajectory`: an `AgentTrajectory` whose turns before the last
+(each reply is the agent's new notes, MEM1's internal state) are its `memory_turns` and whose last turn is
+its `answer`, so GRPO credit (memtrain_jax.agent.credit) copies the trajectory's advantage to every turn.
+The rollout returns text and ids (and the parsed <answer>); the task scores it
+(memtrain_jax.rewards.scoring.score_search). Retrieved passages enter only prompts, never replies: they are
+outside every loss mask by construction.
 """
 
 from __future__ import annotations
@@ -29,11 +31,10 @@ import numpy as np
 
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
-from memtrain_jax.agent.rollout import Episode, Reply, RolloutBatch, Trajectory, call_seed, replies_from_output
+from memtrain_jax.agent.rollout import AgentTrajectory, Episode, Reply, RolloutBatch, call_seed, replies_from_output
 from memtrain_jax.config import section_values
 from memtrain_jax.data.qa import QARecord
 from memtrain_jax.data.retrieval import Retriever
-from memtrain_jax.rewards import qa_scores
 from memtrain_jax.tokenizer.base import Tokenizer
 
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>\s*$", re.DOTALL)
@@ -66,6 +67,13 @@ class SearchConfig:
         return cls(**values, group_size=group_size)
 
 
+@dataclasses.dataclass
+class SearchTrajectory(AgentTrajectory):
+    """One search episode: `failure` says why it ended without an answer ("" when it answered)."""
+
+    failure: str = ""
+
+
 def parse_action(text: str) -> tuple[str, str]:
     """("search", query) | ("answer", text) | ("malformed", why) of one reply (strict, see module docstring)."""
     tags = _TAG.findall(text)
@@ -78,14 +86,6 @@ def parse_action(text: str) -> tuple[str, str]:
     if not value:
         return "malformed", f"empty <{match.group(1)}>"
     return match.group(1), value
-
-
-def objective_score(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> float:
-    """Exact match (SQuAD-normalised) averaged over the sub-questions; a missing sub-answer scores 0."""
-    if prediction is None:
-        return 0.0
-    parts = [p.strip() for p in prediction.split(separator)] if len(golds) > 1 else [prediction]
-    return float(np.mean([qa_scores(parts[i], g)["em"] if i < len(parts) else 0.0 for i, g in enumerate(golds)]))
 
 
 def information_block(passages: Sequence[tuple[str, str]]) -> str:
@@ -107,7 +107,8 @@ def search_rollout(
     episode_ids: Sequence[int] | None = None,
 ) -> RolloutBatch:
     """Runs `config.group_size` search episodes per record in lockstep (one policy call per turn, one retriever
-    call per turn for every row that searched). Trajectories are record-major."""
+    call per turn for every row that searched). Trajectories are record-major and unscored
+    (memtrain_jax.rewards.score_search scores them)."""
     if not records:
         raise ValueError("search_rollout got no records.")
     g = config.group_size
@@ -115,7 +116,7 @@ def search_rollout(
     problems = [builder.encode_problem(r.question) for r in records]
     episodes = [Episode(int(e), r.answers, [], problem=p) for e, r, p in zip(ids, records, problems, strict=True)]
     rows = [
-        Trajectory(e, s, memory_turns=[], memories=[builder.no_memory_ids])
+        SearchTrajectory(e, s, memory_turns=[], memories=[builder.no_memory_ids])
         for e in range(len(records))
         for s in range(g)
     ]
@@ -160,7 +161,6 @@ def search_rollout(
                 information[r] = tuple(block[: config.information_tokens])
     for r, traj in enumerate(rows):
         traj.memory_turns, traj.answer = replies[r][:-1], replies[r][-1]
-        traj.correct = objective_score(traj.prediction, records[traj.episode].golds, config.separator)
     return RolloutBatch(episodes, rows, 0, calls, g, 0)
 
 

@@ -3,6 +3,9 @@
 extract_boxed(text) -> str | None          content of the last \\boxed{...}
 exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
 qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
+objective_score(prediction, golds, sep)    search QA's verifier: EM averaged over sub-questions
+score_memory_agent(batch, agent), score_search(batch, golds, sep)
+                                           a rollout's answers and verifier scores (rollouts return text only)
 REWARDS, reward(name)                      the reward columns R_E may weigh (agent.rewards), and their registry
 reward_columns(...), combine(...)          a rollout's columns and their weighted sum
 """
@@ -14,6 +17,7 @@ from memtrain_jax.rewards.answers import (
     extract_boxed,
     normalize_squad,
     normalize_strict,
+    objective_score,
     qa_scores,
 )
 from memtrain_jax.rewards.columns import (
@@ -25,6 +29,7 @@ from memtrain_jax.rewards.columns import (
     reward,
     reward_columns,
 )
+from memtrain_jax.rewards.scoring import score_memory_agent, score_search
 
 __all__ = [
     "EXTRACTORS",
@@ -40,5 +45,8 @@ __all__ = [
     "extract_boxed",
     "normalize_squad",
     "normalize_strict",
+    "objective_score",
+    "score_memory_agent",
+    "score_search",
     "qa_scores",
 ]

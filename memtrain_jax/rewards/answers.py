@@ -7,7 +7,8 @@ removed) and `exact_match` compares with the gold strings, 0 or 1.
 
 Downstream QA reports the SQuAD metrics after SQuAD normalisation (lower case, punctuation and
 the articles a/an/the removed, white space collapsed): exact match, substring exact match in
-either direction (MemAgent's "sub_em") and token F1, each a maximum over the gold strings.
+either direction (MemAgent's "sub_em") and token F1, each a maximum over the gold strings. Search QA's
+verifier, `objective_score`, averages that exact match over the sub-questions of a multi-objective question.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 import string
 import unicodedata
 from collections.abc import Sequence
+
+import numpy as np
 
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -159,3 +162,12 @@ def extract_answer(text: str, extractor: str = "boxed", last_chars: int = 0) -> 
     if not lines:
         return None
     return _ANSWER_PREFIX.sub("", lines[-1]).strip().strip("*").strip() or None
+
+
+def objective_score(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> float:
+    """Search QA's verifier: exact match (SQuAD-normalised) averaged over the sub-questions of a multi-objective
+    question, whose answers come in order separated by `separator`; a missing sub-answer scores 0."""
+    if prediction is None:
+        return 0.0
+    parts = [p.strip() for p in prediction.split(separator)] if len(golds) > 1 else [prediction]
+    return float(np.mean([qa_scores(parts[i], g)["em"] if i < len(parts) else 0.0 for i, g in enumerate(golds)]))

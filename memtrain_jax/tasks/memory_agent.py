@@ -7,15 +7,17 @@ from typing import Any
 
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.rollout import RolloutBatch, rollout
+from memtrain_jax.rewards import score_memory_agent
 
 
 def memory_rollout(
     setup: Any, episodes: list, skipped: int, step: int, policy: Any, agent: AgentConfig
 ) -> RolloutBatch | None:
-    """The memory agent's rollout of episodes (MemTrain and long-text QA); None without an episode."""
+    """The memory agent's rollout of episodes (MemTrain and long-text QA), scored by exact match of its boxed
+    answers; None without an episode."""
     if not episodes:
         return None
-    return rollout(
+    result = rollout(
         policy,
         episodes,
         setup.builder,
@@ -27,6 +29,7 @@ def memory_rollout(
         window=setup.policy.model_config.max_position_embeddings,
         episodes_skipped=skipped,
     )
+    return score_memory_agent(result, agent)
 
 
 def memory_agent_lengths(setup: Any, problem: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import TrainingSequences
 from memtrain_jax.agent.rollout import RolloutBatch
 from memtrain_jax.agent.search import SearchConfig, search_metrics, search_rollout
+from memtrain_jax.rewards import score_search
 from memtrain_jax.tasks.base import register
 from memtrain_jax.tasks.format import search_format_examples
 from memtrain_jax.tasks.qa_records import QARecordsTask, QATaskData
@@ -37,9 +38,10 @@ class SearchQATask(QARecordsTask):
     def rollout(
         self, setup: Any, batch: Mapping[str, np.ndarray], step: int, policy: Any, agent: AgentConfig
     ) -> RolloutBatch | None:
-        return search_rollout(
+        records = self.records(batch)
+        result = search_rollout(
             policy,
-            self.records(batch),
+            records,
             setup.builder,
             setup.tokenizer,
             self.qa.retriever,
@@ -49,6 +51,7 @@ class SearchQATask(QARecordsTask):
             step=step,
             episode_ids=[int(i) for i in batch["episode_id"]],
         )
+        return score_search(result, [r.golds for r in records], self.settings.separator)
 
     def format_examples(
         self, setup: Any, batch: Mapping[str, np.ndarray], rng: np.random.Generator, **options: Any

@@ -28,6 +28,7 @@ from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table,
 from memtrain_jax.agent.search import search_metrics, search_rollout
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.config import apply_overrides, flatten
+from memtrain_jax.rewards import score_search
 from memtrain_jax.tasks import AgentSetup
 
 
@@ -145,20 +146,20 @@ def eval_search(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     batches = []
     size = int(setup.config.qa.batch_size)
     for b in range(0, len(records), size):
-        batches.append(
-            search_rollout(
-                policy,
-                records[b : b + size],
-                setup.builder,
-                setup.tokenizer,
-                setup.qa.retriever,
-                setup.qa.corpus,
-                search,
-                seed=int(setup.config.seed),
-                step=b // size,
-                episode_ids=range(b, min(b + size, len(records))),
-            )
+        rows = records[b : b + size]
+        result = search_rollout(
+            policy,
+            rows,
+            setup.builder,
+            setup.tokenizer,
+            setup.qa.retriever,
+            setup.qa.corpus,
+            search,
+            seed=int(setup.config.seed),
+            step=b // size,
+            episode_ids=range(b, min(b + size, len(records))),
         )
+        batches.append(score_search(result, [r.golds for r in rows], search.separator))
     trajectories = [t for batch in batches for t in batch.trajectories]
     merged = dataclasses.replace(batches[0], trajectories=trajectories)
     figures = search_metrics(merged)
