@@ -68,6 +68,7 @@ class AgentTrajectory:
     # Recall probes are the memory agent's (Trajectory's fields); any other agent's trajectory has none. Class
     # attributes, not fields: readers of a rollout (credit, metrics, evaluation) need no branch on the agent.
     probe: ClassVar[None] = None
+    probe_skipped: ClassVar[str] = ""
     recall: ClassVar[tuple] = ()
     recall_texts: ClassVar[tuple] = ()
     recall_predictions: ClassVar[tuple] = ()
