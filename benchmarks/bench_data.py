@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from memtrain_jax.config import load_config
-from memtrain_jax.data import pipeline, retrieval
+from memtrain_jax.data import prepare, retrieval, stream
 from memtrain_jax.data.types import Paragraph
 
 _SYLLABLES = (
@@ -121,16 +121,16 @@ def bench_pool(args: argparse.Namespace, name: str, pool: list[Paragraph], num_d
     )
 
     tok_pool = pool[: args.tokenizer_paragraphs]
-    tokenizer, _ = _timed("tokenizer (train or load)", lambda: pipeline.load_tokenizer(config, tok_pool, log=None))
+    tokenizer, _ = _timed("tokenizer (train or load)", lambda: prepare.load_tokenizer(config, tok_pool, log=None))
     config.retrieval.rebuild = True
     prepared, results["prepare_s"] = _timed(
         f"prepare (BM25 build + {num_documents} pivots + neighbours)",
-        lambda: pipeline.prepare_data(config, pool=pool, log=None),
+        lambda: prepare.prepare_data(config, pool=pool, log=None),
     )
     config.retrieval.rebuild = False
     for workers in args.workers:
         config.loader.worker_count = workers
-        it = pipeline.make_iterator(config, prepared, tokenizer)
+        it = stream.make_iterator(config, prepared, tokenizer)
         start = time.perf_counter()
         first = next(it)
         startup = time.perf_counter() - start

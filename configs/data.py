@@ -90,13 +90,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Entities of a probed chunk: "" = entities.extractor ("links" needs link spans, which chunks lack: use rules).
     c.probes.extractor = ""
 
-    # Tokenizer used for chunking (memtrain_jax.data.pipeline.load_tokenizer).
+    # Tokenizer used for chunking (memtrain_jax.data.prepare.load_tokenizer).
     c.tokenizer = ml_collections.ConfigDict()
     # A .model, tokenizer.json, checkpoint folder or .gguf; "" trains a SentencePiece model on the pool.
     c.tokenizer.path = ""
     c.tokenizer.vocab_size = 2_000  # size of a SentencePiece model trained on the pool
 
-    # Grain loader (memtrain_jax.data.pipeline.make_dataset).
+    # Grain loader (memtrain_jax.data.stream.make_dataset).
     c.loader = ml_collections.ConfigDict()
     c.loader.batch_size = 32 if paper else 4  # episodes per batch, all hosts together (a multiple of the hosts)
     c.loader.num_epochs = 0  # 0 = repeat forever

@@ -66,7 +66,7 @@ def paragraphs() -> list[str]:
 
 
 def _train(paragraphs: list[str], directory, model_type: str) -> SentencePieceTokenizer:
-    """A SentencePiece model trained as `memtrain_jax.data.pipeline.load_tokenizer` trains one (on fewer texts)."""
+    """A SentencePiece model trained as `memtrain_jax.data.prepare.load_tokenizer` trains one (on fewer texts)."""
     return SentencePieceTokenizer(
         train_sentencepiece(paragraphs[:300], str(directory / "spm"), 600, model_type=model_type)
     )

@@ -7,15 +7,20 @@ import sys
 import pytest
 
 DATA_MODULES = [
+    "memtrain_jax.data",
     "memtrain_jax.data.chunking",
     "memtrain_jax.data.documents",
     "memtrain_jax.data.entities",
+    "memtrain_jax.data.episodes",
     "memtrain_jax.data.masking",
     "memtrain_jax.data.pipeline",
+    "memtrain_jax.data.prebuilt",
+    "memtrain_jax.data.prepare",
     "memtrain_jax.data.probes",
     "memtrain_jax.data.qa",
     "memtrain_jax.data.retrieval",
     "memtrain_jax.data.sources",
+    "memtrain_jax.data.stream",
     "memtrain_jax.data.types",
     "memtrain_jax.tokenizer",
     "memtrain_jax.tokenizer.gguf_tokenizer",
@@ -36,6 +41,31 @@ def test_data_and_tokenizer_modules_load_no_model_code(module):
     ours = ("memtrain_jax.model", "memtrain_jax.sampler", "memtrain_jax.checkpoint", "memtrain_jax.agent")
     heavy = sorted(m for m in loaded if m in ("flax", "optax") or m.startswith(ours))
     assert heavy == [], f"importing {module} loaded {heavy}"
+
+
+@pytest.mark.parametrize("module", ["prepare", "episodes", "prebuilt", "stream"])
+def test_the_pipeline_modules_do_not_import_the_facade(module):
+    """The arrows run one way: pipeline.py re-exports the subject modules, which never import it."""
+    loaded = _loaded_after(f"import memtrain_jax.data.{module}")
+    assert "memtrain_jax.data.pipeline" not in loaded
+
+
+def test_the_data_package_loads_its_modules_lazily():
+    loaded = _loaded_after("import memtrain_jax.data")
+    assert "grain" not in loaded and not any(m.startswith("memtrain_jax.data.") for m in loaded)
+
+
+def test_the_data_api_resolves_lazily():
+    import memtrain_jax.data as data
+    from memtrain_jax.data import episodes, pipeline, prebuilt, prepare, stream
+
+    assert data.make_dataset is stream.make_dataset is pipeline.make_dataset
+    assert data.prepare_data is prepare.prepare_data and data.EPISODE_FIELDS is episodes.EPISODE_FIELDS
+    assert data.write_documents is prebuilt.write_documents
+    assert sorted(data.__all__) == sorted(n for n in data.__all__ if hasattr(data, n))
+    assert all(hasattr(pipeline, n) for n in pipeline.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = data.no_such_name
 
 
 def test_loading_a_gguf_tokenizer_imports_no_checkpoint_code():

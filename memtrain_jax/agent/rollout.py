@@ -125,7 +125,7 @@ def episodes_from_batch(batch: Mapping[str, np.ndarray], tokenizer: Tokenizer) -
         raise ValueError(
             f"The episodes' chunks were tokenized by another tokenizer (id {sorted(found)}) than the policy's "
             f"{tokenizer!r} (id {expected!r}); build the pipeline with the policy's tokenizer "
-            "(memtrain_jax.data.pipeline.make_dataset(config, prepared, policy_tokenizer))."
+            "(memtrain_jax.data.stream.make_dataset(config, prepared, policy_tokenizer))."
         )
     episodes, skipped = [], 0
     for i in range(n):

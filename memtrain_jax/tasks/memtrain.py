@@ -13,7 +13,8 @@ import numpy as np
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.credit import TrainingSequences
 from memtrain_jax.agent.rollout import RolloutBatch, episodes_from_batch
-from memtrain_jax.data import pipeline
+from memtrain_jax.data import stream
+from memtrain_jax.data.prepare import PreparedData, prepare_data
 from memtrain_jax.tasks.base import Log, process_0_first, register
 from memtrain_jax.tasks.format import format_examples
 from memtrain_jax.tasks.memory_agent import memory_agent_lengths, memory_rollout
@@ -24,12 +25,12 @@ class MemTrainTask:
     name = "memtrain"
     has_format_warmup = True
 
-    def __init__(self, config: ml_collections.ConfigDict, prepared: pipeline.PreparedData):
+    def __init__(self, config: ml_collections.ConfigDict, prepared: PreparedData):
         self.config, self.prepared = config, prepared
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, pool: list, agent: AgentConfig, *, log: Log) -> MemTrainTask:
-        return cls(config, process_0_first(lambda: pipeline.prepare_data(config.data, pool=pool, log=log)))
+        return cls(config, process_0_first(lambda: prepare_data(config.data, pool=pool, log=log)))
 
     def num_items(self) -> int:
         return self.prepared.num_pivots
@@ -48,10 +49,10 @@ class MemTrainTask:
 
     def dataset(self, setup: Any, **kw: Any) -> grain.IterDataset:
         """Episodes whose chunks are cut in the policy's tokenizer."""
-        return pipeline.make_dataset(self.config.data, self.prepared, setup.tokenizer, **kw)
+        return stream.make_dataset(self.config.data, self.prepared, setup.tokenizer, **kw)
 
     def eval_batch(self, setup: Any, slots: Any) -> dict[str, np.ndarray]:
-        return pipeline.episode_batch(self.config.data, self.prepared, setup.tokenizer, slots)
+        return stream.episode_batch(self.config.data, self.prepared, setup.tokenizer, slots)
 
     def episodes(self, setup: Any, batch: Mapping[str, np.ndarray]) -> tuple[list, int]:
         """(usable episodes, number skipped) of a batch."""

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from memtrain_jax.agent.config import AgentConfig
-from memtrain_jax.data import pipeline, retrieval
 from memtrain_jax.data import qa as qa_data
+from memtrain_jax.data import retrieval, stream
 from memtrain_jax.tasks.base import Log, process_0_first
 
 
@@ -88,9 +88,9 @@ class QARecordsTask:
         return train, list(range(train, train + max(0, min(eval_episodes, len(self.qa.dev)))))
 
     def dataset(self, setup: Any, **kw: Any) -> grain.IterDataset:
-        """Record slots, through the pipeline's one stream wiring."""
+        """Record slots, through the data stream's one wiring (`stream.slot_stream`)."""
         num_slots = kw.pop("num_slots", None) or self.num_items()
-        return pipeline.slot_stream(self.config.data, num_slots, RecordSlot(num_slots, self.num_items()), **kw)
+        return stream.slot_stream(self.config.data, num_slots, RecordSlot(num_slots, self.num_items()), **kw)
 
     def eval_batch(self, setup: Any, slots: Any) -> dict[str, np.ndarray]:
         slots = np.asarray(slots, np.int64)

@@ -28,7 +28,7 @@ from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig
 from memtrain_jax.agent.rollout import RolloutBatch
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.checkpoint.policy import LoadedPolicy, load_policy
-from memtrain_jax.data import pipeline
+from memtrain_jax.data import prepare
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.sampler import Sampler
 from memtrain_jax.tasks.base import Task, process_0_first, task_type
@@ -64,11 +64,11 @@ class AgentSetup:
         mesh = sharding.make_mesh(tuple(config.mesh_shape))
         rules = sharding.rules_from_config(config.axis_rules)
         data = config.data
-        pool = pipeline.load_pool_from_config(data)
+        pool = prepare.load_pool_from_config(data)
         start = time.perf_counter()
         # A fresh model reads the data pipeline's own tokenizer; a checkpoint brings its tokenizer.
         data_tokenizer = (
-            process_0_first(lambda: pipeline.load_tokenizer(data, pool, log=log))
+            process_0_first(lambda: prepare.load_tokenizer(data, pool, log=log))
             if config.model.source == "init"
             else None
         )
@@ -128,7 +128,7 @@ class AgentSetup:
         return self.task_impl.name
 
     @property
-    def prepared(self) -> pipeline.PreparedData | None:
+    def prepared(self) -> prepare.PreparedData | None:
         """MemTrain's prepared pivots (None for the QA tasks)."""
         return getattr(self.task_impl, "prepared", None)
 

@@ -18,7 +18,9 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from memtrain_jax.data import pipeline
+from memtrain_jax.data import prepare
+from memtrain_jax.data.episodes import document_statistics
+from memtrain_jax.data.prebuilt import write_documents
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config, e.g. configs/data.py:cpu.", lock_config=True)
 _SCAN_DOCUMENTS = flags.DEFINE_integer(
@@ -38,25 +40,25 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("Pass --config, e.g. --config configs/data.py:cpu")
-    data = pipeline.data_section(_CONFIG.value)
+    data = prepare.data_section(_CONFIG.value)
     start = time.perf_counter()
-    pool = pipeline.load_pool_from_config(data)
+    pool = prepare.load_pool_from_config(data)
     _log(f"[prepare] pool {data.pool.source!r}: {len(pool)} paragraphs ({time.perf_counter() - start:.1f}s)")
-    tokenizer = pipeline.load_tokenizer(data, pool, log=_log)
+    tokenizer = prepare.load_tokenizer(data, pool, log=_log)
     _log(f"[prepare] tokenizer: {tokenizer!r}")
-    prepared = pipeline.prepare_data(data, pool=pool, build=True, log=_log)
+    prepared = prepare.prepare_data(data, pool=pool, build=True, log=_log)
     for key, value in prepared.stats.items():
         _log(f"[prepare]   {key}: {value}")
-    leaking, total = pipeline.pivot_entity_leaks(prepared, data.document.mask_token)
+    leaking, total = prepare.pivot_entity_leaks(prepared, data.document.mask_token)
     _log(
         f"[prepare]   pivot/entity pairs whose entity leaks through word-boundary masking: {leaking}/{total} "
         f"({100 * leaking / max(total, 1):.1f}%); document.skip_leaking_entities={data.document.skip_leaking_entities}"
     )
     if _SCAN_DOCUMENTS.value:
-        stats = pipeline.document_statistics(data, prepared, tokenizer, _SCAN_DOCUMENTS.value)
+        stats = document_statistics(data, prepared, tokenizer, _SCAN_DOCUMENTS.value)
         _log(f"[prepare]   first {stats['documents']} documents: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     if _WRITE_DOCUMENTS.value or data.loader.documents == "array_record":
-        paths = pipeline.write_documents(data, prepared, tokenizer, log=_log)
+        paths = write_documents(data, prepared, tokenizer, log=_log)
         _log(
             f"[prepare] {prepared.num_pivots} documents in {len(paths)} ArrayRecord files "
             f"under {os.path.dirname(paths[0])}"

@@ -14,8 +14,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from memtrain_jax.data import pipeline
 from memtrain_jax.data import qa as qa_data
+from memtrain_jax.data.prepare import load_pool_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A training config, e.g. configs/memtrain.py:cpu.")
 _SHOW = flags.DEFINE_integer("show", 3, "Print this many dev questions.")
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise app.UsageError("Pass --config, e.g. --config configs/memtrain.py:cpu")
     config = _CONFIG.value
-    pool = pipeline.load_pool_from_config(config.data)
+    pool = load_pool_from_config(config.data)
     paths = qa_data.prepare_qa_sets(
         pool,
         int(config.qa.num_dev),

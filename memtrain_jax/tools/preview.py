@@ -12,9 +12,10 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from memtrain_jax.data import pipeline
+from memtrain_jax.data import prepare
 from memtrain_jax.data.chunking import chunk_document
 from memtrain_jax.data.documents import entity_leaks
+from memtrain_jax.data.episodes import build_episode_document
 from memtrain_jax.data.probes import make_probe, probe_rng
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config, e.g. configs/data.py:cpu.", lock_config=True)
@@ -34,17 +35,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("Pass --config, e.g. --config configs/data.py:cpu")
-    data = pipeline.data_section(_CONFIG.value)
-    pool = pipeline.load_pool_from_config(data)
-    tokenizer = pipeline.load_tokenizer(data, pool)
-    prepared = pipeline.prepare_data(data, pool=pool, build=True)
+    data = prepare.data_section(_CONFIG.value)
+    pool = prepare.load_pool_from_config(data)
+    tokenizer = prepare.load_tokenizer(data, pool)
+    prepared = prepare.prepare_data(data, pool=pool, build=True)
     slot = _INDEX.value
     if not 0 <= slot < prepared.num_pivots:
         raise app.UsageError(f"--index={slot} must be in [0, {prepared.num_pivots}) (the number of pivots).")
     if _EPOCH.value < 0:
         raise app.UsageError(f"--epoch must be >= 0, got {_EPOCH.value}.")
     episode_id = _EPOCH.value * prepared.num_pivots + slot
-    doc = pipeline.build_episode_document(prepared, slot, episode_id, data, tokenizer)
+    doc = build_episode_document(prepared, slot, episode_id, data, tokenizer)
     similar = set(doc.similar_indices)
     roles = [
         "pivot" if i == doc.pivot_index else "similar" if i in similar else "random" for i in doc.paragraph_indices

@@ -12,7 +12,7 @@ compute, so a checkpoint is never overwritten by an unrelated run.
 
 Multi-host: every process calls save/restore (Orbax writes each array's shards from the process
 that holds them; JSON from process 0). The data position is the same on every host (it counts
-global batches, see data.pipeline), so one copy in `meta` resumes any host count.
+global batches, see data.stream), so one copy in `meta` resumes any host count.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from etils import epath
 
 from memtrain_jax.checkpoint.orbax_io import CHECKPOINT_DIR
 from memtrain_jax.config import MODEL_RUN_CHOICES, UsageError, flatten
-from memtrain_jax.data.pipeline import iterator_state, restore_iterator_state
+from memtrain_jax.data.stream import iterator_state, restore_iterator_state
 from memtrain_jax.train.workdir import WorkdirMismatchError
 
 RUN_FILE = "run.json"
