@@ -3,7 +3,8 @@
 A scored rollout (rewards/scoring.py: the task's verifier fills `correct` and `recall_correct`) gives named
 per-trajectory columns. The verifier is always one of them (`verifier`: EM of the final answer for MemTrain
 and long-text QA, the per-objective score for search QA) and so is `recall`, the mean recall exact match of
-the trajectory's G2 probe samples (0 without a probe). Any other registered column enters with the weight the config gives it:
+the trajectory's G2 probe samples (0 without a probe). Any other registered column enters with the weight the
+config gives it:
 
     R_E = verifier + lambda * recall + sum_c w_c * column_c        (lambda = agent.recall_weight,
                                                                     w_c = agent.rewards[c])
