@@ -27,6 +27,7 @@ from memtrain_jax.plan import (
     rollout_sampler,
     run_shapes,
     topology_devices,
+    train_temporaries,
 )
 from memtrain_jax.plan.plan import chip_bytes
 from memtrain_jax.plan.topology import GiB
@@ -273,6 +274,21 @@ def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_
     apply = next(p for p in plan["programs"] if p["name"] == "apply")
     assert sum(layout.values()) <= apply["arguments"] <= 1.01 * sum(layout.values())
     assert "fits" in done.stdout and "apply" in done.stdout
+    # The closed-form train temporaries (activations, log-softmax block, fresh gradients) against the compiler's.
+    accumulate = next(p for p in plan["programs"] if p["name"].startswith("accumulate"))
+    estimated = est["activations"] + est["logits"] + est["gradients"]
+    assert 0.75 <= estimated / accumulate["temporaries"] <= 1.25, (estimated, accumulate["temporaries"])
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (pip install '.[tpu]') compiles for TPU slices")
+@pytest.mark.parametrize("model,slice_name", [p for p in PRESETS if p not in COMPILED])
+def test_train_step_temporaries_of_every_preset_match_the_estimate(model, slice_name):
+    """The presets whose whole plan CI does not compile: their train step (`accumulate`, the largest program to
+    compile, about a minute each), compiled for the slice, has temporaries within 25 % of the closed-form
+    estimate's train temporaries, as the compiled presets' whole plans check."""
+    compiled, estimated = train_temporaries(load_config(f"pod.py:{model},{slice_name}"), parse_slice(slice_name))
+    jax.clear_caches()
+    assert 0.75 <= estimated / compiled <= 1.25, (estimated / GiB, compiled / GiB)
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu (pip install '.[tpu]') describes TPU slices")

@@ -12,6 +12,8 @@ from memtrain_jax.plan.plan import (
     predict_step,
     rollout_sampler,
     run_shapes,
+    train_temporaries,
+    update_learner,
 )
 from memtrain_jax.plan.topology import TpuSlice, parse_slice, topology_devices
 
@@ -32,4 +34,6 @@ __all__ = [
     "rollout_sampler",
     "run_shapes",
     "topology_devices",
+    "train_temporaries",
+    "update_learner",
 ]

@@ -10,16 +10,23 @@ heads over tensor. The compiled plan (`memtrain plan`) is the authority; this is
     reference    = parameters (the KL reference copy, when rl.kl_coef > 0)
     gradients    = trainable parameters (the accumulator of a step's micro-batches)
     kv_cache     = 2 x layers x rows/batch_split x kv_heads/kv_split x slots x head_dim x bytes(dtype)
-    activations  = rows/batch_split x length x width x bytes(dtype) x (layers x K + one layer's 34 when
-                   remat saves only the layer inputs), K = 34 without remat, 2 with "full" (after
-                   Korthikanti et al. 2022, blocked attention: no [length x length] scores are kept)
+    activations  = rows/batch_split x length x width x bytes(compute dtype) x A, where
+                   A = 4 x (layers + 1) with "full" remat (scanned layers, as the presets run): measured on the
+                       TPU compiler's train step for every paper preset, the backward keeps 3.9-4.4 such
+                       [rows, length, width] tensors a layer (the saved layer inputs and the scan's working
+                       copies of them) and about four for the layer it recomputes;
+                   A = 34 x layers without remat, 2 x layers + 34 with the "dots" policy (after Korthikanti et
+                       al. 2022, blocked attention: no [length x length] scores are kept; not checked against
+                       a compiler)
     logits       = rows/batch_split x logprob_chunk x vocab/tensor x 4 bytes (float32 log-softmax block)
+    train temporaries = activations + logits + gradients (jax.grad's fresh gradient tree, before it is added
+                   to the step's accumulator): the `accumulate` program's temporaries
 
 Parameters, optimizer state, reference, gradients and KV cache are exact for the default rules (tests/test_plan.py
-checks them against the arrays on a mesh and the TPU compiler's arguments). Activations are a lower bound: the
-compiled plans also hold FSDP-gathered weights, collective buffers, the backward pass's temporaries and the
-decode's working copies, which the compiler's `temps` column shows (llama-3.2-1b on v4-8: accumulate 6.3 GiB
-of temporaries against 2.2 GiB estimated here).
+checks them against the arrays on a mesh and the TPU compiler's arguments). The train temporaries are within
+25 % of the compiled `accumulate` program's on every paper preset (tests/test_plan.py compiles them; the
+README's table). What the estimate leaves out: the decode's working copies (the rollout programs' `temps`
+column) and collective buffers.
 """
 
 from __future__ import annotations
@@ -83,8 +90,14 @@ class MemoryEstimate:
         return self.parameters + self.optimizer + self.reference
 
     @property
+    def train_temporaries(self) -> int:
+        """The train step's `accumulate` temporaries: activations, the log-softmax block and the fresh gradients."""
+        return self.activations + self.logits + self.gradients
+
+    @property
     def train_peak(self) -> int:
-        return self.resident + self.gradients + self.activations + self.logits
+        """Resident state, the gradient accumulator and the train temporaries."""
+        return self.resident + self.gradients + self.train_temporaries
 
     @property
     def rollout_peak(self) -> int:
@@ -116,7 +129,9 @@ def estimate(
     per_layer = train_rows * train_length * config.hidden_size * np.dtype(config.compute_dtype).itemsize
     if config.remat == "none":
         activations = config.num_layers * 34 * per_layer
-    else:  # layer inputs kept, one layer recomputed at a time
+    elif config.remat == "full":  # layer inputs kept, one layer recomputed at a time (measured: module docstring)
+        activations = 4 * (config.num_layers + 1) * per_layer
+    else:  # "dots": the layer inputs and its matmul outputs kept
         activations = config.num_layers * 2 * per_layer + 34 * per_layer
     vocab = config.vocab_size // _split(config.vocab_size, mesh["tensor"])
     logits = train_rows * logprob_chunk * vocab * 4

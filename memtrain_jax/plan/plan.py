@@ -41,7 +41,7 @@ from memtrain_jax.checkpoint.policy import model_config_of
 from memtrain_jax.model import ModelConfig
 from memtrain_jax.plan import cost
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate
-from memtrain_jax.plan.topology import GiB
+from memtrain_jax.plan.topology import GiB, TpuSlice, topology_devices
 from memtrain_jax.sampler import Buckets, Sampler
 from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
 
@@ -331,6 +331,26 @@ def rollout_sampler(config: ml_collections.ConfigDict, devices: Sequence[Any]) -
     return Sampler(model_config_of(config.model), mesh, sharding.rules_from_config(config.axis_rules))
 
 
+def update_learner(config: ml_collections.ConfigDict, sampler: Sampler) -> Learner:
+    """The run's Learner on the rollout sampler's model, mesh and axis rules."""
+    return Learner(
+        sampler.config, sampler.mesh, sampler.rules, OptimConfig.from_config(config.optim),
+        loss_config_from(config.rl), logprob_chunk=int(config.train.logprob_chunk),
+        trainable_layers=int(config.train.trainable_layers),
+    )  # fmt: skip
+
+
+def train_temporaries(config: ml_collections.ConfigDict, tpu: TpuSlice) -> tuple[int, int]:
+    """(compiled, estimated) per-chip temporaries of the run's train step (`accumulate`, one micro-batch's forward
+    and backward) on slice `tpu`: the TPU compiler's, and the closed-form estimate's `train_temporaries`."""
+    sampler = rollout_sampler(config, topology_devices(tpu))
+    shapes = run_shapes(config, sampler.batch_multiple)
+    lowered = update_learner(config, sampler).lower_programs(shapes.train_rows, shapes.train_length, shapes.window)
+    compiled = lowered["accumulate"].compile().memory_analysis().temp_size_in_bytes
+    estimated = estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes).estimate.train_temporaries
+    return int(compiled), int(estimated)
+
+
 def make_plan(
     config: ml_collections.ConfigDict,
     devices: Sequence[Any],
@@ -342,13 +362,8 @@ def make_plan(
     """Builds the run's Learner and Sampler over `devices` (a TPU slice's, or this host's), lowers their
     programs at the run's shapes and compiles them for those devices."""
     sampler = rollout_sampler(config, devices)
-    model, mesh, rules = sampler.config, sampler.mesh, sampler.rules
-    optim = OptimConfig.from_config(config.optim)
-    loss = loss_config_from(config.rl)
-    learner = Learner(
-        model, mesh, rules, optim, loss,
-        logprob_chunk=int(config.train.logprob_chunk), trainable_layers=int(config.train.trainable_layers),
-    )  # fmt: skip
+    model, mesh = sampler.config, sampler.mesh
+    learner = update_learner(config, sampler)
     shapes = run_shapes(config, sampler.batch_multiple)
     if shapes.train_rows % learner.batch_multiple:
         raise ValueError(
@@ -420,7 +435,7 @@ def format_plan(plan: Plan) -> str:
         laid_out = g(plan.layout[key]) if plan.layout else f"{'-':>8s}"
         lines.append(f"{label:20s} {laid_out}   {g(value)}")
     lines.append(f"{'KV cache (largest)':20s} {'':8s}   {g(est.kv_cache)}")
-    lines.append(f"{'train activations':20s} {'':8s}   {g(est.activations + est.logits)}")
+    lines.append(f"{'train temporaries':20s} {'':8s}   {g(est.train_temporaries)}")
     if plan.programs:
         columns = ("args", "outputs", "aliased", "temps", "peak", "TFLOP")
         title = "program (per chip: GiB; TFLOP by XLA, kernels not counted)"
@@ -432,6 +447,12 @@ def format_plan(plan: Plan) -> str:
             lines.append(
                 f"{p.name[:58]:58s} {g(p.arguments)} {g(p.outputs)} {g(p.aliased)} {g(p.temporaries)} {g(p.peak)} "
                 f"{p.flops / 1e12:8.3f} {p.compile_s:9.1f}"
+            )
+        accumulate = next((p for p in plan.programs if p.name.startswith("accumulate") and not p.error), None)
+        if accumulate is not None and accumulate.temporaries:
+            lines.append(
+                f"accumulate temporaries: compiled {g(accumulate.temporaries).strip()} GiB, estimated "
+                f"{g(est.train_temporaries).strip()} GiB ({est.train_temporaries / accumulate.temporaries:.2f}x)"
             )
     if plan.prediction is not None:
         pred = plan.prediction
