@@ -260,6 +260,23 @@ def test_reward_depends_on_the_memory(tokenizer, chat, memory_tokens, expected):
     assert (traj.truncations > 0) == (expected == 0.0)  # the small budget really cut the memory
 
 
+def test_a_rollout_returns_text_and_the_task_scores_it(tokenizer, chat):
+    """The rollout leaves its answers unscored (text and ids only); score_memory_agent fills the prediction and the
+    verifier from that text and the episode's gold alone, so a rollout can be rescored against another gold."""
+    docs = [(["Document 1:\nZanzibar traders met [MASK] sailors at the harbour."], "Zanzibar")]
+    config = _config(memory_tokens=64, group_size=1, imr=False)
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    episodes, _ = episodes_from_batch(_batch(tokenizer, docs), tokenizer)
+    batch = rollout(_copy_policy(chat, tokenizer), episodes, builder, tokenizer, config, seed=0, step=0)
+    (traj,) = batch.trajectories
+    assert traj.answer_text == "\\boxed{Zanzibar}" and (traj.prediction, traj.correct) == (None, 0.0)
+    assert score_memory_agent(batch, config) is batch
+    assert (traj.prediction, traj.correct) == ("Zanzibar", 1.0)
+    batch.episodes[0].answer = "Oman"
+    score_memory_agent(batch, config)
+    assert (traj.prediction, traj.correct) == ("Zanzibar", 0.0)
+
+
 @pytest.mark.parametrize("mode", ["paper", "code"])
 def test_recall_probes_see_their_own_memory_and_earlier_chunks(tokenizer, chat, mode):
     config = _config(probe_mode=mode, group_size=4, recall_group_size=1)
