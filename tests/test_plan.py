@@ -171,6 +171,20 @@ def test_plan_on_this_hosts_devices_matches_the_layout():
     assert not tight.fits and tight.suggestions()
 
 
+def test_programs_compiled_side_by_side_equal_those_compiled_one_at_a_time():
+    """`make_plan` compiles its programs in threads: the same programs, in the same order, with the same
+    compiled bytes and FLOPs as compiling them one after the other."""
+    config = _tiny_plan_config()
+    one, both = (
+        make_plan(config, jax.devices(), target="cpu x8", hbm_bytes=16 * GiB, log=lambda _: None, compile_workers=n)
+        for n in (1, 3)
+    )
+    assert (one.compile_workers, both.compile_workers) == (1, 3)
+    strip = lambda p: dataclasses.replace(p, compile_s=0.0)
+    assert [strip(p) for p in both.programs] == [strip(p) for p in one.programs]
+    assert len(one.programs) >= 5 and both.compile_wall_s > 0
+
+
 def test_estimate_only_plan_needs_no_devices():
     config = load_config("memtrain.py:paper")
     config.model.preset = "qwen3-4b"

@@ -125,6 +125,9 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "plan: the TPU slice, e.g. v4-8, v5e-16, v5p-64, v6e-8 (default: the config's `topology`)."
 )
 _ESTIMATE_ONLY = flags.DEFINE_bool("estimate_only", False, "plan: the closed-form estimate only (no compiler).")
+_COMPILE_WORKERS = flags.DEFINE_integer(
+    "compile_workers", 0, "plan: programs compiled side by side (0: one per host core; 1: one at a time)."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -379,7 +382,14 @@ def plan(config: ml_collections.ConfigDict) -> None:
         result = planning.estimate_plan(config, tpu.chips, target=tpu.name, hbm_bytes=tpu.hbm_bytes)
     else:
         devices = planning.topology_devices(tpu)
-        result = planning.make_plan(config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes)
+        if _COMPILE_WORKERS.value < 0:
+            raise app.UsageError(
+                f"--compile_workers must be >= 0 (0 = one per host core), got {_COMPILE_WORKERS.value}."
+            )
+        result = planning.make_plan(
+            config, devices, target=f"{tpu.name} ({tpu.topology})", hbm_bytes=tpu.hbm_bytes,
+            compile_workers=_COMPILE_WORKERS.value,
+        )  # fmt: skip
     result.prediction = planning.predict_step(
         config, result.model, result.shapes, result.mesh, tpu.peak_flops, tpu.hbm_bandwidth
     )
