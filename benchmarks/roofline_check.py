@@ -23,11 +23,11 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import best_time
 
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.model.logprobs import token_logprobs
@@ -36,24 +36,14 @@ from memtrain_jax.plan import cost
 from memtrain_jax.sampler import Sampler
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def chip_limits(n: int = 8192, repeats: int = 5) -> tuple[float, float]:
     """(bfloat16 matmul FLOP/s on [n, n] x [n, n]; copy bandwidth in bytes/s, read + write)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
     mm = jax.jit(lambda x: x @ x)
-    peak = 2 * n**3 / _best(lambda: mm(a).block_until_ready(), repeats)
+    peak = 2 * n**3 / best_time(lambda: mm(a).block_until_ready(), repeats)
     x = jnp.ones((n * n * 8,), jnp.float32)  # 2 GiB at n = 8192
     copy = jax.jit(lambda v: v * 1.0001)
-    bandwidth = 2 * x.nbytes / _best(lambda: copy(x).block_until_ready(), repeats)
+    bandwidth = 2 * x.nbytes / best_time(lambda: copy(x).block_until_ready(), repeats)
     return peak, bandwidth
 
 
@@ -86,7 +76,7 @@ def time_train(model: ModelConfig, params, rows: int, length: int, repeats: int)
     def step(p, t):
         return jax.value_and_grad(lambda q: token_logprobs(model, q, t).sum())(p)
 
-    return _best(lambda: jax.block_until_ready(step(params, tokens)), repeats)
+    return best_time(lambda: jax.block_until_ready(step(params, tokens)), repeats)
 
 
 def main() -> None:
