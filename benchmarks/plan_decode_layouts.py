@@ -10,7 +10,10 @@ should be at most those of unrolled layers (the criterion of `memtrain plan` for
 from __future__ import annotations
 
 import argparse
+import math
 import time
+
+import jax
 
 from memtrain_jax.config import load_config
 from memtrain_jax.plan import parse_slice, rollout_sampler, run_shapes, topology_devices
@@ -38,10 +41,17 @@ def main() -> None:
                 continue
             start = time.perf_counter()
             lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)["decode"]
-            memory = lowered.compile().memory_analysis()
+            name = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
+            try:
+                memory = lowered.compile().memory_analysis()
+            except jax.errors.JaxRuntimeError as e:  # the compiler's verdict: the program does not fit a chip
+                if "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                print(f"{name:44s} {'scanned' if scan else 'unrolled':>8s} refused: {str(e).splitlines()[0][:160]}")
+                temps[call.kind, scan] = float("inf")
+                continue
             seconds = time.perf_counter() - start
             temps[call.kind, scan] = memory.temp_size_in_bytes
-            name = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
             print(
                 f"{name:44s} {'scanned' if scan else 'unrolled':>8s} {memory.temp_size_in_bytes / GiB:7.2f} "
                 f"{memory.argument_size_in_bytes / GiB:7.2f} {memory.output_size_in_bytes / GiB:7.2f} "
@@ -49,8 +59,14 @@ def main() -> None:
                 flush=True,
             )
     for kind in kinds:
-        if (kind, True) in temps:
-            print(f"{kind}: scanned / unrolled temporaries = {temps[kind, True] / temps[kind, False]:.2f}")
+        scanned, unrolled = temps.get((kind, True)), temps.get((kind, False))
+        if scanned is None or unrolled is None:
+            continue
+        if math.isinf(unrolled) or math.isinf(scanned):
+            refused = " and ".join(n for n, t in (("scanned", scanned), ("unrolled", unrolled)) if math.isinf(t))
+            print(f"{kind}: scanned / unrolled temporaries: {refused} refused by the compiler")
+        else:
+            print(f"{kind}: scanned / unrolled temporaries = {scanned / unrolled:.2f}")
 
 
 if __name__ == "__main__":
