@@ -623,7 +623,9 @@ def _guarded_main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (`memtrain`)."""
-    host_memory.retain_freed_memory()  # before any computation: see memtrain_jax/host_memory.py
+    # Before any computation: see memtrain_jax/host_memory.py. `plan` only compiles, and one malloc arena would
+    # serialise the compiler's threads.
+    host_memory.retain_freed_memory(single_arena=sys.argv[1:2] != ["plan"])
     app.run(_guarded_main, flags_parser=_parse_flags)
 
 
