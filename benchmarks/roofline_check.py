@@ -7,7 +7,7 @@ run, and prints each program's measured time beside its roofline. measured / roo
 prediction (which assumes 1.0) is optimistic for that program on that chip.
 
     python benchmarks/roofline_check.py                            # llama-3.2-1b, bfloat16, random weights
-    python benchmarks/roofline_check.py --model qwen3-0.6b --rows 16,64 --prompt 1024 --new 128
+    python benchmarks/roofline_check.py --model qwen2.5-0.5b --rows 16,64 --prompt 1024 --new 128
 
 Programs (one device; random weights; no stop tokens, so decode runs all its steps):
   prefill [B, P]       the sampler's prefill of B distinct prompts of P tokens
@@ -27,7 +27,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time
+from common import best_time, copy_bandwidth
 
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.model.logprobs import token_logprobs
@@ -40,19 +40,12 @@ def chip_limits(n: int = 8192, repeats: int = 5) -> tuple[float, float]:
     """(bfloat16 matmul FLOP/s on [n, n] x [n, n]; copy bandwidth in bytes/s, read + write)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
     mm = jax.jit(lambda x: x @ x)
-    peak = 2 * n**3 / best_time(lambda: mm(a).block_until_ready(), repeats)
-    x = jnp.ones((n * n * 8,), jnp.float32)  # 2 GiB at n = 8192
-    copy = jax.jit(lambda v: v * 1.0001)
-    bandwidth = 2 * x.nbytes / best_time(lambda: copy(x).block_until_ready(), repeats)
-    return peak, bandwidth
+    return 2 * n**3 / best_time(lambda: mm(a).block_until_ready(), repeats), copy_bandwidth(on_accelerator=True)
 
 
 def model_config(name: str, attention: str) -> ModelConfig:
-    values = preset_values(name)
-    if isinstance(values.get("rope_scaling"), dict):
-        values["rope_scaling"] = tuple(sorted(values["rope_scaling"].items()))
-    values.update(param_dtype="bfloat16", dtype="bfloat16", remat="full", attention=attention)
-    return ModelConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}})
+    config = ModelConfig.from_dict(preset_values(name))
+    return dataclasses.replace(config, param_dtype="bfloat16", dtype="bfloat16", remat="full", attention=attention)
 
 
 def time_rollout(model: ModelConfig, params, rows: int, prompt: int, new: int, repeats: int) -> dict[str, float]:
@@ -88,7 +81,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=256, help="decode steps N")
     parser.add_argument("--train", default="8x2048,4x4096", help="train micro-batches MxL, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--matmul", type=int, default=8192, help="the peak's square matmul size")
+    parser.add_argument("--matmul", type=int, default=8192, help="the peak's square matmul size")  # small on a CPU
     parser.add_argument("--out", default="", help="write the rows as JSON here")
     args = parser.parse_args()
 
