@@ -13,10 +13,8 @@ import argparse
 import math
 import time
 
-import jax
-
 from memtrain_jax.config import load_config
-from memtrain_jax.plan import parse_slice, rollout_sampler, run_shapes, topology_devices
+from memtrain_jax.plan import compile_or_refusal, parse_slice, rollout_sampler, run_shapes, topology_devices
 
 GiB = 2**30
 
@@ -42,14 +40,12 @@ def main() -> None:
             start = time.perf_counter()
             lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)["decode"]
             name = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
-            try:
-                memory = lowered.compile().memory_analysis()
-            except jax.errors.JaxRuntimeError as e:  # the compiler's verdict: the program does not fit a chip
-                if "RESOURCE_EXHAUSTED" not in str(e):
-                    raise
-                print(f"{name:44s} {'scanned' if scan else 'unrolled':>8s} refused: {str(e).splitlines()[0][:160]}")
+            compiled, refusal = compile_or_refusal(lowered)
+            if refusal:  # the compiler's verdict: the program does not fit a chip
+                print(f"{name:44s} {'scanned' if scan else 'unrolled':>8s} refused: {refusal[:160]}")
                 temps[call.kind, scan] = float("inf")
                 continue
+            memory = compiled.memory_analysis()
             seconds = time.perf_counter() - start
             temps[call.kind, scan] = memory.temp_size_in_bytes
             print(

@@ -357,6 +357,17 @@ def train_temporaries(config: ml_collections.ConfigDict, tpu: TpuSlice) -> tuple
     return int(compiled), int(estimated)
 
 
+def compile_or_refusal(program: jax.stages.Lowered) -> tuple[Any, str]:
+    """(the compiled program, "") or (None, the compiler's one-line refusal) when the program does not fit a
+    chip's HBM (the compiler's own verdict); any other compiler error is raised."""
+    try:
+        return program.compile(), ""
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return None, str(e).splitlines()[0][:200]
+
+
 def make_plan(
     config: ml_collections.ConfigDict,
     devices: Sequence[Any],
@@ -408,13 +419,10 @@ def make_plan(
         name, program, outside = job
         log(f"[plan] compiling {name} ...")
         start = time.perf_counter()
-        try:
-            return program_stats(name, program.compile(), outside, time.perf_counter() - start)
-        except jax.errors.JaxRuntimeError as e:  # the compiler's own verdict: it cannot fit the program
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            error = str(e).splitlines()[0][:200]
+        compiled, error = compile_or_refusal(program)
+        if error:
             return ProgramStats(name, 0, 0, 0, 0, outside, float("nan"), error, time.perf_counter() - start)
+        return program_stats(name, compiled, outside, time.perf_counter() - start)
 
     # The compiler releases the GIL: programs compiled side by side use the host's cores (each compile alone keeps
     # about 1.3 of them busy), so a plan takes less wall time; each program's compile_s is then measured concurrently.
