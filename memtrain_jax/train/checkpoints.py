@@ -5,7 +5,9 @@
     <workdir>/run.json                    what this workdir trains (model config, tokenizer, seed)
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it when
-complete); `max_to_keep` bounds the number kept. On restart the latest checkpoint is restored;
+complete); the latest `max_to_keep` are kept, and every step of `keep_steps` (the format warm-up's last
+step: the warm-up-only control arm, which a GRPO variant can start from with `init_from=RUN@STEP`) is never
+deleted. On restart the latest checkpoint is restored;
 one that cannot be read is moved aside to `<step>.corrupt` (never deleted) with a warning, and the
 one before it is used. A workdir written for another model or tokenizer is refused before any
 compute, so a checkpoint is never overwritten by an unrelated run.
@@ -64,12 +66,19 @@ def check_workdir(workdir: str, identity: dict[str, Any], *, write: bool = True)
 class RunCheckpointer:
     """Saves and restores (state, data iterator, meta) under `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 3, asynchronous: bool = True):
+    def __init__(
+        self, workdir: str, *, max_to_keep: int = 3, keep_steps: tuple[int, ...] = (), asynchronous: bool = True
+    ):
         # Orbax needs absolute paths; gs:// and other URLs are absolute already.
         root = workdir if "://" in workdir else os.path.abspath(workdir)
         self.directory = epath.Path(root) / CHECKPOINT_DIR
+        policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+        if keep_steps:
+            policies.append(ocp.checkpoint_managers.CustomSteps(sorted(keep_steps)))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=asynchronous,
+            create=True,
         )
         self.manager = ocp.CheckpointManager(
             self.directory,

@@ -232,6 +232,7 @@ class Trainer:
         self.checkpointer = RunCheckpointer(
             workdir,
             max_to_keep=max(1, self.train_config.keep_checkpoints),
+            keep_steps=(self.train_config.format_steps,) if self.train_config.format_steps else (),
             asynchronous=self.train_config.async_checkpoints,
         )
         self.stop_id = setup.chat.stop_tokens(setup.tokenizer)[0]
@@ -437,7 +438,9 @@ class Trainer:
                 # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps.
                 self._preempted = sharding.any_process(self._preempted)
                 last = step == tc.steps or self._preempted
-                if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last):
+                # The warm-up's last step is always saved (and kept): the control arm, to evaluate again or branch from.
+                warmup_end = step == tc.format_steps
+                if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last or warmup_end):
                     self._save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
                     summary["checkpoint_step"] = step
                 # The end of the format warm-up is always evaluated: by determinism it is the warm-up-only control
