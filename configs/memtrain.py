@@ -209,8 +209,8 @@ def _paper() -> ml_collections.ConfigDict:
     # What is trained: "memtrain" (this file), "long_qa" or "search_qa" (configs/task.py, downstream post-training).
     c.task = "memtrain"
     # A training workdir whose latest checkpoint's parameters replace the loaded ones ("" = none), or RUN@STEP for
-    # that step's: task RL from a MemTrain checkpoint, GRPO from a run's format warm-up (its last step is always
-    # kept), or evaluation of a trained arm (memtrain eval-qa / compare).
+    # that step's: task RL from a MemTrain checkpoint, GRPO from a run's format warm-up (its last step is
+    # kept when it is a checkpoint step), or evaluation of a trained arm (memtrain eval-qa / compare).
     c.init_from = ""
 
     # JAX's persistent compilation cache ("" = off): a second run loads its programs instead of compiling them.

@@ -199,23 +199,23 @@ def test_a_task_registered_in_a_few_lines_is_chosen_by_name(cache):
 def test_the_warm_up_end_is_kept_and_a_grpo_run_starts_from_it(cache, tmp_path):
     """The format warm-up's last step survives checkpoint rotation, and `init_from=RUN@STEP` loads exactly it: the
     parameters of a run that stopped at the warm-up's end (the control arm, by determinism)."""
-    overrides = {"train.format_steps": 1, "train.eval_every": 0, "train.checkpoint_every": 2}
+    overrides = {"train.format_steps": 2, "train.eval_every": 0, "train.checkpoint_every": 2}
     run = tmp_path / "run"
     Trainer(
-        run_config("memtrain.py:tiny", cache, **overrides, **{"train.steps": 4, "train.keep_checkpoints": 1}),
+        run_config("memtrain.py:tiny", cache, **overrides, **{"train.steps": 6, "train.keep_checkpoints": 1}),
         str(run),
         log=_quiet,
     ).train()
-    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [1, 4]
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [2, 6]
     warmup = Trainer(
-        run_config("memtrain.py:tiny", cache, **overrides, **{"train.steps": 1}), str(tmp_path / "w"), log=_quiet
+        run_config("memtrain.py:tiny", cache, **overrides, **{"train.steps": 2}), str(tmp_path / "w"), log=_quiet
     ).train()
     branch = Trainer(
-        run_config("memtrain.py:tiny", cache, init_from=f"{run}@1", **{"train.format_steps": 0}),
+        run_config("memtrain.py:tiny", cache, init_from=f"{run}@2", **{"train.format_steps": 0}),
         str(tmp_path / "branch"),
         log=_quiet,
     )
-    assert branch.setup.init_step == 1
+    assert branch.setup.init_step == 2
     for a, b in zip(_leaves(branch.setup.policy.params), _leaves(warmup["state"].params), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UsageError, match="must be a number"):

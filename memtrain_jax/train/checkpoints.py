@@ -6,11 +6,11 @@
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it when
 complete); the latest `max_to_keep` are kept, and every step of `keep_steps` (the format warm-up's last
-step: the warm-up-only control arm, which a GRPO variant can start from with `init_from=RUN@STEP`) is never
-deleted. On restart the latest checkpoint is restored;
-one that cannot be read is moved aside to `<step>.corrupt` (never deleted) with a warning, and the
-one before it is used. A workdir written for another model or tokenizer is refused before any
-compute, so a checkpoint is never overwritten by an unrelated run.
+step, when it falls on `checkpoint_every`: the warm-up-only control arm, which a GRPO variant can start from
+with `init_from=RUN@STEP`) is never deleted. On restart the latest checkpoint is restored; one that cannot be
+read is moved aside to `<step>.corrupt` (never deleted) with a warning, and the one before it is used. A
+workdir written for another model or tokenizer is refused before any compute, so a checkpoint is never
+overwritten by an unrelated run.
 
 Multi-host: every process calls save/restore (Orbax writes each array's shards from the process
 that holds them; JSON from process 0). The data position is the same on every host (it counts

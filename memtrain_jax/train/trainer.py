@@ -438,9 +438,7 @@ class Trainer:
                 # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps.
                 self._preempted = sharding.any_process(self._preempted)
                 last = step == tc.steps or self._preempted
-                # The warm-up's last step is always saved (and kept): the control arm, to evaluate again or branch from.
-                warmup_end = step == tc.format_steps
-                if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last or warmup_end):
+                if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last):
                     self._save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
                     summary["checkpoint_step"] = step
                 # The end of the format warm-up is always evaluated: by determinism it is the warm-up-only control
