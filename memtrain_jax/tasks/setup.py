@@ -26,9 +26,8 @@ from memtrain_jax.agent.credit import TrainingSequences, assign_credit
 from memtrain_jax.agent.policy import SamplerPolicy
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig
 from memtrain_jax.agent.rollout import RolloutBatch
-from memtrain_jax.checkpoint.orbax_io import restore_run_params
+from memtrain_jax.checkpoint.orbax_io import restore_run_params, split_run_step
 from memtrain_jax.checkpoint.policy import LoadedPolicy, load_policy
-from memtrain_jax.config import UsageError
 from memtrain_jax.data import prepare
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.sampler import Sampler
@@ -83,10 +82,8 @@ class AgentSetup:
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), policy.params
             )
-            workdir, at, step_text = str(config.init_from).partition("@")  # RUN or RUN@STEP
-            if at and not step_text.isdigit():
-                raise UsageError(f"init_from={config.init_from!r}: the step after '@' must be a number (RUN@STEP).")
-            init_step, policy.params = restore_run_params(workdir, abstract, int(step_text) if at else None)
+            workdir, step = split_run_step(config.init_from, "init_from")
+            init_step, policy.params = restore_run_params(workdir, abstract, step)
             policy.description += f", parameters of {config.init_from} step {init_step}"
             log(f"[setup] parameters from {config.init_from} (checkpoint step {init_step})")
         chat = get_chat_format(config.chat_format or policy.chat_format)

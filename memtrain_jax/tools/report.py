@@ -169,7 +169,9 @@ def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
             raise UsageError(f"run {spec!r}: not an evaluation of a memtrain workdir (no {CONFIG_FILE} or items).")
         name = name or path.parent.name
         return (f"{name}@{record['step']}", record), json.loads(config_path.read_text(encoding="utf-8"))
-    workdir, _, step_text = rest.partition("@")
+    from memtrain_jax.checkpoint.orbax_io import split_run_step
+
+    workdir, step = split_run_step(rest)
     name = name or workdir.rstrip("/").rsplit("/", 1)[-1]
     config_path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://, as every workdir reader
     if not config_path.exists():
@@ -178,13 +180,11 @@ def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
     records = [r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")]
     if not records:
         raise UsageError(f"run {spec!r}: {workdir} has no held-out evaluation with per-episode items.")
-    if step_text:
-        if not step_text.isdigit():
-            raise UsageError(f"run {spec!r}: the step after '@' must be a number, got {step_text!r}.")
-        found = [r for r in records if r["step"] == int(step_text)]
+    if step is not None:
+        found = [r for r in records if r["step"] == step]
         if not found:
             steps = ", ".join(str(r["step"]) for r in records)
-            raise UsageError(f"run {spec!r}: no evaluation at step {step_text}; {workdir} evaluated steps {steps}.")
+            raise UsageError(f"run {spec!r}: no evaluation at step {step}; {workdir} evaluated steps {steps}.")
         record = found[-1]
     else:
         record = records[-1]
