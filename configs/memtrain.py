@@ -21,7 +21,9 @@ Ablations (append after a comma, several allowed): no_imr (reconstruction only: 
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
 normalisation), no_final (the final-answer turn is not trained), no_dapo, recoverable (the entity masked in
 the pivot only and named by a similar paragraph: the document holds the answer; not the paper's task),
-token_mean / sequence_mean / trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N,
+shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their
+memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
+trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N,
 qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
 memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.
 `configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
@@ -56,6 +58,8 @@ _NAMED_ABLATIONS = {
     "no_dapo": {"rl.dapo_filter": False},
     # The entity masked in the pivot only, drawn from those a similar paragraph names: the answer is in the document.
     "recoverable": {"data.document.mask_scope": "pivot"},
+    # The G1 trajectories of an episode share one recall probe: their R_I then differ by their memories only.
+    "shared_probe": {"data.probes.shared": True},
     **{name: {"rl.loss_aggregation": name} for name in ("token_mean", "sequence_mean", "trajectory_mean", "constant")},
 }
 

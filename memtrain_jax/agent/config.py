@@ -27,6 +27,7 @@ _FROM_OTHER_SECTIONS = (
     "chunk_size",
     "max_chunks",
     "probe_mode",
+    "probe_shared",
     "probe_extractor",
     "target_token",
     "mask_token",
@@ -67,6 +68,7 @@ class AgentConfig:
     chunk_size: int = 5120
     max_chunks: int = 8
     probe_mode: str = "paper"
+    probe_shared: bool = False
     probe_extractor: str = "rules"
     target_token: str = "[TARGET]"
     mask_token: str = "[MASK]"
@@ -127,6 +129,7 @@ class AgentConfig:
             chunk_size=int(data.chunking.chunk_size),
             max_chunks=int(data.chunking.max_chunks),
             probe_mode=data.probes.mode,
+            probe_shared=bool(data.probes.shared),
             probe_extractor=data.probes.extractor or data.entities.extractor,
             target_token=data.probes.target_token,
             mask_token=data.document.mask_token,

@@ -7,7 +7,8 @@ cut and counted) is the new memory. All rows advance in lockstep, one policy cal
 whole batch; rows whose document has fewer chunks ride along with a budget of 0. A final call asks
 the problem from the final memory alone, answer in `\\boxed{}`. Then one call samples every recall
 probe G2 times: for each trajectory, the memory it had at a drawn step k and an already-read chunk
-with one entity masked as `[TARGET]` (memtrain_jax.data.probes.draw_probe).
+with one entity masked as `[TARGET]` (memtrain_jax.data.probes.draw_probe; with `probe_shared` the
+G1 trajectories of an episode share the probe of trajectory 0).
 
 Everything stays in token ids; text is decoded only for the replies that are answered (final and
 recall) and to find probe entities. A rollout returns text and ids only: the task scores it
@@ -235,7 +236,7 @@ def rollout(
                 episode.chunk_texts,
                 seed,
                 episode.episode_id,
-                traj.sample,
+                0 if config.probe_shared else traj.sample,
                 extractor=extractor,
                 mode=config.probe_mode,
                 target_token=config.target_token,
