@@ -182,6 +182,9 @@ def test_programs_compiled_side_by_side_equal_those_compiled_one_at_a_time():
     strip = lambda p: dataclasses.replace(p, compile_s=0.0)
     assert [strip(p) for p in both.programs] == [strip(p) for p in one.programs]
     assert len(one.programs) >= 5 and both.compile_wall_s > 0
+    # compiled longest first (accumulate), listed in the run's order: the rollout's programs, then the update's
+    kinds = [p.name.split()[0] for p in both.programs]
+    assert kinds[:2] == ["prefill", "decode"] and kinds.index("apply") == kinds.index("accumulate") + 1
 
 
 def test_estimate_only_plan_needs_no_devices():
