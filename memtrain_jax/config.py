@@ -80,6 +80,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.format_recall_entities": 1,
     "train.eval_samples": 1,
     "data.document.mask_scope": "document",
+    "data.probes.shared": False,
 }
 
 
