@@ -277,26 +277,20 @@ def test_a_rollout_returns_text_and_the_task_scores_it(tokenizer, chat):
     assert (traj.prediction, traj.correct) == ("Zanzibar", 0.0)
 
 
+def _probe_rollout(tokenizer, chat, config):
+    """A scripted rollout of DOCS[1:] (memories "x"), seed 11 and step 3, with recall probes."""
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    episodes, _ = episodes_from_batch(_batch(tokenizer, DOCS[1:]), tokenizer)
+    policy = _TurnCounter(tokenizer, _script({}, ["x"] * 8), 2)
+    return rollout(policy, episodes, builder, tokenizer, config, seed=11, step=3, extractor=make_extractor("rules"))
+
+
 def test_shared_probes_are_trajectory_zeros_probe_for_every_trajectory_of_an_episode(tokenizer, chat):
     """probe_shared: the G1 trajectories of an episode answer the probe trajectory 0 draws on its own (the one
     evaluation draws), each from its own memory; unshared, the same seed gives the trajectories different probes."""
-    builder = PromptBuilder(tokenizer, chat, PromptConfig())
-    extractor = make_extractor("rules")
     key = lambda p: (p.step, p.chunk_index, p.gold, p.masked_chunk)
-    runs = {}
-    for shared in (False, True):
-        config = _config(group_size=4, recall_group_size=1, probe_shared=shared)
-        episodes, _ = episodes_from_batch(_batch(tokenizer, DOCS[1:]), tokenizer)
-        runs[shared] = rollout(
-            _TurnCounter(tokenizer, _script({}, ["x"] * 8), 2),
-            episodes,
-            builder,
-            tokenizer,
-            config,
-            seed=11,
-            step=3,
-            extractor=extractor,
-        )
+    runs = {shared: _probe_rollout(tokenizer, chat, _config(group_size=4, recall_group_size=1, probe_shared=shared))
+            for shared in (False, True)}  # fmt: skip
     own, shared = runs[False].trajectories, runs[True].trajectories
     assert len({key(t.probe) for t in own if t.episode == 0}) > 1  # unshared: trajectories differ
     for t_own, t_shared in zip(own, shared, strict=True):
@@ -308,20 +302,7 @@ def test_shared_probes_are_trajectory_zeros_probe_for_every_trajectory_of_an_epi
 
 @pytest.mark.parametrize("mode", ["paper", "code"])
 def test_recall_probes_see_their_own_memory_and_earlier_chunks(tokenizer, chat, mode):
-    config = _config(probe_mode=mode, group_size=4, recall_group_size=1)
-    builder = PromptBuilder(tokenizer, chat, PromptConfig())
-    episodes, _ = episodes_from_batch(_batch(tokenizer, DOCS[1:]), tokenizer)
-    script = _script({}, ["x"] * 8)
-    batch = rollout(
-        _TurnCounter(tokenizer, script, 2),
-        episodes,
-        builder,
-        tokenizer,
-        config,
-        seed=11,
-        step=3,
-        extractor=make_extractor("rules"),
-    )
+    batch = _probe_rollout(tokenizer, chat, _config(probe_mode=mode, group_size=4, recall_group_size=1))
     seen = set()
     for r, traj in enumerate(batch.trajectories):
         probe = traj.probe
