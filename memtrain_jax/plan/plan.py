@@ -426,14 +426,10 @@ def make_plan(
 
     # The compiler releases the GIL: programs compiled side by side use the host's cores (each compile alone keeps
     # about 1.3 of them busy), so a plan takes less wall time; each program's compile_s is then measured concurrently.
-    # The train step's accumulate compiles longest (README): started first, the other programs compile beside it
-    # instead of after it (longest first); the plan still lists programs in the run's order.
     workers = max(1, min(len(jobs), compile_workers or os.cpu_count() or 1))
-    order = sorted(range(len(jobs)), key=lambda i: not jobs[i][0].startswith("accumulate"))
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        compiled = dict(zip(order, pool.map(compile_one, [jobs[i] for i in order]), strict=True))
-    programs = [compiled[i] for i in range(len(jobs))]
+        programs = list(pool.map(compile_one, jobs))
     wall = time.perf_counter() - start
     compiler = f"{devices[0].platform} ({devices[0].device_kind})"
     return Plan(
