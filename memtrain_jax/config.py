@@ -101,6 +101,14 @@ class UsageError(ValueError):
     """A refusal of the user's input (config, files, workdir): the CLI prints its message alone and exits 2."""
 
 
+def split_run_step(spec: str, what: str = "run") -> tuple[str, int | None]:
+    """`WORKDIR` or `WORKDIR@STEP` -> (workdir, step or None); a step that is not a number is one UsageError line."""
+    workdir, at, step_text = str(spec).partition("@")
+    if at and not step_text.isdigit():
+        raise UsageError(f"{what} {spec!r}: the step after '@' must be a number (RUN@STEP), got {step_text!r}.")
+    return workdir, int(step_text) if at else None
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}: a nested config (dict or ConfigDict) as dotted leaves."""
     out: dict[str, Any] = {}

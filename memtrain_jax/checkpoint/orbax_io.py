@@ -22,7 +22,6 @@ from etils import epath
 
 from memtrain_jax.atomic import publish_directory, resolve
 from memtrain_jax.checkpoint.hf import load_hf_checkpoint
-from memtrain_jax.config import UsageError
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.model.transformer import param_shapes, stack_layers, unstack_layers
 
@@ -161,14 +160,6 @@ def import_hf_to_orbax(
     config, params = load_hf_checkpoint(hf_dir, dtype=dtype, overrides=overrides)
     save_params(out_dir, params, config)
     return config
-
-
-def split_run_step(spec: str, what: str = "run") -> tuple[str, int | None]:
-    """`WORKDIR` or `WORKDIR@STEP` -> (workdir, step or None); a step that is not a number is one UsageError line."""
-    workdir, at, step_text = str(spec).partition("@")
-    if at and not step_text.isdigit():
-        raise UsageError(f"{what} {spec!r}: the step after '@' must be a number (RUN@STEP), got {step_text!r}.")
-    return workdir, int(step_text) if at else None
 
 
 def restore_run_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[int, Any]:

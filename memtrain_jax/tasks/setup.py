@@ -26,8 +26,9 @@ from memtrain_jax.agent.credit import TrainingSequences, assign_credit
 from memtrain_jax.agent.policy import SamplerPolicy
 from memtrain_jax.agent.prompts import PromptBuilder, PromptConfig
 from memtrain_jax.agent.rollout import RolloutBatch
-from memtrain_jax.checkpoint.orbax_io import restore_run_params, split_run_step
+from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.checkpoint.policy import LoadedPolicy, load_policy
+from memtrain_jax.config import split_run_step
 from memtrain_jax.data import prepare
 from memtrain_jax.data.entities import make_extractor
 from memtrain_jax.sampler import Sampler

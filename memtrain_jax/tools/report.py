@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from memtrain_jax import stats
-from memtrain_jax.config import UsageError
+from memtrain_jax.config import UsageError, split_run_step
 
 __all__ = ["arms_table", "grpo_signal", "run_arm", "training_arms"]
 
@@ -169,8 +169,6 @@ def run_arm(spec: str) -> tuple[Arm, Mapping[str, Any]]:
             raise UsageError(f"run {spec!r}: not an evaluation of a memtrain workdir (no {CONFIG_FILE} or items).")
         name = name or path.parent.name
         return (f"{name}@{record['step']}", record), json.loads(config_path.read_text(encoding="utf-8"))
-    from memtrain_jax.checkpoint.orbax_io import split_run_step
-
     workdir, step = split_run_step(rest)
     name = name or workdir.rstrip("/").rsplit("/", 1)[-1]
     config_path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://, as every workdir reader
