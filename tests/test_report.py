@@ -206,3 +206,24 @@ def test_a_sampled_evaluation_averages_each_episodes_samples(cache, tmp_path):
     assert all(len(v) == 3 for v in by_episode.values())
     greedy = trainer.evaluate(params, 0)
     assert greedy["samples"] == 1 and set(greedy["items"]["acc_e2e"]) <= {0.0, 1.0}
+
+
+def test_a_sampled_evaluation_draws_a_probe_per_trajectory_whether_or_not_training_shares_them(cache, tmp_path):
+    """data.probes.shared is a training choice: avg@K of a run trained with it is scored on the probes of a run
+    trained without it (K probes of each episode, trajectory k's), so compare-runs pairs the same items."""
+    from memtrain_jax.train.trainer import EVAL_SEED_STEP
+
+    overrides = {"train.steps": 1, "train.eval_every": 0, "train.eval_episodes": 4}
+    probes = {}
+    for shared in (False, True):
+        config = run_config("memtrain.py:tiny", cache, **overrides, **{"data.probes.shared": shared})
+        trainer = Trainer(config, str(tmp_path / f"run{shared}"), log=lambda _: None)
+        setup = trainer.setup
+        assert setup.agent.probe_shared is shared
+        result = setup.rollout(
+            setup.eval_batch(trainer.eval_slots), EVAL_SEED_STEP, setup.sampler_policy, trainer.eval_agent(3)
+        )
+        probes[shared] = [(t.episode, t.sample, t.probe) for t in result.trajectories]
+    assert probes[True] == probes[False]
+    drawn = [p for _, _, p in probes[True] if p is not None]
+    assert len({(p.step, p.gold, p.masked_chunk) for p in drawn}) > len(result.episodes)  # not one per episode

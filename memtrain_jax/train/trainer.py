@@ -338,6 +338,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
 
+    def eval_agent(self, k: int) -> AgentConfig:
+        """The agent of an evaluation with K trajectories per episode. Its probes are drawn per trajectory
+        whatever `data.probes.shared` (a training choice) says, so runs trained with and without it are scored
+        on the same held-out probes (greedy, K = 1, draws trajectory 0's either way)."""
+        return dataclasses.replace(
+            self.setup.agent, group_size=k, recall_group_size=k, dapo_filter=False, probe_shared=False
+        )
+
     def evaluate(self, params: Any, step: int = 0, samples: int | None = None) -> dict[str, Any]:
         """Rollouts of the held-out episodes: one greedy trajectory and recall answer each, or with `samples` K > 1
         (default train.eval_samples) K of each sampled at the rollout temperature, from the same seeds at every
@@ -348,7 +356,7 @@ class Trainer:
         if not self.eval_slots:
             return {}
         k = samples or self.train_config.eval_samples
-        agent = dataclasses.replace(setup.agent, group_size=k, recall_group_size=k, dapo_filter=False)
+        agent = self.eval_agent(k)
         policy = self.eval_policy if k == 1 else setup.sampler_policy
         policy.update_params(params)
         start = time.perf_counter()
