@@ -8,6 +8,7 @@ notebooks, config files that build on other config files).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -83,6 +84,9 @@ ADDED_FIELDS: dict[str, Any] = {
     "data.probes.shared": False,
 }
 
+# Sections added since then that are empty by default (a flattened config has no leaf for them).
+ADDED_SECTIONS = ("agent.rewards", "qa.overrides")
+
 
 def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
     """A flattened stored config with renamed fields under their current names (RENAMED_FIELDS) and fields added
@@ -94,6 +98,35 @@ def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in ADDED_FIELDS.items():
         if key not in out and key.rsplit(".", 1)[0] in sections:
             out[key] = value
+    return out
+
+
+def migrate_tree(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested stored config (config.json) read as today's code reads it: `migrate`'s renames and added fields
+    applied in place, so sections that are empty mappings (e.g. `qa.overrides`) are kept."""
+    old = flatten(values)
+    new = migrate(old)
+    out = copy.deepcopy(dict(values))
+    for key in old.keys() - new.keys():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    for key, value in new.items():
+        if key not in old or old[key] != value:
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    for key in ADDED_SECTIONS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, {})
     return out
 
 

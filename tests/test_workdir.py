@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from run_configs import run_config
 
-from memtrain_jax.config import UsageError, load_config
+from memtrain_jax.config import UsageError, load_config, migrate_tree
 from memtrain_jax.train import Trainer, read_metrics
 from memtrain_jax.train import metrics as metrics_module
 from memtrain_jax.train.checkpoints import RunCheckpointer
@@ -246,6 +246,8 @@ def test_a_config_written_before_the_field_renames_reads_unchanged(spec):
         old = json.load(f)
     assert "chunk_size" in old["qa"] and "overrides" not in old["qa"]
     assert config_changes(old, config_values(load_config(spec))) == {}
+    # `memtrain eval` / `export` / `diagnose` build the run from its stored config: read as today's, it is today's
+    assert migrate_tree(old) == config_values(load_config(spec))
 
 
 def test_a_run_written_before_the_field_renames_resumes_without_a_change(cache, tmp_path, uninterrupted):

@@ -50,6 +50,7 @@ from memtrain_jax.config import (
     UsageError,
     flatten,
     load_config,
+    migrate_tree,
     resolve_config_path,
     unknown_field_message,
 )
@@ -160,7 +161,7 @@ def _stored_config(workdir: str) -> ml_collections.ConfigDict:
     path = epath.Path(workdir) / CONFIG_FILE  # a local folder or gs://
     if not path.exists():
         raise UsageError(f"{path} not found: {workdir} is not a memtrain workdir (train first).")
-    values = json.loads(path.read_text(encoding="utf-8"))
+    values = migrate_tree(json.loads(path.read_text(encoding="utf-8")))  # a run of older code reads as today's
     if "axis_rules" not in values:
         raise UsageError(f"{path} is not a memtrain run config (no axis_rules): was it overwritten?")
     values["axis_rules"] = tuple(
