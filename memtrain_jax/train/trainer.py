@@ -359,6 +359,8 @@ class Trainer:
         agent = self.eval_agent(k)
         policy = self.eval_policy if k == 1 else setup.sampler_policy
         policy.update_params(params)
+        kind = "greedy" if k == 1 else f"{k} sampled trajectories each at T {agent.temperature:g}"
+        self.log(f"[eval] step {step}: {len(self.eval_slots)} held-out episodes, {kind} ...")
         start = time.perf_counter()
         # greedy: the step only seeds the (unused) sampling; sampled: one fixed stream for every evaluation
         result = setup.rollout(setup.eval_batch(self.eval_slots), 0 if k == 1 else EVAL_SEED_STEP, policy, agent)
