@@ -8,6 +8,12 @@ the update's CPU time in the kernel. `retain_freed_memory` sets glibc's malloc t
 (M_ARENA_MAX = 1), no mmap (M_MMAP_MAX = 0) and no trimming (M_TRIM_THRESHOLD = SIZE_MAX): freed blocks stay
 in the heap and the next step reuses them. The price: the process keeps its peak resident size.
 
+The peak is not the whole price: blocks of many sizes (a rollout's calls have many shapes) fragment the heap, and
+freed pages in its holes stay resident, so a long evaluation of 128-row calls grew to the machine's 24 GiB
+(killed by the OOM killer) where glibc's defaults peaked near 11 GiB. `release_if_above` bounds that: once the
+resident size passes a share of the machine's memory, `malloc_trim(0)` hands the free pages back; the sampler
+checks after every call (reading /proc/self/statm, microseconds), so runs that stay below never pay for it.
+
 `memtrain` and the benchmarks call it first thing; `MEMTRAIN_MALLOC=default` turns it off. It must run
 before the first computation (XLA's threads take their arenas then). Measured with benchmarks/bench_step.py
 `--against` an older commit (README, "Host memory"); tests/test_host_memory.py checks the page faults.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -44,3 +51,50 @@ def retain_freed_memory(single_arena: bool = True) -> bool:
         for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
         if single_arena or param != _M_ARENA_MAX
     )
+
+
+RELEASE_FRACTION = 0.5  # of the machine's memory (or the cgroup's limit) resident before free pages are released
+
+
+@functools.cache
+def _limit_bytes() -> int | None:
+    """The memory this process may use: MemTotal, or a smaller cgroup v2 limit; None when unknown."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:")]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            limits.append(int(text))
+    except OSError:
+        pass
+    return min(limits) if limits else None
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size (Linux), else None."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_if_above(fraction: float = RELEASE_FRACTION) -> bool:
+    """Returns the heap's free pages to the kernel (glibc's malloc_trim) when the resident size exceeds `fraction`
+    of the memory limit; True when it did. A no-op elsewhere (no /proc, not glibc)."""
+    rss, limit = resident_bytes(), _limit_bytes()
+    if rss is None or limit is None or rss <= fraction * limit:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    trim(0)
+    return True

@@ -38,3 +38,33 @@ def test_retained_memory_stops_the_page_faults_of_each_call():
     pages = 4096 * 4096 * 4 // 4096  # the temporary's 4 KiB pages, faulted in on every call by default
     assert default["faults"] > 0.5 * pages
     assert retained["faults"] < 0.1 * pages
+
+
+RELEASE = """
+import ctypes, json
+from memtrain_jax import host_memory
+assert host_memory.retain_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 256 << 20
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)  # resident
+guard = libc.malloc(64)  # the freed block is a hole below it, not the heap's top
+libc.free(block)
+held = host_memory.resident_bytes()
+below = host_memory.release_if_above(1.0)  # never above the machine's whole memory: nothing released
+after_below = host_memory.resident_bytes()
+above = host_memory.release_if_above(0.0)
+print(json.dumps({"held": held, "below": below, "after_below": after_below, "above": above,
+                  "after": host_memory.resident_bytes(), "size": size}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_retained_free_pages_are_released_only_above_the_threshold():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, env=env, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not r["below"] and r["held"] - r["after_below"] < 0.1 * r["size"]  # retained: the freed block stays
+    assert r["above"] and r["held"] - r["after"] > 0.9 * r["size"]  # released: its pages go back

@@ -32,7 +32,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from memtrain_jax import sharding
+from memtrain_jax import host_memory, sharding
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.model.transformer import (
     CACHE_LAYER_AXES,
@@ -693,13 +693,16 @@ class Sampler:
             self.last_timings["decode_s"] = time.perf_counter() - start
         n, width = len(prompts), int(batch["max_new"].max())
         # An explicit gather: with several processes each holds only its own rows.
-        return SampleOutput(
+        result = SampleOutput(
             tokens=sharding.to_host(output.tokens)[:n, :width],
             logprobs=sharding.to_host(output.logprobs)[:n, :width],
             lengths=sharding.to_host(output.lengths)[:n],
             stopped=sharding.to_host(output.stopped)[:n],
             steps=int(sharding.to_host(output.steps)),
         )
+        del output, args, prefix, prefix_logits, cache  # this call's device buffers, before the heap is trimmed
+        host_memory.release_if_above()
+        return result
 
 
 def _stop_rows(stop_tokens, n: int, vocab: int) -> list[list[int]]:
