@@ -172,6 +172,13 @@ def test_sampled_evaluations_are_means_with_bootstrap_intervals_and_are_not_mixe
     mean, lo, hi, _ = stats.mean_with_interval(after, binary=False)  # a mean of samples: the bootstrap's interval
     assert stats.format_interval(mean, lo, hi) in recall
     assert recall.endswith(stats.format_interval(*stats.paired_difference(warm, after)))
+    # no difference outside 0: the footnote gives the resolution of these items (their paired intervals), not
+    # the 0/1 bound z / sqrt(n)
+    same = report.arms_table([("w", sampled(4, warm)), ("g", sampled(8, warm[::-1]))], [("g - w", 0, 1)])
+    _, lo, hi = stats.paired_difference(warm, warm[::-1])
+    assert lo < 0 < hi and same.splitlines()[-1].endswith(
+        f"(the widest paired interval here is +/-{(hi - lo) / 2:.3f})"
+    )
     with pytest.raises(UsageError, match="evaluated differently"):
         report.arms_table([("w", _record(4, [1.0] * n)), ("g", sampled(8, after))], [("g - w", 0, 1)])
     # `memtrain eval --samples` writes eval-STEP-kK.json beside the run's config: an arm of compare-runs

@@ -51,8 +51,9 @@ def arms_table(
     the same episodes in the same order (`items["episode_id"]`), else a UsageError names the two arms.
 
     `notes` (e.g. `grpo_signal`) come after the rows. The last line names the differences whose interval
-    excludes 0, or says that none does and how large a difference must be to show at this n (z / sqrt(n), the
-    half-width of a paired 0/1 difference at its widest).
+    excludes 0, or says that none does and how large a difference must be to show at this n: greedy, z / sqrt(n)
+    (the half-width of a paired 0/1 difference at its widest); avg@K, whose items are means of K samples, the
+    widest half-width of the paired intervals in the table.
     """
     ids = [tuple(a[1].get("items", {}).get("episode_id", ())) for a in arms]
     for (name, _), episodes in zip(arms[1:], ids[1:], strict=True):
@@ -76,6 +77,7 @@ def arms_table(
     header += "".join(f" {label:>{width + 4}s}" for label, _, _ in differences)
     lines = [header]
     moved: list[str] = []
+    widest = 0.0  # the largest half-width of a paired interval in the table
     for label, key, binary in _rows(answer_extractor, imr):
         columns = [_values(record.get("items", {}).get(key)) for _, record in arms]
         cells = []
@@ -92,6 +94,7 @@ def arms_table(
                 continue
             diff = stats.paired_difference(columns[a], columns[b])
             cells.append(f"{stats.format_interval(*diff):>{width + 4}s}")
+            widest = max(widest, (diff[2] - diff[1]) / 2)
             if diff[1] > 0 or diff[2] < 0:
                 moved.append(f"{label} ({diff_label})")
         lines.append(f"{label:34s} " + " ".join(cells))
@@ -100,10 +103,15 @@ def arms_table(
         lines.append(f"n = {n} held-out episodes")
     elif moved:
         lines.append(f"n = {n} held-out episodes; paired difference outside 0: {'; '.join(moved)}")
-    else:
+    elif samples == 1:
         lines.append(
             f"n = {n} held-out episodes: no paired difference excludes 0 (at this n a difference must exceed about "
             f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show)"
+        )
+    else:
+        lines.append(
+            f"n = {n} held-out episodes: no paired difference excludes 0 (the widest paired interval here is "
+            f"+/-{widest:.3f})"
         )
     return "\n".join(lines)
 
