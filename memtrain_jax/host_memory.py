@@ -53,7 +53,7 @@ def retain_freed_memory(single_arena: bool = True) -> bool:
     )
 
 
-RELEASE_FRACTION = 0.5  # of the machine's memory (or the cgroup's limit) resident before free pages are released
+RELEASE_FRACTION = 0.75  # of the machine's memory (or the cgroup's limit) resident before free pages are released
 
 
 @functools.cache
