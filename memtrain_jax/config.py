@@ -101,6 +101,18 @@ def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _parent(tree: dict[str, Any], key: str, create: bool) -> tuple[dict[str, Any] | None, str]:
+    """(the mapping that holds dotted `key` in a nested tree, its leaf name); None where a section is missing and
+    not `create`d."""
+    *parents, leaf = key.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.setdefault(part, {}) if create else node.get(part)
+        if not isinstance(node, dict):
+            return None, leaf
+    return node, leaf
+
+
 def migrate_tree(values: Mapping[str, Any]) -> dict[str, Any]:
     """A nested stored config (config.json) read as today's code reads it: `migrate`'s renames and added fields
     applied in place, so sections that are empty mappings (e.g. `qa.overrides`) are kept."""
@@ -108,24 +120,15 @@ def migrate_tree(values: Mapping[str, Any]) -> dict[str, Any]:
     new = migrate(old)
     out = copy.deepcopy(dict(values))
     for key in old.keys() - new.keys():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node[part]
+        node, leaf = _parent(out, key, create=False)
         del node[leaf]
     for key, value in new.items():
         if key not in old or old[key] != value:
-            *parents, leaf = key.split(".")
-            node = out
-            for part in parents:
-                node = node.setdefault(part, {})
+            node, leaf = _parent(out, key, create=True)
             node[leaf] = value
     for key in ADDED_SECTIONS:
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _parent(out, key, create=False)
+        if node is not None:
             node.setdefault(leaf, {})
     return out
 

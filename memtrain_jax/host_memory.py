@@ -32,6 +32,15 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 ENV = "MEMTRAIN_MALLOC"  # "default": leave malloc alone
 
 
+@functools.cache
+def _glibc(name: str):
+    """glibc's function `name` (ctypes), or None where the C library has none (not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def retain_freed_memory(single_arena: bool = True) -> bool:
     """Keeps freed host memory in the process (glibc only); True when set, False when not applicable or
     turned off by MEMTRAIN_MALLOC=default. `single_arena=False` keeps glibc's per-thread arenas: for a process
@@ -39,10 +48,8 @@ def retain_freed_memory(single_arena: bool = True) -> bool:
     plan: 179 s with it, 66 s without, 91 s with glibc's defaults)."""
     if os.environ.get(ENV, "retain") == "default" or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to set
+    mallopt = _glibc("mallopt")
+    if mallopt is None:  # not glibc (e.g. musl): nothing to set
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # -1 is SIZE_MAX for the trim threshold (mallopt takes an int; glibc stores it as size_t): never trim.
@@ -90,10 +97,8 @@ def release_if_above(fraction: float = RELEASE_FRACTION) -> bool:
     rss, limit = resident_bytes(), _limit_bytes()
     if rss is None or limit is None or rss <= fraction * limit:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
     trim(0)
