@@ -19,7 +19,8 @@ Variants:
 
 Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
-normalisation), no_final (the final-answer turn is not trained), no_dapo, recoverable (the entity masked in
+normalisation), no_final (the final-answer turn is not trained), recall_only (only the recall answers are
+trained: the memory turns and the final answer are rolled out but carry no loss), no_dapo, recoverable (the entity masked in
 the pivot only and named by a similar paragraph: the document holds the answer; not the paper's task),
 shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their
 memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
@@ -55,6 +56,8 @@ _NAMED_ABLATIONS = {
     "no_blend": {"agent.recall_weight": 0.0},
     "std_adv": {"rl.advantage_normalisation": "std"},
     "no_final": {"agent.train_final_answer": False},
+    # Only the recall answers train (memory turns and final answer are rolled out, not trained).
+    "recall_only": {"agent.train_memory_turns": False, "agent.train_final_answer": False},
     "no_dapo": {"rl.dapo_filter": False},
     # The entity masked in the pivot only, drawn from those a similar paragraph names: the answer is in the document.
     "recoverable": {"data.document.mask_scope": "pivot"},
@@ -247,6 +250,7 @@ def _paper() -> ml_collections.ConfigDict:
     # {"memory_fill": -0.1} (a length penalty); the paper's R_E has none.
     c.agent.rewards = ml_collections.ConfigDict()
     c.agent.train_final_answer = True
+    c.agent.train_memory_turns = True
     c.agent.answer_extractor = "boxed"  # boxed (the paper) | boxed_or_line (lenient)
     c.agent.boxed_last_chars = 0  # 300 = MemAgent's scorer: only a box in the last 300 characters counts
 

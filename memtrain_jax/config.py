@@ -82,6 +82,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.eval_samples": 1,
     "data.document.mask_scope": "document",
     "data.probes.shared": False,
+    "agent.train_memory_turns": True,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

@@ -204,6 +204,12 @@ def test_credit_variants(tokenizer, chat, overrides, expected_e2e):
     # Without the final answer in the loss, only memory turns carry the E2E advantage.
     sequences, _ = assign_credit(batch, _config(**overrides, train_final_answer=False))
     assert not (sequences.kinds == 1).any() and (sequences.kinds == 0).sum() == 2 * (1 + 3 + 2)
+    # Recall answers only: the same recall sequences and advantages as with every turn trained, nothing else.
+    full, _ = assign_credit(batch, config)
+    recall, _ = assign_credit(batch, _config(**overrides, train_final_answer=False, train_memory_turns=False))
+    assert (recall.kinds == 2).all() and len(recall) == (full.kinds == 2).sum() > 0
+    np.testing.assert_array_equal(recall.advantages, full.advantages[full.kinds == 2])
+    np.testing.assert_array_equal(recall.groups, full.groups[full.kinds == 2])
 
 
 def test_without_imr_no_recall_call(tokenizer, chat):
@@ -382,6 +388,8 @@ def test_bad_inputs(tokenizer, chat, tmp_path):
         _config(answer_extractor="exact")
     with pytest.raises(ValueError, match="'mean'"):
         _config(advantage_normalisation="mean")
+    with pytest.raises(ValueError, match="Nothing would train"):
+        _config(imr=False, train_memory_turns=False, train_final_answer=False)
     assert extract_boxed("\\boxed{x}") == "x"
 
 

@@ -46,7 +46,8 @@ class AgentConfig:
     lambda: R_E = EM(final) + lambda * mean(R_I). rewards: further reward columns and their weights,
     ((name, weight), ...) of memtrain_jax.rewards.columns (R_E adds sum_c w_c * column_c).
     train_final_answer: the final answer turn is a training sequence (else only the memory updates carry
-    the E2E advantage).
+    the E2E advantage). train_memory_turns: the memory updates are training sequences (off with the final
+    answer too: only the recall answers train, so the answerer learns on a fixed reader).
     """
 
     group_size: int = 8
@@ -58,6 +59,7 @@ class AgentConfig:
     recall_weight: float = 0.5
     rewards: tuple[tuple[str, float], ...] = ()
     train_final_answer: bool = True
+    train_memory_turns: bool = True
     answer_extractor: str = "boxed"
     boxed_last_chars: int = 0
     temperature: float = 1.0
@@ -87,6 +89,11 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"agent.{name} must be a positive int, got {value!r}.")
+        if not (self.train_memory_turns or self.train_final_answer or self.imr):
+            raise ValueError(
+                "Nothing would train: agent.train_memory_turns, agent.train_final_answer and agent.imr are all off; "
+                "turn one of them on."
+            )
         if self.recall_weight < 0:
             raise ValueError(f"agent.recall_weight (lambda) must be >= 0, got {self.recall_weight}.")
         if self.answer_extractor not in EXTRACTORS:

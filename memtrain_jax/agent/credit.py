@@ -8,7 +8,7 @@ Rewards (the paper's, as reward columns of memtrain_jax.rewards.columns):
 Advantages (memtrain_jax.rl.group_advantages): E2E groups are the G1 trajectories of an episode,
 each trajectory's G2 recall samples form their own group. Advantages are computed once per
 trajectory (normalised at trajectory level) and then copied to every turn of it: all memory
-updates and, unless `train_final_answer` is off, the final answer. Each recall sample is its own
+updates (unless `train_memory_turns` is off) and, unless `train_final_answer` is off, the final answer. Each recall sample is its own
 training sequence. With `dapo_filter`, groups whose rewards are all equal are dropped (a recall
 group survives the drop of its E2E group).
 
@@ -128,7 +128,7 @@ def assign_credit(
     conversation = 0
     for r, traj in enumerate(trajectories):
         if not drop_e[traj.episode]:
-            turns = [(reply, t, "memory") for t, reply in enumerate(traj.memory_turns)]
+            turns = [(reply, t, "memory") for t, reply in enumerate(traj.memory_turns) if config.train_memory_turns]
             if config.train_final_answer:
                 turns.append((traj.answer, len(traj.memory_turns), "answer"))
             for reply, turn, kind in turns:

@@ -198,7 +198,7 @@ def predict_step(
         label = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
         jobs.append((f"prefill {label}", count, cost.prefill_cost(model, call.distinct, call.prompt)))
         jobs.append((f"decode {label}", count, cost.decode_cost(model, call.rows, call.prompt, call.new)))
-    sequences = trajectories * (chunks + int(agent.train_final_answer))
+    sequences = trajectories * (chunks * int(agent.train_memory_turns) + int(agent.train_final_answer))
     sequences += trajectories * agent.recall_group_size if agent.imr else 0
     updates = int(config.rl.get("updates_per_batch", 1))  # each mini-batch is packed on its own
     per_update = math.ceil(sequences / updates)
