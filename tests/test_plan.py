@@ -24,6 +24,7 @@ from memtrain_jax.plan import (
     format_plan,
     make_plan,
     parse_slice,
+    rollout_programs,
     rollout_sampler,
     run_shapes,
     topology_devices,
@@ -143,6 +144,22 @@ def test_run_shapes_follow_the_config():
     assert shapes.train_length % config.train.length_block == 0
     config.sampling.max_rows = 4
     assert max(c.rows for c in run_shapes(config, 4).calls) == 4  # the rollout micro-batch bounds every call
+
+
+def test_turns_that_differ_only_in_prompt_length_share_the_longest_prompts_programs():
+    """The paper's turns on v6e-8 (memory update, final answer, recall probe): the same rows and decode steps, prompts
+    of different lengths; one prefill and one decode program at the longest prompt (the recall's) serve all three."""
+    config = load_config("pod.py:qwen3-4b,v6e-8")
+    calls = {c.kind: c for c in run_shapes(config, 8).calls}
+    memory, answer, recall = calls["memory"], calls["answer"], calls["recall"]
+    assert len({(c.rows, c.distinct, c.new) for c in calls.values()}) == 1
+    assert answer.prompt < memory.prompt < recall.prompt
+    assert rollout_programs(run_shapes(config, 8).calls) == [(("memory", "answer", "recall"), recall)]
+    # Other rows or decode steps are other programs; equal calls are one.
+    other = dataclasses.replace(memory, kind="recall", rows=2 * memory.rows)
+    assert rollout_programs([memory, other, memory]) == [(("memory", "memory"), memory), (("recall",), other)]
+    other = dataclasses.replace(memory, kind="recall", new=memory.new // 2, prompt=memory.prompt + 256)
+    assert [call for _, call in rollout_programs([memory, other])] == [memory, other]
 
 
 def test_plan_on_this_hosts_devices_matches_the_layout():

@@ -357,6 +357,24 @@ def train_temporaries(config: ml_collections.ConfigDict, tpu: TpuSlice) -> tuple
     return int(compiled), int(estimated)
 
 
+def rollout_programs(calls: Sequence[RolloutCall]) -> list[tuple[tuple[str, ...], RolloutCall]]:
+    """The rollout programs a plan compiles: one per (rows, distinct prompts, decode steps), at the longest prompt
+    of the turns that share them, with those turns' kinds ((kinds, call), in the turns' order).
+
+    Turns that differ only in prompt length (the paper's memory update, final answer and recall probe: the same
+    rows and 1,024-token replies, prompts of 6,400, 1,280 and 6,656 tokens) then share one prefill and one decode
+    program: the longest prompt's program is the same computation on larger arrays, so its memory bounds theirs
+    (a run compiles the shorter prompts' buckets too; the plan checks what fits and what the compiler accepts)."""
+    longest: dict[tuple[int, int, int], RolloutCall] = {}
+    kinds: dict[tuple[int, int, int], list[str]] = {}
+    for call in calls:
+        key = (call.rows, call.distinct, call.new)
+        kinds.setdefault(key, []).append(call.kind)
+        if key not in longest or call.prompt > longest[key].prompt:
+            longest[key] = call
+    return [(tuple(kinds[key]), call) for key, call in longest.items()]
+
+
 def compile_or_refusal(program: jax.stages.Lowered) -> tuple[Any, str]:
     """(the compiled program, "") or (None, the compiler's one-line refusal) when the program does not fit a
     chip's HBM (the compiler's own verdict); any other compiler error is raised."""
@@ -398,13 +416,10 @@ def make_plan(
     }
     est = _estimate(model, _mesh_dict(mesh), config, shapes, layout["gradients"] / max(layout["parameters"], 1))
     opt, ref, grads = layout["optimizer"], layout["reference"], layout["gradients"]
-    jobs, seen = [], set()
-    for call in shapes.calls:
-        if (key := (call.rows, call.distinct, call.prompt, call.new)) in seen:
-            continue
-        seen.add(key)
+    jobs = []
+    for kinds, call in rollout_programs(shapes.calls):
         lowered = sampler.lower_programs(call.rows, call.distinct, call.prompt, call.new)
-        label = f"{call.kind} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
+        label = f"{'+'.join(kinds)} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
         # through a rollout the optimizer state and the KL reference stay on the chip
         jobs.append((f"prefill {label}", lowered["prefill"], opt + ref))
         jobs.append((f"decode {label}", lowered["decode"], opt + ref))
