@@ -9,8 +9,8 @@ Advantages (memtrain_jax.rl.group_advantages): E2E groups are the G1 trajectorie
 each trajectory's G2 recall samples form their own group. Advantages are computed once per
 trajectory (normalised at trajectory level) and then copied to every turn of it: all memory
 updates (unless `train_memory_turns` is off) and, unless `train_final_answer` is off, the final
-answer. Each recall sample is its own training sequence. With `dapo_filter`, groups whose rewards are all equal are dropped (a recall
-group survives the drop of its E2E group).
+answer. Each recall sample is its own training sequence. With `dapo_filter`, groups whose rewards are
+all equal are dropped (a recall group survives the drop of its E2E group).
 
 Every sequence is its own conversation for the loss except with the "trajectory" aggregation, which
 uses `conversations`: one id for all turns of a trajectory, its own id for each recall sample.
