@@ -22,9 +22,8 @@ lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv 
 normalisation), no_final (the final-answer turn is not trained), recall_only (only the recall answers are
 trained: the memory turns and the final answer are rolled out but carry no loss), no_dapo, recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
-task),
-shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their
-memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
+task), shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares
+their memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
 trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N,
 qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
 memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.

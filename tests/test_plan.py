@@ -157,7 +157,7 @@ def test_turns_that_differ_only_in_prompt_length_share_the_longest_prompts_progr
     assert rollout_programs(run_shapes(config, 8).calls) == [(("memory", "answer", "recall"), recall)]
     # Other rows or decode steps are other programs; equal calls are one.
     other = dataclasses.replace(memory, kind="recall", rows=2 * memory.rows)
-    assert rollout_programs([memory, other, memory]) == [(("memory", "memory"), memory), (("recall",), other)]
+    assert rollout_programs([memory, other, memory]) == [(("memory",), memory), (("recall",), other)]
     other = dataclasses.replace(memory, kind="recall", new=memory.new // 2, prompt=memory.prompt + 256)
     assert [call for _, call in rollout_programs([memory, other])] == [memory, other]
 

@@ -89,11 +89,6 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"agent.{name} must be a positive int, got {value!r}.")
-        if not (self.train_memory_turns or self.train_final_answer or self.imr):
-            raise ValueError(
-                "Nothing would train: agent.train_memory_turns, agent.train_final_answer and agent.imr are all off; "
-                "turn one of them on."
-            )
         if self.recall_weight < 0:
             raise ValueError(f"agent.recall_weight (lambda) must be >= 0, got {self.recall_weight}.")
         if self.answer_extractor not in EXTRACTORS:
@@ -116,6 +111,14 @@ class AgentConfig:
             raise ValueError(
                 f"sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, "
                 f"{self.top_p}, {self.top_k}."
+            )
+
+    def check_trains(self) -> None:
+        """Raises ValueError when a GRPO step would train no turn (rollout-only uses, e.g. QA evaluation, may)."""
+        if not (self.train_memory_turns or self.train_final_answer or self.imr):
+            raise ValueError(
+                "Nothing would train: agent.train_memory_turns, agent.train_final_answer and agent.imr are all off; "
+                "turn one of them on."
             )
 
     @classmethod

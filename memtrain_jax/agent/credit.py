@@ -128,7 +128,9 @@ def assign_credit(
     conversation = 0
     for r, traj in enumerate(trajectories):
         if not drop_e[traj.episode]:
-            turns = [(reply, t, "memory") for t, reply in enumerate(traj.memory_turns) if config.train_memory_turns]
+            turns = (
+                [(reply, t, "memory") for t, reply in enumerate(traj.memory_turns)] if config.train_memory_turns else []
+            )
             if config.train_final_answer:
                 turns.append((traj.answer, len(traj.memory_turns), "answer"))
             for reply, turn, kind in turns:

@@ -369,7 +369,8 @@ def rollout_programs(calls: Sequence[RolloutCall]) -> list[tuple[tuple[str, ...]
     kinds: dict[tuple[int, int, int], list[str]] = {}
     for call in calls:
         key = (call.rows, call.distinct, call.new)
-        kinds.setdefault(key, []).append(call.kind)
+        if call.kind not in kinds.setdefault(key, []):
+            kinds[key].append(call.kind)
         if key not in longest or call.prompt > longest[key].prompt:
             longest[key] = call
     return [(tuple(kinds[key]), call) for key, call in longest.items()]

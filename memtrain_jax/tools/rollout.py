@@ -61,6 +61,8 @@ def show_episode(setup: AgentSetup, result: RolloutBatch, sequences: TrainingSeq
                 f"[credit] R_E {sequences.rewards[rows[0]]:.3f}, advantage {sequences.advantages[rows[0]]:+.3f} "
                 f"on {rows.size} turns"
             )
+        elif not (setup.agent.train_memory_turns or setup.agent.train_final_answer):
+            print("[credit] memory and answer turns not trained (agent.train_memory_turns/train_final_answer off)")
         else:
             print("[credit] group dropped (all rewards equal): not trained on")
 

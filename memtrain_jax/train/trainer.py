@@ -53,7 +53,7 @@ __all__ = ["CONFIG_FILE", "EVAL_KEYS", "STEP_KEYS", "TrainConfig", "Trainer", "r
 
 Log = Callable[[str], None]
 # Every record of metrics.jsonl has these keys (null where a step has no such figure, e.g. no rollout in
-# the format warm-up, no loss when the DAPO filter dropped every group).
+# the format warm-up, no loss when the DAPO filter dropped every trained group).
 STEP_KEYS = (
     "step",
     "phase",
@@ -189,6 +189,8 @@ class Trainer:
         )
         self.rl = RLConfig.from_config(config.rl)
         self.loss_config = self.rl.loss
+        if writer:
+            AgentConfig.from_config(config).check_trains()  # before the model loads
         self.setup = AgentSetup.build(config, log=log)
         check_workdir(workdir, run_identity(self.setup), write=writer)
         setup = self.setup
@@ -327,7 +329,10 @@ class Trainer:
             **{f"{kind}_s": s.seconds for kind, s in stats.items()},
         )
         if not len(sequences):
-            self.log(f"[train] WARNING step {step}: the DAPO filter dropped every group (all rewards equal); no update")
+            self.log(
+                f"[train] WARNING step {step}: the DAPO filter dropped every trained group (all rewards equal); "
+                "no update"
+            )
             return state, {**metrics, "skipped_update": 1, "update_s": 0.0}, result
         start = time.perf_counter()
         state, update = self._updates(state, sequences, "grpo", step)
