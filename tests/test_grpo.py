@@ -176,24 +176,45 @@ def _micro_batches(seqs, size, mode="sequence_mean"):
     return pack(seqs, w, c, LengthBuckets(block=8, max_length=16), size, pad_id=0, window=8)
 
 
-def test_ratio_one_gradient_is_reinforce():
-    """With old log-probs equal to the current ones and no KL, d loss_sum = -sum_i w_i A_i sum_t d log pi."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_ratio_one_gradient_is_reinforce(temperature):
+    """With old log-probs equal to the current ones and no KL, d loss_sum = -sum_i w_i A_i sum_t d log pi_T, where
+    pi_T = softmax(logits / T) is the rollouts' sampling distribution (the full logits here, not the scoring path)."""
+    from memtrain_jax.model.transformer import apply_model, default_positions
+
     params = init_params(CONFIG, jax.random.key(0))
     seqs = _sequences()
     (mb,) = _micro_batches(seqs, 8)
     window = dict(start=mb.response_start, window=mb.loss_mask.shape[1])
-    current, _ = token_logprobs_and_entropy(CONFIG, params, mb.tokens, mb.attention_mask, **window)
+    current, _ = token_logprobs_and_entropy(
+        CONFIG, params, mb.tokens, mb.attention_mask, **window, temperature=temperature
+    )
     mb = mb.replace(old_logp=np.asarray(current))
     config = LossConfig(kl_coef=0.0)
-    ours = jax.jit(jax.grad(lambda p: loss_sums(p, mb, CONFIG, config, "grpo", 4, False)[0]))(params)
+    grpo = lambda p: loss_sums(p, mb, CONFIG, config, "grpo", 4, False, temperature)[0]
+    ours = jax.jit(jax.grad(grpo))(params)
+    index = np.asarray(mb.response_start)[:, None] + np.arange(mb.loss_mask.shape[1])[None]  # [B, W] positions
 
     def reinforce(p):
-        logp, _ = token_logprobs_and_entropy(CONFIG, p, mb.tokens, mb.attention_mask, **window)
+        mask = jnp.asarray(mb.attention_mask)
+        logits, _ = apply_model(CONFIG, p, mb.tokens, default_positions(mask), mask)
+        logp_all = jax.nn.log_softmax(logits / temperature)
+        inside = index <= mb.tokens.shape[1] - 2
+        safe = np.minimum(index, mb.tokens.shape[1] - 2)
+        targets = np.take_along_axis(np.asarray(mb.tokens), safe + 1, axis=1)
+        logp = jnp.take_along_axis(jnp.take_along_axis(logp_all, safe[..., None], 1), targets[..., None], -1)[..., 0]
+        logp = jnp.where(inside, logp, 0.0)
         return -jnp.sum(mb.weights[:, None] * mb.advantages[:, None] * mb.loss_mask * logp)
 
     ref = jax.jit(jax.grad(reinforce))(params)
-    _assert_trees_close(ours, ref)
+    _assert_trees_close(ours, ref, rtol=1e-4)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(ours)) > 1e-4
+    # The Learner scores (old and reference log-probs) at its temperature.
+    learner = Learner(
+        CONFIG, make_mesh((1, 1, 1), devices=jax.devices()[:1]), tuple(_rules()), OptimConfig(),
+        LossConfig(kl_coef=0.0), logprob_chunk=4, temperature=temperature,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(learner.score(params, mb)), np.asarray(current), rtol=0, atol=1e-5)
 
 
 def _assert_trees_close(a, b, rtol=1e-5):

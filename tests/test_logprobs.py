@@ -32,9 +32,10 @@ def params():
     return p
 
 
-def _reference(params, tokens, mask):
-    """log_softmax(forward) at the next token, and the entropy, in float64 NumPy; 0 where either token is padding."""
-    logits = np.asarray(forward(CONFIG, params, tokens, attention_mask=mask), np.float64)[:, :-1]
+def _reference(params, tokens, mask, temperature=1.0):
+    """log_softmax(forward / temperature) at the next token, and the entropy, in float64 NumPy; 0 where either token
+    is padding."""
+    logits = np.asarray(forward(CONFIG, params, tokens, attention_mask=mask), np.float64)[:, :-1] / temperature
     logits = logits - logits.max(-1, keepdims=True)
     logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     target = np.take_along_axis(logp_all, np.asarray(tokens)[:, 1:, None], -1)[..., 0]
@@ -52,19 +53,20 @@ def _left_padded(rng, lengths, width):
     return tokens, mask
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 7, 64])
-def test_equals_log_softmax_of_forward(params, chunk_size):
+@pytest.mark.parametrize("chunk_size, temperature", [(1, 1.0), (4, 1.0), (7, 1.0), (64, 1.0), (4, 0.7), (64, 1.6)])
+def test_equals_log_softmax_of_forward(params, chunk_size, temperature):
     tokens, mask = _left_padded(np.random.default_rng(0), [19, 12, 2], 19)
-    logp, entropy = jax.jit(token_logprobs_and_entropy, static_argnums=0, static_argnames="chunk_size")(
-        CONFIG, params, tokens, mask, chunk_size=chunk_size
+    static = ("chunk_size", "temperature")
+    logp, entropy = jax.jit(token_logprobs_and_entropy, static_argnums=0, static_argnames=static)(
+        CONFIG, params, tokens, mask, chunk_size=chunk_size, temperature=temperature
     )
-    ref_logp, ref_entropy = _reference(params, tokens, mask)
+    ref_logp, ref_entropy = _reference(params, tokens, mask, temperature)
     assert np.abs(ref_logp).max() > 1.0
     np.testing.assert_allclose(np.asarray(logp), ref_logp, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(entropy), ref_entropy, rtol=0, atol=1e-5)
     public = memtrain_jax.token_logprobs(CONFIG, params, tokens, mask)
     assert public.shape == (3, 18) and public.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(public), ref_logp, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(public), _reference(params, tokens, mask)[0], rtol=0, atol=1e-5)
 
 
 def test_gradient_equals_gradient_through_full_logits(params):
@@ -85,16 +87,17 @@ def test_gradient_equals_gradient_through_full_logits(params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5), ours, ref)
 
 
-@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
-def test_sampler_logprobs_equal_teacher_forcing(params, mesh_shape):
-    """Sampled at temperature 1, the sampler's log-probs are the policy's: token_logprobs of prompt + completion."""
+@pytest.mark.parametrize("mesh_shape, temperature", [(None, 1.0), ((2, 2, 2), 1.0), (None, 0.7)])
+def test_sampler_logprobs_equal_teacher_forcing(params, mesh_shape, temperature):
+    """The sampler's log-probs are those of the distribution it drew from, softmax(logits / T): the teacher-forced
+    log-probs of prompt + completion at the same temperature (what GRPO's first update scores, ratio 1)."""
     mesh = make_mesh(mesh_shape) if mesh_shape else None
     sampler = Sampler(CONFIG, mesh)
     rng = np.random.default_rng(4)
     prompts = [rng.integers(1, CONFIG.vocab_size, n).tolist() for n in (5, 11, 3)]
-    out = sampler(params, prompts, max_new_tokens=[9, 6, 12], temperature=1.0, seed=7)
+    out = sampler(params, prompts, max_new_tokens=[9, 6, 12], temperature=temperature, seed=7)
     for i, prompt in enumerate(prompts):
         n = int(out.lengths[i])
         seq = np.asarray([prompt + out.tokens[i, :n].tolist()], np.int32)
-        logp = np.asarray(memtrain_jax.token_logprobs(CONFIG, params, seq))[0, len(prompt) - 1 :]
-        np.testing.assert_allclose(out.logprobs[i, :n], logp, rtol=0, atol=1e-5)
+        logp, _ = token_logprobs_and_entropy(CONFIG, params, seq, temperature=temperature)
+        np.testing.assert_allclose(out.logprobs[i, :n], np.asarray(logp)[0, len(prompt) - 1 :], rtol=0, atol=1e-5)

@@ -64,7 +64,7 @@ def test_greedy_matches_full_forward_reference(params):
 def test_logprobs_equal_teacher_forced_log_softmax(params, sampler, temperature, top_k, top_p):
     out = sampler(params, PROMPTS, max_new_tokens=9, temperature=temperature, top_k=top_k, top_p=top_p, seed=5)
     sequences = [p + out.tokens[i].tolist() for i, p in enumerate(PROMPTS)]
-    logp = log_softmax(full_logits(params, sequences))
+    logp = log_softmax(full_logits(params, sequences) / (temperature or 1.0))  # the tempered distribution drawn from
     for i, prompt in enumerate(PROMPTS):
         positions = len(prompt) - 1 + np.arange(9)  # logits at position t predict token t + 1
         expected = logp[i, positions, out.tokens[i]]

@@ -22,11 +22,15 @@ from memtrain_jax.model.transformer import Params, apply_model, default_position
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _block_scores(hidden: jax.Array, head: jax.Array, targets: jax.Array, tied: bool) -> tuple[jax.Array, jax.Array]:
+def _block_scores(
+    hidden: jax.Array, head: jax.Array, targets: jax.Array, tied: bool, temperature: float
+) -> tuple[jax.Array, jax.Array]:
     """hidden [B, C, H], targets [B, C], head [V, H] (tied embedding, used as stored: no transpose copy) or
-    [H, V] -> (log p(target) [B, C], entropy [B, C]), float32."""
+    [H, V] -> (log p(target) [B, C], entropy [B, C]) of softmax(logits / temperature), float32."""
     spec = "bch,vh->bcv" if tied else "bch,hv->bcv"
     logits = jnp.einsum(spec, hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     lse = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -44,8 +48,10 @@ def token_logprobs_and_entropy(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     start: jax.Array | None = None,
     window: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """(log p(tokens[:, j+1] | tokens[:, :j+1]), entropy of that distribution), both [B, T-1] float32.
+    """(log p(tokens[:, j+1] | tokens[:, :j+1]), entropy of that distribution), both [B, T-1] float32, with
+    p = softmax(logits / temperature) (static; GRPO scores samples under the distribution they were drawn from).
 
     Traceable (call inside jit; differentiable). tokens: [B, T] int32; attention_mask: [B, T] bool, False
     on padding. Position j is 0 in both outputs unless tokens j and j+1 are both real.
@@ -59,6 +65,8 @@ def token_logprobs_and_entropy(
         raise ValueError(f"token_logprobs needs sequences of at least 2 tokens, got shape {tokens.shape}.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (the tempered distribution scored), got {temperature}.")
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), bool)
     attention_mask = attention_mask.astype(bool)
@@ -89,7 +97,7 @@ def token_logprobs_and_entropy(
     targets = targets.reshape(b, blocks, chunk).swapaxes(0, 1)
     tied = config.tie_embeddings
     head = params["embedder"]["embedding"] if tied else params["lm_head"]["kernel"]
-    score = jax.checkpoint(functools.partial(_block_scores, head=head, tied=tied))
+    score = jax.checkpoint(functools.partial(_block_scores, head=head, tied=tied, temperature=float(temperature)))
     logp, entropy = jax.lax.map(lambda xs: score(xs[0], targets=xs[1]), (hidden, targets))
     logp = logp.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
     entropy = entropy.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]

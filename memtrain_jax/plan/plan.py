@@ -342,7 +342,7 @@ def update_learner(config: ml_collections.ConfigDict, sampler: Sampler) -> Learn
     return Learner(
         sampler.config, sampler.mesh, sampler.rules, OptimConfig.from_config(config.optim),
         loss_config_from(config.rl), logprob_chunk=int(config.train.logprob_chunk),
-        trainable_layers=int(config.train.trainable_layers),
+        trainable_layers=int(config.train.trainable_layers), temperature=float(config.sampling.temperature),
     )  # fmt: skip
 
 

@@ -10,8 +10,8 @@ rounded up to buckets (see `Buckets`), so a training run compiles a handful of p
 temperature, top-p, the per-row budgets and the stop tokens are runtime values of a compiled
 program, only `top_k` (and whether top-p is on) are static.
 
-Log-probabilities are those of the policy itself: log_softmax of the model's logits before
-temperature, top-k or top-p, at the sampled token.
+Log-probabilities are those of the distribution each token was drawn from: log_softmax(logits / temperature)
+at the sampled token, before top-k or top-p (greedy: the logits' own), the policy GRPO then optimises.
 
 Shapes: B batch (bucketed), U distinct prompts (bucketed), P prompt slots, N decode budget
 (bucketed), E stop-token slots, S cache slots, V vocab.
@@ -55,8 +55,8 @@ class SampleOutput:
     """What one sampling call returns (arrays; B rows, N decode slots).
 
     tokens: [B, N] int32 generated ids, `pad_id` after each row's length (a stop token is included).
-    logprobs: [B, N] float32 log-probability of each generated token under the policy's logits
-        (before temperature / top-k / top-p), 0 after each row's length.
+    logprobs: [B, N] float32 log-probability of each generated token under softmax(logits / temperature), the
+        distribution it was drawn from before top-k / top-p (greedy: softmax(logits)), 0 after each row's length.
     lengths: [B] int32 number of generated tokens.
     stopped: [B] bool, True if the row ended on one of its stop tokens, False if it hit its budget.
     steps: int32 scalar, number of decode steps (model calls after the prefill) the loop ran.
@@ -331,7 +331,9 @@ def decode(
         step = state["step"]
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step.astype(jnp.uint32))
         token = choose_tokens(logits, keys, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+        # log-prob under the distribution the token was drawn from (tempered; greedy: the logits' own)
+        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
         active = ~state["done"]
         lengths = state["lengths"] + active.astype(jnp.int32)
         hit_stop = active & jnp.any(token[:, None] == stop_tokens, axis=-1)

@@ -140,8 +140,12 @@ def loss_sums(
     objective: str,
     logprob_chunk: int,
     use_ref: bool,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(sum_i w_i sum_t m_it l_it, metric sums) of one micro-batch; see memtrain_jax.rl.loss."""
+    """(sum_i w_i sum_t m_it l_it, metric sums) of one micro-batch; see memtrain_jax.rl.loss.
+
+    GRPO scores tokens under softmax(logits / temperature), the rollouts' sampling distribution (as the sampler's
+    log-probs, the "old" policy, are); the supervised objective under the model's own distribution."""
     logp, entropy = token_logprobs_and_entropy(
         model_config,
         params,
@@ -150,6 +154,7 @@ def loss_sums(
         chunk_size=logprob_chunk,
         start=batch.response_start,
         window=batch.loss_mask.shape[1],
+        temperature=1.0 if objective == "sft" else temperature,
     )
     mask = batch.loss_mask
     if objective == "sft":
@@ -192,8 +197,11 @@ class Learner:
         *,
         logprob_chunk: int = 256,
         trainable_layers: int = 0,
+        temperature: float = 1.0,
     ):
         self.model_config, self.mesh, self.rules = model_config, mesh, tuple(rules)
+        # The rollouts' sampling temperature (> 0): GRPO's log-probs, new, old and reference, are the tempered ones.
+        self.temperature = float(temperature) if temperature > 0 else 1.0
         self.loss_config, self.logprob_chunk = loss_config, logprob_chunk  # positions per vocabulary block
         self.use_ref = loss_config.kl_coef > 0
         self.optimizer = optim.optimizer()
@@ -268,7 +276,14 @@ class Learner:
         def loss(trainable):
             merged = merge(self.mask, trainable, params)
             return loss_sums(
-                merged, batch, self.model_config, self.loss_config, objective, self.logprob_chunk, self.use_ref
+                merged,
+                batch,
+                self.model_config,
+                self.loss_config,
+                objective,
+                self.logprob_chunk,
+                self.use_ref,
+                self.temperature,
             )
 
         new, sums = jax.grad(loss, has_aux=True)(select(params, self.mask))
@@ -293,6 +308,7 @@ class Learner:
             chunk_size=self.logprob_chunk,
             start=batch.response_start,
             window=batch.loss_mask.shape[1],
+            temperature=self.temperature,
         )[0]
 
     # --- host API -------------------------------------------------------------------------------
