@@ -213,7 +213,7 @@ class Trainer:
             self.loss_config,
             logprob_chunk=self.train_config.logprob_chunk,
             trainable_layers=self.train_config.trainable_layers,
-            temperature=float(config.sampling.temperature),
+            temperature=setup.agent.temperature,  # the rollouts' own (one source: AgentConfig)
         )
         micro = self.train_config.micro_batch_size
         if micro % self.learner.batch_multiple:
