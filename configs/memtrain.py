@@ -20,7 +20,9 @@ Variants:
 Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
 normalisation), no_final (the final-answer turn is not trained), recall_only (only the recall answers are
-trained: the memory turns and the final answer are rolled out but carry no loss), no_dapo, recoverable (the
+trained: the memory turns and the final answer are rolled out but carry no loss), no_dapo, positive_only (only
+samples above their group's mean reward train; none is pushed down: rl.negative_weight = 0), negative=X (that
+weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
 task), shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares
 their memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
@@ -46,6 +48,7 @@ _VALUE_ABLATIONS = {
     "lambda": ("agent.recall_weight", float),
     "g1": ("agent.group_size", int),
     "g2": ("agent.recall_group_size", int),
+    "negative": ("rl.negative_weight", float),
     "chunk": ("data.chunking.chunk_size", int),
     "memory": ("agent.memory_tokens", int),
     "qa_chunk": ("qa.overrides.data.chunking.chunk_size", int),
@@ -59,6 +62,8 @@ _NAMED_ABLATIONS = {
     # Only the recall answers train (memory turns and final answer are rolled out, not trained).
     "recall_only": {"agent.train_memory_turns": False, "agent.train_final_answer": False},
     "no_dapo": {"rl.dapo_filter": False},
+    # Only samples better than their group's mean train (positive sample reinforcement): none is pushed down.
+    "positive_only": {"rl.negative_weight": 0.0},
     # The entity masked in the pivot only, drawn from those a similar paragraph names: the answer is in the document.
     "recoverable": {"data.document.mask_scope": "pivot"},
     # The G1 trajectories of an episode share one recall probe: their R_I then differ by their memories only.
@@ -264,6 +269,8 @@ def _paper() -> ml_collections.ConfigDict:
 
     c.rl = ml_collections.ConfigDict()
     c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)
+    # How much samples below their group's mean push down: 1 = GRPO; 0 = positive samples only (PSR).
+    c.rl.negative_weight = 1.0
     c.rl.dapo_filter = True  # drop groups whose rewards are all equal
     # token_mean (the paper's code, MemAgent) | sequence_mean (the paper's formula) | trajectory_mean | constant
     # (Dr. GRPO); memtrain_jax/rl/loss.py. sequence_mean weighs every memory turn as a conversation, so

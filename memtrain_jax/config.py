@@ -83,6 +83,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "data.document.mask_scope": "document",
     "data.probes.shared": False,
     "agent.train_memory_turns": True,
+    "rl.negative_weight": 1.0,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from memtrain_jax.rl import group_advantages, uniform_groups
+from memtrain_jax.config import UsageError
+from memtrain_jax.rl import RLConfig, group_advantages, uniform_groups, weigh_negatives
 
 
 def _numpy_reference(rewards, groups, normalisation, eps=1e-6):
@@ -35,6 +36,26 @@ def test_group_advantages_match_numpy(normalisation, seed):
     # Dr. GRPO advantages sum to zero within every group.
     for g in np.unique(groups):
         assert abs(ours[groups == g].sum()) < 1e-5
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1, 1.0])
+def test_weigh_negatives_scales_only_the_samples_below_their_group_mean(weight):
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 5, 40)
+    rewards = rng.choice([0.0, 1.0], size=40)
+    adv = _numpy_reference(rewards, groups, "none")
+    ours = np.asarray(weigh_negatives(group_advantages(rewards, groups, 5), weight))
+    np.testing.assert_allclose(ours, np.where(adv < 0, weight * adv, adv), rtol=1e-5, atol=1e-6)
+    # Positive-only (weight 0): a group of binary rewards with k of n right gives each right sample 1 - k/n.
+    if weight == 0.0:
+        for g in np.unique(groups):
+            r = rewards[groups == g]
+            np.testing.assert_allclose(ours[groups == g], np.where(r > 0, 1 - r.mean(), 0.0), atol=1e-6)
+
+
+def test_negative_weight_outside_zero_one_is_refused():
+    with pytest.raises(UsageError, match="negative_weight.*-0.5"):
+        RLConfig(negative_weight=-0.5)
 
 
 def test_uniform_groups():

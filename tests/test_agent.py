@@ -187,6 +187,8 @@ def test_scripted_rollout_prompts_calls_rewards_and_credit(tokenizer, chat):
         (dict(recall_weight=0.0, dapo_filter=False), [0.5, -0.5, 0, 0, 0, 0]),
         # GRPO's std normalisation (ddof = 1): +-0.5 / (0.7071 + eps).
         (dict(advantage_normalisation="std", dapo_filter=False), [0.7071057, -0.7071057, 0, 0, 0, 0]),
+        # Positive samples only (rl.negative_weight = 0): the answer below its group's mean gets 0, not -0.5.
+        (dict(recall_weight=0.0, dapo_filter=False, negative_weight=0.0), [0.5, 0, 0, 0, 0, 0]),
     ],
 )
 def test_credit_variants(tokenizer, chat, overrides, expected_e2e):

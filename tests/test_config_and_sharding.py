@@ -141,6 +141,8 @@ def test_the_rl_section_is_typed_once():
     assert rl.loss == LossConfig(clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.0, aggregation="token_mean")
     with pytest.raises(UnknownFieldError, match="did you mean kl_coef"):
         RLConfig.from_config({"kl_coeff": 0.0})
+    assert RLConfig.from_config(load_config("configs/memtrain.py:cpu,positive_only").rl).negative_weight == 0.0
+    assert RLConfig.from_config(load_config("configs/memtrain.py:cpu,negative=0.25").rl).negative_weight == 0.25
     with pytest.raises(UsageError, match="'zscore'"):
         RLConfig.from_config({"advantage_normalisation": "zscore"})
     with pytest.raises(ValueError, match="'k4'"):

@@ -23,6 +23,7 @@ _FROM_OTHER_SECTIONS = (
     "top_p",
     "top_k",
     "advantage_normalisation",
+    "negative_weight",
     "dapo_filter",
     "chunk_size",
     "max_chunks",
@@ -66,6 +67,7 @@ class AgentConfig:
     top_p: float = 1.0
     top_k: int = 0
     advantage_normalisation: str = "none"
+    negative_weight: float = 1.0
     dapo_filter: bool = True
     chunk_size: int = 5120
     max_chunks: int = 8
@@ -135,6 +137,7 @@ class AgentConfig:
             top_p=float(config.sampling.top_p),
             top_k=int(config.sampling.top_k),
             advantage_normalisation=rl.advantage_normalisation,
+            negative_weight=rl.negative_weight,
             dapo_filter=rl.dapo_filter,
             chunk_size=int(data.chunking.chunk_size),
             max_chunks=int(data.chunking.max_chunks),

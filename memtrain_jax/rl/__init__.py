@@ -1,6 +1,6 @@
 """GRPO math: group advantages, DAPO filtering, the clipped surrogate, KL estimators and loss aggregation."""
 
-from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS, group_advantages, uniform_groups
+from memtrain_jax.rl.advantages import ADVANTAGE_NORMALISATIONS, group_advantages, uniform_groups, weigh_negatives
 from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import (
     KL_ESTIMATORS,
@@ -26,4 +26,5 @@ __all__ = [
     "grpo_token_loss",
     "kl_estimate",
     "uniform_groups",
+    "weigh_negatives",
 ]

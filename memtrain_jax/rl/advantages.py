@@ -45,6 +45,17 @@ def group_advantages(
     return advantages
 
 
+def weigh_negatives(advantages: jax.Array, weight: float) -> jax.Array:
+    """A_i' = A_i where A_i >= 0, else weight * A_i: how much the samples worse than their group's mean push down.
+
+    weight 1 is GRPO; weight 0 keeps only positive sample reinforcement (PSR: the better samples are raised,
+    nothing is pushed down; Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM
+    Reasoning", find PSR sharpens pass@1 while negative samples keep pass@k). advantages: [n]. Returns [n] float32.
+    """
+    advantages = jnp.asarray(advantages, jnp.float32)
+    return jnp.where(advantages < 0, weight * advantages, advantages)
+
+
 def uniform_groups(rewards: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Array:
     """[num_groups] bool: True where every reward of the group is the same (zero variance; an empty group too).
 

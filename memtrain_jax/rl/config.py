@@ -12,11 +12,12 @@ from memtrain_jax.rl.loss import LossConfig
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """Advantages (`advantage_normalisation`, `dapo_filter`), the loss (clip, dual clip, KL, aggregation) and the
-    update schedule (`updates_per_batch` mini-batches, `recompute_old_logprobs`); configs/memtrain.py explains
-    each value."""
+    """Advantages (`advantage_normalisation`, `negative_weight`, `dapo_filter`), the loss (clip, dual clip, KL,
+    aggregation) and the update schedule (`updates_per_batch` mini-batches, `recompute_old_logprobs`);
+    configs/memtrain.py explains each value."""
 
     advantage_normalisation: str = "none"
+    negative_weight: float = 1.0
     dapo_filter: bool = True
     loss_aggregation: str = "sequence_mean"
     clip_low: float = 0.2
@@ -33,6 +34,10 @@ class RLConfig:
                 f"Unknown rl.advantage_normalisation {self.advantage_normalisation!r}; "
                 f"choose one of {ADVANTAGE_NORMALISATIONS}."
             )
+        if not 0.0 <= self.negative_weight <= 1.0:
+            raise UsageError(
+                f"rl.negative_weight must be in [0, 1] (1 = GRPO, 0 = positive only), got {self.negative_weight}."
+            )
         if int(self.updates_per_batch) < 1:
             raise UsageError(f"rl.updates_per_batch must be >= 1, got {self.updates_per_batch}.")
         self.loss  # noqa: B018 (the loss settings are checked where they are defined)
@@ -40,7 +45,7 @@ class RLConfig:
     @classmethod
     def from_config(cls, section: Any) -> RLConfig:
         values = section_values(cls, section, "rl")
-        for name in ("clip_low", "clip_high", "dual_clip", "kl_coef"):
+        for name in ("clip_low", "clip_high", "dual_clip", "kl_coef", "negative_weight"):
             if name in values:
                 values[name] = float(values[name])
         for name in ("dapo_filter", "recompute_old_logprobs"):
