@@ -46,6 +46,8 @@ def test_weigh_negatives_scales_only_the_samples_below_their_group_mean(weight):
     adv = _numpy_reference(rewards, groups, "none")
     ours = np.asarray(weigh_negatives(group_advantages(rewards, groups, 5), weight))
     np.testing.assert_allclose(ours, np.where(adv < 0, weight * adv, adv), rtol=1e-5, atol=1e-6)
+    # group_advantages applies the same weight itself (how credit assignment calls it).
+    np.testing.assert_array_equal(np.asarray(group_advantages(rewards, groups, 5, "none", weight)), ours)
     # Positive-only (weight 0): a group of binary rewards with k of n right gives each right sample 1 - k/n.
     if weight == 0.0:
         for g in np.unique(groups):

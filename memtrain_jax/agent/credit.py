@@ -27,7 +27,7 @@ import numpy as np
 from memtrain_jax.agent.config import AgentConfig
 from memtrain_jax.agent.rollout import Reply, RolloutBatch
 from memtrain_jax.rewards.columns import REWARDS, RewardFn, combine, reward_columns
-from memtrain_jax.rl.advantages import group_advantages, uniform_groups, weigh_negatives
+from memtrain_jax.rl.advantages import group_advantages, uniform_groups
 
 KIND_IDS = {"memory": 0, "answer": 1, "recall": 2}
 
@@ -109,8 +109,9 @@ def assign_credit(
     num_episodes = len(batch.episodes)
     r_e, r_i, columns = trajectory_rewards(batch, config, functions)
     episode_of = np.asarray([t.episode for t in trajectories], np.int32)
-    adv_e = group_advantages(r_e, episode_of, num_episodes, config.advantage_normalisation)
-    adv_e = np.asarray(weigh_negatives(adv_e, config.negative_weight))
+    adv_e = np.asarray(
+        group_advantages(r_e, episode_of, num_episodes, config.advantage_normalisation, config.negative_weight)
+    )
     uniform_e = np.asarray(uniform_groups(r_e, episode_of, num_episodes))
     drop_e = uniform_e & config.dapo_filter
 
@@ -121,8 +122,11 @@ def assign_credit(
         if probed
         else (np.zeros((0,), np.int32))
     )
-    adv_i = group_advantages(recall_rewards, recall_group, len(probed), config.advantage_normalisation)
-    adv_i = np.asarray(weigh_negatives(adv_i, config.negative_weight))
+    adv_i = np.asarray(
+        group_advantages(
+            recall_rewards, recall_group, len(probed), config.advantage_normalisation, config.negative_weight
+        )
+    )
     uniform_i = np.asarray(uniform_groups(recall_rewards, recall_group, len(probed)))
     drop_i = uniform_i & config.dapo_filter
 

@@ -23,12 +23,18 @@ def _group_stats(rewards: jax.Array, group_ids: jax.Array, num_groups: int) -> t
 
 
 def group_advantages(
-    rewards: jax.Array, group_ids: jax.Array, num_groups: int, normalisation: str = "none", eps: float = 1e-6
+    rewards: jax.Array,
+    group_ids: jax.Array,
+    num_groups: int,
+    normalisation: str = "none",
+    negative_weight: float = 1.0,
+    eps: float = 1e-6,
 ) -> jax.Array:
     """Advantage of each sample: A_i = r_i - mean_{j in g(i)} r_j.
 
     normalisation "none" is Dr. GRPO (the paper: no division by the group's spread); "std" is GRPO,
     A_i / (std_{g(i)} + eps) with the unbiased std (ddof = 1, as verl and TRL; 0 for a group of one).
+    negative_weight scales the advantages below 0 (`weigh_negatives`; 1 = GRPO, 0 = positive samples only).
     rewards: [n] float; group_ids: [n] int in [0, num_groups). Returns [n] float32.
     """
     if normalisation not in ADVANTAGE_NORMALISATIONS:
@@ -42,7 +48,7 @@ def group_advantages(
     if normalisation == "std":
         std = jnp.sqrt(squares / jnp.maximum(count - 1.0, 1.0))
         advantages = advantages / (std[group_ids] + eps)
-    return advantages
+    return weigh_negatives(advantages, negative_weight)
 
 
 def weigh_negatives(advantages: jax.Array, weight: float) -> jax.Array:
