@@ -117,6 +117,7 @@ _CPU = {
     "agent.answer_tokens": 24,
     "agent.recall_tokens": 24,
     "sampling.temperature": 0.7,  # SmolLM2-135M writes noise at 1.0
+    "sampling.length_block": 64,  # prompts of 150-350 tokens: 256-token blocks padded a 260-token prompt to 512
     # The KL term costs a reference forward pass per micro-batch, and at 1e-3 it barely acts over a few dozen steps.
     "rl.kl_coef": 0.0,
     "optim.learning_rate": 2e-5,
@@ -266,6 +267,10 @@ def _paper() -> ml_collections.ConfigDict:
     # The rollout micro-batch: a turn's call of more rows runs as several calls of at most this many (bounds
     # the KV cache on the device; `memtrain plan` says when it is needed). 0 = every row in one call.
     c.sampling.max_rows = 0
+    # Prompt-length buckets: multiples of this beyond it (powers of two below). Left padding up to the bucket is
+    # computed like real tokens, so a block near the prompts' length wastes up to half of a prefill; a smaller
+    # block compiles more programs (memtrain_jax/sampler/sampler.py: Buckets).
+    c.sampling.length_block = 256
 
     c.rl = ml_collections.ConfigDict()
     c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)

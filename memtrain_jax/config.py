@@ -47,6 +47,7 @@ RUN_CHOICES = (
     "data.loader.shard_index",
     "data.loader.shard_count",
     "sampling.max_rows",
+    "sampling.length_block",
     "train.steps",
     "train.micro_batch_size",
     "train.logprob_chunk",
@@ -84,6 +85,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "data.probes.shared": False,
     "agent.train_memory_turns": True,
     "rl.negative_weight": 1.0,
+    "sampling.length_block": 256,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

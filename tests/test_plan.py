@@ -144,6 +144,14 @@ def test_run_shapes_follow_the_config():
     assert shapes.train_length % config.train.length_block == 0
     config.sampling.max_rows = 4
     assert max(c.rows for c in run_shapes(config, 4).calls) == 4  # the rollout micro-batch bounds every call
+    # Prompt lengths round to multiples of sampling.length_block beyond it: 16-token blocks give every turn a
+    # multiple of 16 no more than 15 tokens above the 256-token blocks' lengths' own tight multiple of 16.
+    config.sampling.length_block = 256
+    wide = {c.kind: c.prompt for c in run_shapes(config, 4).calls}
+    config.sampling.length_block = 16
+    tight = {c.kind: c.prompt for c in run_shapes(config, 4).calls}
+    assert all(p % 16 == 0 and p <= wide[kind] for kind, p in tight.items())
+    assert all(wide[kind] == 1 << (p - 1).bit_length() for kind, p in tight.items() if wide[kind] <= 256)
 
 
 def test_turns_that_differ_only_in_prompt_length_share_the_longest_prompts_programs():

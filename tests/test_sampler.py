@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, forward, init_params, stack_layers
 from memtrain_jax.sampler import Buckets, GenerationResult, Sampler, generate
 from memtrain_jax.sharding import make_mesh
@@ -331,6 +332,17 @@ def test_tight_length_buckets(n, expected, coarse):
     buckets = Buckets()  # length_block 256, min_prompt_length 16
     assert buckets.round_length(n, 16) == expected
     assert buckets.coarse_length(n, 16) == coarse
+
+
+@pytest.mark.parametrize("spec, block, expected", [("memtrain.py:paper", 256, 512), ("memtrain.py:cpu", 64, 320)])
+def test_a_runs_buckets_follow_sampling_length_block(spec, block, expected):
+    """A 260-token prompt: 512 slots in 256-token blocks (the paper), 320 in the CPU variants' 64-token blocks; a
+    stored config from before the field (no `sampling.length_block`) keeps the old 256-token blocks."""
+    config = load_config(spec)
+    assert Buckets.from_config(config).length_block == block
+    assert Buckets.from_config(config).round_length(260, 16) == expected
+    del config.sampling["length_block"]
+    assert Buckets.from_config(config).round_length(260, 16) == 512
 
 
 def test_length_bucket_cap():

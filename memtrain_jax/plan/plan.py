@@ -76,7 +76,7 @@ class RunShapes:
 
 def run_shapes(config: ml_collections.ConfigDict, batch_multiple: int, buckets: Buckets | None = None) -> RunShapes:
     """The shapes a run of `config` compiles (see the module docstring)."""
-    bk = buckets or Buckets()
+    bk = buckets or Buckets.from_config(config)
     agent = AgentConfig.from_config(config)
     episodes = int(config.data.loader.batch_size)
     lengths = agent.prompt_lengths(dict.fromkeys(("memory", "final", "recall"), PROMPT_OVERHEAD), 0, 0)
@@ -334,7 +334,8 @@ def _estimate(model, mesh, config, shapes: RunShapes, trainable: float) -> Memor
 def rollout_sampler(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Sampler:
     """The run's Sampler over `devices` (a TPU slice's, or this host's): its model, mesh and axis rules."""
     mesh = sharding.make_mesh(tuple(config.mesh_shape), devices=list(devices))
-    return Sampler(model_config_of(config.model), mesh, sharding.rules_from_config(config.axis_rules))
+    rules = sharding.rules_from_config(config.axis_rules)
+    return Sampler(model_config_of(config.model), mesh, rules, Buckets.from_config(config))
 
 
 def update_learner(config: ml_collections.ConfigDict, sampler: Sampler) -> Learner:

@@ -98,6 +98,11 @@ class Buckets:
     length_block: int = 256
     max_length_buckets: int = 16
 
+    @classmethod
+    def from_config(cls, config: Any) -> Buckets:
+        """A run's buckets: `sampling.length_block` of a training config (256 where the field is absent)."""
+        return cls(length_block=int(config.sampling.get("length_block", 256)))
+
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

@@ -31,7 +31,7 @@ from memtrain_jax.checkpoint.policy import LoadedPolicy, load_policy
 from memtrain_jax.config import split_run_step
 from memtrain_jax.data import prepare
 from memtrain_jax.data.entities import make_extractor
-from memtrain_jax.sampler import Sampler
+from memtrain_jax.sampler import Buckets, Sampler
 from memtrain_jax.tasks.base import Task, process_0_first, task_type
 from memtrain_jax.tokenizer.chat import ChatFormat, get_chat_format
 
@@ -92,7 +92,7 @@ class AgentSetup:
             policy.tokenizer, chat, prompt_config, mask_token=agent.mask_token, target_token=agent.target_token
         )
         task_impl = task_cls.build(config, pool, agent, log=log)
-        sampler = Sampler(policy.model_config, mesh, rules, pad_id=policy.tokenizer.pad_id)
+        sampler = Sampler(policy.model_config, mesh, rules, Buckets.from_config(config), pad_id=policy.tokenizer.pad_id)
         sampler_policy = SamplerPolicy(
             sampler,
             policy.params,
