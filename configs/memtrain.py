@@ -20,7 +20,8 @@ Variants:
 Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
 lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
 normalisation), no_final (the final-answer turn is not trained), recall_only (only the recall answers are
-trained: the memory turns and the final answer are rolled out but carry no loss), no_dapo, positive_only (only
+trained: the memory turns and the final answer are rolled out but carry no loss), greedy_memory (with recall_only:
+memory turns decoded greedily, as the evaluation reads them), no_dapo, positive_only (only
 samples above their group's mean reward train; none is pushed down: rl.negative_weight = 0), negative=X (that
 weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
@@ -61,6 +62,8 @@ _NAMED_ABLATIONS = {
     "no_final": {"agent.train_final_answer": False},
     # Only the recall answers train (memory turns and final answer are rolled out, not trained).
     "recall_only": {"agent.train_memory_turns": False, "agent.train_final_answer": False},
+    # With recall_only: the recall turn trains on greedy memories, the ones the held-out evaluation reads.
+    "greedy_memory": {"sampling.greedy_memory": True},
     "no_dapo": {"rl.dapo_filter": False},
     # Only samples better than their group's mean train (positive sample reinforcement): none is pushed down.
     "positive_only": {"rl.negative_weight": 0.0},
@@ -271,6 +274,9 @@ def _paper() -> ml_collections.ConfigDict:
     # computed like real tokens, so a block near the prompts' length wastes up to half of a prefill; a smaller
     # block compiles more programs (memtrain_jax/sampler/sampler.py: Buckets).
     c.sampling.length_block = 256
+    # Memory turns decoded greedily, as every evaluation decodes them; only where they are not trained
+    # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.
+    c.sampling.greedy_memory = False
 
     c.rl = ml_collections.ConfigDict()
     c.rl.advantage_normalisation = "none"  # none (Dr. GRPO, the paper) | std (GRPO)

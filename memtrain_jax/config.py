@@ -86,6 +86,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "agent.train_memory_turns": True,
     "rl.negative_weight": 1.0,
     "sampling.length_block": 256,
+    "sampling.greedy_memory": False,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

@@ -25,6 +25,7 @@ from memtrain_jax.agent import (
     episodes_from_batch,
     rollout,
 )
+from memtrain_jax.config import load_config
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.rewards import score_memory_agent
 from memtrain_jax.rl import group_advantages
@@ -364,6 +365,26 @@ def test_rollout_micro_batch_gives_the_same_replies():
     assert policy.stats["memory"].rows == sum(b > 0 for b in budgets)
     with pytest.raises(ValueError, match="max_rows must be >= 0"):
         SamplerPolicy(sampler, params, [5], max_rows=-1)
+
+
+def test_greedy_memory_turns_decode_greedily_and_only_untrained():
+    """kind_temperatures: memory calls of a T = 0.7 policy give the greedy policy's replies, other kinds its own
+    sampled ones; sampling.greedy_memory is refused where the memory turns train (they are scored at T)."""
+    params = init_params(TINY, jax.random.key(3))
+    sampler = Sampler(TINY)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(1, TINY.vocab_size, rng.integers(3, 20)).tolist() for _ in range(6)]
+    budgets = [8] * 6
+    greedy = SamplerPolicy(sampler, params, [], temperature=0.0).generate(prompts, budgets, kind="memory", seed=1)
+    sampled = SamplerPolicy(sampler, params, [], temperature=0.7).generate(prompts, budgets, kind="recall", seed=1)
+    policy = SamplerPolicy(sampler, params, [], temperature=0.7, kind_temperatures={"memory": 0.0})
+    np.testing.assert_array_equal(policy.generate(prompts, budgets, kind="memory", seed=1).tokens, greedy.tokens)
+    np.testing.assert_array_equal(policy.generate(prompts, budgets, kind="recall", seed=1).tokens, sampled.tokens)
+    assert (sampled.tokens != greedy.tokens).any()
+    agent = AgentConfig.from_config(load_config("memtrain.py:cpu,recall_only,greedy_memory"))
+    assert agent.greedy_memory and not agent.train_memory_turns
+    with pytest.raises(ValueError, match="greedy_memory=True needs agent.train_memory_turns=False"):
+        AgentConfig.from_config(load_config("memtrain.py:cpu,greedy_memory"))
 
 
 def test_metrics_on_an_object_store_are_rewritten_not_appended(tmp_path):

@@ -22,6 +22,7 @@ _FROM_OTHER_SECTIONS = (
     "temperature",
     "top_p",
     "top_k",
+    "greedy_memory",
     "advantage_normalisation",
     "negative_weight",
     "dapo_filter",
@@ -66,6 +67,7 @@ class AgentConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    greedy_memory: bool = False
     advantage_normalisation: str = "none"
     negative_weight: float = 1.0
     dapo_filter: bool = True
@@ -114,6 +116,11 @@ class AgentConfig:
                 f"sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, "
                 f"{self.top_p}, {self.top_k}."
             )
+        if self.greedy_memory and self.train_memory_turns:
+            raise ValueError(
+                "sampling.greedy_memory=True needs agent.train_memory_turns=False (e.g. the recall_only ablation): "
+                "trained memory turns are scored at sampling.temperature, so they must be sampled at it."
+            )
 
     def check_trains(self) -> None:
         """Raises ValueError when a GRPO step would train no turn (rollout-only uses, e.g. QA evaluation, may)."""
@@ -136,6 +143,7 @@ class AgentConfig:
             temperature=float(config.sampling.temperature),
             top_p=float(config.sampling.top_p),
             top_k=int(config.sampling.top_k),
+            greedy_memory=bool(config.sampling.get("greedy_memory", False)),
             advantage_normalisation=rl.advantage_normalisation,
             negative_weight=rl.negative_weight,
             dapo_filter=rl.dapo_filter,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -44,6 +44,7 @@ class SamplerPolicy:
     `params` is replaced after every optimiser step; the sampler's compiled programs are reused.
     `max_rows` > 0 (the rollout micro-batch, `sampling.max_rows`): a call of more rows runs as consecutive
     sampler calls of at most that many, which bounds the KV cache and the decode's memory on the device.
+    `kind_temperatures` overrides `temperature` for calls of those kinds (e.g. {"memory": 0.0}: greedy memories).
     """
 
     def __init__(
@@ -56,12 +57,14 @@ class SamplerPolicy:
         top_p: float = 1.0,
         top_k: int = 0,
         max_rows: int = 0,
+        kind_temperatures: Mapping[str, float] | None = None,
     ):
         if max_rows < 0:
             raise ValueError(f"sampling.max_rows must be >= 0 (0 = every row in one call), got {max_rows}.")
         self.sampler, self.params, self.stop_tokens = sampler, params, tuple(stop_tokens)
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
         self.max_rows = int(max_rows)
+        self.kind_temperatures = {str(k): float(v) for k, v in (kind_temperatures or {}).items()}
         self.stats: dict[str, CallStats] = {}
 
     def update_params(self, params: Any) -> None:
@@ -92,7 +95,7 @@ class SamplerPolicy:
                 self.params,
                 prompts[i : i + size],
                 max_new_tokens=list(max_new_tokens[i : i + size]),
-                temperature=self.temperature,
+                temperature=self.kind_temperatures.get(kind, self.temperature),
                 top_k=self.top_k or None,
                 top_p=self.top_p if self.top_p < 1.0 else None,
                 stop_tokens=self.stop_tokens,

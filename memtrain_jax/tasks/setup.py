@@ -101,6 +101,7 @@ class AgentSetup:
             top_p=agent.top_p,
             top_k=agent.top_k,
             max_rows=int(config.sampling.get("max_rows", 0)),
+            kind_temperatures={"memory": 0.0} if agent.greedy_memory else None,
         )
         extractor = None
         if agent.imr:
