@@ -274,7 +274,7 @@ def _paper() -> ml_collections.ConfigDict:
     # computed like real tokens, so a block near the prompts' length wastes up to half of a prefill; a smaller
     # block compiles more programs (memtrain_jax/sampler/sampler.py: Buckets).
     c.sampling.length_block = 256
-    # Memory turns decoded greedily, as every evaluation decodes them; only where they are not trained
+    # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained
     # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.
     c.sampling.greedy_memory = False
 
