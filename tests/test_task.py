@@ -106,7 +106,7 @@ def test_init_from_refuses_a_run_of_another_model(cache, memtrain_run):
         restore_run_params(str(source / "nowhere"), abstract)
 
 
-def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run):
+def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run, monkeypatch):
     from memtrain_jax.data.qa import build_context
     from memtrain_jax.tools import downstream
 
@@ -129,8 +129,14 @@ def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run):
     with open(tmp_path / "eval" / "answers.jsonl", encoding="utf-8") as f:
         assert len(f.readlines()) == 2 * 2 * 3  # readers x lengths x questions
 
-    compared = downstream.compare(config, str(tmp_path / "compare"), [("memtrain", str(source))])
-    assert list(compared["arms"]) == ["base", "memtrain"] and compared["steps"]["memtrain"] == 2
+    evaluations = []
+    long_qa = downstream._long_qa
+    monkeypatch.setattr(downstream, "_long_qa", lambda *a, **k: evaluations.append(1) or long_qa(*a, **k))
+    arms = [("memtrain", str(source)), ("again", str(source))]
+    compared = downstream.compare(config, str(tmp_path / "compare"), arms)
+    assert list(compared["arms"]) == ["base", "memtrain", "again"] and compared["steps"]["memtrain"] == 2
+    # An arm with an evaluated arm's parameters, bit for bit, takes its row without a second evaluation.
+    assert len(evaluations) == 2 and compared["arms"]["again"] == compared["arms"]["memtrain"]
     # The base row is the same evaluation as eval-qa's (same questions, same sampling seeds).
     for n in ("2", "4"):
         for key in ("em", "sub_em", "f1", "questions", "mean_tokens"):
