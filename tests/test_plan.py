@@ -144,8 +144,8 @@ def test_run_shapes_follow_the_config():
     assert shapes.train_length % config.train.length_block == 0
     config.sampling.max_rows = 4
     assert max(c.rows for c in run_shapes(config, 4).calls) == 4  # the rollout micro-batch bounds every call
-    # Prompt lengths round to multiples of sampling.length_block beyond it: 16-token blocks give every turn a
-    # multiple of 16 no more than 15 tokens above the 256-token blocks' lengths' own tight multiple of 16.
+    # Prompt lengths follow sampling.length_block: in 16-token blocks every turn's prompt is a multiple of 16, no
+    # longer than in 256-token blocks, where (up to 256) it is that multiple's next power of two.
     config.sampling.length_block = 256
     wide = {c.kind: c.prompt for c in run_shapes(config, 4).calls}
     config.sampling.length_block = 16
