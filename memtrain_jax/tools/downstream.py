@@ -111,7 +111,8 @@ def _fingerprint(params: Any) -> tuple[int, ...]:
 
 def _equal_trees(a: Any, b: Any) -> bool:
     """Whether two parameter trees (arrays on the same mesh) are bit-identical."""
-    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return bool(jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in pairs])))  # one host transfer, not one a leaf
 
 
 def _write_json(path: str, value: Any) -> None:
