@@ -27,7 +27,8 @@ weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
 task), shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares
 their memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
-trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N,
+trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
+the trainable layers' kernels instead of the kernels; train.lora_alpha scales them),
 qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
 memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.
 `configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
@@ -50,6 +51,7 @@ _VALUE_ABLATIONS = {
     "g1": ("agent.group_size", int),
     "g2": ("agent.recall_group_size", int),
     "negative": ("rl.negative_weight", float),
+    "lora": ("train.lora_rank", int),
     "chunk": ("data.chunking.chunk_size", int),
     "memory": ("agent.memory_tokens", int),
     "qa_chunk": ("qa.overrides.data.chunking.chunk_size", int),
@@ -322,6 +324,10 @@ def _paper() -> ml_collections.ConfigDict:
     # 0 = train every parameter (the paper). N = only the last N layers and the final norm: the backward pass
     # stops there.
     c.train.trainable_layers = 0
+    # LoRA (memtrain_jax/train/lora.py): R > 0 trains rank-R factors of the trainable layers' kernels instead of the
+    # kernels (W = W0 + alpha / R * A B); norms and embeddings then stay frozen. 0 = off (the paper).
+    c.train.lora_rank = 0
+    c.train.lora_alpha = 32.0
     c.train.log_every = 1
     c.train.sample_every = 5  # log one episode's memories as text every N steps
     c.train.checkpoint_every = 10

@@ -87,6 +87,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "rl.negative_weight": 1.0,
     "sampling.length_block": 256,
     "sampling.greedy_memory": False,
+    "train.lora_rank": 0,
+    "train.lora_alpha": 32.0,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

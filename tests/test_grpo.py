@@ -294,3 +294,90 @@ def test_trainable_layers_update_only_the_top_and_keep_the_full_gradient():
     assert not np.array_equal(
         after["layers_1"]["mlp"]["up_proj"]["kernel"], params["layers_1"]["mlp"]["up_proj"]["kernel"]
     )
+
+
+# Input axes of each kernel of a layer (LoRA's A x B flattens inputs x outputs), written out per projection.
+_LORA_INPUT_AXES = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "up_proj": 1, "down_proj": 1}
+
+
+def _np_lora_kernels(base_layer, adapters_layer, scale):
+    """{projection: W0 + scale * reshape(A @ B)} of one layer, in float64 NumPy."""
+    out = {}
+    for block in ("attn", "mlp"):
+        for name, ab in adapters_layer[block].items():
+            w0 = np.asarray(base_layer[block][name]["kernel"], np.float64)
+            delta = np.asarray(ab["kernel"]["a"], np.float64) @ np.asarray(ab["kernel"]["b"], np.float64)
+            out[name] = w0 + scale * delta.reshape(w0.shape)
+    return out
+
+
+def test_lora_gradients_are_the_chain_rule_of_the_kernels_gradient():
+    """With W = W0 + s A B (s = alpha / r), d loss / dA = s G B^T and d loss / dB = s A^T G, where G is the full
+    gradient at W flattened to [inputs, outputs]; only the trainable layer's kernels get factors."""
+    params = init_params(CONFIG, jax.random.key(3))
+    seqs = _sequences(8, seed=9)
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    rules = (("batch", ("data", "fsdp")),) + tuple(_rules())
+    optim = OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    rank, alpha = 3, 6.0
+    lora = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), logprob_chunk=4, trainable_layers=1,
+                   lora_rank=rank, lora_alpha=alpha)  # fmt: skip
+    state = lora.init_state(params, key=jax.random.key(4))
+    assert sorted(k for k in state.adapters if jax.tree.leaves(state.adapters[k])) == ["layers_1"]
+    # B starts at zero (the policy is the base model); make it non-zero so both factors have a gradient.
+    rng = np.random.default_rng(5)
+    adapters = jax.tree.map(
+        lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32) if x.shape[0] == rank else x,
+        state.adapters,
+    )
+    state = state.replace(adapters=adapters)
+    host = jax.device_get(adapters["layers_1"])
+    kernels = _np_lora_kernels(jax.device_get(params["layers_1"]), host, alpha / rank)
+    merged = jax.device_get(params)
+    for block in ("attn", "mlp"):
+        for name in merged["layers_1"][block]:
+            merged["layers_1"][block][name]["kernel"] = kernels[name].astype(np.float32)
+    full = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), logprob_chunk=4)
+    g_full, loss_full = full.gradients(full.init_state(merged), _micro_batches(seqs, 8))
+    g_lora, loss_lora = lora.gradients(state, _micro_batches(seqs, 8))
+    assert loss_lora == pytest.approx(loss_full, rel=1e-5)
+    scale = alpha / rank
+    for block in ("attn", "mlp"):
+        for name, ab in host[block].items():
+            g = np.asarray(g_full["layers_1"][block][name]["kernel"], np.float64)
+            split = _LORA_INPUT_AXES[name]
+            g = g.reshape(int(np.prod(g.shape[:split])), -1)
+            a, b = np.asarray(ab["kernel"]["a"], np.float64), np.asarray(ab["kernel"]["b"], np.float64)
+            ours = jax.device_get(g_lora["layers_1"][block][name]["kernel"])
+            _assert_trees_close({"a": ours["a"], "b": ours["b"]}, {"a": scale * g @ b.T, "b": scale * a.T @ g}, 1e-4)
+
+
+def test_a_lora_update_moves_only_the_adapted_kernels_to_their_merged_values():
+    """At initialisation the policy is the base model bit for bit; after an update every parameter but the
+    trainable layer's kernels is unchanged, and those equal W0 + s A' B' of the updated factors."""
+    params = init_params(CONFIG, jax.random.key(3))
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    rules = (("batch", ("data", "fsdp")),) + tuple(_rules())
+    optim = OptimConfig(learning_rate=1e-2, warmup_steps=0)
+    lora = Learner(CONFIG, mesh, rules, optim, LossConfig(kl_coef=0.0), logprob_chunk=4, trainable_layers=1,
+                   lora_rank=2, lora_alpha=4.0)  # fmt: skip
+    state = lora.init_state(params, key=jax.random.key(4))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(params))
+    for seed in (10, 11):  # the second step has B != 0, so A moves too
+        state, _ = lora.update(state, _micro_batches(_sequences(8, seed=seed), 8))
+    after, before = jax.device_get(state.params), jax.device_get(params)
+    for name in ("embedder", "layers_0", "final_norm"):
+        jax.tree.map(np.testing.assert_array_equal, after[name], before[name])
+    for norm in ("input_norm", "post_attn_norm"):
+        np.testing.assert_array_equal(after["layers_1"][norm]["scale"], before["layers_1"][norm]["scale"])
+    kernels = _np_lora_kernels(before["layers_1"], jax.device_get(state.adapters["layers_1"]), 2.0)
+    for block in ("attn", "mlp"):
+        for name, w in after["layers_1"][block].items():
+            assert not np.array_equal(w["kernel"], before["layers_1"][block][name]["kernel"])
+            np.testing.assert_allclose(w["kernel"], kernels[name], rtol=1e-6, atol=1e-7)
+
+
+def test_lora_settings_outside_their_range_are_refused():
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="lora_rank must be >= 0"):
+        Learner(CONFIG, mesh, tuple(_rules()), OptimConfig(), LossConfig(), lora_rank=-1)

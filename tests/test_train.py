@@ -93,6 +93,25 @@ def test_resume_equals_uninterrupted(cache, tmp_path, full_run):
     assert all(np.isfinite(warm)) and int(np.asarray(jax.device_get(full["state"].step))) == 4
 
 
+def test_a_lora_run_resumes_exactly(cache, tmp_path):
+    """With LoRA the checkpoint carries the factors and W0: 4 steps in one go == 2, a restart, 2 more; the kernels
+    moved, the embeddings did not."""
+    lora = {"train.lora_rank": 2}
+    _, full = _run(_tiny(cache, **FULL, **lora), tmp_path / "full")
+    _run(_tiny(cache, **{"train.steps": 2, "train.format_steps": 2, "train.checkpoint_every": 2}, **lora),
+         tmp_path / "split")  # fmt: skip
+    _, resumed = _run(_tiny(cache, **FULL, **lora), tmp_path / "split")
+    assert resumed["start_step"] == 2
+    for a, b in zip(_leaves(full["state"]), _leaves(resumed["state"]), strict=True):
+        np.testing.assert_array_equal(a, b)  # parameters, factors, W0, optimizer state, step, reference
+    state = jax.device_get(full["state"])
+    base = state.base["layers_0"]["mlp"]["up_proj"]["kernel"]
+    assert not np.array_equal(state.params["layers_0"]["mlp"]["up_proj"]["kernel"], base)
+    fresh = Trainer(_tiny(cache, **lora), str(tmp_path / "fresh"), log=_quiet).setup.policy.params
+    np.testing.assert_array_equal(base, np.asarray(fresh["layers_0"]["mlp"]["up_proj"]["kernel"]))
+    np.testing.assert_array_equal(state.params["embedder"]["embedding"], np.asarray(fresh["embedder"]["embedding"]))
+
+
 def test_a_run_checkpointed_before_the_tasks_redesign_resumes_exactly(cache, tmp_path, full_run):
     """tests/fixtures/run_ead1fca_tiny: the 2 format steps of FULL, checkpointed by the code of ead1fca (before
     memtrain_jax/tasks/, the document mask scope and the moved format warm-up; made by

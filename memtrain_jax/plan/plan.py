@@ -344,6 +344,7 @@ def update_learner(config: ml_collections.ConfigDict, sampler: Sampler) -> Learn
         sampler.config, sampler.mesh, sampler.rules, OptimConfig.from_config(config.optim),
         loss_config_from(config.rl), logprob_chunk=int(config.train.logprob_chunk),
         trainable_layers=int(config.train.trainable_layers), temperature=float(config.sampling.temperature),
+        lora_rank=int(config.train.lora_rank), lora_alpha=float(config.train.lora_alpha),
     )  # fmt: skip
 
 

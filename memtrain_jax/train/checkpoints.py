@@ -19,6 +19,7 @@ global batches, see data.stream), so one copy in `meta` resumes any host count.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -63,6 +64,24 @@ def check_workdir(workdir: str, identity: dict[str, Any], *, write: bool = True)
         tmp.rename(path)
 
 
+def stored_form(state: Any) -> Any:
+    """The tree a checkpoint holds for `state`: the fields of a TrainState named in its STORED_WHEN_SET only where
+    they are set, so checkpoints written before those fields existed restore unchanged; other trees as they are."""
+    optional = getattr(type(state), "STORED_WHEN_SET", None)
+    if optional is None:
+        return state
+    return {
+        f.name: getattr(state, f.name)
+        for f in dataclasses.fields(state)
+        if not (f.name in optional and getattr(state, f.name) is None)
+    }
+
+
+def _restored(abstract_state: Any, stored: Any) -> Any:
+    """`stored_form`'s inverse: the restored tree in `abstract_state`'s type."""
+    return abstract_state.replace(**stored) if stored_form(abstract_state) is not abstract_state else stored
+
+
 class RunCheckpointer:
     """Saves and restores (state, data iterator, meta) under `<workdir>/checkpoints`."""
 
@@ -94,7 +113,7 @@ class RunCheckpointer:
         meta = {**meta, "data_state": iterator_state(iterator), "processes": jax.process_count()}
         saved = self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(stored_form(state)), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
         if force:
@@ -112,7 +131,7 @@ class RunCheckpointer:
                 restored = self.manager.restore(
                     s,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(stored_form(abstract_state)), meta=ocp.args.JsonRestore()
                     ),
                 )
                 restore_iterator_state(iterator, restored.meta["data_state"])
@@ -121,7 +140,7 @@ class RunCheckpointer:
                     raise
                 self._set_aside(s, e)
                 continue
-            return s, restored.state, dict(restored.meta)
+            return s, _restored(abstract_state, restored.state), dict(restored.meta)
         return None
 
     def restore_state(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
@@ -139,7 +158,7 @@ class RunCheckpointer:
                 restored = self.manager.restore(
                     s,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(stored_form(abstract_state)), meta=ocp.args.JsonRestore()
                     ),
                 )
             except Exception as e:  # any failure means this checkpoint cannot be trusted
@@ -156,7 +175,7 @@ class RunCheckpointer:
                     stacklevel=2,
                 )
                 continue
-            return s, restored.state, dict(restored.meta)
+            return s, _restored(abstract_state, restored.state), dict(restored.meta)
         raise UsageError(f"No checkpoint in {self.directory} can be restored (tried steps {candidates}).")
 
     def _set_aside(self, step: int, error: Exception) -> None:

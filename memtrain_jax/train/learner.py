@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import jax
@@ -38,6 +38,7 @@ from memtrain_jax.config import section_values
 from memtrain_jax.model import ModelConfig, param_shardings, token_logprobs_and_entropy
 from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import LossConfig, aggregate, grpo_token_loss
+from memtrain_jax.train import lora
 from memtrain_jax.train.batching import MicroBatch
 
 OBJECTIVES = ("grpo", "sft")
@@ -76,12 +77,18 @@ METRIC_SUMS = ("loss", "tokens", "entropy", "kl", "clip", "ratio", "pg")
 
 @flax.struct.dataclass
 class TrainState:
-    """step: optimiser steps taken; ref_params: the frozen KL reference (None without KL)."""
+    """step: optimiser steps taken; params: the policy's parameters (with LoRA, the merged W0 + scale A B);
+    ref_params: the frozen KL reference (None without KL); adapters, base: LoRA's factors {"a", "b"} and the
+    adapted kernels' W0 (None without LoRA; memtrain_jax.train.lora)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     ref_params: Any = None
+    adapters: Any = None
+    base: Any = None
+    # Stored in a checkpoint only where set: checkpoints written before LoRA existed restore unchanged.
+    STORED_WHEN_SET: ClassVar[tuple[str, ...]] = ("adapters", "base")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +205,16 @@ class Learner:
         logprob_chunk: int = 256,
         trainable_layers: int = 0,
         temperature: float = 1.0,
+        lora_rank: int = 0,
+        lora_alpha: float = 32.0,
     ):
         self.model_config, self.mesh, self.rules = model_config, mesh, tuple(rules)
+        if lora_rank < 0:
+            raise ValueError(f"train.lora_rank must be >= 0 (0: no adapters), got {lora_rank}.")
+        if lora_rank and model_config.scan_layers:
+            raise ValueError("train.lora_rank > 0 needs unrolled layers (scan_layers=False).")
+        # With LoRA the optimiser trains low-rank factors of the trainable kernels (memtrain_jax.train.lora).
+        self.lora_rank, self.lora_scale = int(lora_rank), float(lora_alpha) / max(int(lora_rank), 1)
         # The rollouts' sampling temperature (> 0): GRPO's log-probs, new, old and reference, are the tempered ones.
         self.temperature = float(temperature) if temperature > 0 else 1.0
         self.loss_config, self.logprob_chunk = loss_config, logprob_chunk  # positions per vocabulary block
@@ -212,12 +227,20 @@ class Learner:
         rows = sharding.batch_axes(mesh, self.rules) or None
         self._row = lambda *rest: NamedSharding(mesh, PartitionSpec(rows, *rest))
         self.batch_multiple = sharding.batch_axis_size(mesh, self.rules)
-        from memtrain_jax.model import param_shapes
+        from memtrain_jax.model import param_logical_specs, param_shapes
 
         shapes = param_shapes(model_config)
         self.mask = trainable_mask(model_config, shapes, trainable_layers)
-        self.grad_shardings = select(self.param_shardings, self.mask)
-        opt_shapes = jax.eval_shape(self.optimizer.init, select(shapes, self.mask))
+        self.specs = param_logical_specs(model_config)
+        if self.lora_rank:
+            self.adapted = lora.adapted_mask(self.mask)
+            adapters = jax.eval_shape(self.init_adapters, jax.random.key(0), shapes)
+            self.grad_shardings = jax.tree.map(lambda _: replicated, adapters)  # r x (I + O) per kernel: small
+            base_shardings = select(self.param_shardings, self.adapted)
+        else:
+            self.adapted, adapters, base_shardings = None, None, None
+            self.grad_shardings = select(self.param_shardings, self.mask)
+        opt_shapes = jax.eval_shape(self.optimizer.init, adapters if self.lora_rank else select(shapes, self.mask))
         self.opt_shardings = optax.tree_map_params(
             self.optimizer,
             lambda _, s: s,
@@ -227,8 +250,14 @@ class Learner:
             is_leaf=lambda x: isinstance(x, NamedSharding),
         )
         self.state_shardings = TrainState(
-            replicated, self.param_shardings, self.opt_shardings, self.param_shardings if self.use_ref else None
+            replicated,
+            self.param_shardings,
+            self.opt_shardings,
+            self.param_shardings if self.use_ref else None,
+            self.grad_shardings if self.lora_rank else None,
+            base_shardings,
         )
+        self.lora_shardings = {"adapters": self.grad_shardings, "base": base_shardings} if self.lora_rank else None
         mb = MicroBatch(
             self._row(None),
             self._row(None),
@@ -244,9 +273,9 @@ class Learner:
         self._accumulate = {
             objective: jax.jit(
                 functools.partial(self._accumulate_fn, objective=objective),
-                in_shardings=(self.param_shardings, self.grad_shardings, mb),
+                in_shardings=(self.param_shardings, self.lora_shardings, self.grad_shardings, mb),
                 out_shardings=(self.grad_shardings, replicated),
-                donate_argnums=1,
+                donate_argnums=2,
             )
             for objective in OBJECTIVES
         }
@@ -262,21 +291,40 @@ class Learner:
             out_shardings=self._row(None),
         )
         self._zeros = jax.jit(
-            lambda params: jax.tree.map(jnp.zeros_like, select(params, self.mask)),
-            in_shardings=(self.param_shardings,),
+            lambda state: jax.tree.map(jnp.zeros_like, self._trainable(state.params, self._lora(state))),
+            in_shardings=(self.state_shardings,),
             out_shardings=self.grad_shardings,
         )
 
+    # --- the trained variables: the trainable leaves of the parameters, or LoRA's factors ------------
+
+    def init_adapters(self, key: jax.Array, params: Any) -> Any:
+        """LoRA's factors for the adapted kernels of `params` (B = 0: the merged policy equals `params`)."""
+        return lora.init_adapters(key, self.adapted, params, self.specs, self.lora_rank)
+
+    def _lora(self, state: TrainState) -> dict[str, Any] | None:
+        return {"adapters": state.adapters, "base": state.base} if self.lora_rank else None
+
+    def _trainable(self, params: Any, lora_state: dict[str, Any] | None) -> Any:
+        """The tree the optimiser updates: LoRA's factors, or the trainable leaves of `params`."""
+        return lora_state["adapters"] if lora_state is not None else select(params, self.mask)
+
+    def _policy(self, params: Any, lora_state: dict[str, Any] | None, trainable: Any) -> Any:
+        """The policy's parameters with `trainable` in place (LoRA: the adapted kernels W0 + scale A B)."""
+        if lora_state is None:
+            return merge(self.mask, trainable, params)
+        kernels = lora.merge_adapters(lora_state["base"], trainable, self.lora_scale)
+        return merge(self.adapted, kernels, params)
+
     # --- traced bodies (compile_count += 1 runs only while tracing) --------------------------------
 
-    def _accumulate_fn(self, params, grads, batch: MicroBatch, objective: str):
+    def _accumulate_fn(self, params, lora_state, grads, batch: MicroBatch, objective: str):
         self.compile_count += 1
 
         # Differentiating only the trainable leaves lets XLA drop the backward pass below them.
         def loss(trainable):
-            merged = merge(self.mask, trainable, params)
             return loss_sums(
-                merged,
+                self._policy(params, lora_state, trainable),
                 batch,
                 self.model_config,
                 self.loss_config,
@@ -286,17 +334,22 @@ class Learner:
                 self.temperature,
             )
 
-        new, sums = jax.grad(loss, has_aux=True)(select(params, self.mask))
+        new, sums = jax.grad(loss, has_aux=True)(self._trainable(params, lora_state))
         return jax.tree.map(jnp.add, grads, new), sums
 
     def _apply_fn(self, state: TrainState, grads, count):
         self.compile_count += 1
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1e-9), grads)
-        trainable = select(state.params, self.mask)
+        lora_state = self._lora(state)
+        trainable = self._trainable(state.params, lora_state)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
-        params = merge(self.mask, optax.apply_updates(trainable, updates), state.params)
+        trained = optax.apply_updates(trainable, updates)
+        params = self._policy(state.params, lora_state, trained)
         stats = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), stats
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if lora_state is not None:
+            state = state.replace(adapters=trained)
+        return state, stats
 
     def _score_fn(self, params, batch: MicroBatch):
         self.compile_count += 1
@@ -332,7 +385,7 @@ class Learner:
         count = jax.ShapeDtypeStruct((), np.float32, sharding=self.replicated)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             programs = {
-                "accumulate": self._accumulate[objective].lower(params, grads, batch),
+                "accumulate": self._accumulate[objective].lower(params, self._lora(state), grads, batch),
                 "apply": self._apply.lower(state, grads, count),
             }
             if self.use_ref:
@@ -344,8 +397,20 @@ class Learner:
         from memtrain_jax.model import param_shapes
 
         def build(params):
-            opt_state = self.optimizer.init(select(params, self.mask))
-            return TrainState(jnp.zeros((), jnp.int32), params, opt_state, params if self.use_ref else None)
+            lora_state = (
+                {"adapters": self.init_adapters(jax.random.key(0), params), "base": select(params, self.adapted)}
+                if self.lora_rank
+                else None
+            )
+            opt_state = self.optimizer.init(self._trainable(params, lora_state))
+            return TrainState(
+                jnp.zeros((), jnp.int32),
+                params,
+                opt_state,
+                params if self.use_ref else None,
+                lora_state and lora_state["adapters"],
+                lora_state and lora_state["base"],
+            )
 
         shapes = jax.eval_shape(build, param_shapes(self.model_config))
         return jax.tree.map(
@@ -354,19 +419,30 @@ class Learner:
 
     def abstract_grads(self) -> Any:
         """The gradient accumulator (the trainable leaves) as ShapeDtypeStructs laid out by `grad_shardings`."""
-        return _laid_out(select(self.abstract_state().params, self.mask), self.grad_shardings)
+        state = self.abstract_state()
+        return _laid_out(self._trainable(state.params, self._lora(state)), self.grad_shardings)
 
-    def init_state(self, params: Any, *, with_ref: bool | None = None) -> TrainState:
-        """A fresh state: step 0, AdamW state created sharded, the reference a copy of `params` when KL is on."""
+    def init_state(self, params: Any, *, with_ref: bool | None = None, key: jax.Array | None = None) -> TrainState:
+        """A fresh state: step 0, AdamW state created sharded, the reference a copy of `params` when KL is on; with
+        LoRA, factors drawn from `key` (B = 0) and W0 the adapted kernels of `params`."""
         with_ref = self.use_ref if with_ref is None else with_ref
         # A copy: the state is donated to every update, the caller's arrays must survive it.
         copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)
         params = copy(params)
-        opt_state = jax.jit(lambda p: self.optimizer.init(select(p, self.mask)), out_shardings=self.opt_shardings)(
-            params
-        )
+        adapters = base = None
+        if self.lora_rank:
+            key = jax.random.key(0) if key is None else key
+            adapters = jax.jit(self.init_adapters, out_shardings=self.grad_shardings)(key, params)
+            base = jax.jit(
+                lambda p: jax.tree.map(jnp.copy, select(p, self.adapted)), out_shardings=self.lora_shardings["base"]
+            )(params)
+        opt_state = jax.jit(
+            lambda p, a: self.optimizer.init(a if self.lora_rank else select(p, self.mask)),
+            out_shardings=self.opt_shardings,
+        )(params, adapters)
         ref = copy(params) if with_ref else None
-        return TrainState(sharding.to_global(np.zeros((), np.int32), self.replicated), params, opt_state, ref)
+        step = sharding.to_global(np.zeros((), np.int32), self.replicated)
+        return TrainState(step, params, opt_state, ref, adapters, base)
 
     def set_reference(self, state: TrainState) -> TrainState:
         """The current parameters become the KL reference (e.g. after the format warm-up)."""
@@ -388,7 +464,8 @@ class Learner:
             raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
         if not micro_batches:
             raise ValueError("an update needs at least one micro-batch.")
-        grads = self._zeros(state.params)
+        grads = self._zeros(state)
+        lora_state = self._lora(state)
         per_batch = []  # device scalars, fetched once after the loop: no host sync between micro-batches
         for mb in micro_batches:
             if mb.tokens.shape[0] % self.batch_multiple:
@@ -399,7 +476,7 @@ class Learner:
             mb = self._place(mb)
             if objective == "grpo" and self.use_ref:
                 mb = mb.replace(ref_logp=self._score(state.ref_params, mb))
-            grads, sums = self._accumulate[objective](state.params, grads, mb)
+            grads, sums = self._accumulate[objective](state.params, lora_state, grads, mb)
             per_batch.append(sums)
         totals: dict[str, float] = {}
         for sums in jax.device_get(per_batch):

@@ -85,6 +85,8 @@ class TrainConfig:
     length_block: int = 256
     logprob_chunk: int = 256
     trainable_layers: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
     log_every: int = 1
     sample_every: int = 10
     checkpoint_every: int = 10
@@ -112,6 +114,11 @@ class TrainConfig:
         ):
             if getattr(config, name) < 1:
                 raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
+        if config.lora_rank < 0 or (config.lora_rank and config.lora_alpha <= 0):
+            raise UsageError(
+                f"train.lora_rank must be >= 0 (0: no adapters) and train.lora_alpha > 0, got {config.lora_rank} "
+                f"and {config.lora_alpha}."
+            )
         if config.checkpoint_every < 0:
             raise UsageError(f"train.checkpoint_every must be >= 1 (0: no checkpoints), got {config.checkpoint_every}.")
         if config.checkpoint_every and config.keep_checkpoints < 1:
@@ -214,6 +221,8 @@ class Trainer:
             logprob_chunk=self.train_config.logprob_chunk,
             trainable_layers=self.train_config.trainable_layers,
             temperature=setup.agent.temperature,  # the rollouts' own (one source: AgentConfig)
+            lora_rank=self.train_config.lora_rank,
+            lora_alpha=self.train_config.lora_alpha,
         )
         micro = self.train_config.micro_batch_size
         if micro % self.learner.batch_multiple:
@@ -245,7 +254,9 @@ class Trainer:
     # ------------------------------------------------------------------------------- state
 
     def initial_state(self) -> TrainState:
-        return self.learner.init_state(self.setup.policy.params)
+        # LoRA's factors are drawn from the seed (a stream of their own, apart from the rollouts').
+        key = jax.random.fold_in(jax.random.key(int(self.config.seed)), 17)
+        return self.learner.init_state(self.setup.policy.params, key=key)
 
     def restore_or_init(self, iterator: Any) -> tuple[int, TrainState]:
         """(steps done, state): the latest readable checkpoint (iterator moved to its position), or a fresh state."""
