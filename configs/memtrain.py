@@ -321,6 +321,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.train.micro_batch_size = 8  # sequences per micro-batch (a multiple of the batch shards of the mesh)
     c.train.length_block = 1024  # length buckets: multiples of this up to the longest turn
     c.train.logprob_chunk = 256  # positions per block of the vocabulary projection
+    # The G2 recall samples of a probe share their prompt: the update computes it once and runs only each sample's
+    # response against it (the same loss up to float rounding; memtrain_jax/model/logprobs.py).
+    c.train.share_prompts = True
     # 0 = train every parameter (the paper). N = only the last N layers and the final norm: the backward pass
     # stops there.
     c.train.trainable_layers = 0

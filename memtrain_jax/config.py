@@ -51,6 +51,7 @@ RUN_CHOICES = (
     "train.steps",
     "train.micro_batch_size",
     "train.logprob_chunk",
+    "train.share_prompts",
     "train.log_every",
     "train.sample_every",
     "train.checkpoint_every",
@@ -89,6 +90,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "sampling.greedy_memory": False,
     "train.lora_rank": 0,
     "train.lora_alpha": 32.0,
+    "train.share_prompts": False,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

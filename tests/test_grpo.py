@@ -381,3 +381,33 @@ def test_lora_settings_outside_their_range_are_refused():
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         Learner(CONFIG, mesh, tuple(_rules()), OptimConfig(), LossConfig(), lora_rank=-1)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 2, 2)])
+def test_shared_prompt_micro_batches_give_the_flat_gradient(mesh_shape):
+    """Sequences in groups of k that share a prompt, packed as SharedPromptBatches (the prompt computed once) and
+    the rest as MicroBatches, give the loss and gradient of packing every sequence flat (with KL on, so the
+    reference is scored through the shared path too); groups of another size are left flat."""
+    from memtrain_jax.train.batching import pack_shared, shared_prompt_groups
+
+    seqs = _sequences(10, seed=12)
+    k = 3
+    for first in (0, 4):  # two groups of 3 sharing a prompt; sequences 3 and 7-9 keep their own
+        for i in range(first + 1, first + k):
+            seqs.prompts[i] = seqs.prompts[first]
+    seqs.prompts[8] = seqs.prompts[9]  # a pair: not a group of k
+    params = init_params(CONFIG, jax.random.key(6))
+    learner = _learner(mesh_shape, kl=0.05)
+    w, c = aggregation_weights("sequence_mean", np.asarray([m.sum() for m in seqs.loss_masks]), seqs.conversations)
+    buckets = LengthBuckets(block=8, max_length=16)
+    groups = shared_prompt_groups(seqs, np.arange(10), k)
+    assert groups == [[0, 1, 2], [4, 5, 6]]
+    rest = [i for i in range(10) if i not in {0, 1, 2, 4, 5, 6}]
+    per_batch = 2 if mesh_shape == (1, 1, 1) else 4  # a multiple of the batch shards: 4 leaves a filler group
+    shared = pack_shared(seqs, w, c, groups, buckets, per_batch, 0, 8) + pack(seqs, w, c, buckets, 4, 0, 8, rest)
+    flat = pack(seqs, w, c, buckets, 4, 0, 8)
+    state = learner.init_state(params)
+    g_shared, loss_shared = learner.gradients(state, shared)
+    g_flat, loss_flat = learner.gradients(state, flat)
+    assert loss_shared == pytest.approx(loss_flat, rel=1e-5)
+    _assert_trees_close(g_shared, g_flat, 1e-4)

@@ -101,3 +101,56 @@ def test_sampler_logprobs_equal_teacher_forcing(params, mesh_shape, temperature)
         seq = np.asarray([prompt + out.tokens[i, :n].tolist()], np.int32)
         logp, _ = token_logprobs_and_entropy(CONFIG, params, seq, temperature=temperature)
         np.testing.assert_allclose(out.logprobs[i, :n], np.asarray(logp)[0, len(prompt) - 1 :], rtol=0, atol=1e-5)
+
+
+def _shared_prompt_batch(rng, prompt_lengths, response_lengths, width_p, width_s):
+    """Prompts [G] and k responses each as the shared-prompt inputs, and the same as whole right-padded sequences."""
+    g, k = len(prompt_lengths), len(response_lengths[0])
+    prefix = np.zeros((g, width_p), np.int32)
+    prefix_mask = np.zeros((g, width_p), bool)
+    suffix = np.zeros((g * k, width_s), np.int32)
+    suffix_mask = np.zeros((g * k, width_s), bool)
+    whole = np.zeros((g * k, width_p + width_s), np.int32)
+    whole_mask = np.zeros((g * k, width_p + width_s), bool)
+    for i, p in enumerate(prompt_lengths):
+        prompt = rng.integers(1, CONFIG.vocab_size, p)
+        prefix[i, : p - 1], prefix_mask[i, : p - 1] = prompt[:-1], True
+        for j, r in enumerate(response_lengths[i]):
+            row, response = i * k + j, rng.integers(1, CONFIG.vocab_size, r)
+            suffix[row, : r + 1], suffix_mask[row, : r + 1] = np.concatenate([prompt[-1:], response]), True
+            whole[row, : p + r], whole_mask[row, : p + r] = np.concatenate([prompt, response]), True
+    return (prefix, prefix_mask, suffix, suffix_mask), (whole, whole_mask)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_shared_prompt_scoring_equals_scoring_each_sequence(params, scan):
+    """k responses scored against a prompt computed once == each prompt + response scored as one sequence (values
+    and the gradient), with prompts and responses of different lengths and padding in both."""
+    import dataclasses
+
+    from memtrain_jax.model import stack_layers
+    from memtrain_jax.model.logprobs import shared_prompt_logprobs_and_entropy
+
+    config = dataclasses.replace(CONFIG, scan_layers=scan)
+    p = stack_layers(params, CONFIG) if scan else params
+    shared, (whole, whole_mask) = _shared_prompt_batch(np.random.default_rng(4), [9, 14], [[3, 5, 1], [6, 2, 4]], 16, 8)
+    prefix, prefix_mask, suffix, suffix_mask = shared
+    starts = np.asarray([9 - 1] * 3 + [14 - 1] * 3, np.int32)  # the position scoring each row's first response token
+
+    def grouped(p_):
+        return shared_prompt_logprobs_and_entropy(config, p_, prefix, prefix_mask, suffix, suffix_mask, chunk_size=4,
+                                                  temperature=0.7)  # fmt: skip
+
+    def flat(p_):
+        return token_logprobs_and_entropy(config, p_, whole, whole_mask, chunk_size=4, start=starts, window=7,
+                                          temperature=0.7)  # fmt: skip
+
+    (logp, entropy), (ref_logp, ref_entropy) = jax.jit(grouped)(p), jax.jit(flat)(p)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(ref_logp), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(entropy), np.asarray(ref_entropy), rtol=1e-5, atol=1e-5)
+    assert np.count_nonzero(np.asarray(ref_logp)) == 3 + 5 + 1 + 6 + 2 + 4  # every response token is scored
+    weights = jnp.asarray(np.random.default_rng(5).normal(size=ref_logp.shape), jnp.float32)
+    g_grouped = jax.jit(jax.grad(lambda p_: jnp.sum(grouped(p_)[0] * weights)))(p)
+    g_flat = jax.jit(jax.grad(lambda p_: jnp.sum(flat(p_)[0] * weights)))(p)
+    for a, b in zip(jax.tree.leaves(g_grouped), jax.tree.leaves(g_flat), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from memtrain_jax.model.config import ModelConfig
-from memtrain_jax.model.transformer import Params, apply_model, default_positions
+from memtrain_jax.model.transformer import Params, apply_model, default_positions, init_cache
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -86,7 +86,21 @@ def token_logprobs_and_entropy(
         targets = jnp.take_along_axis(tokens, index + 1, axis=1)
         real = lambda i: jnp.take_along_axis(attention_mask, i, axis=1)
         valid = inside & real(index) & real(index + 1)
-    n = hidden.shape[1]
+    return _scored(config, params, hidden, targets, valid, chunk_size, temperature)
+
+
+def _scored(
+    config: ModelConfig,
+    params: Params,
+    hidden: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    chunk_size: int,
+    temperature: float,
+) -> tuple[jax.Array, jax.Array]:
+    """(log p(targets), entropy) [B, N] from final hidden states [B, N, H], the head applied `chunk_size`
+    positions at a time (each block rematerialised in the backward pass); 0 where not `valid`."""
+    b, n = targets.shape
     chunk = min(chunk_size, n)
     blocks = -(-n // chunk)
     pad = blocks * chunk - n
@@ -102,6 +116,51 @@ def token_logprobs_and_entropy(
     logp = logp.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
     entropy = entropy.swapaxes(0, 1).reshape(b, blocks * chunk)[:, :n]
     return jnp.where(valid, logp, 0.0), jnp.where(valid, entropy, 0.0)
+
+
+def shared_prompt_logprobs_and_entropy(
+    config: ModelConfig,
+    params: Params,
+    prefix: jax.Array,
+    prefix_mask: jax.Array,
+    suffix: jax.Array,
+    suffix_mask: jax.Array,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs_and_entropy` of k responses to each of G prompts, each prompt computed once.
+
+    prefix: [G, P] int32, each prompt but its last token, right padded (prefix_mask [G, P] bool; at least one
+    real token a row); suffix: [G * k, S] int32, rows g * k .. g * k + k - 1 the prompt's last token followed by
+    one response of prompt g, right padded (suffix_mask [G * k, S]). The prompts fill a KV cache once; the rows
+    read their prompt's keys/values (repeated k times; the gradient sums over the k) and run only their S
+    tokens, at rotary positions continuing their prompt's. Returns (log p(suffix[:, j+1] | prompt,
+    suffix[:, :j+1]), entropy) [G * k, S - 1]: equal to scoring prompt + response as one sequence, up to float
+    rounding. Traceable and differentiable.
+    """
+    g, p = prefix.shape
+    rows, s = suffix.shape
+    if rows % g:
+        raise ValueError(f"{rows} response rows do not split evenly over {g} prompts.")
+    k = rows // g
+    prefix_mask, suffix_mask = prefix_mask.astype(bool), suffix_mask.astype(bool)
+    cache = init_cache(config, g, p + s)
+    # last_only: the prompts' keys/values fill the cache; their logits (and the last layer's MLP) are not needed.
+    _, cache = apply_model(config, params, prefix, None, prefix_mask, cache=cache, last_only=True)
+    batch_axis = 1 if config.scan_layers else 0
+    repeat = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
+    cache = {
+        "k": jax.tree.map(lambda x: repeat(x, batch_axis), cache["k"]),
+        "v": jax.tree.map(lambda x: repeat(x, batch_axis), cache["v"]),
+        "mask": repeat(cache["mask"], 0),
+        "index": cache["index"],
+    }
+    start = repeat(jnp.sum(prefix_mask.astype(jnp.int32), axis=-1), 0)  # [G * k]: each row's first position
+    positions = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None]
+    hidden, _ = apply_model(config, params, suffix, positions, suffix_mask, cache=cache, return_hidden=True)
+    valid = suffix_mask[:, :-1] & suffix_mask[:, 1:]
+    return _scored(config, params, hidden[:, :-1], suffix[:, 1:], valid, chunk_size, temperature)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

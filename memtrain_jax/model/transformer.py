@@ -435,11 +435,9 @@ def apply_model(
     tokens: [B, T] int32. attention_mask: [B, T] bool, False on left padding. positions: [B, T]
     rotary positions; by default derived from the mask (and, with a cache, from the real tokens
     already in it). With a cache, the tokens are written at slots index..index+T-1.
-    `last_only`: logits of the last position only, [B, 1, V]. `return_hidden` (no cache): the final-normed
-    hidden states [B, T, H] in place of the logits.
+    `last_only`: logits of the last position only, [B, 1, V]. `return_hidden`: the final-normed hidden states
+    [B, T, H] in place of the logits, and no cache (the new tokens' keys/values are not returned).
     """
-    if return_hidden and cache is not None:
-        raise ValueError("return_hidden is for full-sequence passes; it cannot be combined with a KV cache.")
     if cache is not None and tokens.shape[1] > cache_length(cache):
         raise ValueError(f"{tokens.shape[1]} new tokens do not fit a KV cache of {cache_length(cache)} slots.")
     if attention_mask is None:

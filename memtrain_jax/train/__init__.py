@@ -1,6 +1,6 @@
 """GRPO training of the memory agent: packing, the jitted update, run checkpoints, metrics and the loop."""
 
-from memtrain_jax.train.batching import LengthBuckets, MicroBatch, pack
+from memtrain_jax.train.batching import LengthBuckets, MicroBatch, SharedPromptBatch, pack, pack_shared
 from memtrain_jax.train.checkpoints import RunCheckpointer, WorkdirMismatchError, check_workdir
 from memtrain_jax.train.learner import OBJECTIVES, Learner, OptimConfig, TrainState, loss_config_from, loss_sums
 from memtrain_jax.train.metrics import MetricWriter, read_metrics
@@ -14,6 +14,7 @@ __all__ = [
     "MicroBatch",
     "OptimConfig",
     "RunCheckpointer",
+    "SharedPromptBatch",
     "TrainConfig",
     "TrainState",
     "Trainer",
@@ -22,6 +23,7 @@ __all__ = [
     "loss_config_from",
     "loss_sums",
     "pack",
+    "pack_shared",
     "read_metrics",
     "run_identity",
 ]

@@ -128,3 +128,90 @@ def _micro_batch(
         old_logp[r, :n] = sequences.logprobs[i]
         adv[r], w[r], c[r] = sequences.advantages[i], weights[i], counts[i]
     return MicroBatch(tokens, attention, start, loss_mask, old_logp, np.zeros_like(old_logp), adv, w, c)
+
+
+@flax.struct.dataclass
+class SharedPromptBatch:
+    """k responses to each of G prompts, each prompt computed once (memtrain_jax.model.logprobs'
+    `shared_prompt_logprobs_and_entropy`): the G2 recall samples of a probe share their prompt.
+
+    prefix: [G, P] int32, each prompt but its last token, right padded; prefix_mask: [G, P] bool; suffix: [G*k, S]
+    int32, a row's prompt's last token then its response, right padded (S = W + 1); suffix_mask: [G*k, S] bool;
+    loss_mask, old_logp, ref_logp: [G*k, W] float32 (position j scores response token j); advantages, weights,
+    counts: [G*k] float32. Rows of filler groups have zero weight and mask.
+    """
+
+    prefix: np.ndarray
+    prefix_mask: np.ndarray
+    suffix: np.ndarray
+    suffix_mask: np.ndarray
+    loss_mask: np.ndarray
+    old_logp: np.ndarray
+    ref_logp: np.ndarray
+    advantages: np.ndarray
+    weights: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.prefix.shape[1]
+
+
+def shared_prompt_groups(sequences: TrainingSequences, index: Sequence[int], group_size: int) -> list[list[int]]:
+    """The sequences of `index` whose prompt (of at least 2 tokens) exactly `group_size` of them share, as groups in
+    order of first appearance; every other sequence is in no group."""
+    by_prompt: dict[bytes, list[int]] = {}
+    for i in index:
+        prompt = np.asarray(sequences.prompts[i], np.int32)
+        if len(prompt) >= 2:
+            by_prompt.setdefault(prompt.tobytes(), []).append(int(i))
+    return [rows for rows in by_prompt.values() if len(rows) == group_size]
+
+
+def pack_shared(
+    sequences: TrainingSequences,
+    weights: np.ndarray,
+    counts: np.ndarray,
+    groups: list[list[int]],
+    buckets: LengthBuckets,
+    groups_per_batch: int,
+    pad_id: int,
+    window: int,
+) -> list[SharedPromptBatch]:
+    """Micro-batches of `groups_per_batch` prompt groups (each of k sequences sharing their prompt), longest prompts
+    first; prompts padded to their bucket, responses to `window` (+ the prompt's last token)."""
+    if not groups:
+        return []
+    k = len(groups[0])
+    lengths = np.asarray([len(sequences.prompts[g[0]]) for g in groups])
+    order = np.argsort(-lengths, kind="stable")
+    out = []
+    for start in range(0, len(order), groups_per_batch):
+        chosen = [groups[j] for j in order[start : start + groups_per_batch]]
+        width = max(buckets.bucket(len(sequences.prompts[g[0]]) - 1) for g in chosen)
+        prefix = np.full((groups_per_batch, width), pad_id, np.int32)
+        prefix_mask = np.zeros((groups_per_batch, width), bool)
+        prefix_mask[:, 0] = True  # filler groups hold one token, so no prompt attends to nothing
+        rows = groups_per_batch * k
+        suffix = np.full((rows, window + 1), pad_id, np.int32)
+        suffix_mask = np.zeros((rows, window + 1), bool)
+        loss_mask, old_logp = np.zeros((rows, window), np.float32), np.zeros((rows, window), np.float32)
+        adv, w, c = np.zeros(rows, np.float32), np.zeros(rows, np.float32), np.zeros(rows, np.float32)
+        for gi, group in enumerate(chosen):
+            prompt = sequences.prompts[group[0]]
+            prefix[gi, : len(prompt) - 1], prefix_mask[gi, : len(prompt) - 1] = prompt[:-1], True
+            for j, i in enumerate(group):
+                r, response = gi * k + j, sequences.responses[i]
+                n = len(response)
+                if n > window:
+                    raise ValueError(f"A response of {n} tokens does not fit the scoring window of {window} positions.")
+                suffix[r, 0], suffix[r, 1 : n + 1] = prompt[-1], response
+                suffix_mask[r, : n + 1] = True
+                loss_mask[r, :n], old_logp[r, :n] = sequences.loss_masks[i], sequences.logprobs[i]
+                adv[r], w[r], c[r] = sequences.advantages[i], weights[i], counts[i]
+        out.append(
+            SharedPromptBatch(
+                prefix, prefix_mask, suffix, suffix_mask, loss_mask, old_logp, np.zeros_like(old_logp), adv, w, c
+            )
+        )
+    return out

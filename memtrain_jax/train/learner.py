@@ -2,13 +2,17 @@
 
 Three programs, each `jax.jit` with explicit shardings from the config's logical-axis rules:
 
-  accumulate(params, grads, micro_batch) -> (grads + d loss_sum / d params, metric sums)
-      in:  params (rules), grads (= params' shardings, DONATED), micro-batch rows over the batch axes
+  accumulate(params, lora, grads, micro_batch) -> (grads + d loss_sum / d trained, metric sums)
+      in:  params (rules), lora (LoRA's factors and W0, or None), grads (= the trained leaves' shardings,
+           DONATED), micro-batch rows over the batch axes
       out: grads (in place), metric sums (replicated)
   apply(state, grads, count) -> (state', stats)
       in:  state (params + optimizer state, rules; DONATED), grads, count (replicated)
       out: state with params <- AdamW(grads / count)
   score(params, tokens, attention_mask) -> log-probs [M, L-1]   (reference / recomputed old log-probs)
+
+Accumulate and score exist for MicroBatches (whole sequences) and SharedPromptBatches (k responses to a prompt
+that is computed once: the G2 recall samples of a probe; memtrain_jax.train.batching).
 
 Gradients of the loss *sum* are accumulated over micro-batches and divided by the total count c
 once per optimiser step, so any split into micro-batches gives the full-batch gradient (see
@@ -36,10 +40,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from memtrain_jax import sharding
 from memtrain_jax.config import section_values
 from memtrain_jax.model import ModelConfig, param_shardings, token_logprobs_and_entropy
+from memtrain_jax.model.logprobs import shared_prompt_logprobs_and_entropy
 from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import LossConfig, aggregate, grpo_token_loss
 from memtrain_jax.train import lora
-from memtrain_jax.train.batching import MicroBatch
+from memtrain_jax.train.batching import MicroBatch, SharedPromptBatch
 
 OBJECTIVES = ("grpo", "sft")
 
@@ -139,9 +144,30 @@ def loss_config_from(rl: ml_collections.ConfigDict) -> LossConfig:
     return RLConfig.from_config(rl).loss
 
 
+def batch_logprobs(
+    model_config: ModelConfig, params: Any, batch: MicroBatch | SharedPromptBatch, chunk: int, temperature: float
+) -> tuple[jax.Array, jax.Array]:
+    """(log-probs, entropies) [M, W] of a micro-batch's response window (M rows; a SharedPromptBatch's M = G * k)."""
+    if isinstance(batch, SharedPromptBatch):
+        return shared_prompt_logprobs_and_entropy(
+            model_config, params, batch.prefix, batch.prefix_mask, batch.suffix, batch.suffix_mask,
+            chunk_size=chunk, temperature=temperature,
+        )  # fmt: skip
+    return token_logprobs_and_entropy(
+        model_config,
+        params,
+        batch.tokens,
+        batch.attention_mask,
+        chunk_size=chunk,
+        start=batch.response_start,
+        window=batch.loss_mask.shape[1],
+        temperature=temperature,
+    )
+
+
 def loss_sums(
     params: Any,
-    batch: MicroBatch,
+    batch: MicroBatch | SharedPromptBatch,
     model_config: ModelConfig,
     loss_config: LossConfig,
     objective: str,
@@ -153,15 +179,8 @@ def loss_sums(
 
     GRPO scores tokens under softmax(logits / temperature), the rollouts' sampling distribution (as the sampler's
     log-probs, the "old" policy, are); the supervised objective under the model's own distribution."""
-    logp, entropy = token_logprobs_and_entropy(
-        model_config,
-        params,
-        batch.tokens,
-        batch.attention_mask,
-        chunk_size=logprob_chunk,
-        start=batch.response_start,
-        window=batch.loss_mask.shape[1],
-        temperature=1.0 if objective == "sft" else temperature,
+    logp, entropy = batch_logprobs(
+        model_config, params, batch, logprob_chunk, 1.0 if objective == "sft" else temperature
     )
     mask = batch.loss_mask
     if objective == "sft":
@@ -270,25 +289,28 @@ class Learner:
             self._row(),
         )
         self.batch_shardings = mb
-        self._accumulate = {
-            objective: jax.jit(
-                functools.partial(self._accumulate_fn, objective=objective),
-                in_shardings=(self.param_shardings, self.lora_shardings, self.grad_shardings, mb),
-                out_shardings=(self.grad_shardings, replicated),
-                donate_argnums=2,
+        # SharedPromptBatch: prompts [G, P] and responses [G * k, S] both split over the batch axes.
+        shared = SharedPromptBatch(*([self._row(None)] * 7), *([self._row()] * 3))
+        self._accumulate, self._score = {}, {}
+        for kind, layout in ((MicroBatch, mb), (SharedPromptBatch, shared)):
+            self._accumulate[kind] = {
+                objective: jax.jit(
+                    functools.partial(self._accumulate_fn, objective=objective),
+                    in_shardings=(self.param_shardings, self.lora_shardings, self.grad_shardings, layout),
+                    out_shardings=(self.grad_shardings, replicated),
+                    donate_argnums=2,
+                )
+                for objective in OBJECTIVES
+            }
+            self._score[kind] = jax.jit(
+                self._score_fn, in_shardings=(self.param_shardings, layout), out_shardings=self._row(None)
             )
-            for objective in OBJECTIVES
-        }
+        self._layouts = {MicroBatch: mb, SharedPromptBatch: shared}
         self._apply = jax.jit(
             self._apply_fn,
             in_shardings=(self.state_shardings, self.grad_shardings, replicated),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
-        )
-        self._score = jax.jit(
-            self._score_fn,
-            in_shardings=(self.param_shardings, mb),
-            out_shardings=self._row(None),
         )
         self._zeros = jax.jit(
             lambda state: jax.tree.map(jnp.zeros_like, self._trainable(state.params, self._lora(state))),
@@ -351,18 +373,9 @@ class Learner:
             state = state.replace(adapters=trained)
         return state, stats
 
-    def _score_fn(self, params, batch: MicroBatch):
+    def _score_fn(self, params, batch: MicroBatch | SharedPromptBatch):
         self.compile_count += 1
-        return token_logprobs_and_entropy(
-            self.model_config,
-            params,
-            batch.tokens,
-            batch.attention_mask,
-            chunk_size=self.logprob_chunk,
-            start=batch.response_start,
-            window=batch.loss_mask.shape[1],
-            temperature=self.temperature,
-        )[0]
+        return batch_logprobs(self.model_config, params, batch, self.logprob_chunk, self.temperature)[0]
 
     # --- host API -------------------------------------------------------------------------------
 
@@ -385,11 +398,11 @@ class Learner:
         count = jax.ShapeDtypeStruct((), np.float32, sharding=self.replicated)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             programs = {
-                "accumulate": self._accumulate[objective].lower(params, self._lora(state), grads, batch),
+                "accumulate": self._accumulate[MicroBatch][objective].lower(params, self._lora(state), grads, batch),
                 "apply": self._apply.lower(state, grads, count),
             }
             if self.use_ref:
-                programs["score"] = self._score.lower(params, batch)
+                programs["score"] = self._score[MicroBatch].lower(params, batch)
         return programs
 
     def abstract_state(self) -> TrainState:
@@ -450,13 +463,13 @@ class Learner:
             return state
         return state.replace(ref_params=jax.tree.map(jnp.copy, state.params))
 
-    def _place(self, batch: MicroBatch) -> MicroBatch:
-        return sharding.to_global(batch, self.batch_shardings)
+    def _place(self, batch: MicroBatch | SharedPromptBatch) -> MicroBatch | SharedPromptBatch:
+        return sharding.to_global(batch, self._layouts[type(batch)])
 
-    def score(self, params: Any, batch: MicroBatch) -> jax.Array:
+    def score(self, params: Any, batch: MicroBatch | SharedPromptBatch) -> jax.Array:
         """Log-probs [M, W] of the response window under `params` (reference and recomputed old log-probs)."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            return self._score(params, self._place(batch))
+            return self._score[type(batch)](params, self._place(batch))
 
     def _accumulated(self, state: TrainState, micro_batches: list[MicroBatch], objective: str):
         """(summed gradients, summed metrics) over the micro-batches; call under the mesh and rules."""
@@ -468,15 +481,17 @@ class Learner:
         lora_state = self._lora(state)
         per_batch = []  # device scalars, fetched once after the loop: no host sync between micro-batches
         for mb in micro_batches:
-            if mb.tokens.shape[0] % self.batch_multiple:
+            rows = mb.prefix.shape[0] if isinstance(mb, SharedPromptBatch) else mb.tokens.shape[0]
+            if rows % self.batch_multiple:
                 raise ValueError(
-                    f"Micro-batch of {mb.tokens.shape[0]} rows does not split over the batch axes "
+                    f"Micro-batch of {rows} rows (prompts) does not split over the batch axes "
                     f"({self.batch_multiple} shards); use a multiple for train.micro_batch_size."
                 )
+            kind = type(mb)
             mb = self._place(mb)
             if objective == "grpo" and self.use_ref:
-                mb = mb.replace(ref_logp=self._score(state.ref_params, mb))
-            grads, sums = self._accumulate[objective](state.params, lora_state, grads, mb)
+                mb = mb.replace(ref_logp=self._score[kind](state.ref_params, mb))
+            grads, sums = self._accumulate[kind][objective](state.params, lora_state, grads, mb)
             per_batch.append(sums)
         totals: dict[str, float] = {}
         for sums in jax.device_get(per_batch):
@@ -486,7 +501,7 @@ class Learner:
         return grads, totals
 
     def gradients(
-        self, state: TrainState, micro_batches: list[MicroBatch], objective: str = "grpo"
+        self, state: TrainState, micro_batches: list[MicroBatch | SharedPromptBatch], objective: str = "grpo"
     ) -> tuple[Any, float]:
         """(d loss / d params, loss) of the whole batch: summed over micro-batches, divided by the total count."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -495,7 +510,7 @@ class Learner:
         return jax.tree.map(lambda g: g / count, grads), totals["loss"] / count
 
     def update(
-        self, state: TrainState, micro_batches: list[MicroBatch], objective: str = "grpo"
+        self, state: TrainState, micro_batches: list[MicroBatch | SharedPromptBatch], objective: str = "grpo"
     ) -> tuple[TrainState, dict[str, float]]:
         """One optimiser step over `micro_batches` (gradients accumulated, divided by the summed count)."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):

@@ -43,7 +43,14 @@ from memtrain_jax.rl.config import RLConfig
 from memtrain_jax.rl.loss import aggregation_weights
 from memtrain_jax.tasks import MEMORY_TARGETS, AgentSetup
 from memtrain_jax.tokenizer.base import tokenizer_fingerprint
-from memtrain_jax.train.batching import LengthBuckets, pack
+from memtrain_jax.train.batching import (
+    LengthBuckets,
+    MicroBatch,
+    SharedPromptBatch,
+    pack,
+    pack_shared,
+    shared_prompt_groups,
+)
 from memtrain_jax.train.checkpoints import RunCheckpointer, check_workdir
 from memtrain_jax.train.learner import Learner, OptimConfig, TrainState
 from memtrain_jax.train.metrics import MetricWriter
@@ -87,6 +94,7 @@ class TrainConfig:
     trainable_layers: int = 0
     lora_rank: int = 0
     lora_alpha: float = 32.0
+    share_prompts: bool = True
     log_every: int = 1
     sample_every: int = 10
     checkpoint_every: int = 10
@@ -282,16 +290,7 @@ class Trainer:
         parts = np.array_split(order, min(int(rl.updates_per_batch), len(sequences)))
         metrics: list[dict[str, float]] = []
         for part in parts:
-            micro = pack(
-                sequences,
-                weights,
-                counts,
-                self.buckets,
-                self.train_config.micro_batch_size,
-                self.setup.tokenizer.pad_id,
-                self.window,
-                part,
-            )
+            micro = self._pack(sequences, weights, counts, part)
             if objective == "grpo" and bool(rl.recompute_old_logprobs):
                 micro = [mb.replace(old_logp=sharding.to_host(self.learner.score(state.params, mb))) for mb in micro]
             state, m = self.learner.update(state, micro, objective)
@@ -300,6 +299,25 @@ class Trainer:
         merged["ratio_max"] = max(m["ratio_max"] for m in metrics)
         merged["optimizer_steps"] = len(metrics)
         return state, merged
+
+    def _pack(
+        self, sequences: TrainingSequences, weights: np.ndarray, counts: np.ndarray, part: np.ndarray
+    ) -> list[MicroBatch | SharedPromptBatch]:
+        """Micro-batches of the sequences `part` indexes: with train.share_prompts, the groups of G2 recall samples
+        that share a prompt in SharedPromptBatches (the prompt computed once), the rest in MicroBatches."""
+        k = int(self.setup.agent.recall_group_size)
+        groups = shared_prompt_groups(sequences, part, k) if self.train_config.share_prompts and k > 1 else []
+        grouped = {i for g in groups for i in g}
+        rest = np.asarray([i for i in part if int(i) not in grouped], np.int64)
+        micro = self.train_config.micro_batch_size
+        multiple = self.learner.batch_multiple
+        per_batch = -(-max(1, micro // k) // multiple) * multiple  # prompt groups a micro-batch, split over shards
+        out: list[MicroBatch | SharedPromptBatch] = pack_shared(
+            sequences, weights, counts, groups, self.buckets, per_batch, self.setup.tokenizer.pad_id, self.window
+        )
+        if len(rest):
+            out += pack(sequences, weights, counts, self.buckets, micro, self.setup.tokenizer.pad_id, self.window, rest)
+        return out
 
     def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
         examples, used, skipped = self.setup.task_impl.format_examples(
