@@ -247,11 +247,13 @@ def test_a_config_written_before_the_field_renames_reads_unchanged(spec):
     assert "chunk_size" in old["qa"] and "overrides" not in old["qa"]
     assert config_changes(old, config_values(load_config(spec))) == {}
     # `memtrain eval` / `export` / `diagnose` build the run from its stored config: read as today's, it is today's,
-    # but for the run choice added since at the behaviour the run had (the CPU variants' 64-token prompt buckets
-    # came later; a run choice may differ on resume)
+    # but for the run choices added since at the behaviour the run had (the CPU variants' 64-token prompt buckets
+    # and shared-prompt updates came later; a run choice may differ on resume)
     today = config_values(load_config(spec))
     assert migrate_tree(old)["sampling"]["length_block"] == 256
+    assert migrate_tree(old)["train"]["share_prompts"] is False
     today["sampling"]["length_block"] = 256
+    today["train"]["share_prompts"] = False
     assert migrate_tree(old) == today
 
 
