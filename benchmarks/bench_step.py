@@ -242,12 +242,17 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(result, f)
         return
     labels, results = ["this tree"], [measure(args.config, overrides, args.warmup, args.steps)]
-    if args.against:
+    if args.against:  # this tree's figures first: a failure of the other tree's run loses nothing
+        print_table(labels, results)
+        sys.stdout.flush()
         tree = os.path.join(tempfile.gettempdir(), f"bench_step_{args.against}")
         if not os.path.isdir(tree):
             subprocess.run(["git", "-C", REPO, "worktree", "add", "-f", "--detach", tree, args.against], check=True)
         out = os.path.join(tempfile.mkdtemp(), "result.json")
-        config = args.config if os.path.isabs(args.config.split(":")[0]) else os.path.join(tree, args.config)
+        # The other tree measures with its own config file (a config of this repository is mapped into it).
+        path, sep, variant = args.config.partition(":")
+        path = os.path.relpath(os.path.abspath(path), REPO) if os.path.abspath(path).startswith(REPO + os.sep) else path
+        config = (path if os.path.isabs(path) else os.path.join(tree, path)) + sep + variant
         sets = [a for s in args.set for a in ("--set", s)]
         command = [sys.executable, os.path.abspath(__file__), "--config", config, "--json", out,
                    "--warmup", str(args.warmup), "--steps", str(args.steps), *sets]  # fmt: skip

@@ -45,7 +45,7 @@ from memtrain_jax.plan import cost
 from memtrain_jax.plan.estimate import MemoryEstimate, estimate
 from memtrain_jax.plan.topology import GiB, TpuSlice, topology_devices
 from memtrain_jax.sampler import Buckets, Sampler
-from memtrain_jax.train.learner import Learner, OptimConfig, loss_config_from
+from memtrain_jax.train.learner import Learner
 
 PROMPT_OVERHEAD = 256  # tokens of template, problem and chat markup assumed in every prompt
 HEADROOM = 0.94  # of HBM usable by the programs (the runtime and fragmentation take the rest)
@@ -340,12 +340,7 @@ def rollout_sampler(config: ml_collections.ConfigDict, devices: Sequence[Any]) -
 
 def update_learner(config: ml_collections.ConfigDict, sampler: Sampler) -> Learner:
     """The run's Learner on the rollout sampler's model, mesh and axis rules."""
-    return Learner(
-        sampler.config, sampler.mesh, sampler.rules, OptimConfig.from_config(config.optim),
-        loss_config_from(config.rl), logprob_chunk=int(config.train.logprob_chunk),
-        trainable_layers=int(config.train.trainable_layers), temperature=float(config.sampling.temperature),
-        lora_rank=int(config.train.lora_rank), lora_alpha=float(config.train.lora_alpha),
-    )  # fmt: skip
+    return Learner.from_config(config, sampler.config, sampler.mesh, sampler.rules)
 
 
 def train_temporaries(config: ml_collections.ConfigDict, tpu: TpuSlice) -> tuple[int, int]:

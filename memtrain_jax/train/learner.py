@@ -318,6 +318,33 @@ class Learner:
             out_shardings=self.grad_shardings,
         )
 
+    @classmethod
+    def from_config(
+        cls,
+        config: ml_collections.ConfigDict,
+        model_config: ModelConfig,
+        mesh: Mesh,
+        rules: tuple,
+        *,
+        optim: OptimConfig | None = None,
+        temperature: float | None = None,
+    ) -> Learner:
+        """The run's Learner from its config's optim, rl, train and sampling sections (training and `memtrain plan`
+        build it here); `optim` and `temperature` replace the sections' own where given."""
+        train = config.train
+        return cls(
+            model_config,
+            mesh,
+            rules,
+            OptimConfig.from_config(config.optim) if optim is None else optim,
+            loss_config_from(config.rl),
+            logprob_chunk=int(train.logprob_chunk),
+            trainable_layers=int(train.trainable_layers),
+            temperature=float(config.sampling.temperature if temperature is None else temperature),
+            lora_rank=int(train.lora_rank),
+            lora_alpha=float(train.lora_alpha),
+        )
+
     # --- the trained variables: the trainable leaves of the parameters, or LoRA's factors ------------
 
     def init_adapters(self, key: jax.Array, params: Any) -> Any:

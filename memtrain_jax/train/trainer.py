@@ -220,17 +220,13 @@ class Trainer:
         self.buckets = LengthBuckets(block, -(-max(lengths.values()) // block) * block)
         # Responses are scored over a fixed window: the longest reply budget, in multiples of 8.
         self.window = -(-setup.reply_tokens() // 8) * 8
-        self.learner = Learner(
+        self.learner = Learner.from_config(
+            config,
             setup.policy.model_config,
             setup.mesh,
             setup.rules,
-            self.optim,
-            self.loss_config,
-            logprob_chunk=self.train_config.logprob_chunk,
-            trainable_layers=self.train_config.trainable_layers,
+            optim=self.optim,
             temperature=setup.agent.temperature,  # the rollouts' own (one source: AgentConfig)
-            lora_rank=self.train_config.lora_rank,
-            lora_alpha=self.train_config.lora_alpha,
         )
         micro = self.train_config.micro_batch_size
         if micro % self.learner.batch_multiple:
