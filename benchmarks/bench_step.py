@@ -10,7 +10,8 @@ For a config (default configs/memtrain.py:cpu) it runs `--warmup` GRPO steps (th
   (1.0 = at the limit) and the bandwidth fraction alone;
 * update: `Learner.update` over the step's sequences; FLOPs = forward 2 x (layer matmuls) x T of every token +
   the head on scored positions, backward 4 x (the trainable layers' matmuls) x T + 4 x head x scored
-  (`train.trainable_layers` stops the backward pass there); its MFU;
+  (`train.trainable_layers` stops the backward pass there), a prompt shared by a group of G2 recall samples
+  (`train.share_prompts`) counted once; its MFU;
 * host: the rest of the step (prompt building, decoding text, answer and entity extraction, probe drawing,
   credit, packing, transfers).
 
@@ -155,6 +156,12 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
             sequences, _ = assign_credit(result, setup.agent)
             tokens = sum(len(p) + len(r) for p, r in zip(sequences.prompts, sequences.responses, strict=True))
             scored = sequences.num_response_tokens
+            if getattr(trainer.train_config, "share_prompts", False):  # a shared prompt is computed once a group
+                from memtrain_jax.train.batching import shared_prompt_groups
+
+                k = int(setup.agent.recall_group_size)
+                for group in shared_prompt_groups(sequences, range(len(sequences)), k) if k > 1 else []:
+                    tokens -= (k - 1) * (len(sequences.prompts[group[0]]) - 1)
         update_flops = (
             2 * _layer_matmuls(model, model.num_layers) * tokens
             + 4 * _layer_matmuls(model, trainable) * tokens
@@ -173,6 +180,8 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
                 "host_s": step_s - prefill_s - decode_s - update_s,
                 "calls": len(calls),
                 "generated": sum(c["generated"] for c in calls),
+                "sequences": float(metrics.get("sequences") or 0),
+                "shared": float(metrics.get("shared_prompt_sequences") or 0),
             }
         )
     compilations = trainer.learner.compile_count + setup.sampler.compile_count
@@ -211,6 +220,8 @@ def print_table(labels: list[str], results: list[dict[str, Any]]) -> None:
         ("  share of the step", "host_frac", "{:.2f}"),
         ("sampler calls", "calls", "{:.0f}"),
         ("generated tokens", "generated", "{:.0f}"),
+        ("trained sequences", "sequences", "{:.0f}"),
+        ("  with a shared prompt", "shared", "{:.0f}"),
     ]
     width = max(12, *(len(label) for label in labels))
     print(

@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.mode = "paper"  # paper: chunk l < k | code: l in 1..k | latest: l = k - 1 (a CPU curriculum)
     c.probes.target_token = "[TARGET]"
+    # A probed entity occurs fewer than this many times in its chunk (as data.entities.max_occurrences, the paper's
+    # rule for every masked entity). 2 = probes of entities named once only: no recurring, salient entity.
+    c.probes.max_occurrences = 5
     # False (the paper): each trajectory draws its own probe. True: the G1 trajectories of an episode share the
     # probe of trajectory 0 (the one evaluation draws), so their R_I differ by their memories, not by how hard
     # each one's probe is: the E2E advantage of the memory turns then measures the memory (a CPU choice).

@@ -91,6 +91,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.lora_rank": 0,
     "train.lora_alpha": 32.0,
     "train.share_prompts": False,
+    "data.probes.max_occurrences": 5,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

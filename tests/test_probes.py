@@ -95,3 +95,22 @@ def test_make_probe_argument_errors(chunks, extractor):
         make_probe(chunks, 2, probe_rng(0, 0, 2), extractor=extractor, entities=["x"])
     with pytest.raises(ValueError, match="'bogus'"):
         make_probe(chunks, 2, probe_rng(0, 0, 2), extractor=extractor, mode="bogus")
+
+
+def test_probes_of_entities_named_once(chunks):
+    """data.probes.max_occurrences = 2 (read into AgentConfig apart from data.entities') draws only entities that
+    occur once in their chunk; the paper's 5 also draws recurring ones."""
+    from memtrain_jax.agent import AgentConfig
+    from memtrain_jax.config import load_config
+
+    config = load_config("configs/memtrain.py:tiny")
+    config.data.probes.max_occurrences = 2
+    agent = AgentConfig.from_config(config)
+    assert (agent.probe_max_occurrences, agent.max_occurrences) == (2, int(config.data.entities.max_occurrences))
+    counts = {}
+    for limit in (2, 5):
+        extractor = make_extractor("rules", max_occurrences=limit)
+        probes = [make_probe(chunks, 8, probe_rng(0, e, 8), extractor=extractor) for e in range(64)]
+        counts[limit] = [count_occurrences(chunks[p.chunk_index], p.gold) for p in probes]
+    assert set(counts[2]) == {1}
+    assert max(counts[5]) > 1

@@ -34,6 +34,7 @@ _FROM_OTHER_SECTIONS = (
     "target_token",
     "mask_token",
     "max_occurrences",
+    "probe_max_occurrences",
     "max_words",
 )
 
@@ -79,6 +80,7 @@ class AgentConfig:
     target_token: str = "[TARGET]"
     mask_token: str = "[MASK]"
     max_occurrences: int = 5
+    probe_max_occurrences: int = 5
     max_words: int = 8
 
     def __post_init__(self):
@@ -103,6 +105,11 @@ class AgentConfig:
             raise ValueError(
                 f"rl.advantage_normalisation={self.advantage_normalisation!r}; "
                 f"choose one of {ADVANTAGE_NORMALISATIONS}."
+            )
+        if self.probe_max_occurrences < 2:
+            raise ValueError(
+                f"data.probes.max_occurrences={self.probe_max_occurrences}: a probed entity occurs fewer than this "
+                "many times in its chunk, so it must be >= 2 (2: entities named once)."
             )
         if self.probe_mode not in PROBE_MODES:
             raise ValueError(f"data.probes.mode={self.probe_mode!r}; choose one of {PROBE_MODES}.")
@@ -155,6 +162,7 @@ class AgentConfig:
             target_token=data.probes.target_token,
             mask_token=data.document.mask_token,
             max_occurrences=int(data.entities.max_occurrences),
+            probe_max_occurrences=int(data.probes.max_occurrences),
             max_words=int(data.entities.max_words),
         )
 

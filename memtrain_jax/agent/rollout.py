@@ -240,7 +240,7 @@ def rollout(
                 extractor=extractor,
                 mode=config.probe_mode,
                 target_token=config.target_token,
-                max_occurrences=config.max_occurrences,
+                max_occurrences=config.probe_max_occurrences,
                 max_words=config.max_words,
             )
             if traj.probe is None:

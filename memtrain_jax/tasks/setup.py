@@ -106,7 +106,7 @@ class AgentSetup:
         extractor = None
         if agent.imr:
             extractor = make_extractor(
-                agent.probe_extractor, max_occurrences=agent.max_occurrences, max_words=agent.max_words
+                agent.probe_extractor, max_occurrences=agent.probe_max_occurrences, max_words=agent.max_words
             )
         setup = cls(
             config, mesh, rules, policy, chat, builder, agent, sampler, sampler_policy, extractor, task_impl, init_step

@@ -285,8 +285,10 @@ class Trainer:
         order = np.random.default_rng([int(self.config.seed), step, 11]).permutation(len(sequences))
         parts = np.array_split(order, min(int(rl.updates_per_batch), len(sequences)))
         metrics: list[dict[str, float]] = []
+        shared = 0  # sequences scored against a prompt computed once (train.share_prompts)
         for part in parts:
             micro = self._pack(sequences, weights, counts, part)
+            shared += sum(int(mb.suffix_mask[:, 0].sum()) for mb in micro if isinstance(mb, SharedPromptBatch))
             if objective == "grpo" and bool(rl.recompute_old_logprobs):
                 micro = [mb.replace(old_logp=sharding.to_host(self.learner.score(state.params, mb))) for mb in micro]
             state, m = self.learner.update(state, micro, objective)
@@ -294,6 +296,7 @@ class Trainer:
         merged = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
         merged["ratio_max"] = max(m["ratio_max"] for m in metrics)
         merged["optimizer_steps"] = len(metrics)
+        merged["shared_prompt_sequences"] = shared
         return state, merged
 
     def _pack(
