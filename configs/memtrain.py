@@ -25,7 +25,7 @@ memory turns decoded greedily, as the evaluation reads them), no_dapo, positive_
 samples above their group's mean reward train; none is pushed down: rl.negative_weight = 0), negative=X (that
 weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
-task), shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares
+task), named_once (recall probes only of entities named once in their chunk; not the paper's), shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares
 their memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
 trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
 the trainable layers' kernels instead of the kernels; train.lora_alpha scales them),
@@ -71,6 +71,8 @@ _NAMED_ABLATIONS = {
     "positive_only": {"rl.negative_weight": 0.0},
     # The entity masked in the pivot only, drawn from those a similar paragraph names: the answer is in the document.
     "recoverable": {"data.document.mask_scope": "pivot"},
+    # Recall probes of entities named once in their chunk (no recurring, salient entity to guess): not the paper's.
+    "named_once": {"data.probes.max_occurrences": 2},
     # The G1 trajectories of an episode share one recall probe: their R_I then differ by their memories only.
     "shared_probe": {"data.probes.shared": True},
     **{name: {"rl.loss_aggregation": name} for name in ("token_mean", "sequence_mean", "trajectory_mean", "constant")},

@@ -98,13 +98,12 @@ def test_make_probe_argument_errors(chunks, extractor):
 
 
 def test_probes_of_entities_named_once(chunks):
-    """data.probes.max_occurrences = 2 (read into AgentConfig apart from data.entities') draws only entities that
-    occur once in their chunk; the paper's 5 also draws recurring ones."""
+    """The `named_once` ablation (data.probes.max_occurrences = 2, read into AgentConfig apart from data.entities')
+    draws only entities that occur once in their chunk; the paper's 5 also draws recurring ones."""
     from memtrain_jax.agent import AgentConfig
     from memtrain_jax.config import load_config
 
-    config = load_config("configs/memtrain.py:tiny")
-    config.data.probes.max_occurrences = 2
+    config = load_config("configs/memtrain.py:tiny,named_once")
     agent = AgentConfig.from_config(config)
     assert (agent.probe_max_occurrences, agent.max_occurrences) == (2, int(config.data.entities.max_occurrences))
     counts = {}
