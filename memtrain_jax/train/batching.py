@@ -152,10 +152,6 @@ class SharedPromptBatch:
     weights: np.ndarray
     counts: np.ndarray
 
-    @property
-    def length(self) -> int:
-        return self.prefix.shape[1]
-
 
 def shared_prompt_groups(sequences: TrainingSequences, index: Sequence[int], group_size: int) -> list[list[int]]:
     """The sequences of `index` whose prompt (of at least 2 tokens) exactly `group_size` of them share, as groups in
