@@ -26,7 +26,8 @@ samples above their group's mean reward train; none is pushed down: rl.negative_
 weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
 task), named_once (recall probes only of entities named once in their chunk; not the paper's), shared_probe
-(the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their memories on one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
+(the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their memories on
+one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
 trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
 the trainable layers' kernels instead of the kernels; train.lora_alpha scales them),
 qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
