@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from memtrain_jax.model.config import ModelConfig
-from memtrain_jax.model.transformer import Params, apply_model, default_positions, init_cache
+from memtrain_jax.model.transformer import Params, apply_model, default_positions, expand_prefix, init_cache
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -148,15 +148,9 @@ def shared_prompt_logprobs_and_entropy(
     cache = init_cache(config, g, p + s)
     # last_only: the prompts' keys/values fill the cache; their logits (and the last layer's MLP) are not needed.
     _, cache = apply_model(config, params, prefix, None, prefix_mask, cache=cache, last_only=True)
-    batch_axis = 1 if config.scan_layers else 0
-    repeat = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
-    cache = {
-        "k": jax.tree.map(lambda x: repeat(x, batch_axis), cache["k"]),
-        "v": jax.tree.map(lambda x: repeat(x, batch_axis), cache["v"]),
-        "mask": repeat(cache["mask"], 0),
-        "index": cache["index"],
-    }
-    start = repeat(jnp.sum(prefix_mask.astype(jnp.int32), axis=-1), 0)  # [G * k]: each row's first position
+    owners = jnp.repeat(jnp.arange(g, dtype=jnp.int32), k)  # [G * k]: each row's prompt
+    cache = expand_prefix(cache, owners, init_cache(config, rows, p + s))  # the gradient sums over the k copies
+    start = jnp.sum(prefix_mask.astype(jnp.int32), axis=-1)[owners]  # [G * k]: each row's first position
     positions = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None]
     hidden, _ = apply_model(config, params, suffix, positions, suffix_mask, cache=cache, return_hidden=True)
     valid = suffix_mask[:, :-1] & suffix_mask[:, 1:]

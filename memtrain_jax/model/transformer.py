@@ -517,6 +517,42 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: Any
     return {"k": k, "v": v, "mask": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
 
 
+def expand_prefix(prefix: KVCache, rows: jax.Array, cache: KVCache) -> KVCache:
+    """Copies prompt caches into a row cache: row i of `cache` gets `prefix` row rows[i] in its first
+    P slots. prefix: U rows, P slots; rows: [B] int32 in [0, U); cache: B rows, S >= P slots (empty).
+    Rows sharing a prompt share its prefill; the copy is what each row would have computed itself. Traceable and
+    differentiable (the training update's shared prompts, memtrain_jax.model.logprobs, use it too)."""
+
+    def take(new: jax.Array, buf: jax.Array) -> jax.Array:  # [U, K, P, D] -> rows [B, K, P, D], as buf's
+        # Sharded like the cache's rows: else the compiler may write the gathered rows into a gathered copy
+        # of the whole buffer (every row of a layer on every chip) and slice it back.
+        return nn.with_logical_constraint(jnp.take(new, rows, axis=0).astype(buf.dtype), CACHE_LAYER_AXES)
+
+    def fill(buf: jax.Array, new: jax.Array) -> jax.Array:  # buf [B, K, S, D], new [U, K, P, D]
+        return jax.lax.dynamic_update_slice(buf, take(new, buf), (0,) * buf.ndim)
+
+    def fill_layer(layer: jax.Array, kv: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        # buffers [L, B, K, S, D] from prefix [L, U, K, P, D], one layer at a time: gathering rows across
+        # batch shards all-gathers its operand, so one layer's prefix is gathered, not every layer's at once.
+        def one(buf, new):
+            new = take(jax.lax.dynamic_index_in_dim(new, layer, 0, keepdims=False), buf)
+            return jax.lax.dynamic_update_slice(buf, new[None], (layer, 0, 0, 0, 0))
+
+        return one(kv[0], prefix["k"]), one(kv[1], prefix["v"])
+
+    mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.take(prefix["mask"], rows, axis=0), (0, 0))
+    if isinstance(cache["k"], tuple):  # a buffer per layer
+        k, v = jax.tree.map(fill, cache["k"], prefix["k"]), jax.tree.map(fill, cache["v"], prefix["v"])
+    else:
+        k, v = jax.lax.fori_loop(0, cache["k"].shape[0], fill_layer, (cache["k"], cache["v"]))
+    return {
+        "k": k,
+        "v": v,
+        "mask": mask,
+        "index": jnp.asarray(prefix["index"], jnp.int32),
+    }
+
+
 def cache_length(cache: KVCache) -> int:
     """Number of slots S of a cache."""
     return jax.tree.leaves(cache["k"])[0].shape[-2]

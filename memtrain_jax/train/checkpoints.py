@@ -79,7 +79,7 @@ def stored_form(state: Any) -> Any:
 
 def _restored(abstract_state: Any, stored: Any) -> Any:
     """`stored_form`'s inverse: the restored tree in `abstract_state`'s type."""
-    return abstract_state.replace(**stored) if stored_form(abstract_state) is not abstract_state else stored
+    return abstract_state.replace(**stored) if hasattr(type(abstract_state), "STORED_WHEN_SET") else stored
 
 
 class RunCheckpointer:
