@@ -94,6 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # probe of trajectory 0 (the one evaluation draws), so their R_I differ by their memories, not by how hard
     # each one's probe is: the E2E advantage of the memory turns then measures the memory (a CPU choice).
     c.probes.shared = False
+    # False (the paper): a probe may ask for any valid entity of the chunk. True: only for one the probed memory
+    # names, so the recall reward measures whether the answerer reads its memory (the warm-up's answerer copies
+    # right in few of those probes), not whether the memory kept the entity (a CPU curriculum; training only: the
+    # evaluation draws the paper's probes).
+    c.probes.in_memory = False
     # Entities of a probed chunk: "" = entities.extractor ("links" needs link spans, which chunks lack: use rules).
     c.probes.extractor = ""
 

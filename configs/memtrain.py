@@ -27,8 +27,9 @@ weight), recoverable (the
 entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
 task), named_once (recall probes only of entities named once in their chunk; not the paper's), shared_probe
 (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their memories on
-one question; the paper draws a probe per trajectory), token_mean / sequence_mean /
-trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
+one question; the paper draws a probe per trajectory), in_memory (training probes only of entities the probed
+memory names: the recall reward trains reading the memory; held-out probes stay the paper's), token_mean /
+sequence_mean / trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
 the trainable layers' kernels instead of the kernels; train.lora_alpha scales them),
 qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
 memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.
@@ -76,6 +77,8 @@ _NAMED_ABLATIONS = {
     "named_once": {"data.probes.max_occurrences": 2},
     # The G1 trajectories of an episode share one recall probe: their R_I then differ by their memories only.
     "shared_probe": {"data.probes.shared": True},
+    # Training probes only of entities the probed memory names: the reward trains reading the memory (not the paper's).
+    "in_memory": {"data.probes.in_memory": True},
     **{name: {"rl.loss_aggregation": name} for name in ("token_mean", "sequence_mean", "trajectory_mean", "constant")},
 }
 

@@ -92,6 +92,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.lora_alpha": 32.0,
     "train.share_prompts": False,
     "data.probes.max_occurrences": 5,
+    "data.probes.in_memory": False,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

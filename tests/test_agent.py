@@ -331,6 +331,43 @@ def test_recall_probes_see_their_own_memory_and_earlier_chunks(tokenizer, chat, 
     assert len(seen) > 1  # probes differ between trajectories
 
 
+def test_in_memory_probes_ask_only_for_entities_their_memory_names(tokenizer, chat):
+    """probe_in_memory: every probe's entity occurs in the memory its recall prompt shows (the memory at its step);
+    the memories keep the first two capitalised words of each chunk, so the paper's probes of the same rollouts
+    also ask for entities no memory holds, and the filter is what removes them."""
+    from memtrain_jax.data.masking import count_occurrences
+
+    def script(kind, prompt, row):
+        text = tokenizer.decode(prompt)
+        memory = re.search(r"<memory>\n(.*?)\n</memory>", text, re.S).group(1)
+        if kind == "memory":
+            section = re.search(r"<section>\n(.*?)\n</section>", text, re.S).group(1)
+            words = re.findall(r"\b[A-Z][a-z]+\b", section.split(":", 1)[1])[:2]
+            return " ".join(words) + ("" if memory == "No previous memory." else " " + memory)
+        return "\\boxed{x}"
+
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    episodes, _ = episodes_from_batch(_batch(tokenizer, DOCS[1:]), tokenizer)
+    held, drawn = {}, {}
+    for in_memory in (False, True):
+        config = _config(group_size=4, recall_group_size=1, probe_in_memory=in_memory)
+        policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
+        for seed in range(6):
+            batch = rollout(policy, episodes, builder, tokenizer, config, seed=seed, step=0,
+                            extractor=make_extractor("rules"))  # fmt: skip
+            for traj in batch.trajectories:
+                if traj.probe is None:
+                    continue
+                memory = tokenizer.decode(list(traj.memories[traj.probe.step]))
+                assert f"<memory>\n{memory}\n</memory>" in tokenizer.decode(traj.recall[0].prompt)
+                held[in_memory] = held.get(in_memory, []) + [bool(count_occurrences(memory, traj.probe.gold))]
+                drawn[in_memory] = drawn.get(in_memory, 0) + 1
+    assert all(held[True]) and drawn[True] >= 12
+    assert not all(held[False])
+    with pytest.raises(ValueError, match="cannot share"):
+        _config(probe_in_memory=True, probe_shared=True)
+
+
 def test_prompts_in_token_space_equal_the_rendered_template(tokenizer, chat):
     """Chunks cut from a real pool text at fixed token counts: the prompt ids decode to exactly the rendered
     text, and equal its encoding wherever the chunk boundaries fall between words."""

@@ -30,6 +30,7 @@ _FROM_OTHER_SECTIONS = (
     "max_chunks",
     "probe_mode",
     "probe_shared",
+    "probe_in_memory",
     "probe_extractor",
     "target_token",
     "mask_token",
@@ -76,6 +77,7 @@ class AgentConfig:
     max_chunks: int = 8
     probe_mode: str = "paper"
     probe_shared: bool = False
+    probe_in_memory: bool = False
     probe_extractor: str = "rules"
     target_token: str = "[TARGET]"
     mask_token: str = "[MASK]"
@@ -113,6 +115,11 @@ class AgentConfig:
             )
         if self.probe_mode not in PROBE_MODES:
             raise ValueError(f"data.probes.mode={self.probe_mode!r}; choose one of {PROBE_MODES}.")
+        if self.probe_in_memory and self.probe_shared:
+            raise ValueError(
+                "data.probes.in_memory=True draws each trajectory's probe from what its own memory names, so the "
+                "trajectories of an episode cannot share one (data.probes.shared=True): turn one of them off."
+            )
         if self.probe_extractor == "links":
             raise ValueError(
                 "data.probes.extractor='links' cannot find entities in chunk text (it needs link spans); "
@@ -158,6 +165,7 @@ class AgentConfig:
             max_chunks=int(data.chunking.max_chunks),
             probe_mode=data.probes.mode,
             probe_shared=bool(data.probes.shared),
+            probe_in_memory=bool(data.probes.in_memory),
             probe_extractor=data.probes.extractor or data.entities.extractor,
             target_token=data.probes.target_token,
             mask_token=data.document.mask_token,

@@ -242,6 +242,7 @@ def rollout(
                 target_token=config.target_token,
                 max_occurrences=config.probe_max_occurrences,
                 max_words=config.max_words,
+                memories=[tokenizer.decode(list(m)) for m in traj.memories] if config.probe_in_memory else None,
             )
             if traj.probe is None:
                 traj.probe_skipped = "no usable chunk"

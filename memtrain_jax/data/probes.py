@@ -13,8 +13,10 @@ Modes (`mode`):
   keeps what it just read answers it; "paper" also asks for what earlier turns had to carry forward).
 
 Candidate chunks are tried in an rng-drawn order until one has a valid entity; `make_probe`
-returns None when none has (no probe for that trajectory). Randomness comes from `probe_rng`
-(global seed, episode id, step), so a probe is reproducible from the episode alone.
+returns None when none has (no probe for that trajectory). With the memory texts given (`memories`, a CPU
+curriculum, `data.probes.in_memory`), an entity is valid only where the memory at step k names it, so every
+probe is answerable by reading the memory: its reward then measures the answerer, not what the memory kept.
+Randomness comes from `probe_rng` (global seed, episode id, step), so a probe is reproducible from the episode alone.
 
 `draw_probe` is the agent's entry point: one probe per trajectory (the `sample`-th of its episode's
 group), at a step k drawn uniformly from 1..num_chunks (every memory but the initial one; steps
@@ -32,7 +34,7 @@ import numpy as np
 
 from memtrain_jax.data.documents import maskable_entities
 from memtrain_jax.data.entities import choose_entity, valid_entities
-from memtrain_jax.data.masking import MASK_TOKEN, TARGET_TOKEN, mask_entity
+from memtrain_jax.data.masking import MASK_TOKEN, TARGET_TOKEN, count_occurrences, mask_entity
 from memtrain_jax.data.types import Paragraph
 
 PROBE_MODES = ("paper", "code", "latest")
@@ -103,6 +105,7 @@ def make_probe(
     target_token: str = TARGET_TOKEN,
     max_occurrences: int = 5,
     max_words: int = 8,
+    memory: str | None = None,
 ) -> Probe | None:
     """Draws the probe of step `step_k` over the document's chunk texts, or None if no candidate
     chunk has a valid entity.
@@ -110,6 +113,7 @@ def make_probe(
     Entities come either from `extractor.extract([paragraph])` on the chunk text, or from the
     candidate strings `entities` (e.g. the document paragraphs' entities) kept when valid in the
     chunk (`valid_entities` with `max_occurrences`/`max_words`). Exactly one must be given.
+    `memory`: the text of the memory at step k; when given, only entities it names are valid.
     """
     if (extractor is None) == (entities is None):
         raise ValueError("make_probe needs exactly one of extractor= or entities=.")
@@ -119,6 +123,8 @@ def make_probe(
         index = candidates[position]
         text = chunks_text[index]
         found = maskable_entities(_chunk_entities(text, index, extractor, entities, **rules), target_token)
+        if memory is not None:
+            found = [e for e in found if count_occurrences(memory, e)]
         gold = choose_entity(found, rng) if found else None
         if gold is None:
             continue
@@ -140,8 +146,11 @@ def draw_probe(
     target_token: str = TARGET_TOKEN,
     max_occurrences: int = 5,
     max_words: int = 8,
+    memories: Sequence[str] | None = None,
 ) -> Probe | None:
-    """The recall probe of one trajectory (module docstring), or None when no step has a usable probe."""
+    """The recall probe of one trajectory (module docstring), or None when no step has a usable probe.
+    `memories`: the trajectory's memory texts by step (index 0 the initial memory), to probe only entities the
+    probed memory names; None for the paper's probes."""
     rng = trajectory_probe_rng(seed, episode_id, sample)
     for step_k in (rng.permutation(len(chunks_text)) + 1).tolist():
         if not candidate_chunks(step_k, len(chunks_text), mode):
@@ -155,6 +164,7 @@ def draw_probe(
             target_token=target_token,
             max_occurrences=max_occurrences,
             max_words=max_words,
+            memory=None if memories is None else memories[step_k],
         )
         if probe is not None:
             return probe

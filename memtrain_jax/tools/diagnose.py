@@ -15,7 +15,6 @@ Every share carries n and a Wilson 95 % interval.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -138,7 +137,7 @@ def diagnose(trainer: Any, params: Any, episodes: int, warmup: bool) -> str:
     if setup.task != "memtrain":
         raise ValueError(f"memtrain diagnose reads MemTrain runs; this run's task is {setup.task!r}.")
     slots = trainer.eval_slots[:episodes]
-    agent = dataclasses.replace(setup.agent, group_size=1, recall_group_size=1, dapo_filter=False)
+    agent = trainer.eval_agent(1)  # the held-out probes, as the evaluation draws them
     trainer.eval_policy.update_params(params)
     batch = setup.eval_batch(slots)
     result = setup.rollout(batch, 0, policy=trainer.eval_policy, agent=agent)

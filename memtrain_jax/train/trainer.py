@@ -373,11 +373,17 @@ class Trainer:
     # ------------------------------------------------------------------------------- evaluation
 
     def eval_agent(self, k: int) -> AgentConfig:
-        """The agent of an evaluation with K trajectories per episode. Its probes are drawn per trajectory
-        whatever `data.probes.shared` (a training choice) says, so runs trained with and without it are scored
-        on the same held-out probes (greedy, K = 1, draws trajectory 0's either way)."""
+        """The agent of an evaluation with K trajectories per episode. Its probes are drawn per trajectory and
+        from the chunk alone whatever `data.probes.shared` and `data.probes.in_memory` (training choices) say, so
+        runs trained with and without them are scored on the same held-out probes (greedy, K = 1, draws
+        trajectory 0's either way)."""
         return dataclasses.replace(
-            self.setup.agent, group_size=k, recall_group_size=k, dapo_filter=False, probe_shared=False
+            self.setup.agent,
+            group_size=k,
+            recall_group_size=k,
+            dapo_filter=False,
+            probe_shared=False,
+            probe_in_memory=False,
         )
 
     def evaluate(self, params: Any, step: int = 0, samples: int | None = None) -> dict[str, Any]:
