@@ -215,22 +215,26 @@ def test_a_sampled_evaluation_averages_each_episodes_samples(cache, tmp_path):
     assert greedy["samples"] == 1 and set(greedy["items"]["acc_e2e"]) <= {0.0, 1.0}
 
 
-def test_a_sampled_evaluation_draws_a_probe_per_trajectory_whether_or_not_training_shares_them(cache, tmp_path):
-    """data.probes.shared is a training choice: avg@K of a run trained with it is scored on the probes of a run
-    trained without it (K probes of each episode, trajectory k's), so compare-runs pairs the same items."""
+def test_a_sampled_evaluation_draws_the_papers_probes_whatever_training_draws(cache, tmp_path):
+    """data.probes.shared and data.probes.in_memory are training choices: avg@K of a run trained with either is
+    scored on the probes of a run trained without them (K probes of each episode, trajectory k's, drawn from the
+    chunk alone), so compare-runs pairs the same items."""
     from memtrain_jax.train.trainer import EVAL_SEED_STEP
 
     overrides = {"train.steps": 1, "train.eval_every": 0, "train.eval_episodes": 4}
     probes = {}
-    for shared in (False, True):
-        config = run_config("memtrain.py:tiny", cache, **overrides, **{"data.probes.shared": shared})
-        trainer = Trainer(config, str(tmp_path / f"run{shared}"), log=lambda _: None)
+    for choice in ("", "data.probes.shared", "data.probes.in_memory"):
+        config = run_config("memtrain.py:tiny", cache, **overrides, **({choice: True} if choice else {}))
+        trainer = Trainer(config, str(tmp_path / f"run{choice}"), log=lambda _: None)
         setup = trainer.setup
-        assert setup.agent.probe_shared is shared
+        assert (setup.agent.probe_shared, setup.agent.probe_in_memory) == (
+            choice == "data.probes.shared",
+            choice == "data.probes.in_memory",
+        )
         result = setup.rollout(
             setup.eval_batch(trainer.eval_slots), EVAL_SEED_STEP, setup.sampler_policy, trainer.eval_agent(3)
         )
-        probes[shared] = [(t.episode, t.sample, t.probe) for t in result.trajectories]
-    assert probes[True] == probes[False]
-    drawn = [p for _, _, p in probes[True] if p is not None]
+        probes[choice] = [(t.episode, t.sample, t.probe) for t in result.trajectories]
+    assert probes["data.probes.shared"] == probes[""] == probes["data.probes.in_memory"]
+    drawn = [p for _, _, p in probes[""] if p is not None]
     assert len({(p.step, p.gold, p.masked_chunk) for p in drawn}) > len(result.episodes)  # not one per episode
