@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from run_configs import run_config
@@ -238,3 +240,43 @@ def test_a_sampled_evaluation_draws_the_papers_probes_whatever_training_draws(ca
     assert probes["data.probes.shared"] == probes[""] == probes["data.probes.in_memory"]
     drawn = [p for _, _, p in probes[""] if p is not None]
     assert len({(p.step, p.gold, p.masked_chunk) for p in drawn}) > len(result.episodes)  # not one per episode
+
+
+def test_overfit_trains_the_first_batch_and_scores_both_batches_before_and_after(cache, tmp_path):
+    """`memtrain diagnose --overfit N`: N GRPO steps on the stream's first batch (the same state as the trainer's own
+    steps on it, by hand; not the steps of the stream, which would read the second batch), and both batches scored
+    before and after at one seed: the scores of rollouts by hand of each batch with each policy."""
+    from memtrain_jax.agent import trajectory_rewards
+    from memtrain_jax.tools.diagnose import OVERFIT_SEED_STEP, overfit, overfit_table
+
+    config = run_config("memtrain.py:tiny", cache, **{"train.steps": 2, "train.eval_every": 0})
+    trainer = Trainer(config, str(tmp_path / "run"), log=lambda _: None)
+    setup = trainer.setup
+    start = jax.device_get(trainer.initial_state().params)
+    after, report = overfit(trainer, trainer.initial_state(), 2)
+
+    iterator = iter(setup.dataset(num_slots=trainer.train_slots))
+    batches = {"fixed": next(iterator), "fresh": next(iterator)}
+    assert set(batches["fixed"]["episode_id"]).isdisjoint(batches["fresh"]["episode_id"])
+    states = {}
+    for name in batches:  # two steps on one batch, by hand
+        state = trainer.initial_state()
+        for step in range(2):
+            state, _, _ = trainer.grpo_step(state, batches[name], step)
+        states[name] = jax.device_get(state.params)
+    same = jax.tree.map(np.array_equal, jax.device_get(after.params), states["fixed"])
+    assert all(jax.tree.leaves(same))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, states["fixed"], states["fresh"])))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, start, states["fixed"])))
+
+    for name, batch in batches.items():
+        for when, params in (("before", start), ("after", states["fixed"])):
+            setup.sampler_policy.update_params(params)
+            r_e, r_i, _ = trajectory_rewards(setup.rollout(batch, OVERFIT_SEED_STEP), setup.agent)
+            assert report[name][when]["reward_e2e"] == [float(r) for r in r_e]
+            recall = [float(i.mean()) if i.size else float("nan") for i in r_i]
+            np.testing.assert_array_equal(report[name][when]["reward_recall"], recall)
+    table = overfit_table(report)
+    n = len(report["fixed"]["before"]["reward_e2e"])
+    diff = np.mean(report["fixed"]["after"]["reward_e2e"]) - np.mean(report["fixed"]["before"]["reward_e2e"])
+    assert re.search(rf"fixed batch: R_E \(n = {n}\).* {diff:.3f} \[", table)

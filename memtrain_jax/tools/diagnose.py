@@ -8,7 +8,10 @@ the memory writer, or the answerer), so this command separates them on greedy ro
   accuracy given that it does and given that it does not;
 - final answer: whether the final memory holds the masked entity, whether an answer was extracted, E2E accuracy;
 - warm-up fit (`--warmup`, runs with a format warm-up): greedy replies to the warm-up's own examples of the same
-  episodes, by kind: a warm-up that does not reproduce its own targets leaves GRPO a near-zero base rate.
+  episodes, by kind: a warm-up that does not reproduce its own targets leaves GRPO a near-zero base rate;
+- fitting one batch (`--overfit N`): N GRPO steps of the run's own kind on one fixed batch, and the rewards of
+  that batch and of a fresh one before and after: an update that raises the first and not the second fits the
+  items it saw, not a skill (the check every RL pipeline should pass first: can it fit what it trains on?).
 
 Every share carries n and a Wilson 95 % interval.
 """
@@ -20,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from memtrain_jax import stats
+from memtrain_jax import sharding, stats
+from memtrain_jax.agent import trajectory_rewards
+
+# The rollout seed step of the before/after measurements of `overfit` (apart from the training steps' 0..N-1).
+OVERFIT_SEED_STEP = 1_000_003
 
 
 def _holds(text: str, golds: str | Sequence[str]) -> bool:
@@ -149,3 +156,60 @@ def diagnose(trainer: Any, params: Any, episodes: int, warmup: bool) -> str:
         episodes_, _ = setup.episodes(batch)
         report.append(warmup_table(warmup_fit(trainer, episodes_, trainer.eval_policy)))
     return "\n".join(report)
+
+
+def _trajectory_scores(trainer: Any, params: Any, batch: dict) -> dict[str, list[float]]:
+    """Per trajectory of a rollout of `batch` at OVERFIT_SEED_STEP: R_E and R_I (nan without a probe)."""
+    setup = trainer.setup
+    setup.sampler_policy.update_params(params)
+    result = setup.rollout(batch, OVERFIT_SEED_STEP)
+    r_e, r_i, _ = trajectory_rewards(result, setup.agent)
+    return {
+        "reward_e2e": [float(r) for r in r_e],
+        "reward_recall": [float(i.mean()) if i.size else float("nan") for i in r_i],
+    }
+
+
+def overfit(trainer: Any, state: Any, steps: int) -> tuple[Any, dict[str, Any]]:
+    """`steps` GRPO steps (`trainer.grpo_step`: rollout, credit, update) on the first batch of the run's data stream
+    (the fixed batch), each with its own rollout seed; returns (the state after, {"fixed" / "fresh": {"before",
+    "after": per-trajectory scores (`_trajectory_scores`)}, "steps": each step's metrics}). The fresh batch is the
+    stream's second batch, never trained on; before and after are rollouts at one seed, paired by trajectory."""
+    if steps < 1:
+        raise ValueError(f"--overfit needs N >= 1 GRPO steps, got {steps}.")
+    setup = trainer.setup
+    iterator = iter(setup.dataset(num_slots=trainer.train_slots))
+    batches = {name: sharding.gather_host_rows(next(iterator)) for name in ("fixed", "fresh")}
+    out: dict[str, Any] = {
+        name: {"before": _trajectory_scores(trainer, state.params, batch)} for name, batch in batches.items()
+    }
+    out["steps"] = []
+    for step in range(steps):
+        state, metrics, _ = trainer.grpo_step(state, batches["fixed"], step)
+        out["steps"].append({k: metrics.get(k) for k in ("reward_recall", "reward_e2e", "sequences")})
+    for name, batch in batches.items():
+        out[name]["after"] = _trajectory_scores(trainer, state.params, batch)
+    return state, out
+
+
+def overfit_table(report: dict[str, Any]) -> str:
+    """The before/after table of `overfit`: means over trajectories with intervals, and the paired difference."""
+    lines = [f"{'per trajectory (bootstrap 95% intervals)':<34} {'before':>22} {'after':>22} {'after - before':>24}"]
+    names = {"reward_recall": "recall R_I", "reward_e2e": "R_E"}
+    for batch in ("fixed", "fresh"):
+        for key, name in names.items():
+            before, after = report[batch]["before"][key], report[batch]["after"][key]
+            cells = []
+            for values in (before, after):
+                mean, lo, hi, _ = stats.mean_with_interval(values, binary=False)
+                cells.append(stats.format_interval(mean, lo, hi))
+            diff = stats.paired_difference(before, after)
+            n = int(np.sum(~(np.isnan(before) | np.isnan(after))))
+            label = f"{batch} batch: {name} (n = {n})"
+            lines.append(f"{label:<34} {cells[0]:>22} {cells[1]:>22} {stats.format_interval(*diff):>24}")
+    trained = [s["reward_recall"] for s in report["steps"]]
+    lines.append(
+        "training recall of each step on the fixed batch: "
+        + " ".join("-" if v is None else f"{v:.3f}" for v in trained)
+    )
+    return "\n".join(lines)

@@ -70,8 +70,9 @@ COMMANDS = {
         ("step", "samples"),
     ),
     "diagnose": (
-        "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16)",
-        ("step", "limit", "warmup"),
+        "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16); "
+        "--overfit N: N GRPO steps on one fixed batch, that batch's and a fresh batch's rewards before and after",
+        ("step", "limit", "warmup", "overfit"),
     ),
     "export": (
         "writes a checkpoint's policy as a complete HuggingFace folder (--out, outside the run)",
@@ -98,7 +99,9 @@ COMMANDS = {
 DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "memtrain.py:cpu")
 _CONFIG = None  # the --config flag; defined by _parse_flags once the overrides in argv are known to be valid
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/export (default: the latest).")
+_STEP = flags.DEFINE_integer(
+    "step", None, "Checkpoint step for eval/export/diagnose (default: the latest; 0: the run's starting policy)."
+)
 _SAMPLES = flags.DEFINE_integer(
     "samples", None, "eval: K > 1 sampled trajectories per held-out episode, averaged (default: train.eval_samples)."
 )
@@ -111,6 +114,9 @@ _QA_FILE = flags.DEFINE_string("qa-file", None, "eval-qa/compare: a HotpotQA JSO
 _NUM_DOCS = flags.DEFINE_list("num-docs", None, "eval-qa/compare: context lengths in documents, e.g. 50,200.")
 _LIMIT = flags.DEFINE_integer(
     "limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all); diagnose: held-out episodes."
+)
+_OVERFIT = flags.DEFINE_integer(
+    "overfit", None, "diagnose: N GRPO steps on one fixed batch; its and a fresh batch's rewards before and after."
 )
 _WARMUP = flags.DEFINE_bool("warmup", False, "diagnose: also the greedy replies to the format warm-up's own examples.")
 _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
@@ -243,6 +249,8 @@ def _restored(workdir: str):
             node[leaf] = given[leaf]
     with _refusals():
         trainer = Trainer(stored, workdir, writer=False)
+    if _STEP.value == 0 and 0 not in trainer.checkpointer.steps():
+        return trainer, 0, trainer.initial_state()  # the run's starting policy: its init_from, or the base model
     abstract = jax.eval_shape(trainer.initial_state)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, trainer.learner.state_shardings
@@ -281,6 +289,17 @@ def diagnose(config: ml_collections.ConfigDict) -> None:
 
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
+    if _OVERFIT.value is not None:
+        from memtrain_jax.tools.diagnose import overfit, overfit_table
+
+        with _refusals():
+            _, result = overfit(trainer, state, _OVERFIT.value)
+        if jax.process_index() == 0:
+            print(
+                f"[diagnose] {workdir} step {step}: {_OVERFIT.value} GRPO steps on the first batch of the run's "
+                f"data stream (fixed), against its second batch (fresh)\n{overfit_table(result)}"
+            )
+        return
     episodes = _LIMIT.value or 16
     text = report(trainer, state.params, episodes, warmup=_WARMUP.value)
     if jax.process_index() == 0:
