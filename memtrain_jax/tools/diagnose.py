@@ -178,6 +178,8 @@ def overfit(trainer: Any, state: Any, steps: int) -> tuple[Any, dict[str, Any]]:
     if steps < 1:
         raise ValueError(f"--overfit needs N >= 1 GRPO steps, got {steps}.")
     setup = trainer.setup
+    if setup.task != "memtrain":
+        raise ValueError(f"memtrain diagnose --overfit reads MemTrain runs; this run's task is {setup.task!r}.")
     iterator = iter(setup.dataset(num_slots=trainer.train_slots))
     batches = {name: sharding.gather_host_rows(next(iterator)) for name in ("fixed", "fresh")}
     out: dict[str, Any] = {
