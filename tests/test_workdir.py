@@ -394,4 +394,6 @@ def test_diagnose_reports_memory_and_answer_shares(uninterrupted):
     finals = [line for line in out.splitlines() if line.startswith(("  final memory holds", "  E2E accuracy"))]
     assert len(finals) == 2 and all(line.endswith("(n 2)") for line in finals)
     assert "the warm-up's own examples, greedy" in out and "recall answers (the target's entity)" in out
+    bad = _cli("diagnose", f"--workdir={workdir}", "--overfit=0")
+    assert bad.returncode == 2 and "memtrain: error: --overfit needs N >= 1 GRPO steps, got 0." in bad.stderr
     assert sorted(p.name for p in workdir.iterdir()) == before

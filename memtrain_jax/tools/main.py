@@ -288,6 +288,8 @@ def diagnose(config: ml_collections.ConfigDict) -> None:
     from memtrain_jax.tools.diagnose import diagnose as report
 
     workdir = _workdir(config)
+    if _OVERFIT.value is not None and _OVERFIT.value < 1:
+        raise UsageError(f"--overfit needs N >= 1 GRPO steps, got {_OVERFIT.value}.")
     trainer, step, state = _restored(workdir)
     if _OVERFIT.value is not None:
         from memtrain_jax.tools.diagnose import overfit, overfit_table
