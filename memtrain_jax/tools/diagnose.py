@@ -138,11 +138,16 @@ def warmup_table(fit: dict[str, list[float]], memory_prefix: int = 16) -> str:
     return "\n".join(lines)
 
 
+def _memtrain_setup(trainer: Any) -> Any:
+    """The trainer's setup; refuses a run of another task (its rollouts have no recall probes to count)."""
+    if trainer.setup.task != "memtrain":
+        raise ValueError(f"memtrain diagnose reads MemTrain runs; this run's task is {trainer.setup.task!r}.")
+    return trainer.setup
+
+
 def diagnose(trainer: Any, params: Any, episodes: int, warmup: bool) -> str:
     """The report for `params` on the first `episodes` held-out episodes of `trainer`'s run."""
-    setup = trainer.setup
-    if setup.task != "memtrain":
-        raise ValueError(f"memtrain diagnose reads MemTrain runs; this run's task is {setup.task!r}.")
+    setup = _memtrain_setup(trainer)
     slots = trainer.eval_slots[:episodes]
     agent = trainer.eval_agent(1)  # the held-out probes, as the evaluation draws them
     trainer.eval_policy.update_params(params)
@@ -174,12 +179,9 @@ def overfit(trainer: Any, state: Any, steps: int) -> tuple[Any, dict[str, Any]]:
     """`steps` GRPO steps (`trainer.grpo_step`: rollout, credit, update) on the first batch of the run's data stream
     (the fixed batch), each with its own rollout seed; returns (the state after, {"fixed" / "fresh": {"before",
     "after": per-trajectory scores (`_trajectory_scores`)}, "steps": each step's metrics}). The fresh batch is the
-    stream's second batch, never trained on; before and after are rollouts at one seed, paired by trajectory."""
-    if steps < 1:
-        raise ValueError(f"--overfit needs N >= 1 GRPO steps, got {steps}.")
-    setup = trainer.setup
-    if setup.task != "memtrain":
-        raise ValueError(f"memtrain diagnose --overfit reads MemTrain runs; this run's task is {setup.task!r}.")
+    stream's second batch, never trained on; before and after are rollouts at one seed, paired by trajectory.
+    `steps` >= 1 is the caller's to check (the command refuses less before loading a model)."""
+    setup = _memtrain_setup(trainer)
     iterator = iter(setup.dataset(num_slots=trainer.train_slots))
     batches = {name: sharding.gather_host_rows(next(iterator)) for name in ("fixed", "fresh")}
     out: dict[str, Any] = {
