@@ -112,20 +112,60 @@ def test_a_lora_run_resumes_exactly(cache, tmp_path):
     np.testing.assert_array_equal(state.params["embedder"]["embedding"], np.asarray(fresh["embedder"]["embedding"]))
 
 
+def _checkpoint(config, workdir, step):
+    """(state, meta, data iterator at the checkpoint's position, the run's initial state) of `step` in `workdir`,
+    read by today's code."""
+    trainer = Trainer(config, str(workdir), log=_quiet)
+    try:
+        initial = trainer.initial_state()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), initial)
+        iterator = iter(trainer.setup.dataset(num_slots=trainer.train_slots))
+        restored_step, state, meta = trainer.checkpointer.restore(abstract, iterator, step=step)
+        trainer.checkpointer.close()
+    finally:
+        trainer.close()
+    assert restored_step == step
+    return state, meta, iterator, initial
+
+
 def test_a_run_checkpointed_before_the_tasks_redesign_resumes_exactly(cache, tmp_path, full_run):
     """tests/fixtures/run_ead1fca_tiny: the 2 format steps of FULL, checkpointed by the code of ead1fca (before
     memtrain_jax/tasks/, the document mask scope and the moved format warm-up; made by
-    tests/fixtures/make_run_ead1fca_tiny.py). Today's code resumes it to step 4 and ends where today's
-    uninterrupted run ends, on the same data."""
-    full_dir, full = full_run
-    workdir = tmp_path / "old"
-    shutil.copytree(os.path.join(REPO, "tests", "fixtures", "run_ead1fca_tiny"), workdir)
-    _, resumed = _run(_tiny(cache, **FULL), workdir)
-    assert resumed["start_step"] == 2 and resumed["steps"] == 4
-    for a, b in zip(_leaves(full["state"]), _leaves(resumed["state"]), strict=True):
+    tests/fixtures/make_run_ead1fca_tiny.py). Today's code reads its step 2 as the state and data position of
+    today's uninterrupted run, and resumes it to step 4 exactly as it resumes the same values written in today's
+    form, on the same data.
+
+    The fixture was computed on another CPU, whose float32 sums round differently (its step-2 values differ from
+    this machine's in the 7th digit), so the two resumes start from one set of values: the fixture's."""
+    full_dir, _ = full_run
+    config = _tiny(cache, **FULL)
+    old = tmp_path / "old"
+    shutil.copytree(os.path.join(REPO, "tests", "fixtures", "run_ead1fca_tiny"), old)
+    state, meta, iterator, _ = _checkpoint(config, old, 2)
+    ours, our_meta, _, initial = _checkpoint(config, full_dir, 2)
+    assert meta["phase"] == our_meta["phase"] == "format" and meta["data_state"] == our_meta["data_state"]
+    for a, b in zip(_leaves(state), _leaves(ours), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # rounding; a field read into another is far off:
+    moved = [np.abs(b - init).max() for b, init in zip(_leaves(ours.params), _leaves(initial.params), strict=True)]
+    assert min(moved) > 1e-4  # the 2 format steps moved every weight far more than the rounding bound above
+
+    # The same values in today's form: a new workdir of today's code holding the fixture's step 2.
+    today = tmp_path / "today"
+    trainer = Trainer(config, str(today), log=_quiet)
+    try:
+        trainer.checkpointer.save(2, state, iterator, {k: v for k, v in meta.items() if k != "data_state"}, force=True)
+        trainer.checkpointer.close()
+    finally:
+        trainer.close()
+    _, from_old = _run(config, old)
+    _, from_today = _run(config, today)
+    assert from_old["start_step"] == from_today["start_step"] == 2 and from_old["steps"] == 4
+    for a, b in zip(_leaves(from_old["state"]), _leaves(from_today["state"]), strict=True):
         np.testing.assert_array_equal(a, b)  # parameters, optimizer state, step, reference
     order = lambda d: [r["episode_ids"] for r in read_metrics(str(d))]
-    assert order(full_dir) == order(workdir)
+    assert order(old) == order(full_dir)  # the same data, in the same order, as the uninterrupted run
+    assert order(today) == order(full_dir)[2:]
 
 
 def test_sigterm_saves_a_restorable_checkpoint(cache, tmp_path):
