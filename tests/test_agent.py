@@ -368,6 +368,38 @@ def test_in_memory_probes_ask_only_for_entities_their_memory_names(tokenizer, ch
         _config(probe_in_memory=True, probe_shared=True)
 
 
+def test_greedy_memory_turns_are_decoded_once_per_episode_and_shared_by_its_trajectories(tokenizer, chat):
+    """sampling.greedy_memory: a greedy memory reply is a function of its prompt, so the rollout decodes it for the
+    first trajectory of each episode only and gives it to all G1; the result equals decoding every row (same
+    memories, answer and recall prompts, same probes) with a G1-th of the memory rows."""
+
+    def script(kind, prompt, row):
+        text = tokenizer.decode(prompt)
+        if kind == "memory":  # a function of the prompt, as a greedy policy's reply is
+            memory = re.search(r"<memory>\n(.*?)\n</memory>", text, re.S).group(1)
+            section = re.search(r"<section>\n(.*?)\n</section>", text, re.S).group(1)
+            words = re.findall(r"\b[A-Z][a-z]+\b", section.split(":", 1)[1])[:2]
+            return " ".join(words) + ("" if memory == "No previous memory." else " " + memory)
+        return f"\\boxed{{{row}}}"  # answers and recall samples differ by row
+
+    builder = PromptBuilder(tokenizer, chat, PromptConfig())
+    episodes, _ = episodes_from_batch(_batch(tokenizer), tokenizer)
+    runs = {}
+    for greedy in (False, True):
+        config = _config(group_size=3, greedy_memory=greedy, train_memory_turns=False, train_final_answer=False)
+        policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
+        batch = rollout(policy, episodes, builder, tokenizer, config, seed=4, step=0, extractor=make_extractor("rules"))
+        runs[greedy] = (batch, policy.calls)
+    (every, every_calls), (shared, shared_calls) = runs[False], runs[True]
+    assert [len(p) for k, p, _ in every_calls if k == "memory"] == [9, 9, 9]
+    assert [len(p) for k, p, _ in shared_calls if k == "memory"] == [3, 3, 3]
+    assert [(k, p) for k, p, _ in every_calls if k != "memory"] == [(k, p) for k, p, _ in shared_calls if k != "memory"]
+    for a, b in zip(every.trajectories, shared.trajectories, strict=True):
+        assert a.memories == b.memories and a.probe == b.probe and a.recall_texts == b.recall_texts
+        assert [r.prompt for r in a.memory_turns] == [r.prompt for r in b.memory_turns]
+    assert len({t.probe for t in shared.trajectories[3:6]}) > 1  # the G1 trajectories are probed apart
+
+
 def test_prompts_in_token_space_equal_the_rendered_template(tokenizer, chat):
     """Chunks cut from a real pool text at fixed token counts: the prompt ids decode to exactly the rendered
     text, and equal its encoding wherever the chunk boundaries fall between words."""

@@ -191,26 +191,32 @@ def rollout(
     call_index = 0
 
     # --- memory updates: one call per turn, finished rows ride along with a budget of 0 ---------------
+    # Greedy memory turns (sampling.greedy_memory) are a function of the episode: decoded once, by its first
+    # trajectory, and shared by its G1 trajectories (which then differ in their answers and probes only).
+    writers = [traj for traj in trajectories if not config.greedy_memory or traj.sample == 0]
     for t in range(max(len(ep.chunks) for ep in episodes)):
         prompts, budgets, active = [], [], []
-        for r, traj in enumerate(trajectories):
+        for w, traj in enumerate(writers):
             chunks = episodes[traj.episode].chunks
             if t < len(chunks):
                 question = episodes[traj.episode].problem or problem
                 prompts.append(builder.memory_prompt(question, traj.memories[-1], chunks[t]))
                 budgets.append(config.memory_tokens)
-                active.append(r)
+                active.append(w)
             else:
                 prompts.append([tokenizer.pad_id])
                 budgets.append(0)
         out = policy.generate(prompts, budgets, kind="memory", seed=call_seed(seed, step, call_index))
         call_index += 1
         calls["memory"] += 1
-        for r, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
-            traj = trajectories[r]
-            traj.memory_turns.append(reply)
-            traj.memories.append(tuple(int(i) for i in reply.content))
-            traj.truncations += int(not reply.stopped)
+        for w, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
+            first = writers[w]
+            for traj in (
+                trajectories[first.episode * g1 : (first.episode + 1) * g1] if config.greedy_memory else [first]
+            ):
+                traj.memory_turns.append(reply)
+                traj.memories.append(tuple(int(i) for i in reply.content))
+                traj.truncations += int(not reply.stopped)
 
     # --- final answers: the problem and the final memory only --------------------------------------
     prompts = [builder.final_prompt(episodes[t.episode].problem or problem, t.memories[-1]) for t in trajectories]
