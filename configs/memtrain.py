@@ -17,24 +17,21 @@ Variants:
   135M model lacks); recall of an entity the memory carries is where its reward comes from.
 - tiny: a tiny random model and the pool's SentencePiece tokenizer; runs the whole loop in seconds (tests).
 
-Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes,
-lambda = 0), no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std
-normalisation), no_final (the final-answer turn is not trained), recall_only (only the recall answers are
-trained: the memory turns and the final answer are rolled out but carry no loss), greedy_memory (with recall_only:
-memory turns decoded greedily, as the evaluation reads them), no_dapo, positive_only (only
-samples above their group's mean reward train; none is pushed down: rl.negative_weight = 0), negative=X (that
-weight), recoverable (the
-entity masked in the pivot only and named by a similar paragraph: the document holds the answer; not the paper's
-task), named_once (recall probes only of entities named once in their chunk; not the paper's), shared_probe
-(the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their memories on
-one question; the paper draws a probe per trajectory), in_memory (training probes only of entities the probed
-memory names: the recall reward trains reading the memory; held-out probes stay the paper's), token_mean /
-sequence_mean / trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R adapters of
-the trainable layers' kernels instead of the kernels; train.lora_alpha scales them),
-qa_chunk=N (QA contexts read in N-token chunks), reward=NAME:W (reward column NAME of
-memtrain_jax/rewards/columns.py weighed W in R_E; several allowed), e.g.
-`configs/memtrain.py:cpu,reward=memory_fill:-0.1`.
-"""
+Ablations (append after a comma, several allowed): no_imr (reconstruction only: no recall probes, lambda = 0),
+no_blend (recall probes trained but lambda = 0), lambda=X, std_adv (GRPO's std normalisation), no_final (the
+final-answer turn is not trained), recall_only (only the recall answers are trained: the memory turns and the
+final answer are rolled out but carry no loss), greedy_memory (with recall_only: memory turns decoded greedily, as
+the evaluation reads them, once per episode for its G1 trajectories), no_dapo, positive_only (only samples above
+their group's mean reward train; none is pushed down: rl.negative_weight = 0), negative=X (that weight),
+recoverable (the entity masked in the pivot only and named by a similar paragraph: the document holds the answer;
+not the paper's task), named_once (recall probes only of entities named once in their chunk; not the paper's),
+shared_probe (the G1 trajectories of an episode share one recall probe, so the E2E advantage compares their
+memories on one question; the paper draws a probe per trajectory), in_memory (training probes only of entities the
+probed memory names: the recall reward trains reading the memory; held-out probes stay the paper's), token_mean /
+sequence_mean / trajectory_mean / constant (loss aggregation), g1=N, g2=N, chunk=N, memory=N, lora=R (rank-R
+adapters of the trainable layers' kernels instead of the kernels; train.lora_alpha scales them), qa_chunk=N (QA
+contexts read in N-token chunks), reward=NAME:W (reward column NAME of memtrain_jax/rewards/columns.py weighed W
+in R_E; several allowed), e.g. `configs/memtrain.py:cpu,reward=memory_fill:-0.1`."""
 
 from __future__ import annotations
 

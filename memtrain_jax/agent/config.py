@@ -69,7 +69,7 @@ class AgentConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    greedy_memory: bool = False
+    greedy_memory: bool = False  # memory turns at T = 0: decoded once per episode, shared by its G1 trajectories
     advantage_normalisation: str = "none"
     negative_weight: float = 1.0
     dapo_filter: bool = True
