@@ -387,14 +387,13 @@ def test_lora_settings_outside_their_range_are_refused():
 def test_shared_prompt_micro_batches_give_the_flat_gradient(mesh_shape):
     """Sequences in groups of k that share a prompt, packed as SharedPromptBatches (the prompt computed once) and
     the rest as MicroBatches, give the loss and gradient of packing every sequence flat (with KL on, so the
-    reference is scored through the shared path too); groups of another size are left flat."""
+    reference is scored through the shared path too); a prompt's sequences beyond a multiple of k are left flat."""
     from memtrain_jax.train.batching import pack_shared, shared_prompt_groups
 
     seqs = _sequences(10, seed=12)
     k = 3
-    for first in (0, 4):  # two groups of 3 sharing a prompt; sequences 3 and 7-9 keep their own
-        for i in range(first + 1, first + k):
-            seqs.prompts[i] = seqs.prompts[first]
+    for i in (1, 2, 4, 5, 6, 7):  # 7 sequences share a prompt: two groups of 3 and one left over; 3 keeps its own
+        seqs.prompts[i] = seqs.prompts[0]
     seqs.prompts[8] = seqs.prompts[9]  # a pair: not a group of k
     params = init_params(CONFIG, jax.random.key(6))
     learner = _learner(mesh_shape, kl=0.05)

@@ -154,14 +154,19 @@ class SharedPromptBatch:
 
 
 def shared_prompt_groups(sequences: TrainingSequences, index: Sequence[int], group_size: int) -> list[list[int]]:
-    """The sequences of `index` whose prompt (of at least 2 tokens) exactly `group_size` of them share, as groups in
-    order of first appearance; every other sequence is in no group."""
+    """Groups of `group_size` sequences of `index` that share their prompt (of at least 2 tokens), in order of first
+    appearance: the sequences of one prompt, cut into consecutive groups (two G1 trajectories can draw the same
+    probe); the last len % group_size of them, and every other sequence, are in no group."""
     by_prompt: dict[bytes, list[int]] = {}
     for i in index:
         prompt = np.asarray(sequences.prompts[i], np.int32)
         if len(prompt) >= 2:
             by_prompt.setdefault(prompt.tobytes(), []).append(int(i))
-    return [rows for rows in by_prompt.values() if len(rows) == group_size]
+    return [
+        rows[j : j + group_size]
+        for rows in by_prompt.values()
+        for j in range(0, len(rows) - len(rows) % group_size, group_size)
+    ]
 
 
 def pack_shared(
