@@ -377,6 +377,35 @@ def test_a_lora_update_moves_only_the_adapted_kernels_to_their_merged_values():
             np.testing.assert_allclose(w["kernel"], kernels[name], rtol=1e-6, atol=1e-7)
 
 
+def test_micro_batches_scored_over_the_smallest_window_that_fits_give_the_flat_gradient():
+    """Windows (4, 8): a micro-batch whose responses all fit 4 positions is scored over 4 (flat and shared-prompt
+    alike), the others over 8, and the loss and gradient equal scoring every micro-batch over 8."""
+    from memtrain_jax.train.batching import fit_window, pack_shared, shared_prompt_groups
+
+    seqs = _sequences(12, seed=21)
+    for i in range(6):  # six short answers (<= 3 tokens) sharing one prompt in pairs; the rest keep 2-6 tokens
+        seqs.prompts[i] = seqs.prompts[i - i % 2]
+        seqs.responses[i], seqs.logprobs[i] = seqs.responses[i][:3], seqs.logprobs[i][:3]
+        seqs.loss_masks[i] = np.ones(len(seqs.responses[i]), bool)
+    params = init_params(CONFIG, jax.random.key(8))
+    learner = _learner(kl=0.05)
+    w, c = aggregation_weights("token_mean", np.asarray([m.sum() for m in seqs.loss_masks]), seqs.conversations)
+    buckets = LengthBuckets(block=8, max_length=16)
+    groups = shared_prompt_groups(seqs, np.arange(12), 2)
+    rest = [i for i in range(12) if i not in {j for g in groups for j in g}]
+    both = pack_shared(seqs, w, c, groups, buckets, 2, 0, (4, 8)) + pack(seqs, w, c, buckets, 3, 0, (8, 4), rest)
+    wide = pack(seqs, w, c, buckets, 3, 0, 8)
+    assert {mb.loss_mask.shape[1] for mb in both} == {4, 8} and {mb.loss_mask.shape[1] for mb in wide} == {8}
+    state = learner.init_state(params)
+    g_both, loss_both = learner.gradients(state, both)
+    g_wide, loss_wide = learner.gradients(state, wide)
+    assert loss_both == pytest.approx(loss_wide, rel=1e-5)
+    _assert_trees_close(g_both, g_wide, 1e-4)
+    assert fit_window((8, 16), 8) == 8 and fit_window((8, 16), 9) == 16
+    with pytest.raises(ValueError, match="17 tokens does not fit the scoring window of 16"):
+        fit_window((8, 16), 17)
+
+
 def test_lora_settings_outside_their_range_are_refused():
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):

@@ -179,10 +179,14 @@ class AgentSetup:
         """The longest question in tokens (memtrain: its one problem)."""
         return self.task_impl.max_problem_tokens(self)
 
+    def reply_budgets(self) -> list[int]:
+        """The reply budget of each kind of turn."""
+        budgets = [self.agent.memory_tokens, self.agent.answer_tokens, self.agent.recall_tokens]
+        return budgets + ([self.search.turn_tokens] if self.search else [])
+
     def reply_tokens(self) -> int:
         """The longest reply budget of any turn."""
-        budgets = [self.agent.memory_tokens, self.agent.answer_tokens, self.agent.recall_tokens]
-        return max(budgets + ([self.search.turn_tokens] if self.search else []))
+        return max(self.reply_budgets())
 
     def sequence_lengths(self) -> dict[str, int]:
         """The longest prompt + reply of each kind of turn of the task, in tokens."""

@@ -3,9 +3,10 @@
 A sequence is its prompt followed by its response, right padded. Only the response is scored:
 the response tokens y_0..y_{R-1} (at positions P..P+R-1) are predicted at positions P-1..P+R-2,
 so each row records `response_start` = P-1 and its per-token arrays cover a fixed window of W
-positions from there (W = the longest reply budget): `loss_mask` is 1 on the first R, and
-`old_logp` holds the sampler's log-probs. The vocabulary projection then runs on W positions per
-row instead of L (memory turns are mostly prompt).
+positions from there: `loss_mask` is 1 on the first R, and `old_logp` holds the sampler's log-probs. The
+vocabulary projection then runs on W positions per row instead of L (memory turns are mostly prompt). W is
+the smallest of a few fixed windows (each reply budget, in multiples of 8) that holds the micro-batch's longest
+response, so a micro-batch of 16-token recall answers does not pay for 96-token memories.
 
 Each micro-batch has `micro_batch_size` rows of one bucket length; sequences are sorted by
 length so short ones share short buckets, and a bucket's last micro-batch is filled with empty
@@ -24,6 +25,8 @@ import flax
 import numpy as np
 
 from memtrain_jax.agent.credit import TrainingSequences
+
+Windows = int | Sequence[int]  # one response window, or several: a micro-batch takes the smallest that fits
 
 
 @flax.struct.dataclass
@@ -83,11 +86,12 @@ def pack(
     buckets: LengthBuckets,
     micro_batch_size: int,
     pad_id: int,
-    window: int,
+    window: Windows,
     order: Sequence[int] | None = None,
 ) -> list[MicroBatch]:
     """Micro-batches of `sequences` (all of them, or those in `order`), with per-sequence weights and counts;
-    responses are scored over `window` positions (a response longer than that is an error)."""
+    responses are scored over the smallest of the windows `window` that holds each micro-batch's longest response
+    (a response longer than all of them is an error)."""
     index = np.arange(len(sequences)) if order is None else np.asarray(order)
     lengths = np.asarray([len(sequences.prompts[i]) + len(sequences.responses[i]) for i in index])
     index = index[np.argsort(-lengths, kind="stable")]
@@ -95,8 +99,18 @@ def pack(
     for start in range(0, len(index), micro_batch_size):
         rows = index[start : start + micro_batch_size]
         length = max(buckets.bucket(len(sequences.prompts[i]) + len(sequences.responses[i])) for i in rows)
-        out.append(_micro_batch(sequences, weights, counts, rows, length, micro_batch_size, pad_id, window))
+        fit = fit_window(window, max(len(sequences.responses[i]) for i in rows))
+        out.append(_micro_batch(sequences, weights, counts, rows, length, micro_batch_size, pad_id, fit))
     return out
+
+
+def fit_window(windows: Windows, longest: int) -> int:
+    """The smallest of `windows` that holds a response of `longest` tokens; an error when none does."""
+    sizes = sorted([windows] if isinstance(windows, int) else windows)
+    for size in sizes:
+        if longest <= size:
+            return int(size)
+    raise ValueError(f"A response of {longest} tokens does not fit the scoring window of {sizes[-1]} positions.")
 
 
 def _micro_batch(
@@ -119,8 +133,6 @@ def _micro_batch(
     for r, i in enumerate(rows.tolist()):
         prompt, response = sequences.prompts[i], sequences.responses[i]
         p, n = len(prompt), len(response)
-        if n > window:
-            raise ValueError(f"A response of {n} tokens does not fit the scoring window of {window} positions.")
         tokens[r, :p], tokens[r, p : p + n] = prompt, response
         attention[r, : p + n] = True
         start[r] = p - 1
@@ -177,10 +189,11 @@ def pack_shared(
     buckets: LengthBuckets,
     groups_per_batch: int,
     pad_id: int,
-    window: int,
+    window: Windows,
 ) -> list[SharedPromptBatch]:
     """Micro-batches of `groups_per_batch` prompt groups (each of k sequences sharing their prompt), longest prompts
-    first; prompts padded to their bucket, responses to `window` (+ the prompt's last token)."""
+    first; prompts padded to their bucket, responses to the smallest of the windows `window` that holds the
+    micro-batch's longest (+ the prompt's last token)."""
     if not groups:
         return []
     k = len(groups[0])
@@ -190,13 +203,14 @@ def pack_shared(
     for start in range(0, len(order), groups_per_batch):
         chosen = [groups[j] for j in order[start : start + groups_per_batch]]
         width = max(buckets.bucket(len(sequences.prompts[g[0]]) - 1) for g in chosen)
+        fit = fit_window(window, max(len(sequences.responses[i]) for g in chosen for i in g))
         prefix = np.full((groups_per_batch, width), pad_id, np.int32)
         prefix_mask = np.zeros((groups_per_batch, width), bool)
         prefix_mask[:, 0] = True  # filler groups hold one token, so no prompt attends to nothing
         rows = groups_per_batch * k
-        suffix = np.full((rows, window + 1), pad_id, np.int32)
-        suffix_mask = np.zeros((rows, window + 1), bool)
-        loss_mask, old_logp = np.zeros((rows, window), np.float32), np.zeros((rows, window), np.float32)
+        suffix = np.full((rows, fit + 1), pad_id, np.int32)
+        suffix_mask = np.zeros((rows, fit + 1), bool)
+        loss_mask, old_logp = np.zeros((rows, fit), np.float32), np.zeros((rows, fit), np.float32)
         adv, w, c = np.zeros(rows, np.float32), np.zeros(rows, np.float32), np.zeros(rows, np.float32)
         for gi, group in enumerate(chosen):
             prompt = sequences.prompts[group[0]]
@@ -204,8 +218,6 @@ def pack_shared(
             for j, i in enumerate(group):
                 r, response = gi * k + j, sequences.responses[i]
                 n = len(response)
-                if n > window:
-                    raise ValueError(f"A response of {n} tokens does not fit the scoring window of {window} positions.")
                 suffix[r, 0], suffix[r, 1 : n + 1] = prompt[-1], response
                 suffix_mask[r, : n + 1] = True
                 loss_mask[r, :n], old_logp[r, :n] = sequences.loss_masks[i], sequences.logprobs[i]

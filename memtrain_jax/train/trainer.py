@@ -218,8 +218,10 @@ class Trainer:
         lengths = setup.sequence_lengths()
         block = self.train_config.length_block
         self.buckets = LengthBuckets(block, -(-max(lengths.values()) // block) * block)
-        # Responses are scored over a fixed window: the longest reply budget, in multiples of 8.
-        self.window = -(-setup.reply_tokens() // 8) * 8
+        # Responses are scored over a fixed window per micro-batch: the smallest reply budget (in multiples of 8)
+        # that holds its longest response, so recall answers do not pay for the memory's window.
+        self.windows = tuple(sorted({-(-b // 8) * 8 for b in setup.reply_budgets()}))
+        self.window = self.windows[-1]
         self.learner = Learner.from_config(
             config,
             setup.policy.model_config,
@@ -308,14 +310,14 @@ class Trainer:
         groups = shared_prompt_groups(sequences, part, k) if self.train_config.share_prompts and k > 1 else []
         grouped = {i for g in groups for i in g}
         rest = np.asarray([i for i in part if int(i) not in grouped], np.int64)
-        micro = self.train_config.micro_batch_size
+        micro, pad = self.train_config.micro_batch_size, self.setup.tokenizer.pad_id
         multiple = self.learner.batch_multiple
         per_batch = -(-max(1, micro // k) // multiple) * multiple  # prompt groups a micro-batch, split over shards
         out: list[MicroBatch | SharedPromptBatch] = pack_shared(
-            sequences, weights, counts, groups, self.buckets, per_batch, self.setup.tokenizer.pad_id, self.window
+            sequences, weights, counts, groups, self.buckets, per_batch, pad, self.windows
         )
         if len(rest):
-            out += pack(sequences, weights, counts, self.buckets, micro, self.setup.tokenizer.pad_id, self.window, rest)
+            out += pack(sequences, weights, counts, self.buckets, micro, pad, self.windows, rest)
         return out
 
     def format_step(self, state: TrainState, batch: dict, step: int) -> tuple[TrainState, dict[str, Any]]:
