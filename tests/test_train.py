@@ -118,9 +118,8 @@ def _checkpoint(config, workdir, step):
     trainer = Trainer(config, str(workdir), log=_quiet)
     try:
         initial = trainer.initial_state()
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), initial)
         iterator = iter(trainer.setup.dataset(num_slots=trainer.train_slots))
-        restored_step, state, meta = trainer.checkpointer.restore(abstract, iterator, step=step)
+        restored_step, state, meta = trainer.restore(iterator, step, like=initial)
         trainer.checkpointer.close()
     finally:
         trainer.close()

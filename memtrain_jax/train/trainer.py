@@ -264,11 +264,20 @@ class Trainer:
         key = jax.random.fold_in(jax.random.key(int(self.config.seed)), 17)
         return self.learner.init_state(self.setup.policy.params, key=key)
 
+    def restore(
+        self, iterator: Any, step: int | None = None, like: TrainState | None = None
+    ) -> tuple[int, TrainState, dict] | None:
+        """(step, state, meta) of checkpoint `step` (else the latest readable one), `iterator` moved to its data
+        position; None when the run has no checkpoint. `like`: a state of the run's shapes and shardings (default
+        `initial_state()`)."""
+        like = self.initial_state() if like is None else like
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+        return self.checkpointer.restore(abstract, iterator, step)
+
     def restore_or_init(self, iterator: Any) -> tuple[int, TrainState]:
         """(steps done, state): the latest readable checkpoint (iterator moved to its position), or a fresh state."""
         state = self.initial_state()
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        restored = self.checkpointer.restore(abstract, iterator)
+        restored = self.restore(iterator, like=state)
         if restored is None:
             return 0, state
         step, state, meta = restored
