@@ -16,6 +16,7 @@ import pytest
 import tokenizers
 from run_configs import run_config
 
+from memtrain_jax import sharding
 from memtrain_jax.agent import (
     AgentConfig,
     PromptBuilder,
@@ -202,6 +203,28 @@ def test_sigterm_saves_a_restorable_checkpoint(cache, tmp_path):
     trainer = Trainer(_tiny(cache, **{"train.steps": 500}), str(workdir), log=_quiet)
     step, _ = trainer.restore_or_init(iter(trainer.setup.dataset(num_slots=trainer.train_slots)))
     assert step == done
+
+
+def test_a_sigterm_landing_while_the_hosts_agree_stops_the_run_one_step_later(cache, tmp_path, monkeypatch):
+    """The hosts agree to stop in a collective (`sharding.any_process`) where a host waits for slower ones, so
+    that is where a SIGTERM most often lands (CI, 2-process launch). It is acted on at the next agreement, not
+    lost: the run stops after step 2 with a checkpoint of step 2, instead of running to the end."""
+    agreed = sharding.any_process
+    flags = []
+
+    def any_process(flag):
+        flags.append(flag)
+        if len(flags) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered, and its Python handler run, inside the collective
+        return agreed(flag)
+
+    monkeypatch.setattr(sharding, "any_process", any_process)
+    settings = {"train.steps": 4, "train.format_steps": 2, "train.checkpoint_every": 100}
+    _, summary = _run(_tiny(cache, **settings), tmp_path)
+    assert flags == [False, True]  # step 1's flag was read before the signal; step 2 sees it
+    assert summary["preempted"] and summary["steps"] == 2 and summary["checkpoint_step"] == 2
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(cache, tmp_path, full_run):

@@ -254,7 +254,7 @@ class Trainer:
             asynchronous=self.train_config.async_checkpoints,
         )
         self.stop_id = setup.chat.stop_tokens(setup.tokenizer)[0]
-        self._preempted = False
+        self._sigterm = False  # set by the handler, never cleared; the loop acts on the hosts' agreed value
         self.last_eval_sample = ""
 
     # ------------------------------------------------------------------------------- state
@@ -430,7 +430,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- the loop
 
     def _on_sigterm(self, signum, frame) -> None:
-        self._preempted = True
+        self._sigterm = True
         self.log("[train] SIGTERM: saving a checkpoint after this step, then stopping")
 
     def _sample_text(self, result: Any) -> str:
@@ -476,7 +476,8 @@ class Trainer:
                 writer.write_text(0, "eval/memories", self.last_eval_sample)
                 self.log(f"[eval] step 0 (before training): {_format(summary['before'])}")
             progress = _progress(step, tc.steps)
-            while step < tc.steps and not self._preempted:
+            preempted = False
+            while step < tc.steps and not preempted:
                 # This host built its rows of the batch; every host continues with all of them.
                 batch = sharding.gather_host_rows(next(iterator))
                 start = time.perf_counter()
@@ -496,9 +497,11 @@ class Trainer:
                 if result is not None and tc.sample_every and step % tc.sample_every == 0:
                     writer.write_text(step, "rollout/memories", self._sample_text(result))
                 progress(step, metrics)
-                # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps.
-                self._preempted = sharding.any_process(self._preempted)
-                last = step == tc.steps or self._preempted
+                # Every host stops at the same step: SIGTERM may reach the hosts of a pod at different steps. The
+                # flag is read once before the collective: a signal that lands during it is agreed on next step
+                # (writing the collective's result back into the flag would erase it on this host only).
+                preempted = sharding.any_process(self._sigterm)
+                last = step == tc.steps or preempted
                 if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or last):
                     self._save(step, state, iterator, {"phase": metrics["phase"]}, force=last)
                     summary["checkpoint_step"] = step
@@ -514,7 +517,7 @@ class Trainer:
                     if step == tc.steps:
                         summary["after"] = evaluation
             self.setup.sampler_policy.update_params(state.params)
-            summary.update(steps=step, preempted=self._preempted, state=state)
+            summary.update(steps=step, preempted=preempted, state=state)
             return summary
         finally:
             try:
