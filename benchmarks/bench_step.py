@@ -12,6 +12,10 @@ For a config (default configs/memtrain.py:cpu) it runs `--warmup` GRPO steps (th
   the head on scored positions, backward 4 x (the trainable layers' matmuls) x T + 4 x head x scored
   (`train.trainable_layers` stops the backward pass there), a prompt shared by a group of G2 recall samples
   (`train.share_prompts`) counted once; its MFU;
+* compile: tracing, lowering and compiling programs for shapes not seen before (JAX's /jax/core/compile/*
+  duration events), wherever it happens: the sampler's programs compile before their timed calls, the
+  learner's inside its update; it is taken out of update and host. A long run stops compiling once its length
+  buckets are all seen, so "without compilation" is its steady state;
 * host: the rest of the step (prompt building, decoding text, answer and entity extraction, probe drawing,
   credit, packing, transfers).
 
@@ -85,6 +89,38 @@ class TimedSampler:
         return out
 
 
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling, summed from jax.monitoring's duration events."""
+
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __init__(self):
+        import jax
+
+        self.total = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, name: str, seconds: float, **_: Any) -> None:
+        if name in self.EVENTS:
+            self.total += seconds
+
+    def within(self, fn: Any, spent: list[float]) -> Any:
+        """`fn`, adding the compilation seconds of each call to spent[0]."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            before = self.total
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += self.total - before
+
+        return timed
+
+
 def _layer_matmuls(c: Any, layers: int) -> int:
     h, m, n, k, d = c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
     return layers * (2 * h * n * d + 2 * h * k * d + 3 * h * m)
@@ -125,15 +161,20 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
     trainable = int(config.train.trainable_layers) or model.num_layers
     head = model.hidden_size * model.vocab_size
 
+    clock, in_update = CompileClock(), [0.0]
+    for name in ("update", "score"):  # the learner compiles inside the timed update
+        setattr(trainer.learner, name, clock.within(getattr(trainer.learner, name), in_update))
     iterator = iter(setup.dataset(num_slots=trainer.train_slots))
     state = trainer.initial_state()
     rows = []
     for step in range(warmup + steps):
         batch = sharding.gather_host_rows(next(iterator))
         timed.calls.clear()
+        compiled, in_update[0] = clock.total, 0.0
         start = time.perf_counter()
         state, metrics, result = trainer.grpo_step(state, batch, step)
         step_s = time.perf_counter() - start
+        compile_s = clock.total - compiled
         if step < warmup:
             continue
         calls = timed.calls
@@ -148,7 +189,7 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
             for c in calls
         )  # fmt: skip
         decode_bytes = sum(c["steps"] * (weights + c["active_rows"] * c["context"] * kv_slot) for c in calls)
-        update_s = float(metrics.get("update_s") or 0.0)
+        update_s = float(metrics.get("update_s") or 0.0) - in_update[0]
         tokens = scored = 0
         if result is not None and update_s:
             from memtrain_jax.agent import assign_credit
@@ -177,7 +218,9 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
                 "decode_bw_frac": decode_bytes / max(decode_s, 1e-9) / bandwidth,
                 "update_s": update_s,
                 "update_mfu": update_flops / max(update_s, 1e-9) / peak if update_s else float("nan"),
-                "host_s": step_s - prefill_s - decode_s - update_s,
+                "compile_s": compile_s,
+                "steady_s": step_s - compile_s,
+                "host_s": step_s - prefill_s - decode_s - update_s - compile_s,
                 "calls": len(calls),
                 "generated": sum(c["generated"] for c in calls),
                 "sequences": float(metrics.get("sequences") or 0),
@@ -193,8 +236,12 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     rows = result["rows"]
     mean = lambda k: float(np.nanmean([r[k] for r in rows]))
     out = {k: mean(k) for k in rows[0]}
-    out["host_frac"] = out["host_s"] / out["step_s"]
+    if "steady_s" not in out:  # a commit measured before compilation was timed apart: it is in host and update
+        out["compile_s"] = out["steady_s"] = float("nan")
+    steady = out["steady_s"] if np.isfinite(out["steady_s"]) else out["step_s"]
+    out["host_frac"] = out["host_s"] / steady
     out["steps_per_hour"] = 3600.0 / out["step_s"]
+    out["steady_per_hour"] = 3600.0 / out["steady_s"]
     return out
 
 
@@ -209,6 +256,9 @@ def print_table(labels: list[str], results: list[dict[str, Any]]) -> None:
     lines = [
         ("step (s)", "step_s", "{:.1f}"),
         ("GRPO steps per hour", "steps_per_hour", "{:.1f}"),
+        ("compile (s)", "compile_s", "{:.1f}"),
+        ("step without compile (s)", "steady_s", "{:.1f}"),
+        ("  GRPO steps per hour", "steady_per_hour", "{:.1f}"),
         ("prefill (s)", "prefill_s", "{:.1f}"),
         ("  fraction of matmul peak", "prefill_frac", "{:.2f}"),
         ("decode (s)", "decode_s", "{:.1f}"),
@@ -217,7 +267,7 @@ def print_table(labels: list[str], results: list[dict[str, Any]]) -> None:
         ("update (s)", "update_s", "{:.1f}"),
         ("  MFU", "update_mfu", "{:.2f}"),
         ("host (s)", "host_s", "{:.1f}"),
-        ("  share of the step", "host_frac", "{:.2f}"),
+        ("  share of the step", "host_frac", "{:.2f}"),  # of the step without compilation
         ("sampler calls", "calls", "{:.0f}"),
         ("generated tokens", "generated", "{:.0f}"),
         ("trained sequences", "sequences", "{:.0f}"),
