@@ -180,7 +180,7 @@ def test_plan_on_this_hosts_devices_matches_the_layout():
         est.parameters, est.reference, est.gradients,
     )  # fmt: skip
     programs = {p.name.split()[0]: p for p in plan.programs}
-    assert set(programs) == {"prefill", "decode", "accumulate", "apply", "score"}
+    assert set(programs) == {"prefill", "rows", "decode", "accumulate", "apply", "score"}
     apply = programs["apply"]
     scalars = 4 + 4  # the step counter and the loss count
     opt_counts = layout["optimizer"] - est.optimizer  # AdamW's step counts beside its moments
@@ -188,6 +188,8 @@ def test_plan_on_this_hosts_devices_matches_the_layout():
     decode = max((p for p in plan.programs if p.name.startswith("decode")), key=lambda p: p.arguments)
     assert decode.arguments >= est.parameters + est.kv_cache
     assert decode.aliased > 0  # the cache is donated
+    rows = max((p for p in plan.programs if p.name.startswith("rows")), key=lambda p: p.outputs)
+    assert rows.outputs >= est.kv_cache  # it makes the cache the decode is donated
     assert all(p.peak >= p.arguments and p.flops > 0 for p in plan.programs)
     text = format_plan(plan)
     assert "fits" in text and "apply" in text
@@ -209,7 +211,7 @@ def test_programs_compiled_side_by_side_equal_those_compiled_one_at_a_time():
     assert len(one.programs) >= 5 and both.compile_wall_s > 0
     # compiled longest first (accumulate), listed in the run's order: the rollout's programs, then the update's
     kinds = [p.name.split()[0] for p in both.programs]
-    assert kinds[:2] == ["prefill", "decode"] and kinds.index("apply") == kinds.index("accumulate") + 1
+    assert kinds[:3] == ["prefill", "rows", "decode"] and kinds.index("apply") == kinds.index("accumulate") + 1
 
 
 def test_estimate_only_plan_needs_no_devices():
@@ -302,7 +304,7 @@ def test_paper_presets_fit_when_compiled_for_their_slice(model, slice_name, tmp_
     plan = json.loads(out.read_text())
     assert plan["fits"] and plan["compiler"].startswith("tpu"), done.stdout
     programs = {p["name"].split()[0] for p in plan["programs"]}
-    assert programs == {"prefill", "decode", "accumulate", "apply", "score"} and not any(
+    assert programs == {"prefill", "rows", "decode", "accumulate", "apply", "score"} and not any(
         p["error"] for p in plan["programs"]
     )
     est, layout = plan["estimate"], plan["layout"]

@@ -208,6 +208,23 @@ def test_same_bucket_compiles_nothing(params):
     assert fresh.compile_count == compiled + 2
 
 
+def test_calls_that_differ_only_in_distinct_prompts_share_one_decode_program(params):
+    """The decode program (the model's loop: the costly trace) is keyed by rows, cache slots and budget, not by
+    the number of distinct prompts prefilled: 8 rows of 2 prompts, then 8 rows of 8 prompts in the same length
+    bucket, compile a new prefill and rows program, and no decode; the second call's rows decode as the
+    full-forward reference does."""
+    fresh = Sampler(CONFIG, buckets=Buckets(min_batch=4, min_prompt_length=16, min_new_tokens=16))
+    few = [PROMPTS[0]] * 4 + [PROMPTS[1]] * 4
+    many = [[i + 1, *PROMPTS[i % 4]] for i in range(8)]
+    fresh(params, few, max_new_tokens=6)
+    first = set(fresh.compile_seconds)
+    out = fresh(params, many, max_new_tokens=6)
+    assert set(fresh.compile_seconds) - first == {"prefill U=8 P=16", "rows B=8 U=8 P=16 S=32"}
+    assert [name for name in first if name.startswith("decode")] == ["decode B=8 S=32 N=16"]
+    assert fresh.compile_count == len(first) + 2
+    assert out.tokens.tolist() == reference_greedy(params, many, 6)
+
+
 def test_early_stop_padding_lengths_and_loop_exit(params, sampler):
     ref = reference_greedy(params, PROMPTS, 16)
     first_index = lambda row, token: ref[row].index(token)

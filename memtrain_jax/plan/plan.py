@@ -1,13 +1,13 @@
 """`memtrain plan`: compile a run's real programs for a TPU slice, ahead of time, on this machine.
 
-The train step (accumulate, apply, and the reference scoring when KL is on) and the rollout's prefill
-and decode at each turn's shapes are built exactly as a run builds them (Learner, Sampler), lowered on
-abstract arguments laid out over a mesh of the slice's devices, and compiled by the TPU compiler
-(libtpu; no TPU needed). Per chip, the compiler reports each program's arguments, outputs, aliased
-(donated) bytes and temporaries, and its FLOPs as XLA's cost analysis counts them (custom kernels such as
-splash attention are not counted, and a decode counts one step of its loop). A program's peak adds what
-stays resident on the chip without being its argument (the optimizer state and the KL reference through
-a rollout, say):
+The train step (accumulate, apply, and the reference scoring when KL is on) and the rollout's prefill,
+rows (each row's prompt cache) and decode at each turn's shapes are built exactly as a run builds them
+(Learner, Sampler), lowered on abstract arguments laid out over a mesh of the slice's devices, and
+compiled by the TPU compiler (libtpu; no TPU needed). Per chip, the compiler reports each program's
+arguments, outputs, aliased (donated) bytes and temporaries, and its FLOPs as XLA's cost analysis counts
+them (custom kernels such as splash attention are not counted, and a decode counts one step of its loop).
+A program's peak adds what stays resident on the chip without being its argument (the optimizer state
+and the KL reference through a rollout, say):
 
     peak = resident not passed + arguments + outputs - aliased + temporaries
 
@@ -282,7 +282,7 @@ class Plan:
         out = []
         est, mesh = self.estimate, self.mesh
         peak = self.peak
-        rollout = peak is not None and peak.name.split()[0] in ("prefill", "decode")
+        rollout = peak is not None and peak.name.split()[0] in ("prefill", "rows", "decode")
         if est.resident > 0.5 * self.hbm_bytes and mesh["data"] > 1:
             out.append(
                 f"more FSDP: mesh_shape ({mesh['data'] // 2}, {mesh['fsdp'] * 2}, {mesh['tensor']}) splits the "
@@ -420,6 +420,7 @@ def make_plan(
         label = f"{'+'.join(kinds)} B={call.rows} U={call.distinct} P={call.prompt} N={call.new}"
         # through a rollout the optimizer state and the KL reference stay on the chip
         jobs.append((f"prefill {label}", lowered["prefill"], opt + ref))
+        jobs.append((f"rows {label}", lowered["rows"], layout["parameters"] + opt + ref))  # params: not its argument
         jobs.append((f"decode {label}", lowered["decode"], opt + ref))
     lowered = learner.lower_programs(shapes.train_rows, shapes.train_length, shapes.window)
     label = f"M={shapes.train_rows} L={shapes.train_length} W={shapes.window}"

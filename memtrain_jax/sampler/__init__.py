@@ -12,6 +12,7 @@ from memtrain_jax.sampler.sampler import (
     generate,
     next_token_logits,
     prefill_prompts,
+    rows_from_prefix,
     sample,
     sample_from_prefix,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "generate",
     "next_token_logits",
     "prefill_prompts",
+    "rows_from_prefix",
     "sample",
     "sample_from_prefix",
 ]

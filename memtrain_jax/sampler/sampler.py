@@ -1,12 +1,15 @@
 """Batched autoregressive sampling with a KV cache, as jitted, mesh-sharded programs per shape bucket.
 
-Prompts are left padded to a common length so every row writes the cache in lockstep. Two programs
+Prompts are left padded to a common length so every row writes the cache in lockstep. Three programs
 run per call: a prefill of the batch's distinct prompts (rows with identical prompts, such as the
-rollouts of one MemTrain first turn or the samples of one recall probe, are prefilled once), and a
-decode program that copies each row's prompt cache into its cache slots and runs a
-`lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
-budget. Batch sizes, prompt and cache lengths, the decode budget and the number of stop tokens are
-rounded up to buckets (see `Buckets`), so a training run compiles a handful of programs;
+rollouts of one MemTrain first turn or the samples of one recall probe, are prefilled once); a small
+model-free program that gives each row its prompt's cache and next-token logits; and a decode program,
+a `lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
+budget. Only the first two depend on the number of distinct prompts: the decode program, whose
+30-layer trace is what a new shape costs most, is shared by calls that differ in it (recall and
+answer calls vary in distinct prompts from step to step). Batch sizes, prompt and cache lengths, the
+decode budget and the number of stop tokens are rounded up to buckets (see `Buckets`), so a training
+run compiles a handful of programs;
 temperature, top-p, the per-row budgets and the stop tokens are runtime values of a compiled
 program, only `top_k` (and whether top-p is on) are static.
 
@@ -255,11 +258,19 @@ def sample_from_prefix(
     arguments are those of `sample`, per row of the B rows.
     """
     _check_cache(cache, cache_length(prefix), num_steps)
-    cache = expand_prefix(prefix, rows, cache)
+    cache, logits = rows_from_prefix(prefix, prefix_logits, rows, cache)
     return decode(
-        config, params, cache, jnp.take(prefix_logits, rows, axis=0), rng, max_new, stop_tokens,
-        temperature, top_p, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
+        config, params, cache, logits, rng, max_new, stop_tokens, temperature, top_p,
+        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
     )  # fmt: skip
+
+
+def rows_from_prefix(
+    prefix: KVCache, prefix_logits: jax.Array, rows: jax.Array, cache: KVCache
+) -> tuple[KVCache, jax.Array]:
+    """Row i's cache and next-token logits [B, V] from prompt rows[i] of a shared prefill (traceable, no model):
+    `cache` (B rows, S >= P slots, empty) gets the prompt's P slots, as if the row had prefilled it itself."""
+    return expand_prefix(prefix, rows, cache), jnp.take(prefix_logits, rows, axis=0)
 
 
 def _check_cache(cache: KVCache, prompt_length: int, num_steps: int) -> None:
@@ -406,14 +417,17 @@ class Sampler:
             (self.param_shardings, batch(None), batch(None)),
             (batch(None), self.cache_shardings),
         )
-        # decode: (params, prefix, prefix_logits, rows, cache, rng, max_new, stop_tokens, temperature, top_p)
+        # rows: (prefix, prefix_logits, rows) -> (the rows' cache, their next-token logits)
+        self._rows_shardings = (
+            (self.cache_shardings, batch(None), batch()),
+            (self.cache_shardings, batch(None)),
+        )
+        # decode: (params, cache, logits, rng, max_new, stop_tokens, temperature, top_p)
         self._decode_shardings = (
             (
                 self.param_shardings,
                 self.cache_shardings,
                 batch(None),
-                batch(),
-                self.cache_shardings,
                 replicated,
                 batch(),
                 batch(None),
@@ -429,13 +443,24 @@ class Sampler:
         """The prefill program's body: (params, prompt [U, P], prompt_mask [U, P]) -> (logits, prefix cache)."""
         return prefill_prompts(self.config, params, prompt, prompt_mask)
 
+    def _rows_fn(self, slots: int):
+        """The rows program's body: (prefix, prefix_logits [U, V], rows [B]) -> (a cache of B rows and `slots`
+        slots holding each row's prompt, logits [B, V])."""
+
+        def run_rows(prefix, prefix_logits, rows):
+            cache = init_cache(self.config, rows.shape[0], slots, self.cache_dtype)
+            return rows_from_prefix(prefix, prefix_logits, rows, cache)
+
+        return run_rows
+
     def _decode_fn(self, num_steps: int, top_k: int | None, use_top_p: bool):
         """The decode program's body for static settings (see `_decode_shardings` for its arguments)."""
 
-        def run_decode(*args):
-            return sample_from_prefix(
-                self.config, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id
-            )
+        def run_decode(params, cache, *args):
+            return decode(
+                self.config, params, cache, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p,
+                pad_id=self.pad_id,
+            )  # fmt: skip
 
         return run_decode
 
@@ -443,9 +468,9 @@ class Sampler:
         self, rows: int, distinct: int, prompt_length: int, num_steps: int, stop_width: int | None = None,
         top_k: int | None = None, use_top_p: bool = False,
     ) -> dict[str, jax.stages.Lowered]:  # fmt: skip
-        """The prefill and decode programs this sampler runs for a call of `rows` rows, `distinct` distinct
-        prompts of `prompt_length` bucketed tokens and `num_steps` decode steps, lowered ahead of time
-        on abstract arguments (no device memory; `memtrain plan` compiles them for a TPU topology).
+        """The prefill, rows and decode programs this sampler runs for a call of `rows` rows, `distinct`
+        distinct prompts of `prompt_length` bucketed tokens and `num_steps` decode steps, lowered ahead of
+        time on abstract arguments (no device memory; `memtrain plan` compiles them for a TPU topology).
         `distinct` and `rows` must be multiples of the batch shards."""
         for name, n in (("rows", rows), ("distinct", distinct)):
             if n % self.batch_multiple:
@@ -461,21 +486,26 @@ class Sampler:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             logits, prefix = jax.eval_shape(self._prefill_fn, params, prompt, mask)
             cache = jax.eval_shape(lambda: init_cache(self.config, rows, slots, self.cache_dtype))
+            ins = self._rows_shardings[0]
+            rows_args = (
+                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), prefix, ins[0]),
+                spec(logits.shape, logits.dtype, ins[1]),
+                spec((rows,), np.int32, ins[2]),
+            )
             ins = self._decode_shardings[0]
             args = (
                 params,
-                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), prefix, ins[1]),
-                spec(logits.shape, logits.dtype, ins[2]),
-                spec((rows,), np.int32, ins[3]),
-                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), cache, ins[4]),
+                jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), cache, ins[1]),
+                spec((rows, logits.shape[1]), logits.dtype, ins[2]),
                 jax.eval_shape(lambda: jax.random.key(0)),
-                spec((rows,), np.int32, ins[6]),
-                spec((rows, e), np.int32, ins[7]),
-                spec((), np.float32, ins[8]),
-                spec((), np.float32, ins[9]),
+                spec((rows,), np.int32, ins[4]),
+                spec((rows, e), np.int32, ins[5]),
+                spec((), np.float32, ins[6]),
+                spec((), np.float32, ins[7]),
             )
-        decode = self._lowered(self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (4,), *args)
-        return {"prefill": prefill, "decode": decode}
+        expand = self._lowered(self._rows_fn(slots), self._rows_shardings, (), *rows_args)
+        decode = self._lowered(self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args)
+        return {"prefill": prefill, "rows": expand, "decode": decode}
 
     def _lowered(self, fn, shardings, donate: tuple[int, ...], *args) -> jax.stages.Lowered:
         """`fn` jitted with (in, out) `shardings` and `donate`, lowered on `args` (arrays or abstract values)."""
@@ -645,24 +675,38 @@ class Sampler:
         if self.record_timings:
             jax.block_until_ready(prefix_logits)
             self.last_timings = {"prefill_s": time.perf_counter() - start}
-        cache = self.new_cache(b, slots)
 
-        args = (
-            params, prefix, prefix_logits, batch["rows"], cache, rng, batch["max_new"], batch["stop_tokens"],
-            np.float32(temperature), np.float32(1.0 if top_p is None else top_p),
+        rows = sharding.to_global(batch["rows"], self._rows_shardings[0][2])
+        rows_program = self._compiled(
+            ("rows", b, u, p, slots), f"rows B={b} U={u} P={p} S={slots}", self._rows_fn(slots),
+            self._rows_shardings, (), prefix, prefix_logits, rows,
         )  # fmt: skip
-        args = sharding.to_global(args, self._decode_shardings[0])
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            cache, logits = rows_program(prefix, prefix_logits, rows)
+        del prefix, prefix_logits  # only the rows' copies are decoded from
+        rows_s = 0.0
+        if self.record_timings:
+            jax.block_until_ready(logits)
+            rows_s = time.perf_counter() - start
+
+        host_args = (
+            rng, batch["max_new"], batch["stop_tokens"], np.float32(temperature),
+            np.float32(1.0 if top_p is None else top_p),
+        )  # fmt: skip
+        args = (params, cache, logits, *sharding.to_global(host_args, self._decode_shardings[0][3:]))
+        # Keyed without the distinct prompts (and with the prompt length only through the cache slots).
         decode_program = self._compiled(
-            ("decode", b, u, p, slots, e, num_steps, top_k, use_top_p),
-            f"decode B={b} U={u} P={p} S={slots} N={num_steps}",
-            self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (4,), *args,
+            ("decode", b, slots, e, num_steps, top_k, use_top_p),
+            f"decode B={b} S={slots} N={num_steps}",
+            self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args,
         )  # fmt: skip
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             output, _ = decode_program(*args)
-        if self.record_timings:
+        if self.record_timings:  # the rows' copy counts as decode (it was part of the decode program)
             jax.block_until_ready(output)
-            self.last_timings["decode_s"] = time.perf_counter() - start
+            self.last_timings["decode_s"] = rows_s + time.perf_counter() - start
         n, width = len(prompts), int(batch["max_new"].max())
         # An explicit gather: with several processes each holds only its own rows.
         result = SampleOutput(
@@ -672,7 +716,7 @@ class Sampler:
             stopped=sharding.to_host(output.stopped)[:n],
             steps=int(sharding.to_host(output.steps)),
         )
-        del output, args, prefix, prefix_logits, cache  # this call's device buffers, before the heap is trimmed
+        del output, args, cache, logits  # this call's device buffers, before the heap is trimmed
         host_memory.release_if_above()
         return result
 
