@@ -7,8 +7,16 @@ import pytest
 from scipy import stats
 
 from memtrain_jax.config import load_config
-from memtrain_jax.model import ModelConfig, forward, init_params, stack_layers
-from memtrain_jax.sampler import Buckets, GenerationResult, Sampler, generate
+from memtrain_jax.model import ModelConfig, forward, init_cache, init_params, stack_layers
+from memtrain_jax.sampler import (
+    Buckets,
+    GenerationResult,
+    Sampler,
+    generate,
+    prefill_prompts,
+    sample,
+    sample_from_prefix,
+)
 from memtrain_jax.sharding import make_mesh
 
 CONFIG = ModelConfig(
@@ -299,6 +307,31 @@ def test_row_samples_do_not_depend_on_batch_padding(params, sampler):
 
 # ------------------------------------------------------------------------------------------------
 # Shared prefixes, tight buckets, blocked attention across several blocks
+
+
+def test_traceable_sample_from_prefix_equals_sample_of_every_row(params):
+    """The traceable building blocks (what the Sampler's programs are made of): decoding rows from a shared
+    prefill (`prefill_prompts` + `sample_from_prefix`, i.e. `rows_from_prefix` + `decode`) gives each row what
+    `sample` gives when every row prefills its own prompt, random draws included."""
+    distinct, rows = [PROMPTS[1], PROMPTS[0]], np.array([0, 1, 0, 0], np.int32)
+    p, steps = 16, 8
+    pad = lambda qs: (
+        np.array([[PAD] * (p - len(q)) + q for q in qs], np.int32),
+        np.array([[False] * (p - len(q)) + [True] * len(q) for q in qs]),
+    )
+    max_new, stops = np.full(4, steps, np.int32), np.full((4, 4), -1, np.int32)
+    rng, temperature, top_p = jax.random.key(7), np.float32(0.9), np.float32(1.0)
+    logits, prefix = prefill_prompts(CONFIG, params, *pad(distinct))
+    shared, _ = sample_from_prefix(
+        CONFIG, params, prefix, logits, rows, init_cache(CONFIG, 4, p + steps), rng, max_new, stops, temperature,
+        top_p, num_steps=steps,
+    )  # fmt: skip
+    own, _ = sample(
+        CONFIG, params, init_cache(CONFIG, 4, p + steps), *pad([distinct[r] for r in rows]), rng, max_new, stops,
+        temperature, top_p, num_steps=steps,
+    )  # fmt: skip
+    np.testing.assert_array_equal(shared.tokens, own.tokens)
+    np.testing.assert_allclose(shared.logprobs, own.logprobs, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=0.9, top_k=30, stop_tokens=[3, 4])])
