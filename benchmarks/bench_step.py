@@ -101,22 +101,23 @@ class CompileClock:
     def __init__(self):
         import jax
 
-        self.total = 0.0
+        self.total = 0.0  # all compilation seen
+        self.inside = 0.0  # the part inside calls of functions wrapped by `within`
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
     def _on_event(self, name: str, seconds: float, **_: Any) -> None:
         if name in self.EVENTS:
             self.total += seconds
 
-    def within(self, fn: Any, spent: list[float]) -> Any:
-        """`fn`, adding the compilation seconds of each call to spent[0]."""
+    def within(self, fn: Any) -> Any:
+        """`fn`, adding the compilation seconds of each call to `inside`."""
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             before = self.total
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[0] += self.total - before
+                self.inside += self.total - before
 
         return timed
 
@@ -161,16 +162,16 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
     trainable = int(config.train.trainable_layers) or model.num_layers
     head = model.hidden_size * model.vocab_size
 
-    clock, in_update = CompileClock(), [0.0]
+    clock = CompileClock()
     for name in ("update", "score"):  # the learner compiles inside the timed update
-        setattr(trainer.learner, name, clock.within(getattr(trainer.learner, name), in_update))
+        setattr(trainer.learner, name, clock.within(getattr(trainer.learner, name)))
     iterator = iter(setup.dataset(num_slots=trainer.train_slots))
     state = trainer.initial_state()
     rows = []
     for step in range(warmup + steps):
         batch = sharding.gather_host_rows(next(iterator))
         timed.calls.clear()
-        compiled, in_update[0] = clock.total, 0.0
+        compiled, clock.inside = clock.total, 0.0
         start = time.perf_counter()
         state, metrics, result = trainer.grpo_step(state, batch, step)
         step_s = time.perf_counter() - start
@@ -189,7 +190,7 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
             for c in calls
         )  # fmt: skip
         decode_bytes = sum(c["steps"] * (weights + c["active_rows"] * c["context"] * kv_slot) for c in calls)
-        update_s = float(metrics.get("update_s") or 0.0) - in_update[0]
+        update_s = float(metrics.get("update_s") or 0.0) - clock.inside
         tokens = scored = 0
         if result is not None and update_s:
             from memtrain_jax.agent import assign_credit

@@ -6,7 +6,7 @@ rollouts of one MemTrain first turn or the samples of one recall probe, are pref
 model-free program that gives each row its prompt's cache and next-token logits; and a decode program,
 a `lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
 budget. Only the first two depend on the number of distinct prompts: the decode program, whose
-30-layer trace is what a new shape costs most, is shared by calls that differ in it (recall and
+trace of every layer is what a new shape costs most, is shared by calls that differ in it (recall and
 answer calls vary in distinct prompts from step to step). Batch sizes, prompt and cache lengths, the
 decode budget and the number of stop tokens are rounded up to buckets (see `Buckets`), so a training
 run compiles a handful of programs;
