@@ -287,7 +287,7 @@ def test_settings_that_defeat_the_run_are_refused(cache, tmp_path):
 
 def test_sigterm_before_the_first_step_saves_nothing_and_says_so(cache, tmp_path):
     trainer = Trainer(_tiny(cache), str(tmp_path), log=_quiet)
-    trainer._preempted = True  # SIGTERM during the evaluation before training
+    trainer._on_sigterm(signal.SIGTERM, None)  # SIGTERM during the evaluation before training
     summary = trainer.train()
     assert summary["preempted"] and summary["steps"] == 0 and summary["checkpoint_step"] is None
     assert RunCheckpointer(str(tmp_path)).steps() == []

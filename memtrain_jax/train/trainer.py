@@ -476,7 +476,7 @@ class Trainer:
                 writer.write_text(0, "eval/memories", self.last_eval_sample)
                 self.log(f"[eval] step 0 (before training): {_format(summary['before'])}")
             progress = _progress(step, tc.steps)
-            preempted = False
+            preempted = sharding.any_process(self._sigterm)  # a SIGTERM during restore or the first evaluation
             while step < tc.steps and not preempted:
                 # This host built its rows of the batch; every host continues with all of them.
                 batch = sharding.gather_host_rows(next(iterator))
