@@ -214,14 +214,14 @@ def test_a_sigterm_landing_while_the_hosts_agree_stops_the_run_one_step_later(ca
 
     def any_process(flag):
         flags.append(flag)
-        if len(flags) == 1:
+        if len(flags) == 2:  # the first agreement is before the loop; the second ends step 1
             os.kill(os.getpid(), signal.SIGTERM)  # delivered, and its Python handler run, inside the collective
         return agreed(flag)
 
     monkeypatch.setattr(sharding, "any_process", any_process)
     settings = {"train.steps": 4, "train.format_steps": 2, "train.checkpoint_every": 100}
     _, summary = _run(_tiny(cache, **settings), tmp_path)
-    assert flags == [False, True]  # step 1's flag was read before the signal; step 2 sees it
+    assert flags == [False, False, True]  # step 1's flag was read before the signal; step 2 sees it
     assert summary["preempted"] and summary["steps"] == 2 and summary["checkpoint_step"] == 2
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
