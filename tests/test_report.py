@@ -280,3 +280,30 @@ def test_overfit_trains_the_first_batch_and_scores_both_batches_before_and_after
     n = len(report["fixed"]["before"]["reward_e2e"])
     diff = np.mean(report["fixed"]["after"]["reward_e2e"]) - np.mean(report["fixed"]["before"]["reward_e2e"])
     assert re.search(rf"fixed batch: R_E \(n = {n}\).* {diff:.3f} \[", table)
+
+
+def test_direction_params_move_the_start_along_the_update_its_reverse_or_a_random_step_of_its_size():
+    """`memtrain diagnose --direction`: theta0 + s * d, d the update, its reverse, or per tensor a Gaussian direction
+    with the update's norm on the weights it moved (the frozen ones stay theta0's); a bad arm is refused."""
+    from memtrain_jax.tools.diagnose import direction_params
+
+    rng = np.random.default_rng(3)
+    theta0 = {"a": rng.standard_normal((4, 6)).astype(np.float32), "frozen": rng.standard_normal(5).astype(np.float32)}
+    theta1 = {"a": theta0["a"] + 0.1 * rng.standard_normal((4, 6)).astype(np.float32), "frozen": theta0["frozen"]}
+    theta1["a"][:2] = theta0["a"][:2]  # two frozen rows of a moved tensor (the lower layers of a stacked weight)
+    delta = theta1["a"] - theta0["a"]
+    np.testing.assert_allclose(direction_params(theta0, theta1, "plus")["a"], theta1["a"], atol=1e-6)
+    np.testing.assert_allclose(direction_params(theta0, theta1, "minus")["a"], 2 * theta0["a"] - theta1["a"], atol=1e-6)
+    np.testing.assert_allclose(direction_params(theta0, theta1, "plus:0.25")["a"], theta0["a"] + delta / 4, atol=1e-6)
+    for arm, scale in (("random", 1.0), ("random:0.5", 0.5)):
+        moved = direction_params(theta0, theta1, arm)
+        step = moved["a"] - theta0["a"]
+        np.testing.assert_array_equal(moved["frozen"], theta0["frozen"])
+        np.testing.assert_array_equal(step[:2], 0.0)
+        np.testing.assert_allclose(np.linalg.norm(step), scale * np.linalg.norm(delta), rtol=1e-5)
+        cosine = float((step * delta).sum() / (np.linalg.norm(step) * np.linalg.norm(delta)))
+        assert abs(cosine) < 0.9  # a direction of its own, not the update's
+        np.testing.assert_array_equal(direction_params(theta0, theta1, arm)["a"], moved["a"])  # seeded
+    for bad in ("up", "plus:0", "minus:x"):
+        with pytest.raises(UsageError, match=re.escape(repr(bad))):
+            direction_params(theta0, theta1, bad)

@@ -12,6 +12,9 @@ the memory writer, or the answerer), so this command separates them on greedy ro
 - fitting one batch (`--overfit N`): N GRPO steps of the run's own kind on one fixed batch, and the rewards of
   that batch and of a fresh one before and after: an update that raises the first and not the second fits the
   items it saw, not a skill (the check every RL pipeline should pass first: can it fit what it trains on?).
+- the update's direction (`--direction plus,minus,random`): held-out evaluations of the run's starting policy
+  moved along its update, along the reverse, and along a random direction of the same size: is a held-out change
+  the update's own, or would any step of its size do as much?
 
 Every share carries n and a Wilson 95 % interval.
 """
@@ -21,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from memtrain_jax import sharding, stats
 from memtrain_jax.agent import trajectory_rewards
+from memtrain_jax.config import UsageError
 
 # The rollout seed step of the before/after measurements of `overfit` (apart from the training steps' 0..N-1).
 OVERFIT_SEED_STEP = 1_000_003
@@ -217,3 +222,39 @@ def overfit_table(report: dict[str, Any]) -> str:
         + " ".join("-" if v is None else f"{v:.3f}" for v in trained)
     )
     return "\n".join(lines)
+
+
+DIRECTIONS = ("plus", "minus", "random")
+
+
+def parse_direction(arm: str) -> tuple[str, float]:
+    """`plus`, `minus` or `random`, optionally `:SCALE` (`plus:0.25`) -> (kind, scale); a bad arm is a UsageError."""
+    kind, _, scale = arm.partition(":")
+    try:
+        value = float(scale) if scale else 1.0
+    except ValueError:
+        value = float("nan")
+    if kind not in DIRECTIONS or not np.isfinite(value) or value <= 0:
+        raise UsageError(f"--direction {arm!r}: each arm is plus, minus or random, optionally :SCALE > 0 (plus:0.25).")
+    return kind, value
+
+
+def direction_params(theta0: Any, theta1: Any, arm: str, seed: int = 0) -> Any:
+    """theta0 + s * d for the arm's direction d of the update delta = theta1 - theta0 (pytrees of arrays):
+    plus: d = delta; minus: d = -delta; random: per tensor a Gaussian direction with delta's norm, on the weights
+    delta moved (zero elsewhere), drawn from `seed`. Computed in float32, returned in theta0's dtypes (host arrays)."""
+    kind, scale = parse_direction(arm)
+    rng = np.random.default_rng(seed)
+
+    def moved(a: Any, b: Any) -> Any:
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        d = b - a
+        if kind == "minus":
+            d = -d
+        elif kind == "random":
+            r = rng.standard_normal(d.shape).astype(np.float32) * (d != 0)
+            norm = float(np.linalg.norm(r))
+            d = r * (float(np.linalg.norm(d)) / norm) if norm > 0 else r
+        return (a + scale * d).astype(np.asarray(a).dtype)
+
+    return jax.tree.map(moved, jax.device_get(theta0), jax.device_get(theta1))

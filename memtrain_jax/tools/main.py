@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Any
 
 import jax
 import ml_collections
@@ -71,8 +72,10 @@ COMMANDS = {
     ),
     "diagnose": (
         "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16); "
-        "--overfit N: N GRPO steps on one fixed batch, that batch's and a fresh batch's rewards before and after",
-        ("step", "limit", "warmup", "overfit"),
+        "--overfit N: N GRPO steps on one fixed batch, that batch's and a fresh batch's rewards before and after; "
+        "--direction plus,minus,random: the starting policy moved along the update, its reverse and a random step of "
+        "its size, each evaluated (DIR/direction-ARM.json, arms of compare-runs)",
+        ("step", "limit", "warmup", "overfit", "direction"),
     ),
     "export": (
         "writes a checkpoint's policy as a complete HuggingFace folder (--out, outside the run)",
@@ -114,6 +117,12 @@ _QA_FILE = flags.DEFINE_string("qa-file", None, "eval-qa/compare: a HotpotQA JSO
 _NUM_DOCS = flags.DEFINE_list("num-docs", None, "eval-qa/compare: context lengths in documents, e.g. 50,200.")
 _LIMIT = flags.DEFINE_integer(
     "limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all); diagnose: held-out episodes."
+)
+_DIRECTION = flags.DEFINE_list(
+    "direction",
+    None,
+    "diagnose: held-out evaluations of the starting policy + the update (plus), - it (minus), + a random step of its "
+    "norm per tensor (random); ARM:S scales the step (plus:0.25).",
 )
 _OVERFIT = flags.DEFINE_integer(
     "overfit", None, "diagnose: N GRPO steps on one fixed batch; its and a fresh batch's rewards before and after."
@@ -265,6 +274,12 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
     if _SAMPLES.value is not None and _SAMPLES.value < 1:
         raise UsageError(f"--samples must be >= 1, got {_SAMPLES.value}.")
     metrics = trainer.evaluate(state.params, step, samples=_SAMPLES.value)
+    name = f"eval-{step}.json" if metrics["samples"] == 1 else f"eval-{step}-k{metrics['samples']}.json"
+    _report_evaluation(workdir, step, metrics, name)
+
+
+def _report_evaluation(workdir: str, step: int, metrics: dict[str, Any], name: str) -> None:
+    """Prints an evaluation's figures with intervals and writes it to WORKDIR/NAME (an arm of compare-runs)."""
     if jax.process_index() != 0:  # every process evaluates; process 0 reports and writes
         return
     from memtrain_jax import stats
@@ -279,7 +294,6 @@ def evaluate(config: ml_collections.ConfigDict) -> None:
         elif isinstance(value, float):
             shown.append(f"{key} {value:.3f}")
     print(f"[eval] {workdir} step {step}: " + ", ".join(shown))
-    name = f"eval-{step}.json" if metrics["samples"] == 1 else f"eval-{step}-k{metrics['samples']}.json"
     (epath.Path(workdir) / name).write_text(json.dumps({"step": step, **metrics}, indent=1))
     print(f"[eval] wrote {epath.Path(workdir) / name} (an arm of `memtrain compare-runs --runs name=THAT_FILE,...`)")
 
@@ -290,7 +304,23 @@ def diagnose(config: ml_collections.ConfigDict) -> None:
     workdir = _workdir(config)
     if _OVERFIT.value is not None and _OVERFIT.value < 1:
         raise UsageError(f"--overfit needs N >= 1 GRPO steps, got {_OVERFIT.value}.")
+    if _DIRECTION.value:
+        from memtrain_jax.tools.diagnose import direction_params, parse_direction
+
+        for arm in _DIRECTION.value:
+            parse_direction(arm)  # refused before a model loads
+        if jax.process_count() > 1:
+            raise UsageError("--direction moves the parameters on the host: run it on one process, not --distributed.")
     trainer, step, state = _restored(workdir)
+    if _DIRECTION.value:
+        theta0 = trainer.initial_state().params  # the run's starting policy: its init_from, or the base model
+        shardings = jax.tree.map(lambda p: p.sharding, theta0)
+        for arm in _DIRECTION.value:
+            params = jax.device_put(direction_params(theta0, state.params, arm), shardings)
+            print(f"[diagnose] {workdir}: the starting policy moved along step {step}'s update: {arm}")
+            metrics = trainer.evaluate(params, step)
+            _report_evaluation(workdir, step, metrics, f"direction-{arm.replace(':', '-')}.json")
+        return
     if _OVERFIT.value is not None:
         from memtrain_jax.tools.diagnose import overfit, overfit_table
 
