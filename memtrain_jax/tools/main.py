@@ -315,8 +315,9 @@ def diagnose(config: ml_collections.ConfigDict) -> None:
     if _DIRECTION.value:
         theta0 = trainer.initial_state().params  # the run's starting policy: its init_from, or the base model
         shardings = jax.tree.map(lambda p: p.sharding, theta0)
+        start, end = jax.device_get((theta0, state.params))  # to the host once, not once an arm
         for arm in _DIRECTION.value:
-            params = jax.device_put(direction_params(theta0, state.params, arm), shardings)
+            params = jax.device_put(direction_params(start, end, arm), shardings)
             print(f"[diagnose] {workdir}: the starting policy moved along step {step}'s update: {arm}")
             metrics = trainer.evaluate(params, step)
             _report_evaluation(workdir, step, metrics, f"direction-{arm.replace(':', '-')}.json")
