@@ -27,7 +27,7 @@ from memtrain_jax.data.chunking import centre_truncate
 from memtrain_jax.data.masking import count_occurrences
 from memtrain_jax.data.retrieval import BM25Retriever
 from memtrain_jax.data.sources import load_pool
-from memtrain_jax.rewards import objective_score, score_search
+from memtrain_jax.rewards import objective_score, objective_scores, score_search
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +318,8 @@ def test_objective_score_averages_over_sub_answers():
     assert objective_score("Lima", golds) == 0.5  # a missing sub-answer scores 0
     assert objective_score(None, golds) == 0.0
     assert objective_score("Lima; Vienna", (("Lima; Vienna",),)) == 1.0  # one objective: the whole answer
+    assert objective_scores("the Lima ; Paris", golds) == [1.0, 0.0] and objective_scores(None, golds) == [0.0, 0.0]
+    assert objective_scores("Wien", golds) == [0.0, 0.0]  # in order: a sub-answer counts for its own question
 
 
 def test_bm25_finds_the_supporting_passage_for_quoting_queries(pool, records, bm25):
@@ -424,6 +426,53 @@ def test_qa_tables_carry_intervals_and_paired_differences():
         assert (float(low), float(high)) == (round(100 * ref[1], 1), round(100 * ref[2], 1))
     per_question = (arm_em[2] + arm_em[8]) / 2 - (base_em[2] + base_em[8]) / 2
     assert float(cells[2][0]) == round(100 * per_question.mean(), 1)
+
+
+def test_search_evaluation_scores_each_question_at_each_number_of_objectives(
+    pool, records, bm25, tokenizer, chat, builder
+):
+    """`evaluate_search` joins the questions k at a time and scores every question by its own sub-answer
+    (Wilson interval over questions), counts malformed episodes, and keys its items by question, so a table at
+    1 and at 2 objectives pairs two arms per length and on each question's mean over the lengths."""
+    from scipy.stats import binomtest
+
+    from memtrain_jax.agent.search import evaluate_search
+    from memtrain_jax.tasks.format import sub_questions
+
+    questions = records[:8]
+    gold = {r.question: r.golds[0][0] for r in questions}
+    known = {r.question for r in questions[::2]}  # the policy knows every other question's answer
+    refuses = {questions[1].question, questions[4].question}  # an episode holding one of these is malformed
+
+    def script(kind, prompt, row):
+        asked = sub_questions(_section(tokenizer.decode(prompt), "problem"))
+        if refuses & set(asked):
+            return "I cannot say."
+        return "<answer>" + "; ".join(gold[q] if q in known else "nobody" for q in asked) + "</answer>"
+
+    policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
+    corpus = [(p.title, p.text) for p in pool]
+    config = SearchConfig(max_turns=2, top_k=3, turn_tokens=64, information_tokens=200)
+    table = evaluate_search(policy, questions, [1, 2], builder, tokenizer, bm25, corpus, config, seed=0,
+                            batch_size=3, log=None)  # fmt: skip
+    by_id = {r.id: r for r in questions}
+    for k, episodes in ((1, [[r] for r in questions]), (2, [[by_id[i] for i in j.id.split("+")] for j in
+                                                               qa.multi_objective(questions, 2, seed=0)])):  # fmt: skip
+        cell = table[str(k)]
+        bad = {r.id for e in episodes if refuses & {r.question for r in e} for r in e}
+        expected = [float(r.question in known and r.id not in bad) for r in questions]
+        assert cell["items"] == {"id": [r.id for r in questions], "em": expected}
+        wilson = binomtest(int(sum(expected)), len(questions)).proportion_ci(method="wilson")
+        assert np.allclose(cell["em_interval"], [wilson.low, wilson.high], atol=1e-9)
+        assert cell["episodes"] == len(episodes) and cell["questions"] == len(questions)
+        malformed = sum(bool(refuses & {r.question for r in e}) for e in episodes)
+        assert cell["malformed"] == malformed / len(episodes) and cell["no_answer"] == 0
+    assert table["1"]["em"] == 0.375 and table["2"]["em"] < table["1"]["em"]  # a refusal sinks its partner too
+    tables = {"base": table, "arm": {k: {**c, "items": {**c["items"], "em": [1.0] * 8}} for k, c in table.items()}}
+    cells = re.findall(r"(-?\d+\.\d) \[(-?\d+\.\d), (-?\d+\.\d)\]", format_paired(tables, "em").splitlines()[1])
+    gain = 1 - (np.asarray(table["1"]["items"]["em"]) + table["2"]["items"]["em"]) / 2
+    assert len(cells) == 3 and float(cells[2][0]) == round(100 * gain.mean(), 1)  # the average pairs per question
+    assert format_table(tables, "em", unit="objectives").splitlines()[1].startswith("(objectives; mean tokens)")
 
 
 def test_search_format_examples_replay_as_a_full_score_episode(pool, records, bm25, tokenizer, chat, builder):

@@ -143,6 +143,34 @@ def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run, m
             assert compared["arms"]["base"][n][key] == written["num_docs"][n][key]
 
 
+def test_eval_search_and_compare_score_the_same_questions_by_objectives(cache, tmp_path, memtrain_run):
+    """eval-search at 1 and 2 objectives an episode scores the same dev questions at both; compare with a search
+    config evaluates every arm on them (the base row is eval-search's, the same seeds)."""
+    from memtrain_jax.tasks import AgentSetup
+    from memtrain_jax.tools import downstream
+
+    source, _ = memtrain_run
+    config = downstream.qa_config(run_config("task.py:tiny,search", cache), "search_qa", limit=4)
+    results = downstream.eval_search(config, str(tmp_path / "search"), [1, 2])
+    with open(tmp_path / "search" / "search_results.json", encoding="utf-8") as f:
+        written = json.load(f)
+    ids = [r.id for r in AgentSetup.build(config, log=None).qa.dev_questions]
+    assert len(ids) == 4 and written["questions"] == 4 and set(written["objectives"]) == {"1", "2"}
+    for k, episodes in (("1", 4), ("2", 2)):
+        cell = written["objectives"][k]
+        assert cell["episodes"] == episodes and cell["items"]["id"] == ids and cell["questions"] == 4
+        assert cell["em"] == np.mean(cell["items"]["em"]) and 0 <= cell["malformed"] <= 1
+    compared = downstream.compare(config, str(tmp_path / "compare"), [("memtrain", str(source))], objectives=[1, 2])
+    assert compared["task"] == "search_qa" and list(compared["arms"]) == ["base", "memtrain"]
+    timing = ("seconds", "questions_per_s", "tokens_per_s")
+    for k in ("1", "2"):
+        base = {key: v for key, v in compared["arms"]["base"][k].items() if key not in timing}
+        assert base == {key: v for key, v in results["objectives"][k].items() if key not in timing}
+        assert compared["arms"]["memtrain"][k]["items"]["id"] == ids
+    with pytest.raises(ValueError, match="positive numbers of questions"):
+        downstream.eval_search(config, str(tmp_path / "bad"), [0])
+
+
 def test_bad_downstream_arguments(cache, tmp_path, memtrain_run):
     from memtrain_jax.tools import downstream
 

@@ -272,16 +272,16 @@ def _average(table: dict[str, Any], lengths: Sequence[int], metric: str) -> tupl
     return float(np.mean([c[metric] for c in cells])), float("nan"), float("nan")
 
 
-def format_table(tables: dict[str, dict[str, Any]], metric: str = "sub_em") -> str:
-    """Rows: arm (or reader); columns: lengths and their average; cells: `metric` x 100 with its 95 % interval
-    (Table 1's layout; n questions per cell in the last line).
+def format_table(tables: dict[str, dict[str, Any]], metric: str = "sub_em", unit: str = "documents") -> str:
+    """Rows: arm (or reader); columns: lengths (in `unit`: documents, or search QA's objectives) and their
+    average; cells: `metric` x 100 with its 95 % interval (Table 1's layout; n questions per cell in the last line).
 
-    tables: {row name: {num_docs: figures}}."""
+    tables: {row name: {length: figures}}."""
     lengths = sorted({int(n) for table in tables.values() for n in table})
     header = f"{metric + ' x 100 [95% CI]':28s}" + "".join(f"{n:>20d}" for n in lengths) + f"{'avg':>20s}"
     lines = [
         header,
-        f"{'(documents; mean tokens)':28s}" + "".join(f"{_mean_tokens(tables, n):>20.0f}" for n in lengths),
+        f"{f'({unit}; mean tokens)':28s}" + "".join(f"{_mean_tokens(tables, n):>20.0f}" for n in lengths),
     ]
     for name, table in tables.items():
         cells = ""

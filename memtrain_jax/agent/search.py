@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from memtrain_jax import stats
 from memtrain_jax.agent.policy import Policy
 from memtrain_jax.agent.prompts import PromptBuilder
 from memtrain_jax.agent.rollout import AgentTrajectory, Episode, Reply, RolloutBatch, call_seed, replies_from_output
 from memtrain_jax.config import section_values
-from memtrain_jax.data.qa import QARecord
+from memtrain_jax.data.qa import QARecord, join_questions, objective_groups
 from memtrain_jax.data.retrieval import Retriever
+from memtrain_jax.rewards import objective_scores
 from memtrain_jax.tokenizer.base import Tokenizer
 
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>\s*$", re.DOTALL)
@@ -174,3 +177,82 @@ def search_metrics(batch: RolloutBatch) -> dict[str, float]:
         "no_answer": sum(t.failure == "no answer" for t in trajectories) / n,
         "turns_mean": float(np.mean([len(t.memory_turns) + 1 for t in trajectories])) if trajectories else 0.0,
     }
+
+
+def evaluate_search(
+    policy: Policy,
+    questions: Sequence[QARecord],
+    objectives: Sequence[int],
+    builder: PromptBuilder,
+    tokenizer: Tokenizer,
+    retriever: Retriever,
+    corpus: Sequence[tuple[str, str]],
+    config: SearchConfig,
+    *,
+    seed: int,
+    batch_size: int,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Search QA of `questions` joined k at a time (data.qa.objective_groups, fixed by `seed`) for each k of
+    `objectives`, one episode a joined question: {str(k): figures}, the layout of agent.qa.score_table, so
+    the long-text QA tables print it and pair two arms on it.
+
+    figures: `em`, the share of questions whose sub-answer matches (SQuAD-normalised), with its Wilson 95 %
+    interval (`em_interval`; the sub-answers of one episode count as separate questions, though they share a
+    search); `items` = {"id": the covered questions' ids in `questions`' order, "em": 0/1 each}; the shares of
+    episodes that ended malformed or without an answer (`malformed`, `no_answer`, Wilson intervals alike);
+    `turns_mean`; `questions`, `episodes`; `mean_tokens` (prompt and reply tokens an episode processes);
+    `seconds`, `questions_per_s`, `tokens_per_s`."""
+    single = dataclasses.replace(config, group_size=1)
+    table: dict[str, Any] = {}
+    for k in objectives:
+        groups = objective_groups(len(questions), int(k), seed)
+        if not groups:
+            raise ValueError(f"{len(questions)} questions cannot make one episode of {k} objectives.")
+        records = [join_questions([questions[i] for i in g]) if len(g) > 1 else questions[g[0]] for g in groups]
+        start = time.perf_counter()
+        trajectories: list[tuple[int, SearchTrajectory]] = []  # (the episode's index in `records`, its trajectory)
+        for b in range(0, len(records), batch_size):
+            rows = records[b : b + batch_size]
+            result = search_rollout(
+                policy, rows, builder, tokenizer, retriever, corpus, single, seed=seed, step=b // batch_size,
+                episode_ids=range(b, b + len(rows)),
+            )  # fmt: skip
+            trajectories.extend((b + t.episode, t) for t in result.trajectories)
+        seconds = time.perf_counter() - start
+        match: dict[int, float] = {}
+        for e, t in trajectories:
+            scores = objective_scores(t.prediction, records[e].golds, config.separator)
+            match.update(zip(groups[e], scores, strict=True))
+        covered = sorted(match)
+        em = [float(match[i]) for i in covered]
+        trajectories = [t for _, t in trajectories]
+        episodes = len(trajectories)
+        processed = [sum(len(r.prompt) + len(r.response) for r in [*t.memory_turns, t.answer]) for t in trajectories]
+        shares = {
+            "malformed": sum(t.failure.startswith("malformed") for t in trajectories),
+            "no_answer": sum(t.failure == "no answer" for t in trajectories),
+        }
+        table[str(k)] = {
+            "em": float(np.mean(em)),
+            "em_interval": list(stats.wilson_interval(sum(em), len(em))),
+            "items": {"id": [questions[i].id for i in covered], "em": em},
+            **{name: count / episodes for name, count in shares.items()},
+            **{f"{name}_interval": list(stats.wilson_interval(count, episodes)) for name, count in shares.items()},
+            "turns_mean": float(np.mean([len(t.memory_turns) + 1 for t in trajectories])),
+            "questions": len(em),
+            "episodes": episodes,
+            "mean_tokens": float(np.mean(processed)),
+            "seconds": seconds,
+            "questions_per_s": len(em) / seconds if seconds > 0 else float("nan"),
+            "tokens_per_s": sum(processed) / seconds if seconds > 0 else float("nan"),
+        }
+        if log:
+            row = table[str(k)]
+            log(
+                f"[eval-search] {episodes} episodes of {k} objective(s): em {row['em']:.3f} "
+                f"[{row['em_interval'][0]:.3f}, {row['em_interval'][1]:.3f}] over {len(em)} questions, malformed "
+                f"{row['malformed']:.2f}, no answer {row['no_answer']:.2f}, turns {row['turns_mean']:.2f} "
+                f"({seconds:.0f}s)"
+            )
+    return table

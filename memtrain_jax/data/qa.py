@@ -421,17 +421,23 @@ def join_questions(records: Sequence[QARecord], separator: str = ";") -> QARecor
     )
 
 
-def multi_objective(records: Sequence[QARecord], num_objectives: int, seed: int) -> list[QARecord]:
-    """Records joined `num_objectives` at a time, in an order fixed by `seed` (a remainder is left out)."""
+def objective_groups(num_records: int, num_objectives: int, seed: int) -> list[list[int]]:
+    """Indices of the records each multi-objective question joins: `num_objectives` at a time, in an order fixed
+    by `seed` (a remainder is left out); one record each when `num_objectives` is 1."""
     if num_objectives < 1:
         raise ValueError(f"num_objectives must be >= 1, got {num_objectives}.")
     if num_objectives == 1:
+        return [[i] for i in range(num_records)]
+    order = np.random.default_rng([int(seed), 4242]).permutation(num_records).tolist()
+    return [order[i : i + num_objectives] for i in range(0, num_records - num_objectives + 1, num_objectives)]
+
+
+def multi_objective(records: Sequence[QARecord], num_objectives: int, seed: int) -> list[QARecord]:
+    """Records joined `num_objectives` at a time (`objective_groups`)."""
+    groups = objective_groups(len(records), num_objectives, seed)
+    if num_objectives == 1:
         return list(records)
-    order = np.random.default_rng([int(seed), 4242]).permutation(len(records)).tolist()
-    return [
-        join_questions([records[j] for j in order[i : i + num_objectives]])
-        for i in range(0, len(order) - num_objectives + 1, num_objectives)
-    ]
+    return [join_questions([records[j] for j in group]) for group in groups]
 
 
 # --- the QA sets prepared from the pool ----------------------------------------------------------------

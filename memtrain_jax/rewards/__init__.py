@@ -4,6 +4,7 @@ extract_boxed(text) -> str | None          content of the last \\boxed{...}
 exact_match(prediction, golds) -> float    the training verifier, 1.0 or 0.0
 qa_scores(prediction, golds) -> dict       SQuAD-normalised em, sub_em, f1
 objective_score(prediction, golds, sep)    search QA's verifier: EM averaged over sub-questions
+objective_scores(prediction, golds, sep)   the same, one EM a sub-question
 score_memory_agent(batch, agent), score_search(batch, golds, sep)
                                            a rollout's answers and verifier scores (rollouts return text only)
 REWARDS, reward(name)                      the reward columns R_E may weigh (agent.rewards), and their registry
@@ -18,6 +19,7 @@ from memtrain_jax.rewards.answers import (
     normalize_squad,
     normalize_strict,
     objective_score,
+    objective_scores,
     qa_scores,
 )
 from memtrain_jax.rewards.columns import (
@@ -46,6 +48,7 @@ __all__ = [
     "normalize_squad",
     "normalize_strict",
     "objective_score",
+    "objective_scores",
     "score_memory_agent",
     "score_search",
     "qa_scores",

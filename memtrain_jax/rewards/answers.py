@@ -164,10 +164,16 @@ def extract_answer(text: str, extractor: str = "boxed", last_chars: int = 0) -> 
     return _ANSWER_PREFIX.sub("", lines[-1]).strip().strip("*").strip() or None
 
 
-def objective_score(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> float:
-    """Search QA's verifier: exact match (SQuAD-normalised) averaged over the sub-questions of a multi-objective
-    question, whose answers come in order separated by `separator`; a missing sub-answer scores 0."""
+def objective_scores(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> list[float]:
+    """Search QA's verifier per sub-question: the exact match (SQuAD-normalised) of each sub-question of a
+    multi-objective question [K], whose answers come in order separated by `separator`; a missing sub-answer
+    scores 0."""
     if prediction is None:
-        return 0.0
+        return [0.0] * len(golds)
     parts = [p.strip() for p in prediction.split(separator)] if len(golds) > 1 else [prediction]
-    return float(np.mean([qa_scores(parts[i], g)["em"] if i < len(parts) else 0.0 for i, g in enumerate(golds)]))
+    return [qa_scores(parts[i], g)["em"] if i < len(parts) else 0.0 for i, g in enumerate(golds)]
+
+
+def objective_score(prediction: str | None, golds: Sequence[Sequence[str]], separator: str = ";") -> float:
+    """Search QA's reward: `objective_scores` averaged over the sub-questions."""
+    return float(np.mean(objective_scores(prediction, golds, separator)))

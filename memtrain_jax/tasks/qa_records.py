@@ -28,6 +28,8 @@ class QATaskData:
     distractors: list[tuple[str, str]]
     corpus: list[tuple[str, str]]
     retriever: retrieval.Retriever | None = None
+    # search: the dev questions before they are joined into multi-objective ones (evaluated k at a time)
+    dev_questions: list[qa_data.QARecord] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, pool: list, *, search: bool, log: Log) -> QATaskData:
@@ -42,6 +44,7 @@ class QATaskData:
         train = qa_data.load_qa_file(qa.train_file or prepared["train"], qa.format)
         if qa.limit > 0:
             dev = dev[: int(qa.limit)]
+        dev_questions = dev
         if search:
             dev = qa_data.multi_objective(dev, int(qa.num_objectives), int(data.seed))
             train = qa_data.multi_objective(train, int(qa.num_objectives), int(data.seed))
@@ -56,7 +59,8 @@ class QATaskData:
                 rebuild=bool(data.retrieval.rebuild),
                 log=log,
             )
-        return cls(train, dev, qa_data.distractor_pool(pool, [*train, *dev]), corpus, retriever)
+        distractors = qa_data.distractor_pool(pool, [*train, *dev])
+        return cls(train, dev, distractors, corpus, retriever, dev_questions)
 
 
 class QARecordsTask:

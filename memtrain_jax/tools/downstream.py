@@ -4,11 +4,13 @@
   --baseline, the full-context reader, on the same questions; prints the table, writes
   DIR/results.json = {"num_docs": {"<n>": {em, sub_em, f1, questions, mean_tokens, ...}}, "readers": ...}
   (num_docs: the memory agent's figures), DIR/answers.jsonl and, with --plot, DIR/qa_accuracy.png.
-- eval-search: search QA (memtrain_jax/agent/search.py) on the multi-objective dev questions; writes
-  DIR/search_results.json.
-- compare: the paper's Table 1: long-text QA of several arms (the config's base model, then each
-  `name=WORKDIR` of --arms, restored from its latest checkpoint) on the same questions and lengths,
-  one row per arm; writes DIR/compare.json.
+- eval-search: search QA (memtrain_jax/agent/search.py) on the dev questions joined k at a time for each k of
+  --objectives (MEM1's multi-objective episodes); prints EM per question with its interval and the episodes'
+  action-format failures; writes DIR/search_results.json and, with --plot, DIR/search_accuracy.png.
+- compare: the paper's Table 1: long-text QA (or, with a search config, search QA by objectives) of several
+  arms (the config's base model, then each `name=WORKDIR` of --arms, restored from its latest checkpoint) on
+  the same questions and lengths, one row per arm, each arm minus the base paired on the same questions;
+  writes DIR/compare.json.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ import ml_collections
 
 from memtrain_jax.agent import SamplerPolicy
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
-from memtrain_jax.agent.search import search_metrics, search_rollout
+from memtrain_jax.agent.search import evaluate_search
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.config import apply_overrides, flatten
-from memtrain_jax.rewards import score_search
 from memtrain_jax.tasks import AgentSetup
 
 
@@ -157,42 +158,71 @@ def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = Fal
     return results
 
 
-def eval_search(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """`memtrain eval-search`: one episode per multi-objective dev question; prints and writes the figures."""
+def _search(setup: AgentSetup, params: Any, objectives: Sequence[int], log=print) -> dict[str, Any]:
+    return evaluate_search(
+        _eval_policy(setup, params),
+        setup.qa.dev_questions,
+        objectives,
+        setup.builder,
+        setup.tokenizer,
+        setup.qa.retriever,
+        setup.qa.corpus,
+        setup.search,
+        seed=int(setup.config.seed),
+        batch_size=int(setup.config.qa.batch_size),
+        log=log,
+    )
+
+
+def _objectives(config: ml_collections.ConfigDict, objectives: Sequence[int] | None) -> list[int]:
+    """--objectives (search QA's lengths: questions joined into one episode), default the config's."""
+    values = [int(k) for k in objectives] if objectives else [int(config.qa.num_objectives)]
+    if any(k < 1 for k in values):
+        raise ValueError(f"--objectives must be positive numbers of questions an episode, got {values}.")
+    return values
+
+
+def _print_search(tables: dict[str, dict[str, Any]]) -> None:
+    print("\n" + format_table(tables, "em", unit="objectives"))
+    if len(tables) > 1:
+        print(format_paired(tables, "em"))
+    for name, table in tables.items():
+        failures = ", ".join(
+            f"{k}: malformed {c['malformed']:.2f} [{c['malformed_interval'][0]:.2f}, {c['malformed_interval'][1]:.2f}]"
+            f", no answer {c['no_answer']:.2f}, turns {c['turns_mean']:.2f} ({c['episodes']} episodes)"
+            for k, c in table.items()
+        )
+        print(f"{name}: {failures}")
+
+
+def eval_search(
+    config: ml_collections.ConfigDict, workdir: str, objectives: Sequence[int] | None = None, *, plot: bool = False
+) -> dict[str, Any]:
+    """`memtrain eval-search`: the dev questions joined k at a time for each k of `objectives` (default
+    qa.num_objectives), one episode a joined question; prints the table and writes DIR/search_results.json =
+    {"objectives": {"<k>": figures (agent.search.evaluate_search)}, "questions", "model", "seconds"}."""
+    objectives = _objectives(config, objectives)
+    start = time.perf_counter()
     setup = AgentSetup.build(config)
     os.makedirs(workdir, exist_ok=True)
-    start = time.perf_counter()
-    policy = _eval_policy(setup, setup.policy.params)
-    search = dataclasses.replace(setup.search, group_size=1)
-    records = setup.qa.dev
-    batches = []
-    size = int(setup.config.qa.batch_size)
-    for b in range(0, len(records), size):
-        rows = records[b : b + size]
-        result = search_rollout(
-            policy,
-            rows,
-            setup.builder,
-            setup.tokenizer,
-            setup.qa.retriever,
-            setup.qa.corpus,
-            search,
-            seed=int(setup.config.seed),
-            step=b // size,
-            episode_ids=range(b, min(b + size, len(records))),
-        )
-        batches.append(score_search(result, [r.golds for r in rows], search.separator))
-    trajectories = [t for batch in batches for t in batch.trajectories]
-    merged = dataclasses.replace(batches[0], trajectories=trajectories)
-    figures = search_metrics(merged)
-    figures.update(questions=len(records), seconds=time.perf_counter() - start, model=setup.policy.description)
-    _write_json(os.path.join(workdir, "search_results.json"), figures)
-    print(
-        f"[eval-search] {len(records)} two-question episodes: EM (mean over sub-answers) {figures['score']:.3f}, "
-        f"malformed {figures['malformed']:.2f}, no answer {figures['no_answer']:.2f}, turns {figures['turns_mean']:.2f}"
-        f" ({figures['seconds']:.0f}s) -> {os.path.join(workdir, 'search_results.json')}"
-    )
-    return figures
+    table = _search(setup, setup.policy.params, objectives)
+    results = {
+        "objectives": table,
+        "questions": len(setup.qa.dev_questions),
+        "model": setup.policy.description,
+        "seconds": time.perf_counter() - start,
+    }
+    _write_json(os.path.join(workdir, "search_results.json"), results)
+    _print_search({"search agent": table})
+    print(f"\n[eval-search] {os.path.join(workdir, 'search_results.json')} ({results['seconds']:.0f}s in all)")
+    if plot:
+        from memtrain_jax.train.plots import plot_qa
+
+        print(plot_qa({"search agent": table}, os.path.join(workdir, "search_accuracy.png"), **_SEARCH_PLOT))
+    return results
+
+
+_SEARCH_PLOT = {"metrics": ("em",), "unit": "obj.", "title": "Search QA accuracy by objectives an episode"}
 
 
 def parse_arms(text: str) -> list[tuple[str, str]]:
@@ -215,9 +245,17 @@ def parse_arms(text: str) -> list[tuple[str, str]]:
 
 
 def compare(
-    config: ml_collections.ConfigDict, workdir: str, arms: Sequence[tuple[str, str]], *, plot: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    arms: Sequence[tuple[str, str]],
+    *,
+    plot: bool = False,
+    objectives: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """`memtrain compare`: every arm on the same long-text QA questions and lengths; one table row per arm."""
+    """`memtrain compare`: every arm on the same questions and lengths, one table row per arm: long-text QA at
+    qa.num_docs or, with a search config (task search_qa), search QA at `objectives` questions an episode."""
+    search = config.task == "search_qa"
+    objectives = _objectives(config, objectives) if search else None
     setup = AgentSetup.build(config)
     os.makedirs(workdir, exist_ok=True)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), setup.policy.params)
@@ -237,12 +275,14 @@ def compare(
                   f"its row is {same}'s, not evaluated again")  # fmt: skip
             rows[name] = rows[same]
             continue
-        table, _ = _long_qa(setup, params)
-        rows[name] = table["memory_agent"]
+        rows[name] = _search(setup, params, objectives) if search else _long_qa(setup, params)[0]["memory_agent"]
         evaluated.append((name, path, mark))
-    results = {"arms": rows, "workdirs": dict(arms), "steps": steps, "questions": len(setup.qa.dev)}
+    questions = len(setup.qa.dev_questions if search else setup.qa.dev)
+    results = {"task": setup.config.task, "arms": rows, "workdirs": dict(arms), "steps": steps, "questions": questions}
     _write_json(os.path.join(workdir, "compare.json"), results)
-    for metric in ("sub_em", "em", "f1"):
+    if search:
+        _print_search(rows)
+    for metric in () if search else ("sub_em", "em", "f1"):
         print("\n" + format_table(rows, metric))
         if len(rows) > 1:
             print(format_paired(rows, metric))
@@ -250,7 +290,7 @@ def compare(
     if plot:
         from memtrain_jax.train.plots import plot_qa
 
-        print(plot_qa(rows, os.path.join(workdir, "compare_accuracy.png")))
+        print(plot_qa(rows, os.path.join(workdir, "compare_accuracy.png"), **(_SEARCH_PLOT if search else {})))
     return results
 
 

@@ -84,10 +84,10 @@ COMMANDS = {
     "plot": ("writes the run's curves as a PNG (--out, default WORKDIR/curves.png)", ("out",)),
     "chat": ("one chat reply from the config's policy: is the model loaded right?", ("prompt", "max_new_tokens")),
     "eval-qa": ("long-text QA by context length", ("qa-file", "num-docs", "limit", "baseline", "plot")),
-    "eval-search": ("search QA (MEM1's loop) over the pool", ("limit",)),
+    "eval-search": ("search QA (MEM1's loop) over the pool, by objectives an episode", ("objectives", "limit", "plot")),
     "compare": (
         "the paper's Table 1: the base model and each --arms name=RUN",
-        ("arms", "qa-file", "num-docs", "limit", "plot"),
+        ("arms", "qa-file", "num-docs", "objectives", "limit", "plot"),
     ),
     "compare-runs": (
         "MemTrain runs as arms on the same held-out episodes (their eval records): intervals, paired differences",
@@ -115,6 +115,9 @@ _PROMPT = flags.DEFINE_string(
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "chat reply budget.")
 _QA_FILE = flags.DEFINE_string("qa-file", None, "eval-qa/compare: a HotpotQA JSON, SQuAD JSON or JSONL file.")
 _NUM_DOCS = flags.DEFINE_list("num-docs", None, "eval-qa/compare: context lengths in documents, e.g. 50,200.")
+_OBJECTIVES = flags.DEFINE_list(
+    "objectives", None, "eval-search/compare (search config): questions joined into one episode, e.g. 1,2."
+)
 _LIMIT = flags.DEFINE_integer(
     "limit", None, "eval-qa/eval-search/compare: the first N questions (0 = all); diagnose: held-out episodes."
 )
@@ -460,12 +463,14 @@ def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     if _LIMIT.value is not None and _LIMIT.value < 0:
         raise UsageError(f"--limit must be >= 0 (0 = every question), got {_LIMIT.value}.")
     workdir = _WORKDIR.value or os.path.join("runs", command)
-    if command == "eval-search":
-        task = "search_qa"
-    elif config.get("task", "memtrain") == "search_qa":
-        raise UsageError(f"{command} evaluates long-text QA; use a long-text config (not ...:search).")
-    else:
-        task = "long_qa"
+    search = command == "eval-search" or (command == "compare" and config.get("task", "memtrain") == "search_qa")
+    if command == "eval-qa" and config.get("task", "memtrain") == "search_qa":
+        raise UsageError("eval-qa evaluates long-text QA; use a long-text config (not ...:search), or eval-search.")
+    if _OBJECTIVES.value and not search:
+        raise UsageError("--objectives sets search QA's lengths; use it with eval-search or a search config.")
+    if _NUM_DOCS.value and search:
+        raise UsageError("--num-docs sets long-text QA's lengths; search QA's are --objectives.")
+    task = "search_qa" if search else "long_qa"
     arms = downstream.parse_arms(_ARMS.value) if command == "compare" else []  # before any model is loaded
     config = downstream.qa_config(
         config,
@@ -478,9 +483,9 @@ def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     if command == "eval-qa":
         downstream.eval_qa(config, workdir, plot=_PLOT.value)
     elif command == "eval-search":
-        downstream.eval_search(config, workdir)
+        downstream.eval_search(config, workdir, _OBJECTIVES.value, plot=_PLOT.value)
     else:
-        downstream.compare(config, workdir, arms, plot=_PLOT.value)
+        downstream.compare(config, workdir, arms, plot=_PLOT.value, objectives=_OBJECTIVES.value)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI

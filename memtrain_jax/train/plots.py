@@ -102,17 +102,23 @@ def qa_band(table: dict[str, dict], metric: str) -> tuple[np.ndarray, np.ndarray
     return np.asarray(lo, np.float64), np.asarray(hi, np.float64)
 
 
-def plot_qa(tables: dict[str, dict[str, dict]], out: str) -> str:
-    """Accuracy (sub-EM, EM, F1) against context length (mean tokens, log scale), one line per reader or arm with
-    its 95 % interval band;
-    tables: {name: {num_docs: figures}} as memtrain_jax.agent.qa.score_table writes them. Returns `out`."""
+def plot_qa(
+    tables: dict[str, dict[str, dict]],
+    out: str,
+    metrics: tuple[str, ...] = ("sub_em", "em", "f1"),
+    unit: str = "docs",
+    title: str = "Long-text QA accuracy by context length",
+) -> str:
+    """Accuracy (`metrics`) against context length (mean tokens, log scale), one line per reader or arm with
+    its 95 % interval band, each point named by its length in `unit` (documents, or search QA's objectives);
+    tables: {name: {length: figures}} as memtrain_jax.agent.qa.score_table writes them. Returns `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, metric in zip(axes, ("sub_em", "em", "f1"), strict=True):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for name, table in tables.items():
             lengths = sorted(table, key=int)
             tokens = [table[n]["mean_tokens"] for n in lengths]
@@ -121,14 +127,14 @@ def plot_qa(tables: dict[str, dict[str, dict]], out: str) -> str:
             if band is not None:
                 ax.fill_between(tokens, 100 * band[0], 100 * band[1], color=line.get_color(), alpha=0.15, lw=0)
             for x, n in zip(tokens, lengths, strict=True):
-                ax.annotate(f"{n} docs", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
+                ax.annotate(f"{n} {unit}", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
         ax.set_xscale("log")
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel(f"{metric} x 100")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Long-text QA accuracy by context length")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
