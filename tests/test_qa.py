@@ -453,8 +453,10 @@ def test_search_evaluation_scores_each_question_at_each_number_of_objectives(
     policy = ScriptedPolicy(tokenizer, script, chat.stop_tokens(tokenizer)[0])
     corpus = [(p.title, p.text) for p in pool]
     config = SearchConfig(max_turns=2, top_k=3, turn_tokens=64, information_tokens=200)
-    table = evaluate_search(policy, questions, [1, 2], builder, tokenizer, bm25, corpus, config, seed=0,
-                            batch_size=3, log=None)  # fmt: skip
+    table, answers = evaluate_search(policy, questions, [1, 2], builder, tokenizer, bm25, corpus, config, seed=0,
+                                     batch_size=3, log=None)  # fmt: skip
+    assert [a["objectives"] for a in answers] == [1] * 8 + [2] * 4
+    assert sorted(i for a in answers[8:] for i in a["ids"]) == sorted(r.id for r in questions)
     by_id = {r.id: r for r in questions}
     for k, episodes in ((1, [[r] for r in questions]), (2, [[by_id[i] for i in j.id.split("+")] for j in
                                                                qa.multi_objective(questions, 2, seed=0)])):  # fmt: skip

@@ -160,6 +160,8 @@ def test_eval_search_and_compare_score_the_same_questions_by_objectives(cache, t
         cell = written["objectives"][k]
         assert cell["episodes"] == episodes and cell["items"]["id"] == ids and cell["questions"] == 4
         assert cell["em"] == np.mean(cell["items"]["em"]) and 0 <= cell["malformed"] <= 1
+    with open(tmp_path / "search" / "search_answers.jsonl", encoding="utf-8") as f:
+        assert len(f.readlines()) == 4 + 2  # one line an episode
     compared = downstream.compare(config, str(tmp_path / "compare"), [("memtrain", str(source))], objectives=[1, 2])
     assert compared["task"] == "search_qa" and list(compared["arms"]) == ["base", "memtrain"]
     timing = ("seconds", "questions_per_s", "tokens_per_s")

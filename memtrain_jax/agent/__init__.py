@@ -25,13 +25,14 @@ from memtrain_jax.agent.rollout import (
     rollout,
 )
 from memtrain_jax.agent.scripted import ScriptedPolicy
-from memtrain_jax.agent.search import SearchConfig, SearchTrajectory, parse_action, search_rollout
+from memtrain_jax.agent.search import SearchConfig, SearchTrajectory, evaluate_search, parse_action, search_rollout
 
 __all__ = [
     "KIND_IDS",
     "QAAnswer",
     "SearchConfig",
     "evaluate_long_qa",
+    "evaluate_search",
     "format_paired",
     "format_table",
     "SearchTrajectory",

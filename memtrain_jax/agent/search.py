@@ -192,10 +192,11 @@ def evaluate_search(
     seed: int,
     batch_size: int,
     log: Callable[[str], None] | None = print,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Search QA of `questions` joined k at a time (data.qa.objective_groups, fixed by `seed`) for each k of
-    `objectives`, one episode a joined question: {str(k): figures}, the layout of agent.qa.score_table, so
-    the long-text QA tables print it and pair two arms on it.
+    `objectives`, one episode a joined question: ({str(k): figures}, answers). The figures have the layout of
+    agent.qa.score_table, so the long-text QA tables print them and pair two arms on them; answers: one dict
+    per episode (objectives, question ids, the final reply, the parsed answer, golds, failure, turns).
 
     figures: `em`, the share of questions whose sub-answer matches (SQuAD-normalised), with its Wilson 95 %
     interval (`em_interval`; the sub-answers of one episode count as separate questions, though they share a
@@ -205,6 +206,7 @@ def evaluate_search(
     `seconds`, `questions_per_s`, `tokens_per_s`."""
     single = dataclasses.replace(config, group_size=1)
     table: dict[str, Any] = {}
+    answers: list[dict[str, Any]] = []
     for k in objectives:
         groups = objective_groups(len(questions), int(k), seed)
         if not groups:
@@ -224,6 +226,11 @@ def evaluate_search(
         for e, t in trajectories:
             scores = objective_scores(t.prediction, records[e].golds, config.separator)
             match.update(zip(groups[e], scores, strict=True))
+            answers.append({
+                "objectives": int(k), "ids": [questions[i].id for i in groups[e]], "reply": t.answer_text,
+                "prediction": t.prediction, "golds": [list(g) for g in records[e].golds], "em": scores,
+                "failure": t.failure, "turns": len(t.memory_turns) + 1,
+            })  # fmt: skip
         covered = sorted(match)
         em = [float(match[i]) for i in covered]
         trajectories = [t for _, t in trajectories]
@@ -255,4 +262,4 @@ def evaluate_search(
                 f"{row['malformed']:.2f}, no answer {row['no_answer']:.2f}, turns {row['turns_mean']:.2f} "
                 f"({seconds:.0f}s)"
             )
-    return table
+    return table, answers

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from memtrain_jax.agent import SamplerPolicy
+from memtrain_jax.agent import SamplerPolicy, evaluate_search
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
-from memtrain_jax.agent.search import evaluate_search
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.config import apply_overrides, flatten
 from memtrain_jax.tasks import AgentSetup
@@ -158,7 +157,7 @@ def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = Fal
     return results
 
 
-def _search(setup: AgentSetup, params: Any, objectives: Sequence[int], log=print) -> dict[str, Any]:
+def _search(setup: AgentSetup, params: Any, objectives: Sequence[int], log=print) -> tuple[dict[str, Any], list]:
     return evaluate_search(
         _eval_policy(setup, params),
         setup.qa.dev_questions,
@@ -200,12 +199,13 @@ def eval_search(
 ) -> dict[str, Any]:
     """`memtrain eval-search`: the dev questions joined k at a time for each k of `objectives` (default
     qa.num_objectives), one episode a joined question; prints the table and writes DIR/search_results.json =
-    {"objectives": {"<k>": figures (agent.search.evaluate_search)}, "questions", "model", "seconds"}."""
+    {"objectives": {"<k>": figures (agent.search.evaluate_search)}, "questions", "model", "seconds"} and
+    DIR/search_answers.jsonl (each episode's reply, answer, golds and failure)."""
     objectives = _objectives(config, objectives)
     start = time.perf_counter()
     setup = AgentSetup.build(config)
     os.makedirs(workdir, exist_ok=True)
-    table = _search(setup, setup.policy.params, objectives)
+    table, answers = _search(setup, setup.policy.params, objectives)
     results = {
         "objectives": table,
         "questions": len(setup.qa.dev_questions),
@@ -213,6 +213,9 @@ def eval_search(
         "seconds": time.perf_counter() - start,
     }
     _write_json(os.path.join(workdir, "search_results.json"), results)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "search_answers.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(a) + "\n" for a in answers)
     _print_search({"search agent": table})
     print(f"\n[eval-search] {os.path.join(workdir, 'search_results.json')} ({results['seconds']:.0f}s in all)")
     if plot:
@@ -275,7 +278,7 @@ def compare(
                   f"its row is {same}'s, not evaluated again")  # fmt: skip
             rows[name] = rows[same]
             continue
-        rows[name] = _search(setup, params, objectives) if search else _long_qa(setup, params)[0]["memory_agent"]
+        rows[name] = _search(setup, params, objectives)[0] if search else _long_qa(setup, params)[0]["memory_agent"]
         evaluated.append((name, path, mark))
     questions = len(setup.qa.dev_questions if search else setup.qa.dev)
     results = {"task": setup.config.task, "arms": rows, "workdirs": dict(arms), "steps": steps, "questions": questions}
