@@ -296,6 +296,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--attention", default=None, help="override ModelConfig.attention (e.g. reference, blocked)")
     parser.add_argument(
+        "--attention-blocks", default=None, help="Q,KV: override the blocked backend's query and key block sizes"
+    )
+    parser.add_argument(
         "--matmul-precision", default="highest", help="jax_default_matmul_precision (torch runs full float32)"
     )
     args = parser.parse_args(argv)
@@ -349,6 +352,9 @@ def main(argv=None) -> None:
         config, params, weights = model_weights(name, MODELS[name], use_gguf=not args.random_weights)
         if args.attention:
             config = config.replace(attention=args.attention)
+        if args.attention_blocks:
+            block_q, block_kv = (int(b) for b in args.attention_blocks.split(","))
+            config = config.replace(attention_block_q=block_q, attention_block_kv=block_kv)
         config = config.replace(max_position_embeddings=max(config.max_position_embeddings, 8192))
         hf = None if args.no_hf else hf_model(config, params, torch_device, args.dtype)  # exported in float32
         if args.dtype != "float32":  # weights stored and computed in args.dtype on both sides

@@ -167,15 +167,26 @@ def search_rollout(
     return RolloutBatch(episodes, rows, 0, calls, g, 0)
 
 
+def _failures(trajectories: Sequence[AgentTrajectory]) -> dict[str, int]:
+    """How many episodes ended malformed, and how many without an answer."""
+    return {
+        "malformed": sum(t.failure.startswith("malformed") for t in trajectories),
+        "no_answer": sum(t.failure == "no answer" for t in trajectories),
+    }
+
+
+def _turns_mean(trajectories: Sequence[AgentTrajectory]) -> float:
+    return float(np.mean([len(t.memory_turns) + 1 for t in trajectories])) if trajectories else 0.0
+
+
 def search_metrics(batch: RolloutBatch) -> dict[str, float]:
     """Score, failures and turns of a search rollout (the credit metrics add rewards and advantages)."""
     trajectories = batch.trajectories
     n = max(len(trajectories), 1)
     return {
         "score": float(np.mean([t.correct for t in trajectories])) if trajectories else 0.0,
-        "malformed": sum(t.failure.startswith("malformed") for t in trajectories) / n,
-        "no_answer": sum(t.failure == "no answer" for t in trajectories) / n,
-        "turns_mean": float(np.mean([len(t.memory_turns) + 1 for t in trajectories])) if trajectories else 0.0,
+        **{name: count / n for name, count in _failures(trajectories).items()},
+        "turns_mean": _turns_mean(trajectories),
     }
 
 
@@ -236,17 +247,14 @@ def evaluate_search(
         trajectories = [t for _, t in trajectories]
         episodes = len(trajectories)
         processed = [sum(len(r.prompt) + len(r.response) for r in [*t.memory_turns, t.answer]) for t in trajectories]
-        shares = {
-            "malformed": sum(t.failure.startswith("malformed") for t in trajectories),
-            "no_answer": sum(t.failure == "no answer" for t in trajectories),
-        }
+        shares = _failures(trajectories)
         table[str(k)] = {
             "em": float(np.mean(em)),
             "em_interval": list(stats.wilson_interval(sum(em), len(em))),
             "items": {"id": [questions[i].id for i in covered], "em": em},
             **{name: count / episodes for name, count in shares.items()},
             **{f"{name}_interval": list(stats.wilson_interval(count, episodes)) for name, count in shares.items()},
-            "turns_mean": float(np.mean([len(t.memory_turns) + 1 for t in trajectories])),
+            "turns_mean": _turns_mean(trajectories),
             "questions": len(em),
             "episodes": episodes,
             "mean_tokens": float(np.mean(processed)),
