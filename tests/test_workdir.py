@@ -325,6 +325,9 @@ def test_help_lists_commands_and_flags():
         (["train", "--config", "configs/nope.py"], "Config file 'configs/nope.py' not found"),
         (["eval-qa", "--limit=-5"], "--limit must be >= 0"),
         (["compare", "--arms=a=/no/such/run"], "workdir '/no/such/run' does not exist"),
+        (["eval-qa", "--objectives=1,2"], "--objectives sets search QA's lengths"),
+        (["eval-search", "--num-docs=5"], "--num-docs sets long-text QA's lengths"),
+        (["eval-search", "--objectives=0"], "--objectives must be positive numbers of questions an episode, got [0]"),
     ],
 )
 def test_refusals_are_one_line_with_exit_code_2(args, message):
