@@ -225,7 +225,7 @@ def eval_search(
     return results
 
 
-_SEARCH_PLOT = {"metrics": ("em",), "unit": "obj.", "title": "Search QA accuracy by objectives an episode"}
+_SEARCH_PLOT = {"metrics": ("em",), "unit": "objectives (questions an episode)", "title": "Search QA accuracy"}
 
 
 def parse_arms(text: str) -> list[tuple[str, str]]:

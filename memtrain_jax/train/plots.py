@@ -106,12 +106,14 @@ def plot_qa(
     tables: dict[str, dict[str, dict]],
     out: str,
     metrics: tuple[str, ...] = ("sub_em", "em", "f1"),
-    unit: str = "docs",
+    unit: str = "",
     title: str = "Long-text QA accuracy by context length",
 ) -> str:
-    """Accuracy (`metrics`) against context length (mean tokens, log scale), one line per reader or arm with
-    its 95 % interval band, each point named by its length in `unit` (documents, or search QA's objectives);
-    tables: {name: {length: figures}} as memtrain_jax.agent.qa.score_table writes them. Returns `out`."""
+    """Accuracy (`metrics`) against context length, one line per reader or arm with its 95 % interval band:
+    long-text QA (`unit` ""): x = the cell's mean tokens (log scale), each point named by its documents; with a
+    `unit` (search QA's "objectives"): x = the length itself in that unit, since an episode's tokens depend on how
+    the agent behaves. tables: {name: {length: figures}} as memtrain_jax.agent.qa.score_table writes them.
+    Returns `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,15 +123,20 @@ def plot_qa(
     for ax, metric in zip(axes[0], metrics, strict=True):
         for name, table in tables.items():
             lengths = sorted(table, key=int)
-            tokens = [table[n]["mean_tokens"] for n in lengths]
-            (line,) = ax.plot(tokens, [100 * table[n][metric] for n in lengths], marker="o", label=name)
+            xs = [int(n) if unit else table[n]["mean_tokens"] for n in lengths]
+            (line,) = ax.plot(xs, [100 * table[n][metric] for n in lengths], marker="o", label=name)
             band = qa_band(table, metric)
             if band is not None:
-                ax.fill_between(tokens, 100 * band[0], 100 * band[1], color=line.get_color(), alpha=0.15, lw=0)
-            for x, n in zip(tokens, lengths, strict=True):
-                ax.annotate(f"{n} {unit}", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
-        ax.set_xscale("log")
-        ax.set_xlabel("context length (tokens)")
+                ax.fill_between(xs, 100 * band[0], 100 * band[1], color=line.get_color(), alpha=0.15, lw=0)
+            if not unit:
+                for x, n in zip(xs, lengths, strict=True):
+                    ax.annotate(f"{n} docs", (x, 0), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
+        if unit:
+            ax.set_xticks(sorted({int(n) for table in tables.values() for n in table}))
+            ax.set_xlabel(unit)
+        else:
+            ax.set_xscale("log")
+            ax.set_xlabel("context length (tokens)")
         ax.set_ylabel(f"{metric} x 100")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
