@@ -83,6 +83,16 @@ def write_directory_atomically(
             tmp.rmtree()
 
 
+def write_file_atomically(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to the local file `path` whole or not at all: written aside under a name of this process, then
+    renamed over it, so a reader (or a crash) never sees half a file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def content_key(payload: Any) -> str:
     """sha256 hex digest of a cache's inputs: a str as it is, anything else as JSON with sorted keys (objects
     JSON lacks by their str()). Equal inputs give equal keys; any changed input gives a new one."""

@@ -26,6 +26,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE, Unigram
 
+from memtrain_jax.atomic import write_file_atomically
 from memtrain_jax.checkpoint.hf import CONFIG_FILE, save_hf_checkpoint
 from memtrain_jax.config import UsageError
 from memtrain_jax.model.config import ModelConfig
@@ -264,11 +265,7 @@ def chat_template(chat: ChatFormat, tokenizer: HFTokenizer) -> str:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_file_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _token_ids(ids: Sequence[int]) -> int | list[int]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from memtrain_jax.atomic import write_file_atomically
 from memtrain_jax.data.entities import RuleEntityExtractor, valid_entities
 from memtrain_jax.data.masking import entity_pattern
 from memtrain_jax.data.types import Paragraph
@@ -241,10 +242,7 @@ def to_hotpotqa(records: Sequence[QARecord]) -> list[dict[str, Any]]:
 
 def write_hotpotqa(records: Sequence[QARecord], path: str) -> None:
     """Writes `records` as a HotpotQA JSON file (whole or not at all: written aside, then renamed)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(to_hotpotqa(records), f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    write_file_atomically(path, json.dumps(to_hotpotqa(records), ensure_ascii=False, indent=1))
 
 
 # --- QA sets from the paragraph pool ------------------------------------------------------------------

@@ -28,6 +28,7 @@ import ml_collections
 
 from memtrain_jax.agent import SamplerPolicy, evaluate_search
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
+from memtrain_jax.atomic import write_file_atomically
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
 from memtrain_jax.config import apply_overrides, flatten
 from memtrain_jax.tasks import AgentSetup
@@ -116,12 +117,13 @@ def _equal_trees(a: Any, b: Any) -> bool:
 
 
 def _write_json(path: str, value: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    if jax.process_index() == 0:  # every process evaluates; process 0 writes
+        write_file_atomically(path, json.dumps(value, indent=1))
+
+
+def _write_jsonl(path: str, rows: Sequence[Any]) -> None:
+    if jax.process_index() == 0:
+        write_file_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = False) -> dict[str, Any]:
@@ -140,10 +142,7 @@ def eval_qa(config: ml_collections.ConfigDict, workdir: str, *, plot: bool = Fal
         "seconds": time.perf_counter() - start,
     }
     _write_json(os.path.join(workdir, "results.json"), results)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "answers.jsonl"), "w", encoding="utf-8") as f:
-            for a in answers:
-                f.write(json.dumps(dataclasses.asdict(a)) + "\n")
+    _write_jsonl(os.path.join(workdir, "answers.jsonl"), [dataclasses.asdict(a) for a in answers])
     for metric in ("sub_em", "em", "f1"):
         print("\n" + format_table(tables, metric))
         if len(tables) > 1:
@@ -213,9 +212,7 @@ def eval_search(
         "seconds": time.perf_counter() - start,
     }
     _write_json(os.path.join(workdir, "search_results.json"), results)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "search_answers.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(a) + "\n" for a in answers)
+    _write_jsonl(os.path.join(workdir, "search_answers.jsonl"), answers)
     _print_search({"search agent": table})
     print(f"\n[eval-search] {os.path.join(workdir, 'search_results.json')} ({results['seconds']:.0f}s in all)")
     if plot:

@@ -463,8 +463,9 @@ def _downstream(command: str, config: ml_collections.ConfigDict) -> None:
     if _LIMIT.value is not None and _LIMIT.value < 0:
         raise UsageError(f"--limit must be >= 0 (0 = every question), got {_LIMIT.value}.")
     workdir = _WORKDIR.value or os.path.join("runs", command)
-    search = command == "eval-search" or (command == "compare" and config.get("task", "memtrain") == "search_qa")
-    if command == "eval-qa" and config.get("task", "memtrain") == "search_qa":
+    search_config = config.get("task", "memtrain") == "search_qa"
+    search = command == "eval-search" or (command == "compare" and search_config)
+    if command == "eval-qa" and search_config:
         raise UsageError("eval-qa evaluates long-text QA; use a long-text config (not ...:search), or eval-search.")
     if _OBJECTIVES.value and not search:
         raise UsageError("--objectives sets search QA's lengths; use it with eval-search or a search config.")
