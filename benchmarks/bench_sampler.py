@@ -5,9 +5,10 @@ One process measures everything side by side, so the ratios hold even on a share
 * the machine's physical limits: float32 matmul peak (jax, numpy and torch; the best of them is the
   peak) and copy bandwidth (bytes read + written);
 * per model, prompt length and batch: prefill and decode tokens/s of our sampler and of HF
-  transformers (torch, the same weights exported by our own HF writer, greedy, the same number of
-  tokens), each as a fraction of those limits, their ratios, greedy agreement, google-tunix's end
-  to end time, our compile time per program and our padding waste;
+  transformers (torch, the same weights exported by our own HF writer, the same number of tokens;
+  greedy, or with `--temperature T` both sampling the whole softmax at T), each as a fraction of
+  those limits, their ratios, greedy agreement, google-tunix's end to end time, our compile time
+  per program and our padding waste;
 * the rollout shape: a group of 8 identical prompts (a MemTrain first turn or recall probe) with
   and without our prefix sharing, beside transformers generating the same 8 rows.
 
@@ -123,8 +124,12 @@ class _Clock:
         pass
 
 
-def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> tuple[np.ndarray, float, float]:
-    """Greedy transformers generate of exactly `new_tokens` tokens: (new ids [B, N], prefill s, decode s)."""
+def hf_generate(
+    model, prompts: np.ndarray, new_tokens: int, device: str, temperature: float = 0.0
+) -> tuple[np.ndarray, float, float]:
+    """transformers generate of exactly `new_tokens` tokens, greedy or sampled from the whole tempered softmax
+    (top-k and top-p off, as ours): (new ids [B, N], prefill s, decode s)."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {}
     import torch
 
     ids = torch.from_numpy(prompts.astype(np.int64)).to(device)
@@ -136,7 +141,7 @@ def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> tup
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
-            do_sample=False,
+            **(sampling or {"do_sample": False}),
             streamer=clock,
         )
     if device != "cpu":
@@ -146,9 +151,9 @@ def hf_generate(model, prompts: np.ndarray, new_tokens: int, device: str) -> tup
     return out[:, prompts.shape[1] :].cpu().numpy(), first - start, end - first
 
 
-def bench_hf(model, prompts: np.ndarray, new_tokens: int, device: str, repeats: int) -> dict:
-    hf_generate(model, prompts[:, :8], 2, device)  # warm-up
-    runs = [hf_generate(model, prompts, new_tokens, device) for _ in range(repeats)]
+def bench_hf(model, prompts: np.ndarray, new_tokens: int, device: str, repeats: int, temperature: float = 0.0) -> dict:
+    hf_generate(model, prompts[:, :8], 2, device, temperature)  # warm-up
+    runs = [hf_generate(model, prompts, new_tokens, device, temperature) for _ in range(repeats)]
     return {
         "prefill_s": min(r[1] for r in runs),
         "decode_s": min(r[2] for r in runs),
@@ -223,15 +228,20 @@ def bench_tunix(config: ModelConfig, prompts: np.ndarray, new_tokens: int, repea
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_ours(sampler: Sampler, params, prompts: np.ndarray, new_tokens: int, repeats: int, share: bool) -> dict:
-    """Our greedy sampler: prefill and decode program times (best of `repeats`), compile times, tokens.
+def bench_ours(
+    sampler: Sampler, params, prompts: np.ndarray, new_tokens: int, repeats: int, share: bool, temperature: float = 0.0
+) -> dict:
+    """Our sampler (greedy, or sampled at `temperature`): prefill and decode program times (best of `repeats`),
+    compile times, tokens.
 
     The first call compiles; its run times (taken without compilation) count as a repeat.
     """
     known = set(sampler.compile_seconds)
     runs, out = [], None
     for _ in range(repeats):
-        out = sampler(params, prompts.tolist(), max_new_tokens=new_tokens, share_prefixes=share)
+        out = sampler(
+            params, prompts.tolist(), max_new_tokens=new_tokens, share_prefixes=share, temperature=temperature, seed=0
+        )
         runs.append(dict(sampler.last_timings))
     compiled = {name: s for name, s in sampler.compile_seconds.items() if name not in known}
     return {
@@ -292,6 +302,9 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--random-weights", action="store_true", help="do not load the SmolLM2 GGUF weights")
     parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; T > 0: both sides sample the whole softmax at T"
+    )
+    parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute of both sides"
     )
     parser.add_argument("--attention", default=None, help="override ModelConfig.attention (e.g. reference, blocked)")
@@ -341,7 +354,8 @@ def main(argv=None) -> None:
     if peaks:
         print("float32 matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GFLOP/s")
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); HF torch device: {torch_device}")
-    print(f"greedy everywhere; best of {repeats} run(s) per figure; new tokens per prompt length: "
+    drawn = f"sampled at temperature {args.temperature:g}" if args.temperature else "greedy"
+    print(f"{drawn} everywhere; best of {repeats} run(s) per figure; new tokens per prompt length: "
           + ", ".join(f"{p}: {new_tokens_for(p)}" for p in lengths))  # fmt: skip
     if tunix_error:
         print(f"tunix: {tunix_error}")
@@ -380,16 +394,19 @@ def main(argv=None) -> None:
                     limits.figures, config=config, weight_bytes=weight_bytes, batch=batch, prompt=prompt_length,
                     new=new_tokens,
                 )  # fmt: skip
-                ours = bench_ours(sampler, params, prompts, new_tokens, repeats, share=False)
+                ours = bench_ours(
+                    sampler, params, prompts, new_tokens, repeats, share=False, temperature=args.temperature
+                )
                 compiled = ", ".join(f"{k}: {v:.1f} s" for k, v in ours["compiled"].items()) or "none"
                 print(f"  {prompt_length:5d}, {batch:2d} | ours {fmt(ours)} | total {ours['total_s']:7.2f} s")
                 print(f"  {'':9} | compiled {compiled}")
                 row = f"{prompt_length:6d}, {batch:5d} | {fmt(ours):>44} | "
                 tunix_s = None
                 if hf is not None:
-                    ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats)
+                    ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats, args.temperature)
                     agree = float(np.mean(ref["tokens"] == ours["tokens"]))
-                    print(f"  {'':9} | HF   {fmt(ref)} | total {ref['total_s']:7.2f} s | greedy equal: {agree:.1%}")
+                    same = "" if args.temperature else f" | greedy equal: {agree:.1%}"  # samples differ by design
+                    print(f"  {'':9} | HF   {fmt(ref)} | total {ref['total_s']:7.2f} s{same}")
                     ratios = [f"{ref[key] / ours[key]:5.2f}x" for key in ("prefill_s", "decode_s", "total_s")]
                     row += f"{fmt(ref):>40} | {ratios[0]}, {ratios[1]}{'':11} | {ratios[2]}, "
                 else:
@@ -410,16 +427,18 @@ def main(argv=None) -> None:
         for prompt_length in rollout_lengths:
             new_tokens = new_tokens_for(prompt_length)
             prompts = np.repeat(rng.integers(3, config.vocab_size, size=(1, prompt_length)), args.group, axis=0)
-            shared = bench_ours(sampler, params, prompts, new_tokens, repeats, share=True)
-            alone = bench_ours(sampler, params, prompts, new_tokens, repeats, share=False)
-            assert np.array_equal(shared["tokens"], alone["tokens"]), "prefix sharing changed the greedy tokens"
+            t = args.temperature
+            shared = bench_ours(sampler, params, prompts, new_tokens, repeats, share=True, temperature=t)
+            alone = bench_ours(sampler, params, prompts, new_tokens, repeats, share=False, temperature=t)
+            # the same seed draws the same tokens with or without sharing (the rows' keys do not depend on it)
+            assert np.array_equal(shared["tokens"], alone["tokens"]), "prefix sharing changed the tokens"
             line = (
                 f"  rollout: {args.group} rows of one {prompt_length}-token prompt, {new_tokens} new | "
                 f"ours shared {shared['total_s']:6.2f} s (prefill {shared['prefill_s']:.2f}), "
                 f"not shared {alone['total_s']:6.2f} s (prefill {alone['prefill_s']:.2f})"
             )
             if hf is not None:
-                ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats)
+                ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats, args.temperature)
                 line += (
                     f" | HF {ref['total_s']:6.2f} s (prefill {ref['prefill_s']:.2f}) | HF/ours: shared "
                     f"{ref['total_s'] / shared['total_s']:.2f}x, not shared {ref['total_s'] / alone['total_s']:.2f}x"
