@@ -129,7 +129,9 @@ def hf_generate(
 ) -> tuple[np.ndarray, float, float]:
     """transformers generate of exactly `new_tokens` tokens, greedy or sampled from the whole tempered softmax
     (top-k and top-p off, as ours): (new ids [B, N], prefill s, decode s)."""
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {}
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    if not temperature:
+        sampling = {"do_sample": False}
     import torch
 
     ids = torch.from_numpy(prompts.astype(np.int64)).to(device)
@@ -141,7 +143,7 @@ def hf_generate(
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
-            **(sampling or {"do_sample": False}),
+            **sampling,
             streamer=clock,
         )
     if device != "cpu":
@@ -404,8 +406,8 @@ def main(argv=None) -> None:
                 tunix_s = None
                 if hf is not None:
                     ref = bench_hf(hf, prompts, new_tokens, torch_device, repeats, args.temperature)
-                    agree = float(np.mean(ref["tokens"] == ours["tokens"]))
-                    same = "" if args.temperature else f" | greedy equal: {agree:.1%}"  # samples differ by design
+                    agree = float(np.mean(ref["tokens"] == ours["tokens"]))  # samples differ by design: greedy only
+                    same = "" if args.temperature else f" | greedy equal: {agree:.1%}"
                     print(f"  {'':9} | HF   {fmt(ref)} | total {ref['total_s']:7.2f} s{same}")
                     ratios = [f"{ref[key] / ours[key]:5.2f}x" for key in ("prefill_s", "decode_s", "total_s")]
                     row += f"{fmt(ref):>40} | {ratios[0]}, {ratios[1]}{'':11} | {ratios[2]}, "

@@ -88,9 +88,14 @@ def write_file_atomically(path: str | os.PathLike, text: str) -> None:
     renamed over it, so a reader (or a crash) never sees half a file."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave the old file and no aside copy behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def content_key(payload: Any) -> str:

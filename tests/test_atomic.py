@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically
+from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically, write_file_atomically
 
 
 def test_content_key_is_sha256_of_sorted_json_or_of_the_text():
@@ -39,3 +39,18 @@ def test_a_failed_write_leaves_the_entry_as_it_was(tmp_path):
     # replace=False: an entry another process published first is kept.
     assert not write_directory_atomically(entry, lambda tmp: None, replace=False)
     assert pathlib.Path(entry, "a.txt").read_text() == "first"
+
+
+def test_a_file_is_replaced_whole_and_a_failed_write_leaves_it_and_nothing_else(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    write_file_atomically(path, "old")
+    write_file_atomically(path, "new")
+    assert path.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["results.json"]
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_file_atomically(path, "lost")
+    assert path.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["results.json"]
