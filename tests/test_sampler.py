@@ -12,6 +12,7 @@ from memtrain_jax.sampler import (
     Buckets,
     GenerationResult,
     Sampler,
+    draw_tokens,
     generate,
     prefill_prompts,
     sample,
@@ -98,6 +99,37 @@ def test_temperature_sampling_matches_tempered_softmax(params, sampler):
     assert chi_square_pvalue(tempered) > 1e-4
     # The test has power: the untempered distribution (a classic temperature bug) is rejected.
     assert chi_square_pvalue(np.exp(log_softmax(logits))) < 1e-6
+
+
+def test_draw_tokens_follows_the_softmax_and_never_draws_an_excluded_token():
+    """The two-level CDF inversion against softmax in float64: a chi-square test over 20,000 draws, with a vocab
+    that is not a whole number of blocks, a whole block excluded and tokens of probability ~1e-9."""
+    rows, v = 20000, 700  # 3 blocks of 256, the last one padded
+    logits = np.random.default_rng(0).normal(0.0, 2.0, v)
+    logits[256:512] = -np.inf  # a whole block
+    logits[[3, 600, v - 1]] = -np.inf
+    logits[[10, 20]] = logits[np.isfinite(logits)].max() - 25.0  # p ~ 1e-11: drawable in principle only
+    keys = jax.random.split(jax.random.key(7), rows)
+    batch = np.broadcast_to(logits, (rows, v)).astype(np.float32)
+    drawn = np.asarray(draw_tokens(keys, batch))
+    assert drawn.dtype == np.int32 and np.isfinite(logits[drawn]).all()
+    counts = np.bincount(drawn, minlength=v)
+
+    def chi_square_pvalue(x):
+        probs = np.exp(log_softmax(x))
+        expected = probs * rows
+        big = expected >= 5
+        return stats.chisquare(
+            np.append(counts[big], counts[~big].sum()), np.append(expected[big], expected[~big].sum())
+        ).pvalue
+
+    assert chi_square_pvalue(logits) > 1e-4  # fixed keys: a correct draw fails with probability 1e-4
+    assert chi_square_pvalue(logits * 1.1) < 1e-6  # power: a 10 % temperature error is rejected
+    # Each row depends on its own key and logits only (no batch coupling), and one finite token is always drawn.
+    np.testing.assert_array_equal(np.asarray(draw_tokens(keys[:5], batch[:5])), drawn[:5])
+    single = np.full((4, v), -np.inf, np.float32)
+    single[:, 530] = 0.0
+    assert np.asarray(draw_tokens(keys[:4], single)).tolist() == [530] * 4
 
 
 def allowed_mask(logits, temperature, top_k, top_p, margin):

@@ -341,9 +341,17 @@ def _word_tokenizer() -> HFTokenizer:
     return HFTokenizer.from_tokenizer(backend, eos_token="<|im_end|>", pad_token="<pad>")
 
 
-def test_memory_loop_learns_to_carry_a_token_forward():
+def test_memory_loop_raises_held_out_accuracy_on_a_task_only_a_memory_can_solve():
     """The real rollout -> credit -> update loop on a task only a memory can solve: the answer is the entity
-    word at the start of the one chunk, and the final turn sees only the (one-token) memory."""
+    word at the start of the one chunk, and the final turn sees only the (one-token) memory.
+
+    Claim: 40 steps raise the accuracy on 32 held-out episodes x 8 samples (the same episodes and sampling seed
+    before and after) by more than 0.15 over the untrained policy's, averaged over three training runs that
+    differ in their sampling stream. One run is not enough: which of the first steps happen to be rewarded
+    decides how fast it starts (single runs gained 0.17-0.31 over 16 streams; the untrained policy scores
+    ~0.01). The gain measured is that of learning to answer with an entity word more than of carrying the
+    right one (accuracy ~0.25 with 4 entities); carrying it takes longer than a unit test affords.
+    """
     tokenizer = _word_tokenizer()
     config = TINY.replace(vocab_size=tokenizer.vocab_size)
     chat = get_chat_format("chatml")
@@ -363,35 +371,48 @@ def test_memory_loop_learns_to_carry_a_token_forward():
     learner = Learner(
         config, mesh, DEFAULT_RULES, OptimConfig(learning_rate=3e-3, warmup_steps=0), LossConfig(kl_coef=0)
     )
-    state = learner.init_state(init_params(config, jax.random.key(1)))
+    initial = lambda: learner.init_state(init_params(config, jax.random.key(1)))  # a fresh copy: updates donate it
     sampler = Sampler(config, mesh, pad_id=tokenizer.pad_id)
-    policy = SamplerPolicy(sampler, state.params, chat.stop_tokens(tokenizer), temperature=1.0)
+    policy = SamplerPolicy(sampler, initial().params, chat.stop_tokens(tokenizer), temperature=1.0)
     entities = ["alpha", "beta", "gamma", "delta"]
     rng = np.random.default_rng(2)
-    accuracy = []
-    for step in range(40):
-        golds = rng.choice(entities, 4)
-        chunks = np.zeros((4, 1, 6), np.int32)
+
+    def episodes(n: int, first_id: int):
+        golds = rng.choice(entities, n)
+        chunks = np.zeros((n, 1, 6), np.int32)
         for i, gold in enumerate(golds):
             chunks[i, 0] = tokenizer.encode(f"{gold} " + " ".join(rng.choice(["the", "of", "and", "in", "is"], 5)))
         batch = {
             "tokens": chunks,
-            "chunk_lengths": np.full((4, 1), 6, np.int32),
-            "num_chunks": np.ones(4, np.int32),
+            "chunk_lengths": np.full((n, 1), 6, np.int32),
+            "num_chunks": np.ones(n, np.int32),
             "answer": golds,
-            "episode_id": np.arange(4) + 4 * step,
-            "usable": np.ones(4, bool),
-            "tokenizer_id": np.asarray([tokenizer_fingerprint(tokenizer)] * 4),
+            "episode_id": np.arange(n) + first_id,
+            "usable": np.ones(n, bool),
+            "tokenizer_id": np.asarray([tokenizer_fingerprint(tokenizer)] * n),
         }
-        episodes, _ = episodes_from_batch(batch, tokenizer)
-        policy.params = state.params
-        result = score_memory_agent(rollout(policy, episodes, builder, tokenizer, agent, seed=0, step=step), agent)
-        sequences, metrics = assign_credit(result, agent)
-        accuracy.append(metrics["acc_e2e"])
-        if len(sequences):
-            state, _ = _update_from(learner, state, sequences)
-    first, last = np.mean(accuracy[:8]), np.mean(accuracy[-8:])
-    assert last > first + 0.15, accuracy
+        return episodes_from_batch(batch, tokenizer)[0]
+
+    def accuracy(params, batch, seed: int, step: int) -> float:
+        policy.params = params
+        result = score_memory_agent(rollout(policy, batch, builder, tokenizer, agent, seed=seed, step=step), agent)
+        return float(assign_credit(result, agent)[1]["acc_e2e"])
+
+    held_out = episodes(32, 1_000_000)
+    before = accuracy(initial().params, held_out, 0, 1_000_000)
+    gains = []
+    for seed in range(3):
+        state = initial()
+        for step in range(40):
+            policy.params = state.params
+            result = score_memory_agent(
+                rollout(policy, episodes(8, 8 * step), builder, tokenizer, agent, seed=seed, step=step), agent
+            )
+            sequences, _ = assign_credit(result, agent)
+            if len(sequences):
+                state, _ = _update_from(learner, state, sequences)
+        gains.append(accuracy(state.params, held_out, 0, 1_000_000) - before)
+    assert np.mean(gains) > 0.15, (before, gains)
 
 
 def test_export_is_loaded_by_transformers(cache, tmp_path, full_run):

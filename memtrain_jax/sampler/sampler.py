@@ -147,6 +147,38 @@ def next_token_logits(
     return logits[:, -1], cache
 
 
+DRAW_BLOCK = 256  # tokens a block in `draw_tokens`' two-level inversion (V / 256 block sums, 256 in a block)
+
+
+def draw_tokens(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One index per row of logits [B, V] drawn from softmax(logits) (-inf: never drawn), by inverting the CDF
+    at two uniforms per row (keys: [B]). Returns [B] int32.
+
+    With p = exp(logits - max) padded to blocks of DRAW_BLOCK and the block masses m_b = sum of p in b: the
+    block is the b with C_{b-1} <= u1 C < C_b, C_b = m_1 + ... + m_b, C = C_last; the token in it the i with
+    c_{i-1} <= u2 c < c_i over the block's own cumulative sums c. So P(i) = (m_b / C) (p_i / m_b) = p_i / C.
+    Why not Gumbel-max (jax.random.categorical): it draws V uniforms and takes two logs of each, about 70 ms a
+    step for 64 rows of SmolLM2's 49,152 logits on a 2-core CPU, against 2 ms for this. Two levels keep a
+    cumulative sum short (float32 rounding of a long one would blur the tail); a zero-probability token or
+    block never satisfies c_{i-1} <= u c < c_i, and u c rounding up to c is clamped to the last positive one.
+    """
+    b, v = logits.shape
+    blocks = -(-v // DRAW_BLOCK)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    p = jnp.pad(p, ((0, 0), (0, blocks * DRAW_BLOCK - v))).reshape(b, blocks, DRAW_BLOCK)
+    u = jax.vmap(lambda key: jax.random.uniform(key, (2,)))(keys)  # [B, 2]
+
+    def invert(weights: jax.Array, u: jax.Array) -> jax.Array:
+        """weights [B, n] >= 0 with a positive sum, u [B] in [0, 1) -> the index i with c_{i-1} <= u c < c_i."""
+        c = jnp.cumsum(weights, axis=-1)
+        index = jnp.sum(c <= (u * c[:, -1])[:, None], axis=-1)
+        return jnp.minimum(index, jnp.argmax(c >= c[:, -1:], axis=-1)).astype(jnp.int32)
+
+    block = invert(p.sum(axis=-1), u[:, 0])
+    inside = invert(jnp.take_along_axis(p, block[:, None, None], axis=1)[:, 0], u[:, 1])
+    return block * DRAW_BLOCK + inside
+
+
 def choose_tokens(
     logits: jax.Array,
     keys: jax.Array,
@@ -178,7 +210,7 @@ def choose_tokens(
             mass_before = jnp.cumsum(probs, axis=-1) - probs
             # The top token always survives (mass_before == 0 < top_p).
             values = jnp.where(mass_before < top_p, values, -jnp.inf)
-        choice = jax.vmap(jax.random.categorical)(keys, values).astype(jnp.int32)
+        choice = draw_tokens(keys, values)
         if ids is None:
             return choice
         return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
