@@ -37,8 +37,8 @@ class PhaseTimedPolicy(SamplerPolicy):
         super().__init__(*args, **kw)
         self.prefill_s: dict[str, float] = {}
 
-    def generate(self, prompts, max_new_tokens, *, kind, seed):
-        out = super().generate(prompts, max_new_tokens, kind=kind, seed=seed)
+    def generate(self, prompts, max_new_tokens, *, kind, seed, row_ids=None):
+        out = super().generate(prompts, max_new_tokens, kind=kind, seed=seed, row_ids=row_ids)
         ones = [min(int(b), 1) for b in max_new_tokens]
         start = time.perf_counter()
         self.sampler(self.params, prompts, max_new_tokens=ones, temperature=self.temperature, stop_tokens=(), seed=seed)

@@ -100,8 +100,8 @@ def _script(golds: dict[int, str], recall_golds: list[str]):
 
 
 class _TurnCounter(ScriptedPolicy):
-    def generate(self, prompts, max_new_tokens, *, kind, seed):
-        out = super().generate(prompts, max_new_tokens, kind=kind, seed=seed)
+    def generate(self, prompts, max_new_tokens, *, kind, seed, row_ids=None):
+        out = super().generate(prompts, max_new_tokens, kind=kind, seed=seed, row_ids=row_ids)
         self.script.turn += kind == "memory"
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -504,3 +505,57 @@ def test_search_format_examples_replay_as_a_full_score_episode(pool, records, bm
     assert sorted(asked) == sorted(targets)  # every prompt of the rollout is an example's prompt, and no other
     short = search_format_examples(joined, builder, tokenizer, config, bm25, corpus, stop, max_target=8)
     assert all(len(r) <= 8 for r in short.responses) and len(short) < len(examples)
+
+
+class _DrawingPolicy(ScriptedPolicy):
+    """A stochastic policy's contract without a model: each reply is a word drawn by a generator seeded with
+    (the call's seed, the row's id, the prompt), as the Sampler draws a row from (seed, row id) and its prompt."""
+
+    def __init__(self, tokenizer, stop_id, words):
+        super().__init__(tokenizer, self._reply, stop_id)
+        self.words, self.keys = list(words), []
+
+    def generate(self, prompts, max_new_tokens, *, kind, seed, row_ids=None):
+        self.keys = [(seed, i) for i in (range(len(prompts)) if row_ids is None else row_ids)]
+        drawn = [key for key, budget in zip(self.keys, max_new_tokens, strict=True) if budget > 0]
+        assert len(set(drawn)) == len(drawn), f"two rows of one {kind} call share a row id: {drawn}"
+        return super().generate(prompts, max_new_tokens, kind=kind, seed=seed, row_ids=row_ids)
+
+    def _reply(self, kind, prompt, row):
+        seed, row_id = self.keys[row]
+        rng = np.random.default_rng([seed, row_id, zlib.crc32(np.asarray(prompt, np.int64).tobytes())])
+        return f"\\boxed{{{self.words[rng.integers(len(self.words))]}}}"
+
+
+def test_sampled_evaluations_do_not_depend_on_the_batch_size(
+    pool, records, distractors, bm25, tokenizer, chat, builder
+):
+    """Every evaluation keys a question's samples by the question, not by its place in a lockstep batch: the
+    memory agent's, the full-context baseline's and the search agent's answers are the same at batch sizes 1, 3
+    and 8 (and another seed changes them, so the answers are drawn, not fixed)."""
+    from memtrain_jax.agent.search import evaluate_search
+
+    words = sorted({r.answers[0] for r in records[:8]} | {"nobody", "somewhere", "never"})
+    agent = AgentConfig(memory_tokens=32, answer_tokens=32, chunk_size=96, imr=False, group_size=3)
+    contexts = [qa.build_context(r, distractors, 0, num_docs=4) for r in records[:8]]
+    policy = lambda: _DrawingPolicy(tokenizer, chat.stop_tokens(tokenizer)[0], words)
+    corpus = [(p.title, p.text) for p in pool]
+    search = SearchConfig(max_turns=2, top_k=2, turn_tokens=32, information_tokens=100)
+    readers = {
+        "memory_agent": lambda size, seed: [
+            a.prediction for a in read_with_memory(policy(), contexts, builder, tokenizer, agent, seed=seed,
+                                                   batch_size=size)
+        ],
+        "full_context": lambda size, seed: [
+            a.prediction for a in read_full_context(policy(), contexts, builder, tokenizer, agent, window=4096,
+                                                    seed=seed, batch_size=size)
+        ],
+        "search": lambda size, seed: [
+            a["reply"] for a in evaluate_search(policy(), records[:8], [1], builder, tokenizer, bm25, corpus, search,
+                                                seed=seed, batch_size=size, log=None)[1]
+        ],
+    }  # fmt: skip
+    for name, read in readers.items():
+        answers = read(3, 0)
+        assert read(1, 0) == answers == read(8, 0), name
+        assert len(set(answers)) > 1 and read(3, 1) != answers, name

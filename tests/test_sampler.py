@@ -337,6 +337,27 @@ def test_row_samples_do_not_depend_on_batch_padding(params, sampler):
     np.testing.assert_allclose(alone.logprobs[0], with_others.logprobs[0], rtol=0, atol=1e-5)
 
 
+def test_a_rows_sample_is_keyed_by_its_row_id_not_its_position(params, sampler):
+    """row_ids: a row's sample is a function of (seed, row id, prompt), wherever the row sits in the call;
+    no ids means ids 0..n-1; another id gives another sample."""
+    settings = dict(max_new_tokens=8, temperature=1.0, seed=4)
+    ids = [7, 1_000_003, 2**40 + 5]
+    batch = sampler(params, PROMPTS[:3], row_ids=ids, **settings)
+    for i in range(3):  # the same row alone, or moved among other rows under other ids
+        moved = sampler(params, [PROMPTS[2], PROMPTS[i], PROMPTS[1]], row_ids=[9, ids[i], 3], **settings)
+        np.testing.assert_array_equal(moved.tokens[1], batch.tokens[i])
+        alone = sampler(params, PROMPTS[i : i + 1], row_ids=[ids[i]], **settings)
+        np.testing.assert_array_equal(alone.tokens[0], batch.tokens[i])
+    default = sampler(params, PROMPTS[:3], **settings)
+    np.testing.assert_array_equal(default.tokens, sampler(params, PROMPTS[:3], row_ids=[0, 1, 2], **settings).tokens)
+    other = sampler(params, PROMPTS[:1], row_ids=[8], **settings)
+    assert not np.array_equal(other.tokens[0], batch.tokens[0])
+    with pytest.raises(ValueError, match="row_ids must be 3 ints >= 0"):
+        sampler(params, PROMPTS[:3], row_ids=[0, 1], **settings)
+    with pytest.raises(ValueError, match="row_ids must be 1 ints >= 0"):
+        sampler(params, PROMPTS[:1], row_ids=[-1], **settings)
+
+
 # ------------------------------------------------------------------------------------------------
 # Shared prefixes, tight buckets, blocked attention across several blocks
 

@@ -448,18 +448,24 @@ def test_export_is_loaded_by_transformers(cache, tmp_path, full_run):
     assert policy.chat_format == trainer.setup.chat.name
 
 
-def test_rollout_micro_batch_gives_the_same_replies():
-    """sampling.max_rows splits a turn's call into calls of at most that many rows; greedy replies, their
-    log-probs and lengths are those of the one call."""
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rollout_micro_batch_gives_the_same_replies(temperature):
+    """sampling.max_rows splits a turn's call into calls of at most that many rows; the replies (greedy or
+    sampled: rows keep their seed and row id), their log-probs and lengths are those of the one call."""
     mesh = make_mesh((2, 1, 1), devices=jax.devices()[:2])
     params = init_params(TINY, jax.random.key(3))
     sampler = Sampler(TINY, mesh)
     rng = np.random.default_rng(4)
     prompts = [rng.integers(1, TINY.vocab_size, rng.integers(3, 20)).tolist() for _ in range(11)]
     budgets = rng.integers(0, 9, 11).tolist()
-    whole = SamplerPolicy(sampler, params, [5], temperature=0.0).generate(prompts, budgets, kind="memory", seed=0)
-    policy = SamplerPolicy(sampler, params, [5], temperature=0.0, max_rows=4)
-    parts = policy.generate(prompts, budgets, kind="memory", seed=0)
+    ids = [1000 + 7 * i for i in range(11)]
+    whole = SamplerPolicy(sampler, params, [5], temperature=temperature).generate(
+        prompts, budgets, kind="memory", seed=0, row_ids=ids
+    )
+    direct = sampler(params, prompts, max_new_tokens=budgets, temperature=temperature, stop_tokens=[5], row_ids=ids)
+    np.testing.assert_array_equal(direct.tokens, whole.tokens)  # the policy hands the caller's ids on
+    policy = SamplerPolicy(sampler, params, [5], temperature=temperature, max_rows=4)
+    parts = policy.generate(prompts, budgets, kind="memory", seed=0, row_ids=ids)
     np.testing.assert_array_equal(parts.lengths, whole.lengths)
     for i, n in enumerate(whole.lengths):
         np.testing.assert_array_equal(parts.tokens[i, :n], whole.tokens[i, :n])

@@ -17,13 +17,21 @@ class Policy(Protocol):
     """Generates one reply per prompt, in one call for the whole batch.
 
     prompts: token-id lists; max_new_tokens: one budget per prompt (0 = the row only rides along);
-    kind: "memory" / "answer" / "recall" (for accounting); seed: this call's randomness.
+    kind: "memory" / "answer" / "recall" (for accounting); seed: this call's randomness; row_ids: one int >= 0 per
+    prompt (None = 0..n-1): a row's sample is a function of (seed, its row id, its prompt and budget) alone, so
+    callers that key rows by episode get samples that do not depend on how the episodes were batched.
     Returns a SampleOutput of NumPy arrays [n, width]: the reply ids (a final stop token included),
     their log-probs under the policy, lengths and whether each row ended on a stop token.
     """
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        kind: str,
+        seed: int,
+        row_ids: Sequence[int] | None = None,
     ) -> SampleOutput: ...
 
 
@@ -43,7 +51,8 @@ class SamplerPolicy:
 
     `params` is replaced after every optimiser step; the sampler's compiled programs are reused.
     `max_rows` > 0 (the rollout micro-batch, `sampling.max_rows`): a call of more rows runs as consecutive
-    sampler calls of at most that many, which bounds the KV cache and the decode's memory on the device.
+    sampler calls of at most that many, which bounds the KV cache and the decode's memory on the device; each
+    row keeps its seed and row id, so its sample does not depend on `max_rows`.
     `kind_temperatures` overrides `temperature` for calls of those kinds (e.g. {"memory": 0.0}: greedy memories).
     """
 
@@ -86,10 +95,19 @@ class SamplerPolicy:
         self.params = params
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        kind: str,
+        seed: int,
+        row_ids: Sequence[int] | None = None,
     ) -> SampleOutput:
         start = time.perf_counter()
         size = self.max_rows or len(prompts)
+        ids = list(range(len(prompts))) if row_ids is None else [int(i) for i in row_ids]
+        if len(ids) != len(prompts):
+            raise ValueError(f"row_ids has {len(ids)} entries for {len(prompts)} prompts; give one per prompt.")
         parts = [
             self.sampler(
                 self.params,
@@ -99,8 +117,8 @@ class SamplerPolicy:
                 top_k=self.top_k or None,
                 top_p=self.top_p if self.top_p < 1.0 else None,
                 stop_tokens=self.stop_tokens,
-                # the first part keeps the call's seed; the others draw their own from it
-                seed=seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
+                seed=seed,
+                row_ids=ids[i : i + size],
             )
             for i in range(0, len(prompts), size)
         ]

@@ -77,12 +77,13 @@ def read_with_memory(
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[QAAnswer]:
-    """The memory agent's answers: one trajectory per question, `batch_size` questions per lockstep rollout."""
+    """The memory agent's answers: one trajectory per question, `batch_size` questions per lockstep rollout.
+    A question's samples are keyed by its index and `seed`, so `batch_size` changes no answer."""
     agent = dataclasses.replace(agent, group_size=1, imr=False)
     answers: list[QAAnswer] = []
-    for b, rows in enumerate(_batches(len(contexts), batch_size)):
+    for rows in _batches(len(contexts), batch_size):
         episodes = [qa_episode(contexts[i], i, builder, agent.chunk_size) for i in rows]
-        result = score_memory_agent(rollout(policy, episodes, builder, tokenizer, agent, seed=seed, step=b), agent)
+        result = score_memory_agent(rollout(policy, episodes, builder, tokenizer, agent, seed=seed, step=0), agent)
         for traj in result.trajectories:
             context = contexts[rows[traj.episode]]
             replies = [*traj.memory_turns, traj.answer]
@@ -117,7 +118,7 @@ def read_full_context(
 ) -> list[QAAnswer]:
     """The full-context baseline: one prompt with the whole context, its middle cut to fit `window`."""
     answers: list[QAAnswer] = []
-    for b, rows in enumerate(_batches(len(contexts), batch_size)):
+    for rows in _batches(len(contexts), batch_size):
         prompts, lengths = [], []
         for i in rows:
             problem = builder.encode_problem(contexts[i].record.question)
@@ -131,7 +132,11 @@ def read_full_context(
             lengths.append(len(ids))
             prompts.append(builder.full_context_prompt(problem, centre_truncate(ids, budget).tolist()))
         out = policy.generate(
-            prompts, [agent.answer_tokens] * len(prompts), kind="full_context", seed=call_seed(seed, b, 0)
+            prompts,
+            [agent.answer_tokens] * len(prompts),
+            kind="full_context",
+            seed=call_seed(seed, 0, "full_context"),
+            row_ids=list(rows),  # keyed by question: batch_size changes no answer
         )
         replies = replies_from_output(prompts, out, range(len(prompts)))
         for j, (i, reply) in enumerate(zip(rows, replies, strict=True)):

@@ -20,6 +20,7 @@ Shapes: E episodes (usable ones), R = E * G1 trajectories, P = R * G2 recall row
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -145,9 +146,13 @@ def episodes_from_batch(batch: Mapping[str, np.ndarray], tokenizer: Tokenizer) -
     return episodes, skipped
 
 
-def call_seed(seed: int, step: int, call: int) -> int:
-    """The sampler seed of policy call `call` of training step `step` under run seed `seed`."""
-    return int(np.random.SeedSequence([int(seed), int(step), int(call)], spawn_key=(7,)).generate_state(1)[0])
+def call_seed(seed: int, step: int, kind: str, turn: int = 0) -> int:
+    """The sampler seed of the policy call of `kind` ("memory", "answer", ...) at `turn` of rollout step `step`
+    (a training step; 0 or a fixed value in evaluations) under run seed `seed`. Named by kind and turn, not by a
+    running count of calls: a batch of shorter documents (fewer memory turns) then gives its answers the same seed
+    as a batch of longer ones."""
+    entropy = [int(seed), int(step), zlib.crc32(kind.encode()), int(turn)]
+    return int(np.random.SeedSequence(entropy, spawn_key=(7,)).generate_state(1)[0])
 
 
 def replies_from_output(prompts: list[list[int]], out: Any, rows: Sequence[int]) -> list[Reply]:
@@ -180,6 +185,9 @@ def rollout(
     """
     if not episodes:
         raise ValueError("rollout got no usable episodes.")
+    if len({e.episode_id for e in episodes}) < len(episodes):
+        ids = [e.episode_id for e in episodes]
+        raise ValueError(f"rollout got repeated episode ids {ids}; its rows' samples are keyed by them.")
     g1 = config.group_size
     problem = builder.problem_ids
     trajectories = [
@@ -188,7 +196,9 @@ def rollout(
         for g in range(g1)
     ]
     calls = dict.fromkeys(KINDS, 0)
-    call_index = 0
+    # A trajectory's rows are keyed by its episode id and sample, so its samples depend on (seed, step, episode)
+    # and not on which episodes share the batch (an evaluation's batch size changes no figure).
+    row_id = lambda traj: int(episodes[traj.episode].episode_id) * g1 + traj.sample
 
     # --- memory updates: one call per turn, finished rows ride along with a budget of 0 ---------------
     # Greedy memory turns (sampling.greedy_memory) are a function of the episode: decoded once, by its first
@@ -206,8 +216,8 @@ def rollout(
             else:
                 prompts.append([tokenizer.pad_id])
                 budgets.append(0)
-        out = policy.generate(prompts, budgets, kind="memory", seed=call_seed(seed, step, call_index))
-        call_index += 1
+        seed_t = call_seed(seed, step, "memory", t)
+        out = policy.generate(prompts, budgets, kind="memory", seed=seed_t, row_ids=[row_id(w) for w in writers])
         calls["memory"] += 1
         for w, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
             first = writers[w]
@@ -221,9 +231,12 @@ def rollout(
     # --- final answers: the problem and the final memory only --------------------------------------
     prompts = [builder.final_prompt(episodes[t.episode].problem or problem, t.memories[-1]) for t in trajectories]
     out = policy.generate(
-        prompts, [config.answer_tokens] * len(prompts), kind="answer", seed=call_seed(seed, step, call_index)
+        prompts,
+        [config.answer_tokens] * len(prompts),
+        kind="answer",
+        seed=call_seed(seed, step, "answer"),
+        row_ids=[row_id(t) for t in trajectories],
     )
-    call_index += 1
     calls["answer"] += 1
     for traj, reply in zip(trajectories, replies_from_output(prompts, out, range(len(prompts))), strict=True):
         traj.answer = reply
@@ -233,7 +246,7 @@ def rollout(
     if config.imr:
         if extractor is None:
             raise ValueError("rollout with imr=True needs an entity extractor for the probed chunks.")
-        prompts, owners = [], []
+        prompts, owners, recall_ids = [], [], []
         for r, traj in enumerate(trajectories):
             episode = episodes[traj.episode]
             if episode.chunk_texts is None:
@@ -259,9 +272,14 @@ def rollout(
                 continue
             prompts += [prompt] * config.recall_group_size
             owners += [r] * config.recall_group_size
+            recall_ids += [row_id(traj) * config.recall_group_size + j for j in range(config.recall_group_size)]
         if prompts:
             out = policy.generate(
-                prompts, [config.recall_tokens] * len(prompts), kind="recall", seed=call_seed(seed, step, call_index)
+                prompts,
+                [config.recall_tokens] * len(prompts),
+                kind="recall",
+                seed=call_seed(seed, step, "recall"),
+                row_ids=recall_ids,
             )
             calls["recall"] += 1
             for r, reply in zip(owners, replies_from_output(prompts, out, range(len(prompts))), strict=True):

@@ -25,7 +25,13 @@ class ScriptedPolicy:
         self.calls: list[tuple[str, list[list[int]], list[int]]] = []
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, kind: str, seed: int
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        kind: str,
+        seed: int,
+        row_ids: Sequence[int] | None = None,
     ) -> SampleOutput:
         prompts = [list(p) for p in prompts]
         budgets = [int(b) for b in max_new_tokens]

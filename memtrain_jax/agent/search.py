@@ -138,7 +138,13 @@ def search_rollout(
             for r in range(len(rows))
         ]
         budgets = [0 if done[r] else config.turn_tokens for r in range(len(rows))]
-        out = policy.generate(prompts, budgets, kind="search", seed=call_seed(seed, step, t))
+        out = policy.generate(
+            prompts,
+            budgets,
+            kind="search",
+            seed=call_seed(seed, step, "search", t),
+            row_ids=[ids[row.episode] * g + row.sample for row in rows],  # keyed by episode, not batch position
+        )
         calls["search"] += 1
         queries: dict[int, str] = {}
         for r, reply in zip(active, replies_from_output(prompts, out, active), strict=True):
@@ -228,7 +234,7 @@ def evaluate_search(
         for b in range(0, len(records), batch_size):
             rows = records[b : b + batch_size]
             result = search_rollout(
-                policy, rows, builder, tokenizer, retriever, corpus, single, seed=seed, step=b // batch_size,
+                policy, rows, builder, tokenizer, retriever, corpus, single, seed=seed, step=0,
                 episode_ids=range(b, b + len(rows)),
             )  # fmt: skip
             trajectories.extend((b + t.episode, t) for t in result.trajectories)

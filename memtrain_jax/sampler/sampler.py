@@ -236,13 +236,15 @@ def sample(
     top_k: int | None = None,
     use_top_p: bool = False,
     pad_id: int = 0,
+    row_ids: jax.Array | None = None,
 ) -> tuple[SampleOutput, KVCache]:
     """Prefill + decode loop (traceable; call inside jit). Returns (SampleOutput, the filled cache).
 
     cache: an empty cache (init_cache) with S >= P + num_steps - 1 slots.
     prompt: [B, P] int32, left padded; prompt_mask: [B, P] bool, False on padding (each row needs
-        at least one real token). rng: a PRNG key; row i draws from fold_in(fold_in(rng, i), step),
-        so a row's sample does not depend on the batch it was padded into.
+        at least one real token). rng: a PRNG key; row i draws from fold_in(fold_in(rng, row_ids[i]), step)
+        (row_ids: [B] uint32, None = 0..B-1; the Sampler takes ids mod 2**32), so a row's sample does not depend
+        on the batch it was padded into, and with stable row ids (an episode's) not on which rows share its call.
     max_new: [B] int32 per-row budget, 0 <= max_new <= num_steps. stop_tokens: [B, E] int32 ids
         ending a row, NO_STOP (-1) in unused slots. temperature: float32 scalar (0 = greedy).
     top_p: float32 scalar in (0, 1], used when `use_top_p`. top_k: static, None = no top-k.
@@ -252,7 +254,7 @@ def sample(
     logits, cache = next_token_logits(config, params, prompt, prompt_mask, cache)
     return decode(
         config, params, cache, logits, rng, max_new, stop_tokens, temperature, top_p,
-        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
+        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id, row_ids=row_ids,
     )  # fmt: skip
 
 
@@ -282,6 +284,7 @@ def sample_from_prefix(
     top_k: int | None = None,
     use_top_p: bool = False,
     pad_id: int = 0,
+    row_ids: jax.Array | None = None,
 ) -> tuple[SampleOutput, KVCache]:
     """`sample` after a shared prefill (traceable): row i continues prompt rows[i] of `prefix`.
 
@@ -293,7 +296,7 @@ def sample_from_prefix(
     cache, logits = rows_from_prefix(prefix, prefix_logits, rows, cache)
     return decode(
         config, params, cache, logits, rng, max_new, stop_tokens, temperature, top_p,
-        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id,
+        num_steps=num_steps, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id, row_ids=row_ids,
     )  # fmt: skip
 
 
@@ -329,6 +332,7 @@ def decode(
     top_k: int | None = None,
     use_top_p: bool = False,
     pad_id: int = 0,
+    row_ids: jax.Array | None = None,
 ) -> tuple[SampleOutput, KVCache]:
     """The decode loop (traceable): samples the first token from logits [B, V] (the prompt's), then one
     token per model step until every row is done. cache holds the prompts; see `sample` for the rest."""
@@ -337,7 +341,8 @@ def decode(
         raise ValueError(f"stop_tokens must be [batch={b}, E], got shape {stop_tokens.shape}.")
     temperature = jnp.asarray(temperature, jnp.float32)
     top_p = jnp.asarray(top_p, jnp.float32)
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(b, dtype=jnp.uint32))
+    row_ids = jnp.arange(b, dtype=jnp.uint32) if row_ids is None else jnp.asarray(row_ids, jnp.uint32)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
 
     def record(state: dict, logits: jax.Array) -> dict:
         """Samples the next token of every row from logits [B, V] and books it at column `step`."""
@@ -454,13 +459,14 @@ class Sampler:
             (self.cache_shardings, batch(None), batch()),
             (self.cache_shardings, batch(None)),
         )
-        # decode: (params, cache, logits, rng, max_new, stop_tokens, temperature, top_p)
+        # decode: (params, cache, logits, rng, row_ids, max_new, stop_tokens, temperature, top_p)
         self._decode_shardings = (
             (
                 self.param_shardings,
                 self.cache_shardings,
                 batch(None),
                 replicated,
+                batch(),
                 batch(),
                 batch(None),
                 replicated,
@@ -488,10 +494,10 @@ class Sampler:
     def _decode_fn(self, num_steps: int, top_k: int | None, use_top_p: bool):
         """The decode program's body for static settings (see `_decode_shardings` for its arguments)."""
 
-        def run_decode(params, cache, *args):
+        def run_decode(params, cache, logits, rng, row_ids, *args):
             return decode(
-                self.config, params, cache, *args, num_steps=num_steps, top_k=top_k, use_top_p=use_top_p,
-                pad_id=self.pad_id,
+                self.config, params, cache, logits, rng, *args, num_steps=num_steps, top_k=top_k,
+                use_top_p=use_top_p, pad_id=self.pad_id, row_ids=row_ids,
             )  # fmt: skip
 
         return run_decode
@@ -530,10 +536,11 @@ class Sampler:
                 jax.tree.map(lambda x, sh: spec(x.shape, x.dtype, sh), cache, ins[1]),
                 spec((rows, logits.shape[1]), logits.dtype, ins[2]),
                 jax.eval_shape(lambda: jax.random.key(0)),
-                spec((rows,), np.int32, ins[4]),
-                spec((rows, e), np.int32, ins[5]),
-                spec((), np.float32, ins[6]),
+                spec((rows,), np.uint32, ins[4]),
+                spec((rows,), np.int32, ins[5]),
+                spec((rows, e), np.int32, ins[6]),
                 spec((), np.float32, ins[7]),
+                spec((), np.float32, ins[8]),
             )
         expand = self._lowered(self._rows_fn(slots), self._rows_shardings, (), *rows_args)
         decode = self._lowered(self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args)
@@ -669,6 +676,7 @@ class Sampler:
         top_p: float | None = None,
         stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
         seed: int | jax.Array = 0,
+        row_ids: Sequence[int] | None = None,
         share_prefixes: bool | None = None,
     ) -> SampleOutput:
         """Samples continuations of `prompts` (lists of token ids). Returns a SampleOutput of NumPy arrays.
@@ -676,6 +684,8 @@ class Sampler:
         Arrays are trimmed to [len(prompts), max(max_new_tokens)]. `max_new_tokens` is one int or one
         per prompt; `stop_tokens` is one list of ids shared by every row or one list per row.
         temperature 0 is greedy; top_p None or 1.0 disables top-p. `seed` is an int or a PRNG key.
+        `row_ids` (ints >= 0, one per prompt, taken mod 2**32; None = 0..n-1): row i's draws are a function of
+        (seed, row_ids[i]) alone, so a caller that keys rows by episode gets the same samples however it batches them.
         `share_prefixes` overrides the sampler's setting for this call (None keeps it).
         """
         temperature = float(temperature)
@@ -685,6 +695,10 @@ class Sampler:
             raise ValueError(f"top_k must be None or an int in [1, {self.config.vocab_size}], got {top_k!r}.")
         if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must be None or in (0, 1], got {top_p}.")
+        if row_ids is not None and (
+            len(row_ids) != len(prompts) or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in row_ids)
+        ):
+            raise ValueError(f"row_ids must be {len(prompts)} ints >= 0 (one per prompt), got {list(row_ids)!r}.")
         use_top_p = top_p is not None and float(top_p) < 1.0
         batch = self.prepare(prompts, max_new_tokens, stop_tokens, share_prefixes)
         u, p = batch["prompt"].shape
@@ -722,8 +736,11 @@ class Sampler:
             jax.block_until_ready(logits)
             rows_s = time.perf_counter() - start
 
+        ids = np.arange(b, dtype=np.uint32)  # padding rows keep theirs: they draw nothing that is kept
+        if row_ids is not None:
+            ids[: len(prompts)] = [int(i) % 2**32 for i in row_ids]
         host_args = (
-            rng, batch["max_new"], batch["stop_tokens"], np.float32(temperature),
+            rng, ids, batch["max_new"], batch["stop_tokens"], np.float32(temperature),
             np.float32(1.0 if top_p is None else top_p),
         )  # fmt: skip
         args = (params, cache, logits, *sharding.to_global(host_args, self._decode_shardings[0][3:]))
