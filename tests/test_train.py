@@ -347,9 +347,9 @@ def test_memory_loop_raises_held_out_accuracy_on_a_task_only_a_memory_can_solve(
 
     Claim: 40 steps raise the accuracy on 32 held-out episodes x 8 samples (the same episodes and sampling seed
     before and after) by more than 0.15 over the untrained policy's, averaged over three training runs that
-    differ in their sampling stream. One run is not enough: which of the first steps happen to be rewarded
-    decides how fast it starts (single runs gained 0.17-0.31 over 16 streams; the untrained policy scores
-    ~0.01). The gain measured is that of learning to answer with an entity word more than of carrying the
+    differ in their sampling stream and training episodes. One run is not enough: which of the first steps happen
+    to be rewarded decides how fast it starts (single runs gained 0.16-0.30 over 27 streams; the untrained policy
+    scores ~0.01). The gain measured is that of learning to answer with an entity word more than of carrying the
     right one (accuracy ~0.25 with 4 entities); carrying it takes longer than a unit test affords.
     """
     tokenizer = _word_tokenizer()
