@@ -5,9 +5,14 @@ For SmolLM2-135M's attention shape (9 query heads, 3 kv heads, head dim 64), a b
 self-attention of one layer with every backend usable on this machine (memtrain_jax/model/attention.py:
 reference, blocked, and on its own platform splash or cudnn), jitted, and prints the median time, the
 achieved TFLOP/s (causal: 2 * 2 * B * N * D * T^2 / 2) and the largest error against `reference` run in
-float32 on the same inputs, over the real tokens.
+float32 on the same inputs, over the real tokens. The blocked kernel runs at each `--blocks` size
+(block_q x block_kv; the model's default is 256x512). On CPU the peer, torch's fused
+`scaled_dot_product_attention` (causal, GQA), runs on the same inputs, each row on its real tokens (a
+left-padded row's real tokens are a causal self-attention of their own); every row's TFLOP/s is also
+given as a fraction of its library's float32 matmul peak, measured in the same process.
 
     python benchmarks/bench_attention.py [--lengths 2048 7168] [--batch 2] [--dtype bfloat16]
+        [--blocks 256x512 512x512]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import matmul_peaks
 
 from memtrain_jax.model.attention import attention, attention_mask, reference_attention
 
@@ -46,36 +52,92 @@ def median_time(fn, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
+def torch_sdpa(q, k, v, key_valid):
+    """The peer on CPU: torch's fused causal GQA attention of each row's real (unpadded) tokens, in q's layout
+    [B, T, N, D]; padding queries stay zero. None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    tq = torch.from_numpy(np.array(q, np.float32)).transpose(1, 2)  # [B, N, T, D]
+    tk, tv = (torch.from_numpy(np.array(x, np.float32)) for x in (k, v))  # [B, K, T, D]
+    starts = [int(np.argmax(row)) for row in np.asarray(key_valid)]
+    out = torch.zeros_like(tq)
+
+    def run():
+        with torch.no_grad():
+            for b, s in enumerate(starts):
+                out[b : b + 1, :, s:] = torch.nn.functional.scaled_dot_product_attention(
+                    tq[b : b + 1, :, s:], tk[b : b + 1, :, s:], tv[b : b + 1, :, s:], is_causal=True, enable_gqa=True
+                )
+        return out
+
+    return run
+
+
+def block_sizes(text: str) -> tuple[int, int]:
+    try:
+        block_q, block_kv = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a block size is BLOCK_QxBLOCK_KV, e.g. 256x512; got {text!r}") from None
+    return block_q, block_kv
+
+
+def report(length: int, name: str, seconds: float, flops: float, out, exact, valid, peak: float | None) -> None:
+    """One table row: time, TFLOP/s, its fraction of `peak` (None: not measured) and the error over real tokens."""
+    err = np.abs(np.asarray(out, np.float32) - np.asarray(exact))[valid].max()
+    share = f"{flops / seconds / peak:8.2f}" if peak else f"{'':>8}"
+    print(f"{length:7d} {name:>18} {seconds * 1e3:9.2f} {flops / seconds / 1e12:8.2f} {share} {err:27.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 7168])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--blocks", nargs="+", type=block_sizes, default=[(256, 512)], help="blocked: QxKV sizes")
     args = parser.parse_args()
     platform = jax.default_backend()
-    backends = ["reference", "blocked"] + {"tpu": ["splash"], "gpu": ["cudnn"]}.get(platform, [])
+    blocked = [("blocked", bq, bk) for bq, bk in args.blocks]
+    backends = (
+        [("reference", 0, 0)]
+        + blocked
+        + [(b, 256, 512) for b in {"tpu": ["splash"], "gpu": ["cudnn"]}.get(platform, [])]
+    )
     dtype = jnp.dtype(args.dtype)
+    peaks = matmul_peaks() if platform == "cpu" else {}
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; batch {args.batch}, {args.dtype}, heads "
           f"{HEADS}/{KV_HEADS} x {HEAD_DIM}")  # fmt: skip
-    print(f"{'length':>7} {'backend':>10} {'ms':>9} {'TFLOP/s':>8} {'max |err| vs f32 reference':>27}")
+    if peaks:
+        print(
+            "float32 matmul peak (GFLOP/s): " + ", ".join(f"{name} {flops / 1e9:.0f}" for name, flops in peaks.items())
+        )
+    print(f"{'length':>7} {'backend':>18} {'ms':>9} {'TFLOP/s':>8} {'of peak':>8} {'max |err| vs f32 reference':>27}")
     for length in args.lengths:
         q, k, v, key_valid = inputs(args.batch, length, dtype)
         exact = reference_attention(
             q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), attention_mask(key_valid, 0, length)
         )
         flops = 2 * 2 * args.batch * HEADS * HEAD_DIM * length * length / 2
-        for backend in backends:
-            fn = jax.jit(lambda q, k, v, m, b=backend: attention(q, k, v, m, 0, backend=b))
+        valid = np.asarray(key_valid)
+        for backend, bq, bk in backends:
+            fn = jax.jit(
+                lambda q, k, v, m, b=backend, bq=bq, bk=bk: attention(q, k, v, m, 0, backend=b, block_q=bq, block_kv=bk)
+            )
+            name = f"{backend} {bq}x{bk}" if backend == "blocked" else backend
             try:
                 seconds = median_time(fn, q, k, v, key_valid, repeats=args.repeats)
-                out = np.asarray(fn(q, k, v, key_valid), np.float32)
+                out = fn(q, k, v, key_valid)
             except Exception as e:  # e.g. the reference's [T, T] scores do not fit; report and go on
-                print(f"{length:7d} {backend:>10} failed: {type(e).__name__}: {str(e)[:120]}")
+                print(f"{length:7d} {name:>18} failed: {type(e).__name__}: {str(e)[:120]}")
                 continue
-            valid = np.asarray(key_valid)
-            err = np.abs(out - np.asarray(exact))[valid].max()
-            print(f"{length:7d} {backend:>10} {seconds * 1e3:9.2f} {flops / seconds / 1e12:8.2f} {err:27.2e}")
+            report(length, name, seconds, flops, out, exact, valid, peaks.get("jax"))
+        peer = torch_sdpa(q, k, v, key_valid) if platform == "cpu" and dtype == jnp.float32 else None
+        if peer is not None:
+            seconds = median_time(peer, repeats=args.repeats)
+            out = peer().transpose(1, 2).numpy()
+            report(length, "torch sdpa (peer)", seconds, flops, out, exact, valid, peaks.get("torch"))
 
 
 if __name__ == "__main__":
