@@ -53,8 +53,8 @@ def median_time(fn, *args, repeats: int) -> float:
 
 
 def torch_sdpa(q, k, v, key_valid):
-    """The peer on CPU: torch's fused causal GQA attention of each row's real (unpadded) tokens, in q's layout
-    [B, T, N, D]; padding queries stay zero. None when torch is not installed."""
+    """The peer on CPU: a call running torch's fused causal GQA attention of each row's real (unpadded) tokens and
+    returning [B, N, T, D] (torch's layout; padding queries stay zero), or None when torch is not installed."""
     try:
         import torch
     except ImportError:
@@ -76,6 +76,7 @@ def torch_sdpa(q, k, v, key_valid):
 
 
 def block_sizes(text: str) -> tuple[int, int]:
+    """--blocks value "256x512" -> (256, 512); anything else is refused with the value shown."""
     try:
         block_q, block_kv = (int(x) for x in text.lower().split("x"))
     except ValueError:
