@@ -100,11 +100,12 @@ def main() -> None:
     parser.add_argument("--blocks", nargs="+", type=block_sizes, default=[(256, 512)], help="blocked: QxKV sizes")
     args = parser.parse_args()
     platform = jax.default_backend()
-    blocked = [("blocked", bq, bk) for bq, bk in args.blocks]
+    # (row name, backend, block sizes): the blocked kernel at each --blocks size, the others at attention()'s defaults.
+    kernels = {"tpu": ["splash"], "gpu": ["cudnn"]}.get(platform, [])
     backends = (
-        [("reference", 0, 0)]
-        + blocked
-        + [(b, 256, 512) for b in {"tpu": ["splash"], "gpu": ["cudnn"]}.get(platform, [])]
+        [("reference", "reference", {})]
+        + [(f"blocked {bq}x{bk}", "blocked", {"block_q": bq, "block_kv": bk}) for bq, bk in args.blocks]
+        + [(name, name, {}) for name in kernels]
     )
     dtype = jnp.dtype(args.dtype)
     peaks = matmul_peaks() if platform == "cpu" else {}
@@ -122,11 +123,8 @@ def main() -> None:
         )
         flops = 2 * 2 * args.batch * HEADS * HEAD_DIM * length * length / 2
         valid = np.asarray(key_valid)
-        for backend, bq, bk in backends:
-            fn = jax.jit(
-                lambda q, k, v, m, b=backend, bq=bq, bk=bk: attention(q, k, v, m, 0, backend=b, block_q=bq, block_kv=bk)
-            )
-            name = f"{backend} {bq}x{bk}" if backend == "blocked" else backend
+        for name, backend, blocks in backends:
+            fn = jax.jit(lambda q, k, v, m, b=backend, kw=blocks: attention(q, k, v, m, 0, backend=b, **kw))
             try:
                 seconds = median_time(fn, q, k, v, key_valid, repeats=args.repeats)
                 out = fn(q, k, v, key_valid)

@@ -129,8 +129,8 @@ def hf_generate(
 ) -> tuple[np.ndarray, float, float]:
     """transformers generate of exactly `new_tokens` tokens, greedy or sampled from the whole tempered softmax
     (top-k and top-p off, as ours): (new ids [B, N], prefill s, decode s)."""
-    greedy = {"do_sample": False}
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else greedy
+    sampled = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    sampling = sampled if temperature else {"do_sample": False}
     import torch
 
     ids = torch.from_numpy(prompts.astype(np.int64)).to(device)
