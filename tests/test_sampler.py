@@ -197,6 +197,35 @@ def test_sharded_matches_single_device(params, sampler):
         np.testing.assert_allclose(one.logprobs, many.logprobs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("mesh_shape, temperature", [(None, 0.0), (None, 1.0), ((2, 2, 2), 1.0)])
+def test_compacted_decode_equals_the_lockstep_decode(params, mesh_shape, temperature):
+    """Rows that finish early free the batch: with `Buckets.compact_rows` a decode whose unfinished rows fit a
+    quarter of its bucket stops, gathers them into the smaller bucket and resumes there. 32 rows with budgets of
+    1 to 20 and two stop tokens finish over many steps, so the call runs on 32, then 8, then 2 rows (on a mesh
+    whose batch splits 4 ways: 4). Every row's tokens, lengths, stop flags and decode steps equal the lockstep
+    decode's (no compaction, one device), its log-probs to float rounding."""
+    prompts = [[(37 * i + 11 * j) % 255 + 1 for j in range(2 + i % 9)] for i in range(32)]
+    budgets = [1 + (7 * i) % 20 for i in range(32)]
+    settings = dict(max_new_tokens=budgets, temperature=temperature, seed=4)
+    lockstep = Sampler(CONFIG, pad_id=PAD, buckets=Buckets(compact_rows=0))
+    drawn = lockstep(params, prompts, **settings)  # stop on the two tokens most often drawn after the second
+    later = np.concatenate([row[2:length] for row, length in zip(drawn.tokens, drawn.lengths, strict=True)])
+    settings["stop_tokens"] = np.argsort(np.bincount(later, minlength=CONFIG.vocab_size))[-2:].tolist()
+    mesh = make_mesh(mesh_shape) if mesh_shape else None
+    compacted = Sampler(CONFIG, mesh=mesh, pad_id=PAD, buckets=Buckets(compact_rows=2))
+    one, two = lockstep(params, prompts, **settings), compacted(params, prompts, **settings)
+    smallest = 4 if mesh_shape else 2
+    resumed = sorted(int(name.split()[1][2:]) for name in compacted.compile_seconds if name.startswith("resume"))
+    assert resumed == [smallest, 8]  # 32 rows -> 8 (a quarter) -> the smallest bucket
+    assert not [name for name in lockstep.compile_seconds if name.startswith("resume")]
+    assert 0 < one.stopped.sum() < len(prompts)  # some rows end on a stop token, others on their budget
+    np.testing.assert_array_equal(one.tokens, two.tokens)
+    np.testing.assert_array_equal(one.lengths, two.lengths)
+    np.testing.assert_array_equal(one.stopped, two.stopped)
+    assert one.steps == two.steps == max(one.lengths) - 1
+    np.testing.assert_allclose(one.logprobs, two.logprobs, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
 def test_scanned_layers_sample_the_same_tokens(params, sampler, mesh_shape):
     """Scanned layers carry the stacked KV cache through the scan (memtrain_jax/model/transformer.py); greedy
@@ -457,7 +486,10 @@ def test_length_bucket_cap():
     assert length(70) == 128
 
 
-@pytest.mark.parametrize("field, value", [("length_block", 0), ("max_length_buckets", -1), ("min_batch", 2.0)])
-def test_buckets_reject_bad_values(field, value):
-    with pytest.raises(ValueError, match=f"Buckets.{field} must be a positive int, got {value!r}"):
+@pytest.mark.parametrize(
+    "field, value, least",
+    [("length_block", 0, 1), ("max_length_buckets", -1, 1), ("min_batch", 2.0, 1), ("compact_rows", -1, 0)],
+)
+def test_buckets_reject_bad_values(field, value, least):
+    with pytest.raises(ValueError, match=f"Buckets.{field} must be an int >= {least}, got {value!r}"):
         Buckets(**{field: value})

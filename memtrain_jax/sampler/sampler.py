@@ -7,11 +7,14 @@ model-free program that gives each row its prompt's cache and next-token logits;
 a `lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
 budget. Only the first two depend on the number of distinct prompts: the decode program, whose
 trace of every layer is what a new shape costs most, is shared by calls that differ in it (recall and
-answer calls vary in distinct prompts from step to step). Batch sizes, prompt and cache lengths, the
-decode budget and the number of stop tokens are rounded up to buckets (see `Buckets`), so a training
-run compiles a handful of programs;
-temperature, top-p, the per-row budgets and the stop tokens are runtime values of a compiled
-program, only `top_k` (and whether top-p is on) are static.
+answer calls vary in distinct prompts from step to step). With `Buckets.compact_rows`, a decode
+whose unfinished rows fit a quarter of its batch stops early; a model-free program gathers them into
+the smaller batch bucket and a resume program (the same loop on a state) goes on there, so a few long
+rows do not keep a wide batch stepping (128 recall answers end within 8-12 tokens but for one or two
+rows). Batch sizes, prompt and cache lengths, the decode budget and the number of stop tokens are
+rounded up to buckets (see `Buckets`), so a training run compiles a handful of programs; temperature,
+top-p, the per-row budgets and the stop tokens are runtime values of a compiled program, only `top_k`
+(and whether top-p is on) are static.
 
 Log-probabilities are those of the distribution each token was drawn from: log_softmax(logits / temperature)
 at the sampled token, before top-k or top-p (greedy: the logits' own), the policy GRPO then optimises.
@@ -38,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from memtrain_jax import host_memory, sharding
 from memtrain_jax.model.config import ModelConfig
 from memtrain_jax.model.transformer import (
+    CACHE_LAYER_AXES,
     KVCache,
     Params,
     apply_model,
@@ -51,6 +55,7 @@ from memtrain_jax.model.transformer import (
 )
 
 NO_STOP = -1  # fills unused stop-token slots; never equal to a sampled token id
+COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
 
 
 @flax.struct.dataclass
@@ -92,6 +97,10 @@ class Buckets:
     so a sampler keeps at most `max_length_buckets` distinct prompt lengths; past the cap a length
     reuses the smallest known bucket that fits, or takes a power-of-two number of blocks (at most
     log2 more buckets in all). The cache holds the prompt bucket plus the decode budget bucket.
+
+    `compact_rows` (0 = off): a decode whose unfinished rows fall to a quarter of its batch bucket moves them
+    into the bucket that fits them (and at least `compact_rows` rows), if that is smaller, and goes on there (see
+    `Sampler.__call__`); the rows' tokens are those of the lockstep decode.
     """
 
     min_batch: int = 1
@@ -100,17 +109,23 @@ class Buckets:
     min_stop_tokens: int = 4
     length_block: int = 256
     max_length_buckets: int = 16
+    compact_rows: int = 8
 
     @classmethod
     def from_config(cls, config: Any) -> Buckets:
-        """A run's buckets: `sampling.length_block` of a training config (256 where the field is absent)."""
-        return cls(length_block=int(config.sampling.get("length_block", 256)))
+        """A run's buckets: `sampling.length_block` and `sampling.compact_rows` of a training config (256 and 0,
+        no compaction, where a field is absent)."""
+        return cls(
+            length_block=int(config.sampling.get("length_block", 256)),
+            compact_rows=int(config.sampling.get("compact_rows", 0)),
+        )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Buckets.{field.name} must be a positive int, got {value!r}.")
+            least = 0 if field.name == "compact_rows" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"Buckets.{field.name} must be an int >= {least}, got {value!r}.")
 
     @staticmethod
     def round_up(n: int, minimum: int, multiple: int = 1) -> int:
@@ -317,32 +332,38 @@ def _check_cache(cache: KVCache, prompt_length: int, num_steps: int) -> None:
         )
 
 
-def decode(
+def decode_loop(
     config: ModelConfig,
     params: Params,
-    cache: KVCache,
-    logits: jax.Array,
+    state: dict,
     rng: jax.Array,
+    row_ids: jax.Array,
     max_new: jax.Array,
     stop_tokens: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
+    min_active: jax.Array | int = 0,
     *,
-    num_steps: int,
     top_k: int | None = None,
     use_top_p: bool = False,
     pad_id: int = 0,
-    row_ids: jax.Array | None = None,
-) -> tuple[SampleOutput, KVCache]:
-    """The decode loop (traceable): samples the first token from logits [B, V] (the prompt's), then one
-    token per model step until every row is done. cache holds the prompts; see `sample` for the rest."""
-    b = logits.shape[0]
+    logits: jax.Array | None = None,
+) -> dict:
+    """The decode loop (traceable) on a decode state (`decode`'s): one token per model step while a row is
+    unfinished, the budget of N steps is not spent and more than `min_active` rows are unfinished (an int32
+    scalar; 0 = until every row is done). With `logits` [B, V] (the prompts') the first token is drawn from them
+    first. Row i draws step t's token from fold_in(fold_in(rng, row_ids[i]), t), so a state whose rows were
+    gathered into a smaller batch (with their ids, budgets and stop tokens) continues exactly as it would have.
+
+    state: tokens [B, N] int32, logprobs [B, N] float32, lengths [B] int32, stopped [B] bool, done [B] bool,
+    last [B] int32 (the last token drawn), step int32 scalar (the next column), cache (the rows' KV cache).
+    """
+    b, num_steps = state["tokens"].shape
     if stop_tokens.ndim != 2 or stop_tokens.shape[0] != b:
         raise ValueError(f"stop_tokens must be [batch={b}, E], got shape {stop_tokens.shape}.")
     temperature = jnp.asarray(temperature, jnp.float32)
     top_p = jnp.asarray(top_p, jnp.float32)
-    row_ids = jnp.arange(b, dtype=jnp.uint32) if row_ids is None else jnp.asarray(row_ids, jnp.uint32)
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.asarray(row_ids, jnp.uint32))
 
     def record(state: dict, logits: jax.Array) -> dict:
         """Samples the next token of every row from logits [B, V] and books it at column `step`."""
@@ -366,7 +387,24 @@ def decode(
             "step": step + 1,
         }
 
-    state = {
+    if logits is not None:
+        state = record(state, logits)
+
+    def keep_going(state):
+        return (state["step"] < num_steps) & (jnp.sum(~state["done"]) > min_active)
+
+    def step(state):
+        ones = jnp.ones((b, 1), bool)
+        logits, cache = next_token_logits(config, params, state["last"][:, None], ones, state["cache"])
+        return record({**state, "cache": cache}, logits)
+
+    return jax.lax.while_loop(keep_going, step, state)
+
+
+def decode_state(cache: KVCache, max_new: jax.Array, num_steps: int, pad_id: int = 0) -> dict:
+    """The state `decode_loop` starts from: nothing drawn yet (rows of budget 0 are done), over `cache`."""
+    b = max_new.shape[0]
+    return {
         "tokens": jnp.full((b, num_steps), pad_id, jnp.int32),
         "logprobs": jnp.zeros((b, num_steps), jnp.float32),
         "lengths": jnp.zeros((b,), jnp.int32),
@@ -376,25 +414,68 @@ def decode(
         "step": jnp.zeros((), jnp.int32),
         "cache": cache,
     }
-    state = record(state, logits)
 
-    def keep_going(state):
-        return (state["step"] < num_steps) & ~jnp.all(state["done"])
 
-    def step(state):
-        ones = jnp.ones((b, 1), bool)
-        logits, cache = next_token_logits(config, params, state["last"][:, None], ones, state["cache"])
-        return record({**state, "cache": cache}, logits)
+def compact_state(state: dict, index: jax.Array, real: jax.Array) -> dict:
+    """Rows `index` [B'] of a decode state (traceable, no model): a state of B' rows whose row j is row
+    index[j]; rows with real[j] False are padding and done."""
 
-    state = jax.lax.while_loop(keep_going, step, state)
-    output = SampleOutput(
+    def take(x: jax.Array, axis: int = 0) -> jax.Array:
+        return jnp.take(x, index, axis=axis)
+
+    def take_kv(buf: jax.Array) -> jax.Array:  # [B, K, S, D], or [L, B, K, S, D] with scan_layers
+        if buf.ndim == 4:
+            return nn.with_logical_constraint(take(buf), CACHE_LAYER_AXES)
+        return nn.with_logical_constraint(take(buf, 1), ("layers", *CACHE_LAYER_AXES))
+
+    cache = state["cache"]
+    rows = {name: take(state[name]) for name in ("tokens", "logprobs", "lengths", "stopped", "done", "last")}
+    rows["done"] = rows["done"] | ~real
+    new_cache = {
+        "k": jax.tree.map(take_kv, cache["k"]),
+        "v": jax.tree.map(take_kv, cache["v"]),
+        "mask": take(cache["mask"]),
+        "index": cache["index"],
+    }
+    return {**rows, "step": state["step"], "cache": new_cache}
+
+
+def decode(
+    config: ModelConfig,
+    params: Params,
+    cache: KVCache,
+    logits: jax.Array,
+    rng: jax.Array,
+    max_new: jax.Array,
+    stop_tokens: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    num_steps: int,
+    top_k: int | None = None,
+    use_top_p: bool = False,
+    pad_id: int = 0,
+    row_ids: jax.Array | None = None,
+) -> tuple[SampleOutput, KVCache]:
+    """The decode loop (traceable): samples the first token from logits [B, V] (the prompt's), then one
+    token per model step until every row is done. cache holds the prompts; see `sample` for the rest."""
+    b = logits.shape[0]
+    row_ids = jnp.arange(b, dtype=jnp.uint32) if row_ids is None else jnp.asarray(row_ids, jnp.uint32)
+    state = decode_loop(
+        config, params, decode_state(cache, max_new, num_steps, pad_id), rng, row_ids, max_new, stop_tokens,
+        temperature, top_p, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id, logits=logits,
+    )  # fmt: skip
+    return _output(state), state["cache"]
+
+
+def _output(state: dict) -> SampleOutput:
+    return SampleOutput(
         tokens=state["tokens"],
         logprobs=state["logprobs"],
         lengths=state["lengths"],
         stopped=state["stopped"],
         steps=state["step"] - 1,
     )
-    return output, state["cache"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,21 +540,25 @@ class Sampler:
             (self.cache_shardings, batch(None), batch()),
             (self.cache_shardings, batch(None)),
         )
-        # decode: (params, cache, logits, rng, row_ids, max_new, stop_tokens, temperature, top_p)
-        self._decode_shardings = (
-            (
-                self.param_shardings,
-                self.cache_shardings,
-                batch(None),
-                replicated,
-                batch(),
-                batch(),
-                batch(None),
-                replicated,
-                replicated,
-            ),
-            (SampleOutput(batch(None), batch(None), batch(), batch(), replicated), self.cache_shardings),
-        )
+        # A decode state (decode_loop's).
+        state = {
+            "tokens": batch(None),
+            "logprobs": batch(None),
+            "lengths": batch(),
+            "stopped": batch(),
+            "done": batch(),
+            "last": batch(),
+            "step": replicated,
+            "cache": self.cache_shardings,
+        }
+        # The per-row and scalar sampling arguments: (rng, row_ids, max_new, stop_tokens, temperature, top_p,
+        # min_active).
+        sampling_args = (replicated, batch(), batch(), batch(None), replicated, replicated, replicated)
+        # decode: (params, cache, logits, *sampling_args) -> state
+        self._decode_shardings = ((self.param_shardings, self.cache_shardings, batch(None), *sampling_args), state)
+        # resume: (params, state, *sampling_args) -> state; compact: (state, index, real) -> state
+        self._resume_shardings = ((self.param_shardings, state, *sampling_args), state)
+        self._compact_shardings = ((state, batch(), batch()), state)
         self._executables: dict[tuple, Any] = {}
         self._prompt_lengths: set[int] = set()
 
@@ -492,15 +577,26 @@ class Sampler:
         return run_rows
 
     def _decode_fn(self, num_steps: int, top_k: int | None, use_top_p: bool):
-        """The decode program's body for static settings (see `_decode_shardings` for its arguments)."""
+        """The decode program's body for static settings: (params, cache, logits [B, V], rng, row_ids, max_new,
+        stop_tokens, temperature, top_p, min_active) -> the decode state after `decode_loop`."""
 
-        def run_decode(params, cache, logits, rng, row_ids, *args):
-            return decode(
-                self.config, params, cache, logits, rng, *args, num_steps=num_steps, top_k=top_k,
-                use_top_p=use_top_p, pad_id=self.pad_id, row_ids=row_ids,
+        def run_decode(params, cache, logits, rng, row_ids, max_new, *args):
+            state = decode_state(cache, max_new, num_steps, self.pad_id)
+            return decode_loop(
+                self.config, params, state, rng, row_ids, max_new, *args, top_k=top_k, use_top_p=use_top_p,
+                pad_id=self.pad_id, logits=logits,
             )  # fmt: skip
 
         return run_decode
+
+    def _resume_fn(self, top_k: int | None, use_top_p: bool):
+        """The resume program's body: (params, state, rng, row_ids, max_new, stop_tokens, temperature, top_p,
+        min_active) -> the state after `decode_loop`, for a state `compact_state` gathered."""
+
+        def run_resume(params, state, *args):
+            return decode_loop(self.config, params, state, *args, top_k=top_k, use_top_p=use_top_p, pad_id=self.pad_id)
+
+        return run_resume
 
     def lower_programs(
         self, rows: int, distinct: int, prompt_length: int, num_steps: int, stop_width: int | None = None,
@@ -541,6 +637,7 @@ class Sampler:
                 spec((rows, e), np.int32, ins[6]),
                 spec((), np.float32, ins[7]),
                 spec((), np.float32, ins[8]),
+                spec((), np.int32, ins[9]),
             )
         expand = self._lowered(self._rows_fn(slots), self._rows_shardings, (), *rows_args)
         decode = self._lowered(self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args)
@@ -739,10 +836,9 @@ class Sampler:
         ids = np.arange(b, dtype=np.uint32)  # padding rows keep theirs: they draw nothing that is kept
         if row_ids is not None:
             ids[: len(prompts)] = [int(i) % 2**32 for i in row_ids]
-        host_args = (
-            rng, ids, batch["max_new"], batch["stop_tokens"], np.float32(temperature),
-            np.float32(1.0 if top_p is None else top_p),
-        )  # fmt: skip
+        scalars = (np.float32(temperature), np.float32(1.0 if top_p is None else top_p))
+        row_args = (ids, batch["max_new"], batch["stop_tokens"])
+        host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
         args = (params, cache, logits, *sharding.to_global(host_args, self._decode_shardings[0][3:]))
         # Keyed without the distinct prompts (and with the prompt length only through the cache slots).
         decode_program = self._compiled(
@@ -750,24 +846,85 @@ class Sampler:
             f"decode B={b} S={slots} N={num_steps}",
             self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args,
         )  # fmt: skip
-        start = time.perf_counter()
+        decode_s, start = rows_s, time.perf_counter()  # the rows' copy counts as decode (part of the decode program)
         with jax.set_mesh(self.mesh):
-            output, _ = decode_program(*args)
-        if self.record_timings:  # the rows' copy counts as decode (it was part of the decode program)
-            jax.block_until_ready(output)
-            self.last_timings["decode_s"] = rows_s + time.perf_counter() - start
-        n, width = len(prompts), int(batch["max_new"].max())
-        # An explicit gather: with several processes each holds only its own rows.
-        result = SampleOutput(
-            tokens=sharding.to_host(output.tokens)[:n, :width],
-            logprobs=sharding.to_host(output.logprobs)[:n, :width],
-            lengths=sharding.to_host(output.lengths)[:n],
-            stopped=sharding.to_host(output.stopped)[:n],
-            steps=int(sharding.to_host(output.steps)),
+            state = decode_program(*args)
+        del args, cache, logits
+        n = len(prompts)
+        result = {
+            "tokens": np.full((n, num_steps), self.pad_id, np.int32),
+            "logprobs": np.zeros((n, num_steps), np.float32),
+            "lengths": np.zeros((n,), np.int32),
+            "stopped": np.zeros((n,), bool),
+        }
+        origin = np.where(np.arange(b) < n, np.arange(b), -1)  # the prompt of each state row; -1: padding
+        while True:
+            # Book the rows that are done; move the others into the smallest bucket that holds them (the decode
+            # stopped early only if they fit a quarter of its rows) and go on there.
+            host = {key: sharding.to_host(state[key]) for key in (*result, "done")}
+            unfinished = host["done"] == 0
+            if int(sharding.to_host(state["step"])) >= num_steps:
+                unfinished[:] = False
+            finished = (origin >= 0) & ~unfinished
+            for key, values in result.items():
+                values[origin[finished]] = host[key][finished]
+            active = np.flatnonzero((origin >= 0) & unfinished)
+            if active.size == 0:
+                break
+            smallest = max(active.size, self.buckets.compact_rows)
+            rows_before, b = b, self.buckets.round_up(smallest, self.buckets.min_batch, self.batch_multiple)
+            index = np.zeros((b,), np.int32)
+            index[: active.size] = active
+            real = np.arange(b) < active.size
+            origin = np.where(real, origin[index], -1)
+            row_args = tuple(values[index] for values in row_args)
+            row_args[1][~real] = 0  # padding rows: no budget
+            compact_args = (state, *sharding.to_global((index, real), self._compact_shardings[0][1:]))
+            decode_s += time.perf_counter() - start  # compiling a program is not decode time
+            compact_program = self._compiled(
+                ("compact", rows_before, b, slots, num_steps), f"compact B={rows_before}->{b} S={slots}",
+                compact_state, self._compact_shardings, (), *compact_args,
+            )  # fmt: skip
+            start = time.perf_counter()
+            with jax.set_mesh(self.mesh):
+                state = compact_program(*compact_args)
+            host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
+            args = (params, state, *sharding.to_global(host_args, self._resume_shardings[0][2:]))
+            if self.record_timings:
+                jax.block_until_ready(state)
+            decode_s += time.perf_counter() - start
+            resume_program = self._compiled(
+                ("resume", b, slots, e, num_steps, top_k, use_top_p),
+                f"resume B={b} S={slots} N={num_steps}",
+                self._resume_fn(top_k, use_top_p), self._resume_shardings, (1,), *args,
+            )  # fmt: skip
+            start = time.perf_counter()
+            with jax.set_mesh(self.mesh):
+                state = resume_program(*args)
+            del args, compact_args
+        if self.record_timings:
+            self.last_timings["decode_s"] = decode_s + time.perf_counter() - start
+        width = int(batch["max_new"].max())
+        output = SampleOutput(
+            tokens=result["tokens"][:, :width],
+            logprobs=result["logprobs"][:, :width],
+            lengths=result["lengths"],
+            stopped=result["stopped"],
+            steps=int(sharding.to_host(state["step"])) - 1,
         )
-        del output, args, cache, logits  # this call's device buffers, before the heap is trimmed
+        del state  # this call's device buffers, before the heap is trimmed
         host_memory.release_if_above()
-        return result
+        return output
+
+    def _compact_at(self, rows: int) -> int:
+        """min_active of a decode of `rows` rows: it stops when a quarter of its rows or fewer are unfinished,
+        where the bucket those fit is smaller and has at least `Buckets.compact_rows` rows; else 0 (it runs to the
+        end). A quarter, not a half: each smaller bucket is one more program of the whole decode loop to compile
+        per cache length, and rows end in a burst (recall answers of 128 rows: nearly all within steps 8-12)."""
+        bk, quarter = self.buckets, rows // COMPACT_FACTOR
+        if bk.compact_rows == 0 or quarter < bk.compact_rows:
+            return 0
+        return quarter if bk.round_up(quarter, bk.min_batch, self.batch_multiple) < rows else 0
 
 
 def _stop_rows(stop_tokens, n: int, vocab: int) -> list[list[int]]:
