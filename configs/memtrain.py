@@ -281,7 +281,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.sampling.length_block = 256
     # Rows that finish early free the batch: when a quarter of a decode's rows or fewer are unfinished they move
     # into the smaller batch bucket that holds them (at least this many rows) and decode on there; the same tokens
-    # as in lockstep. 0 = off. Each smaller bucket is another decode program to compile.
+    # as in lockstep up to float rounding. 0 = off. Each smaller bucket is another decode program to compile.
     c.sampling.compact_rows = 8
     # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained
     # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.

@@ -197,13 +197,17 @@ def test_sharded_matches_single_device(params, sampler):
         np.testing.assert_allclose(one.logprobs, many.logprobs, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("mesh_shape, temperature", [(None, 0.0), (None, 1.0), ((2, 2, 2), 1.0)])
-def test_compacted_decode_equals_the_lockstep_decode(params, mesh_shape, temperature):
+@pytest.mark.parametrize(
+    "mesh_shape, temperature, scan",
+    [(None, 0.0, False), (None, 1.0, False), ((2, 2, 2), 1.0, False), (None, 1.0, True), ((2, 2, 2), 0.0, True)],
+)
+def test_compacted_decode_equals_the_lockstep_decode(params, mesh_shape, temperature, scan):
     """Rows that finish early free the batch: with `Buckets.compact_rows` a decode whose unfinished rows fit a
     quarter of its bucket stops, gathers them into the smaller bucket and resumes there. 32 rows with budgets of
     1 to 20 and two stop tokens finish over many steps, so the call runs on 32, then 8, then 2 rows (on a mesh
-    whose batch splits 4 ways: 4). Every row's tokens, lengths, stop flags and decode steps equal the lockstep
-    decode's (no compaction, one device), its log-probs to float rounding."""
+    whose batch splits 4 ways: 4), with a buffer per layer or the scanned layers' stacked cache (gathered a layer
+    at a time). Every row's tokens, lengths, stop flags and decode steps equal the lockstep decode's (no
+    compaction, one device, unscanned), its log-probs to float rounding."""
     prompts = [[(37 * i + 11 * j) % 255 + 1 for j in range(2 + i % 9)] for i in range(32)]
     budgets = [1 + (7 * i) % 20 for i in range(32)]
     settings = dict(max_new_tokens=budgets, temperature=temperature, seed=4)
@@ -212,8 +216,10 @@ def test_compacted_decode_equals_the_lockstep_decode(params, mesh_shape, tempera
     later = np.concatenate([row[2:length] for row, length in zip(drawn.tokens, drawn.lengths, strict=True)])
     settings["stop_tokens"] = np.argsort(np.bincount(later, minlength=CONFIG.vocab_size))[-2:].tolist()
     mesh = make_mesh(mesh_shape) if mesh_shape else None
-    compacted = Sampler(CONFIG, mesh=mesh, pad_id=PAD, buckets=Buckets(compact_rows=2))
-    one, two = lockstep(params, prompts, **settings), compacted(params, prompts, **settings)
+    config = CONFIG.replace(scan_layers=scan)
+    compacted = Sampler(config, mesh=mesh, pad_id=PAD, buckets=Buckets(compact_rows=2))
+    one = lockstep(params, prompts, **settings)
+    two = compacted(stack_layers(params, CONFIG) if scan else params, prompts, **settings)
     smallest = 4 if mesh_shape else 2
     resumed = sorted(int(name.split()[1][2:]) for name in compacted.compile_seconds if name.startswith("resume"))
     assert resumed == [smallest, 8]  # 32 rows -> 8 (a quarter) -> the smallest bucket

@@ -1,9 +1,10 @@
 """Batched autoregressive sampling with a KV cache, as jitted, mesh-sharded programs per shape bucket.
 
 Prompts are left padded to a common length so every row writes the cache in lockstep. Three programs
-run per call: a prefill of the batch's distinct prompts (rows with identical prompts, such as the
-rollouts of one MemTrain first turn or the samples of one recall probe, are prefilled once); a small
-model-free program that gives each row its prompt's cache and next-token logits; and a decode program,
+run per call (and, with compaction, below, a gather and a resume program each time the batch shrinks): a
+prefill of the batch's distinct prompts (rows with identical prompts, such as the rollouts of one MemTrain
+first turn or the samples of one recall probe, are prefilled once); a small model-free program that gives
+each row its prompt's cache and next-token logits; and a decode program,
 a `lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
 budget. Only the first two depend on the number of distinct prompts: the decode program, whose
 trace of every layer is what a new shape costs most, is shared by calls that differ in it (recall and
@@ -100,7 +101,9 @@ class Buckets:
 
     `compact_rows` (0 = off): a decode whose unfinished rows fall to a quarter of its batch bucket moves them
     into the bucket that fits them (and at least `compact_rows` rows), if that is smaller, and goes on there (see
-    `Sampler.__call__`); the rows' tokens are those of the lockstep decode.
+    `Sampler.__call__`); the rows' tokens are those of the lockstep decode up to float rounding (a smaller batch
+    may round a matmul differently and so flip a near tie). On (8) for a Sampler built without buckets; a run
+    config sets it (`sampling.compact_rows`; 0 where a stored config predates the field).
     """
 
     min_batch: int = 1
@@ -423,14 +426,24 @@ def compact_state(state: dict, index: jax.Array, real: jax.Array) -> dict:
     def take(x: jax.Array, axis: int = 0) -> jax.Array:
         return jnp.take(x, index, axis=axis)
 
-    def take_kv(buf: jax.Array) -> jax.Array:  # [B, K, S, D], or [L, B, K, S, D] with scan_layers
-        if buf.ndim == 4:
-            return nn.with_logical_constraint(take(buf), CACHE_LAYER_AXES)
-        return nn.with_logical_constraint(take(buf, 1), ("layers", *CACHE_LAYER_AXES))
+    def take_layer(buf: jax.Array) -> jax.Array:  # [B, K, S, D] -> [B', K, S, D], sharded like the cache's rows
+        return nn.with_logical_constraint(take(buf), CACHE_LAYER_AXES)
+
+    def take_stacked(buf: jax.Array) -> jax.Array:  # [L, B, K, S, D] (scan_layers) -> [L, B', K, S, D]
+        # One layer at a time, as expand_prefix: gathering rows across batch shards all-gathers the operand, so
+        # one layer's rows are gathered, not every layer's at once.
+        def one(layer: jax.Array, out: jax.Array) -> jax.Array:
+            rows = take_layer(jax.lax.dynamic_index_in_dim(buf, layer, 0, keepdims=False))
+            return jax.lax.dynamic_update_slice(out, rows[None], (layer, 0, 0, 0, 0))
+
+        out = jnp.zeros((buf.shape[0], index.shape[0], *buf.shape[2:]), buf.dtype)
+        out = nn.with_logical_constraint(out, ("layers", *CACHE_LAYER_AXES))
+        return jax.lax.fori_loop(0, buf.shape[0], one, out)
 
     cache = state["cache"]
     rows = {name: take(state[name]) for name in ("tokens", "logprobs", "lengths", "stopped", "done", "last")}
     rows["done"] = rows["done"] | ~real
+    take_kv = take_layer if isinstance(cache["k"], tuple) else take_stacked
     new_cache = {
         "k": jax.tree.map(take_kv, cache["k"]),
         "v": jax.tree.map(take_kv, cache["v"]),
@@ -465,17 +478,14 @@ def decode(
         config, params, decode_state(cache, max_new, num_steps, pad_id), rng, row_ids, max_new, stop_tokens,
         temperature, top_p, top_k=top_k, use_top_p=use_top_p, pad_id=pad_id, logits=logits,
     )  # fmt: skip
-    return _output(state), state["cache"]
-
-
-def _output(state: dict) -> SampleOutput:
-    return SampleOutput(
+    output = SampleOutput(
         tokens=state["tokens"],
         logprobs=state["logprobs"],
         lengths=state["lengths"],
         stopped=state["stopped"],
         steps=state["step"] - 1,
     )
+    return output, state["cache"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,8 +498,8 @@ class Sampler:
 
     Call it with a list of token-id prompts; it pads them into buckets, prefills the distinct
     prompts, runs the decode program (each compiled once per bucket and static setting) and returns
-    trimmed NumPy results. `compile_count` counts compilations (prefill, decode and cache-allocation
-    programs); `compile_seconds` maps each compiled program's name to its trace + compile time.
+    trimmed NumPy results. `compile_count` counts compilations (prefill, rows, decode, compact, resume and
+    cache-allocation programs); `compile_seconds` maps each compiled program's name to its trace + compile time.
     `share_prefixes`: prefill identical prompts once (the default; a call may override it). The
     results are those of prefilling every row. `record_timings`: wait for the prefill before
     starting the decode and keep the two programs' wall times (without compilation) in
@@ -882,12 +892,13 @@ class Sampler:
             compact_args = (state, *sharding.to_global((index, real), self._compact_shardings[0][1:]))
             decode_s += time.perf_counter() - start  # compiling a program is not decode time
             compact_program = self._compiled(
-                ("compact", rows_before, b, slots, num_steps), f"compact B={rows_before}->{b} S={slots}",
+                ("compact", rows_before, b, slots, num_steps), f"compact B={rows_before}->{b} S={slots} N={num_steps}",
                 compact_state, self._compact_shardings, (), *compact_args,
             )  # fmt: skip
             start = time.perf_counter()
             with jax.set_mesh(self.mesh):
                 state = compact_program(*compact_args)
+            del compact_args  # the whole batch's state: freed before the resume allocates its own
             host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
             args = (params, state, *sharding.to_global(host_args, self._resume_shardings[0][2:]))
             if self.record_timings:
@@ -901,7 +912,7 @@ class Sampler:
             start = time.perf_counter()
             with jax.set_mesh(self.mesh):
                 state = resume_program(*args)
-            del args, compact_args
+            del args
         if self.record_timings:
             self.last_timings["decode_s"] = decode_s + time.perf_counter() - start
         width = int(batch["max_new"].max())
