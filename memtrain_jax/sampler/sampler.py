@@ -423,8 +423,8 @@ def compact_state(state: dict, index: jax.Array, real: jax.Array) -> dict:
     """Rows `index` [B'] of a decode state (traceable, no model): a state of B' rows whose row j is row
     index[j]; rows with real[j] False are padding and done."""
 
-    def take(x: jax.Array, axis: int = 0) -> jax.Array:
-        return jnp.take(x, index, axis=axis)
+    def take(x: jax.Array) -> jax.Array:  # rows index of x [B, ...]
+        return jnp.take(x, index, axis=0)
 
     def take_layer(buf: jax.Array) -> jax.Array:  # [B, K, S, D] -> [B', K, S, D], sharded like the cache's rows
         return nn.with_logical_constraint(take(buf), CACHE_LAYER_AXES)
