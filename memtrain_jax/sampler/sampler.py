@@ -887,8 +887,8 @@ class Sampler:
             index[: active.size] = active
             real = np.arange(b) < active.size
             origin = np.where(real, origin[index], -1)
-            row_args = tuple(values[index] for values in row_args)
-            row_args[1][~real] = 0  # padding rows: no budget
+            ids, max_new, stops = (values[index] for values in row_args)
+            row_args = (ids, np.where(real, max_new, 0), stops)  # padding rows: no budget
             compact_args = (state, *sharding.to_global((index, real), self._compact_shardings[0][1:]))
             decode_s += time.perf_counter() - start  # compiling a program is not decode time
             compact_program = self._compiled(
