@@ -283,6 +283,11 @@ def _paper() -> ml_collections.ConfigDict:
     # into the smaller batch bucket that holds them (at least this many rows) and decode on there; the same tokens
     # as in lockstep up to float rounding. 0 = off. Each smaller bucket is another decode program to compile.
     c.sampling.compact_rows = 8
+    # Greedy calls (greedy memory turns, every evaluation) decode with this many prompt-lookup drafts a model step:
+    # the tokens that followed the last two tokens' latest earlier occurrence in the row's prompt and output, checked
+    # against the model's argmax in one step (a memory mostly copies its old memory and the chunk). The same tokens
+    # as lockstep greedy decoding up to float rounding; each step writes k + 1 cache slots. 0 = off.
+    c.sampling.lookup_tokens = 4
     # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained
     # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.
     c.sampling.greedy_memory = False

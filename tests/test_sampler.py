@@ -14,10 +14,14 @@ from memtrain_jax.sampler import (
     Sampler,
     draw_tokens,
     generate,
+    lookup_decode_loop,
+    lookup_drafts,
     prefill_prompts,
+    rows_from_prefix,
     sample,
     sample_from_prefix,
 )
+from memtrain_jax.sampler.sampler import decode_state
 from memtrain_jax.sharding import make_mesh
 
 CONFIG = ModelConfig(
@@ -230,6 +234,111 @@ def test_compacted_decode_equals_the_lockstep_decode(params, mesh_shape, tempera
     np.testing.assert_array_equal(one.stopped, two.stopped)
     assert one.steps == two.steps == max(one.lengths) - 1
     np.testing.assert_allclose(one.logprobs, two.logprobs, rtol=0, atol=1e-5)
+
+
+def numpy_lookup_drafts(history, known, k, ngram):
+    """Reference of lookup_drafts, row by row: the k tokens after the latest earlier occurrence of the row's last n
+    tokens (largest n <= ngram that occurs), never reading past its last known token (repeated beyond)."""
+    out = []
+    for row, m in zip(history.tolist(), known.tolist(), strict=True):
+        seen, start = row[:m], m - 1
+        for n in range(ngram, 0, -1):
+            hits = [j + n for j in range(m - n) if m >= n and seen[j : j + n] == seen[m - n :]]
+            if hits:
+                start = max(hits)
+                break
+        out.append([seen[min(start + i, m - 1)] for i in range(k)])
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 3])
+def test_lookup_drafts_match_a_numpy_reference(ngram):
+    rng = np.random.default_rng(ngram)
+    history = rng.integers(1, 4, (64, 24)).astype(np.int32)  # 3 symbols: n-grams recur, and some do not
+    known = rng.integers(1, 25, 64).astype(np.int32)
+    known[:3] = [1, 2, 24]
+    history[3, :9] = [5, 6, 7, 8, 1, 2, 5, 6, 9]  # (5, 6) recurs: the draft is what followed it, 7 8 1 2 ...
+    known[3] = 8
+    got = np.asarray(jax.jit(lookup_drafts, static_argnums=(2, 3))(history, known, 5, ngram))
+    np.testing.assert_array_equal(got, numpy_lookup_drafts(history, known, 5, ngram))
+    if ngram >= 2:
+        np.testing.assert_array_equal(got[3], [7, 8, 1, 2, 5])
+
+
+def test_lookup_decode_is_greedy_decode_in_fewer_steps(params):
+    """Greedy decoding with prompt-lookup drafts emits the lockstep greedy tokens. Each row's history starts with
+    a copy of its own greedy continuation (after its prompt's last token), so most drafts are right and a model step
+    emits up to k + 1 tokens: as many steps as a NumPy replay of the drafting, fewer than the lockstep decode's N - 1;
+    with stop tokens drawn mid-continuation, rows end where the lockstep decode ends them."""
+    prompts = [[(37 * i + 11 * j) % 255 + 1 for j in range(2 + i % 9)] for i in range(8)]
+    lockstep = Sampler(CONFIG, pad_id=PAD, buckets=Buckets(compact_rows=0))
+    n, k = 16, 4
+    reference = lockstep(params, prompts, max_new_tokens=n, temperature=0.0)
+    for stops, budgets in (([], [n] * 8), ([int(reference.tokens[0, 6]), int(reference.tokens[5, 9])], [n] * 8),
+                           ([], [1 + 2 * i for i in range(8)])):  # fmt: skip
+        expected = lockstep(params, prompts, max_new_tokens=budgets, temperature=0.0, stop_tokens=stops)
+        batch = lockstep.prepare(prompts, budgets, stops)
+        p = batch["prompt"].shape[1]
+        logits, prefix = prefill_prompts(CONFIG, params, batch["prompt"], batch["prompt_mask"])
+        cache = init_cache(CONFIG, 8, p + (k + 1) * n)
+        cache, logits = rows_from_prefix(prefix, logits, batch["rows"], cache)
+        history = np.zeros((8, 2 * n + 1 + p + n), np.int32)
+        known = np.zeros(8, np.int32)
+        for i, prompt in enumerate(prompts):  # [last prompt token, its continuation] + the prompt
+            seen = [prompt[-1], *reference.tokens[i].tolist(), *prompt]
+            history[i, : len(seen)], known[i] = seen, len(seen)
+        state = {**decode_state(cache, batch["max_new"], n), "history": history, "known": known}
+        run = jax.jit(lambda s, lg, budget, stop: lookup_decode_loop(CONFIG, params, s, budget, stop, lg,
+                                                                     num_drafts=k, pad_id=PAD))  # fmt: skip
+        out = run(state, logits, batch["max_new"], batch["stop_tokens"])
+        lengths = np.asarray(out["lengths"])
+        np.testing.assert_array_equal(lengths, expected.lengths)
+        np.testing.assert_array_equal(np.asarray(out["tokens"])[:, : expected.tokens.shape[1]], expected.tokens)
+        np.testing.assert_array_equal(np.asarray(out["stopped"]), expected.stopped)
+        np.testing.assert_allclose(
+            np.asarray(out["logprobs"])[:, : expected.tokens.shape[1]], expected.logprobs, rtol=0, atol=1e-5
+        )
+        # The model steps a NumPy replay of the drafting takes: each step emits the drafts that agree with the
+        # greedy tokens, then one more; the loop runs until the slowest row is done.
+        steps = []
+        for i, length in enumerate(lengths.tolist()):
+            seen, emitted, taken = history[i, : known[i]].tolist() + [int(expected.tokens[i, 0])], 1, 0
+            while emitted < length:
+                drafts = numpy_lookup_drafts(np.asarray([seen]), np.asarray([len(seen)]), k, 2)[0].tolist()
+                agree = 0
+                while agree < k and emitted + agree < length and drafts[agree] == expected.tokens[i, emitted + agree]:
+                    agree += 1
+                new = expected.tokens[i, emitted : min(emitted + agree + 1, length)].tolist()
+                seen, emitted, taken = seen + new, emitted + len(new), taken + 1
+            steps.append(taken)
+        assert int(out["step"]) - 1 == max(steps) < n - 1
+        if stops:
+            assert expected.stopped.sum() >= 2  # rows 0 and 5 stop on a token inside a step's drafts
+
+
+@pytest.mark.parametrize("mesh_shape, scan", [(None, False), ((2, 2, 2), False), (None, True)])
+def test_sampler_lookup_decode_equals_the_lockstep_decode(params, mesh_shape, scan):
+    """`Buckets.lookup_tokens`: a greedy call decodes with prompt-lookup drafts (its own program) and returns the
+    lockstep decode's tokens, lengths and stop flags (log-probs to float rounding), on one device, on a mesh and with
+    scanned layers; prompts that repeat themselves give the drafts something to find. Sampled calls are unchanged."""
+    prompts = [[(37 * i + 11 * j) % 255 + 1 for j in range(2 + i % 9)] * 3 for i in range(12)]
+    budgets = [1 + (7 * i) % 20 for i in range(12)]
+    lockstep = Sampler(CONFIG, pad_id=PAD, buckets=Buckets(compact_rows=0))
+    mesh = make_mesh(mesh_shape) if mesh_shape else None
+    lookup = Sampler(CONFIG.replace(scan_layers=scan), mesh=mesh, pad_id=PAD, buckets=Buckets(lookup_tokens=3))
+    weights = stack_layers(params, CONFIG) if scan else params
+    drawn = lockstep(params, prompts, max_new_tokens=budgets, temperature=0.0)
+    later = np.concatenate([row[2:length] for row, length in zip(drawn.tokens, drawn.lengths, strict=True)])
+    stops = np.argsort(np.bincount(later, minlength=CONFIG.vocab_size))[-2:].tolist()
+    for temperature in (0.0, 1.0):
+        settings = dict(max_new_tokens=budgets, temperature=temperature, seed=3, stop_tokens=stops)
+        one, two = lockstep(params, prompts, **settings), lookup(weights, prompts, **settings)
+        np.testing.assert_array_equal(one.tokens, two.tokens)
+        np.testing.assert_array_equal(one.lengths, two.lengths)
+        np.testing.assert_array_equal(one.stopped, two.stopped)
+        np.testing.assert_allclose(one.logprobs, two.logprobs, rtol=0, atol=1e-5)
+    assert 0 < one.stopped.sum() < len(prompts)
+    assert [name.split()[0] for name in lookup.compile_seconds].count("lookup") == 1  # greedy only
 
 
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
@@ -494,7 +603,13 @@ def test_length_bucket_cap():
 
 @pytest.mark.parametrize(
     "field, value, least",
-    [("length_block", 0, 1), ("max_length_buckets", -1, 1), ("min_batch", 2.0, 1), ("compact_rows", -1, 0)],
+    [
+        ("length_block", 0, 1),
+        ("max_length_buckets", -1, 1),
+        ("min_batch", 2.0, 1),
+        ("compact_rows", -1, 0),
+        ("lookup_tokens", -2, 0),
+    ],
 )
 def test_buckets_reject_bad_values(field, value, least):
     with pytest.raises(ValueError, match=f"Buckets.{field} must be an int >= {least}, got {value!r}"):

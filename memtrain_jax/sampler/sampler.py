@@ -56,6 +56,7 @@ from memtrain_jax.model.transformer import (
 )
 
 NO_STOP = -1  # fills unused stop-token slots; never equal to a sampled token id
+LOOKUP_NGRAM = 2  # lookup_drafts matches the last 2 tokens of a row (else its last one) in its history
 COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
 
 
@@ -104,6 +105,10 @@ class Buckets:
     `Sampler.__call__`); the rows' tokens are those of the lockstep decode up to float rounding (a smaller batch
     may round a matmul differently and so flip a near tie). On (8) for a Sampler built without buckets; a run
     config sets it (`sampling.compact_rows`; 0 where a stored config predates the field).
+
+    `lookup_tokens` (0 = off): greedy calls (temperature 0) decode with that many prompt-lookup drafts a model step
+    (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds (lookup_tokens + 1) slots per decode
+    step. Off for a Sampler built without buckets; a run config sets it (`sampling.lookup_tokens`).
     """
 
     min_batch: int = 1
@@ -113,20 +118,22 @@ class Buckets:
     length_block: int = 256
     max_length_buckets: int = 16
     compact_rows: int = 8
+    lookup_tokens: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> Buckets:
-        """A run's buckets: `sampling.length_block` and `sampling.compact_rows` of a training config (256 and 0,
-        no compaction, where a field is absent)."""
+        """A run's buckets: `sampling.length_block`, `sampling.compact_rows` and `sampling.lookup_tokens` of a
+        training config (256, 0 and 0: no compaction, no drafts, where a field is absent)."""
         return cls(
             length_block=int(config.sampling.get("length_block", 256)),
             compact_rows=int(config.sampling.get("compact_rows", 0)),
+            lookup_tokens=int(config.sampling.get("lookup_tokens", 0)),
         )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            least = 0 if field.name == "compact_rows" else 1
+            least = 0 if field.name in ("compact_rows", "lookup_tokens") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"Buckets.{field.name} must be an int >= {least}, got {value!r}.")
 
@@ -419,6 +426,112 @@ def decode_state(cache: KVCache, max_new: jax.Array, num_steps: int, pad_id: int
     }
 
 
+def lookup_drafts(history: jax.Array, known: jax.Array, num_drafts: int, ngram: int = LOOKUP_NGRAM) -> jax.Array:
+    """Prompt-lookup drafts (traceable): for each row of history [B, H], whose first known[b] tokens are its
+    prompt (no padding) and the tokens drawn so far, the `num_drafts` tokens that followed the latest earlier
+    occurrence of its last n tokens, for the largest n <= `ngram` that occurs earlier (history[j + n + i] for
+    i < num_drafts, j the occurrence's start; read no further than known[b] - 1, the last known token repeated
+    beyond). A row with no earlier occurrence even of its last token drafts its last token. Returns [B, num_drafts]
+    int32. A memory turn mostly copies its old memory and the chunk it reads, so its next tokens usually follow
+    a recent n-gram of its own prompt; a wrong draft costs only its slot (`lookup_decode_loop` checks it)."""
+    b, h = history.shape
+    slots = jnp.arange(h)
+    last = known - 1
+    chosen = jnp.full((b,), -1, jnp.int32)  # the start j + n of the continuation, -1 while none found
+    for n in range(ngram, 0, -1):
+        # match[b, j]: history[j : j + n] equals the row's last n tokens, strictly before them (j + n <= last)
+        match = jnp.ones((b, h), bool)
+        for i in range(n):
+            tail = jnp.take_along_axis(history, jnp.clip(known - n + i, 0, h - 1)[:, None], axis=1)  # [B, 1]
+            shifted = jnp.roll(history, -i, axis=1)  # shifted[:, j] = history[:, j + i]
+            match &= shifted == tail
+        match &= (slots[None, :] + n <= last[:, None]) & (known[:, None] >= n)
+        start = jnp.max(jnp.where(match, slots[None, :] + n, -1), axis=1)
+        chosen = jnp.where(chosen >= 0, chosen, start)
+    at = jnp.where(chosen >= 0, chosen, last)[:, None] + jnp.arange(num_drafts)[None, :]
+    return jnp.take_along_axis(history, jnp.minimum(at, last[:, None]), axis=1).astype(jnp.int32)
+
+
+def lookup_decode_loop(
+    config: ModelConfig,
+    params: Params,
+    state: dict,
+    max_new: jax.Array,
+    stop_tokens: jax.Array,
+    logits: jax.Array,
+    *,
+    num_drafts: int,
+    pad_id: int = 0,
+) -> dict:
+    """Greedy decoding with prompt-lookup drafts (traceable): the tokens of `decode_loop` at temperature 0, in
+    fewer model steps. Each step feeds [last token, d_1..d_k] (k = `num_drafts`, `lookup_drafts`) through the
+    model at once, takes the argmax a_0..a_k at each position, accepts the drafts while d_j = a_{j-1} (m of them)
+    and emits a_0..a_m: the m accepted drafts and the token after them, each checked for a stop token and the
+    row's budget as the lockstep loop would. The k - m rejected drafts' cache slots are masked out (the rotary
+    positions count only valid slots), so the cache needs up to (k + 1) slots per step. Log-probs: the logits'
+    own log_softmax at each emitted token, as greedy decoding books them.
+
+    state: `decode_state`'s, plus history [B, H] int32 (each row's prompt, unpadded, from column 0; H >= its
+    length + the budget N) and known [B] int32 (the prompt lengths); logits [B, V]: the prompts' next-token
+    logits. `step` counts model steps (plus one for the first token, drawn from `logits`), so a row's tokens and
+    stop flags are those of `decode_loop` and the output's steps are the model steps taken.
+    """
+    b, num_steps = state["tokens"].shape
+    k = int(num_drafts)
+    rows = jnp.arange(b)
+
+    def book(state: dict, token: jax.Array, logprob: jax.Array, ok: jax.Array) -> dict:
+        """Appends token [B] (log-prob [B]) to the rows where ok [B] and the row is not done."""
+        ok = ok & ~state["done"]
+        column = jnp.minimum(state["lengths"], num_steps - 1)
+        slot = jnp.minimum(state["known"], state["history"].shape[1] - 1)
+        put = lambda buf, at, value: buf.at[rows, at].set(jnp.where(ok, value, buf[rows, at]))
+        lengths = state["lengths"] + ok.astype(jnp.int32)
+        hit_stop = ok & jnp.any(token[:, None] == stop_tokens, axis=-1)
+        return {
+            **state,
+            "tokens": put(state["tokens"], column, token),
+            "logprobs": put(state["logprobs"], column, logprob),
+            "history": put(state["history"], slot, token),
+            "known": state["known"] + ok.astype(jnp.int32),
+            "lengths": lengths,
+            "stopped": state["stopped"] | hit_stop,
+            "done": state["done"] | hit_stop | (lengths >= max_new),
+            "last": jnp.where(ok, token, state["last"]),
+        }
+
+    def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:  # [..., V] -> argmax, its log-prob
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
+        return token, logprob
+
+    token, logprob = greedy(logits)
+    state = book(state, token, logprob, jnp.ones((b,), bool))
+    state = {**state, "step": state["step"] + 1}
+
+    def keep_going(state):
+        room = state["cache"]["index"] + k + 1 <= cache_length(state["cache"])
+        return (state["step"] < num_steps) & jnp.any(~state["done"]) & room
+
+    def step(state):
+        drafts = lookup_drafts(state["history"], state["known"], k)
+        fed = jnp.concatenate([state["last"][:, None], drafts], axis=1)  # [B, k + 1]
+        index = state["cache"]["index"]
+        logits, cache = apply_model(config, params, fed, attention_mask=jnp.ones(fed.shape, bool), cache=state["cache"])
+        tokens, logprobs = greedy(logits)  # [B, k + 1]: the token after each fed position
+        agree = jnp.cumprod((drafts == tokens[:, :k]).astype(jnp.int32), axis=1)
+        accepted = jnp.sum(agree, axis=1)  # m: the leading drafts the model would have written itself
+        # Fed position j holds a real token iff j <= m (the last token and the accepted drafts).
+        valid = jnp.arange(k + 1)[None, :] <= accepted[:, None]
+        mask = jax.lax.dynamic_update_slice(cache["mask"], valid & ~state["done"][:, None], (0, index))
+        state = {**state, "cache": {**cache, "mask": mask}}
+        for j in range(k + 1):  # emit a_0..a_m, stopping where the lockstep loop would
+            state = book(state, tokens[:, j], logprobs[:, j], j <= accepted)
+        return {**state, "step": state["step"] + 1}
+
+    return jax.lax.while_loop(keep_going, step, state)
+
+
 def compact_state(state: dict, index: jax.Array, real: jax.Array) -> dict:
     """Rows `index` [B'] of a decode state (traceable, no model): a state of B' rows whose row j is row
     index[j]; rows with real[j] False are padding and done."""
@@ -568,6 +681,12 @@ class Sampler:
         self._decode_shardings = ((self.param_shardings, self.cache_shardings, batch(None), *sampling_args), state)
         # resume: (params, state, *sampling_args) -> state; compact: (state, index, real) -> state
         self._resume_shardings = ((self.param_shardings, state, *sampling_args), state)
+        # lookup: (params, cache, logits, history, known, max_new, stop_tokens) -> a lookup state
+        lookup_state = {**state, "history": batch(None), "known": batch()}
+        self._lookup_shardings = (
+            (self.param_shardings, self.cache_shardings, batch(None), batch(None), batch(), batch(), batch(None)),
+            lookup_state,
+        )
         self._compact_shardings = ((state, batch(), batch()), state)
         self._executables: dict[tuple, Any] = {}
         self._prompt_lengths: set[int] = set()
@@ -598,6 +717,18 @@ class Sampler:
             )  # fmt: skip
 
         return run_decode
+
+    def _lookup_fn(self, num_steps: int, num_drafts: int):
+        """The greedy lookup decode's body: (params, cache, logits [B, V], history [B, H], known [B], max_new,
+        stop_tokens) -> the state after `lookup_decode_loop`."""
+
+        def run_lookup(params, cache, logits, history, known, max_new, stop_tokens):
+            state = {**decode_state(cache, max_new, num_steps, self.pad_id), "history": history, "known": known}
+            return lookup_decode_loop(
+                self.config, params, state, max_new, stop_tokens, logits, num_drafts=num_drafts, pad_id=self.pad_id
+            )
+
+        return run_lookup
 
     def _resume_fn(self, top_k: int | None, use_top_p: bool):
         """The resume program's body: (params, state, rng, row_ids, max_new, stop_tokens, temperature, top_p,
@@ -811,7 +942,10 @@ class Sampler:
         u, p = batch["prompt"].shape
         b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
-        slots = p + num_steps  # the decode reads only the slots in use: a bigger cache would only cost memory
+        lookup = self.buckets.lookup_tokens if temperature == 0 else 0  # drafts are checked against the argmax
+        # The decode reads only the slots in use: a bigger cache would only cost memory. A lookup step writes its
+        # drafts' slots too, accepted or not.
+        slots = p + (lookup + 1) * num_steps
         rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
         params = self.place_params(params)
 
@@ -848,14 +982,27 @@ class Sampler:
             ids[: len(prompts)] = [int(i) % 2**32 for i in row_ids]
         scalars = (np.float32(temperature), np.float32(1.0 if top_p is None else top_p))
         row_args = (ids, batch["max_new"], batch["stop_tokens"])
-        host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
-        args = (params, cache, logits, *sharding.to_global(host_args, self._decode_shardings[0][3:]))
-        # Keyed without the distinct prompts (and with the prompt length only through the cache slots).
-        decode_program = self._compiled(
-            ("decode", b, slots, e, num_steps, top_k, use_top_p),
-            f"decode B={b} S={slots} N={num_steps}",
-            self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args,
-        )  # fmt: skip
+        if lookup:
+            # Each row's prompt without its padding, from column 0, then room for its tokens: what drafts are read from.
+            history = np.full((b, p + num_steps), self.pad_id, np.int32)
+            known = batch["prompt_mask"].sum(axis=1)[batch["rows"]].astype(np.int32)
+            for i, u_i in enumerate(batch["rows"]):
+                history[i, : known[i]] = batch["prompt"][u_i, p - known[i] :]
+            host_args = (history, known, batch["max_new"], batch["stop_tokens"])
+            args = (params, cache, logits, *sharding.to_global(host_args, self._lookup_shardings[0][3:]))
+            decode_program = self._compiled(
+                ("lookup", b, slots, e, num_steps, lookup), f"lookup B={b} S={slots} N={num_steps} K={lookup}",
+                self._lookup_fn(num_steps, lookup), self._lookup_shardings, (1,), *args,
+            )  # fmt: skip
+        else:
+            host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
+            args = (params, cache, logits, *sharding.to_global(host_args, self._decode_shardings[0][3:]))
+            # Keyed without the distinct prompts (and with the prompt length only through the cache slots).
+            decode_program = self._compiled(
+                ("decode", b, slots, e, num_steps, top_k, use_top_p),
+                f"decode B={b} S={slots} N={num_steps}",
+                self._decode_fn(num_steps, top_k, use_top_p), self._decode_shardings, (1,), *args,
+            )  # fmt: skip
         decode_s, start = rows_s, time.perf_counter()  # the rows' copy counts as decode (part of the decode program)
         with jax.set_mesh(self.mesh):
             state = decode_program(*args)
@@ -873,7 +1020,7 @@ class Sampler:
             # stopped early only if they fit a quarter of its rows) and go on there.
             host = {key: sharding.to_host(state[key]) for key in (*result, "done")}
             unfinished = host["done"] == 0
-            if int(sharding.to_host(state["step"])) >= num_steps:
+            if lookup or int(sharding.to_host(state["step"])) >= num_steps:  # a lookup decode runs to the end
                 unfinished[:] = False
             finished = (origin >= 0) & ~unfinished
             for key, values in result.items():
