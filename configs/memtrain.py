@@ -126,6 +126,7 @@ _CPU = {
     "agent.recall_tokens": 24,
     "sampling.temperature": 0.7,  # SmolLM2-135M writes noise at 1.0
     "sampling.length_block": 64,  # prompts of 150-350 tokens: 256-token blocks padded a 260-token prompt to 512
+    "sampling.lookup_tokens": 4,  # greedy memories copy their chunk: fewer decode steps (the cache is small here)
     # The KL term costs a reference forward pass per micro-batch, and at 1e-3 it barely acts over a few dozen steps.
     "rl.kl_coef": 0.0,
     "optim.learning_rate": 2e-5,
@@ -283,11 +284,13 @@ def _paper() -> ml_collections.ConfigDict:
     # into the smaller batch bucket that holds them (at least this many rows) and decode on there; the same tokens
     # as in lockstep up to float rounding. 0 = off. Each smaller bucket is another decode program to compile.
     c.sampling.compact_rows = 8
-    # Greedy calls (greedy memory turns, every evaluation) decode with this many prompt-lookup drafts a model step:
+    # Greedy calls of at most 16 rows (greedy memory turns) decode with this many prompt-lookup drafts a model step:
     # the tokens that followed the last two tokens' latest earlier occurrence in the row's prompt and output, checked
     # against the model's argmax in one step (a memory mostly copies its old memory and the chunk). The same tokens
-    # as lockstep greedy decoding up to float rounding; each step writes k + 1 cache slots. 0 = off.
-    c.sampling.lookup_tokens = 4
+    # as lockstep greedy decoding up to float rounding. 0 = off: each step writes k + 1 cache slots, so a greedy
+    # call's cache holds (k + 1) x its decode budget (5,120 more slots a row for the paper's 1,024-token memories at
+    # k = 4), which `memtrain plan` does not size.
+    c.sampling.lookup_tokens = 0
     # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained
     # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.
     c.sampling.greedy_memory = False

@@ -21,7 +21,7 @@ from memtrain_jax.sampler import (
     sample,
     sample_from_prefix,
 )
-from memtrain_jax.sampler.sampler import decode_state
+from memtrain_jax.sampler.sampler import LOOKUP_MAX_ROWS, LOOKUP_MIN_STEPS, decode_state
 from memtrain_jax.sharding import make_mesh
 
 CONFIG = ModelConfig(
@@ -322,7 +322,7 @@ def test_sampler_lookup_decode_equals_the_lockstep_decode(params, mesh_shape, sc
     lockstep decode's tokens, lengths and stop flags (log-probs to float rounding), on one device, on a mesh and with
     scanned layers; prompts that repeat themselves give the drafts something to find. Sampled calls are unchanged."""
     prompts = [[(37 * i + 11 * j) % 255 + 1 for j in range(2 + i % 9)] * 3 for i in range(12)]
-    budgets = [1 + (7 * i) % 20 for i in range(12)]
+    budgets = [LOOKUP_MIN_STEPS - 20 + (7 * i) % 30 for i in range(12)]  # a budget bucket of 2 x LOOKUP_MIN_STEPS
     lockstep = Sampler(CONFIG, pad_id=PAD, buckets=Buckets(compact_rows=0))
     mesh = make_mesh(mesh_shape) if mesh_shape else None
     lookup = Sampler(CONFIG.replace(scan_layers=scan), mesh=mesh, pad_id=PAD, buckets=Buckets(lookup_tokens=3))
@@ -339,6 +339,14 @@ def test_sampler_lookup_decode_equals_the_lockstep_decode(params, mesh_shape, sc
         np.testing.assert_allclose(one.logprobs, two.logprobs, rtol=0, atol=1e-5)
     assert 0 < one.stopped.sum() < len(prompts)
     assert [name.split()[0] for name in lookup.compile_seconds].count("lookup") == 1  # greedy only
+    # A wider greedy call (a batch bucket above LOOKUP_MAX_ROWS, where a step of B x (k + 1) positions costs more
+    # than its drafts save) and one of a short budget (answers, not copies) decode in lockstep.
+    wide = LOOKUP_MAX_ROWS + 1
+    lookup(weights, (prompts * wide)[:wide], max_new_tokens=LOOKUP_MIN_STEPS, temperature=0.0)
+    lookup(weights, prompts[:4], max_new_tokens=LOOKUP_MIN_STEPS // 2, temperature=0.0)
+    assert [name.split()[0] for name in lookup.compile_seconds].count("lookup") == 1
+    assert any(name.startswith(f"decode B={2 * LOOKUP_MAX_ROWS} ") for name in lookup.compile_seconds)
+    assert any(name.startswith("decode B=4 ") for name in lookup.compile_seconds)
 
 
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])

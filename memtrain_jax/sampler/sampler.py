@@ -57,6 +57,14 @@ from memtrain_jax.model.transformer import (
 
 NO_STOP = -1  # fills unused stop-token slots; never equal to a sampled token id
 LOOKUP_NGRAM = 2  # lookup_drafts matches the last 2 tokens of a row (else its last one) in its history
+# Greedy calls of at most this many rows (batch bucket) use lookup drafts. A step of B rows x 5 positions (k = 4) costs
+# 1.80x a one-token step at B = 8, 2.24x at 16, 2.35x at 32, 3.43x at 64 and 3.91x at 128 (SmolLM2-135M, 2-core CPU,
+# float32: wide steps are compute-bound; benchmarks/bench_lookup.py), and greedy memory turns emit 3-4 tokens a step
+# (their decode: 1.5x faster at 16 rows, 1.13x at 24).
+LOOKUP_MAX_ROWS = 16
+# ... and a decode budget (bucket) of at least this many tokens: short answers are not copies of the prompt (final
+# and recall answers of 16 rows took 8 lookup steps for ~9 tokens a row, 1.5 s against 1.0 s in lockstep).
+LOOKUP_MIN_STEPS = 64
 COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
 
 
@@ -106,9 +114,11 @@ class Buckets:
     may round a matmul differently and so flip a near tie). On (8) for a Sampler built without buckets; a run
     config sets it (`sampling.compact_rows`; 0 where a stored config predates the field).
 
-    `lookup_tokens` (0 = off): greedy calls (temperature 0) decode with that many prompt-lookup drafts a model step
-    (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds (lookup_tokens + 1) slots per decode
-    step. Off for a Sampler built without buckets; a run config sets it (`sampling.lookup_tokens`).
+    `lookup_tokens` (0 = off): greedy calls (temperature 0) of at most LOOKUP_MAX_ROWS rows and a decode budget of at
+    least LOOKUP_MIN_STEPS tokens (memory turns, not short answers) decode with that many
+    prompt-lookup drafts a model step (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds
+    (lookup_tokens + 1) slots per decode step. Off for a Sampler built without buckets; a run config sets it
+    (`sampling.lookup_tokens`).
     """
 
     min_batch: int = 1
@@ -942,7 +952,9 @@ class Sampler:
         u, p = batch["prompt"].shape
         b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
-        lookup = self.buckets.lookup_tokens if temperature == 0 else 0  # drafts are checked against the argmax
+        # Drafts are checked against the argmax, and pay only while a step of B x (k + 1) positions is memory-bound.
+        eligible = temperature == 0 and b <= LOOKUP_MAX_ROWS and num_steps >= LOOKUP_MIN_STEPS
+        lookup = self.buckets.lookup_tokens if eligible else 0
         # The decode reads only the slots in use: a bigger cache would only cost memory. A lookup step writes its
         # drafts' slots too, accepted or not.
         slots = p + (lookup + 1) * num_steps
