@@ -2,13 +2,14 @@
 
 Two parts, each side by side in one process:
 
-* step cost by rows: SmolLM2-135M's shapes with random weights, 8 shared 256-token prompts, 32 greedy tokens a
+* step cost by rows: SmolLM2-135M's shapes with random weights, 8 shared 256-token prompts, 64 greedy tokens a
   row; the decode's milliseconds per model step with k = 0 (lockstep) and k = `--drafts` (each step feeds
   B x (k + 1) positions; the Sampler's LOOKUP_MAX_ROWS is lifted for it), and their ratio: the tokens a lookup
   step must emit to break even at that many rows.
   A random model's greedy output loops, so its drafts are mostly accepted; the per-step cost does not depend on it.
 * `--run RUN@STEP` (a MemTrain checkpoint; needs the data caches of `--config` under the working directory):
-  greedy evaluation rollouts of `--episodes` held-out episodes (at most 32, so every greedy call is eligible),
+  greedy evaluation rollouts of `--episodes` held-out episodes (at most LOOKUP_MAX_ROWS = 16, so that the memory
+  turns are eligible; the final and recall answers, of short budgets, decode in lockstep either way),
   with drafts and without, twice each in alternation (the first pair compiles). Prints each sampler call's rows,
   its tokens' equality, generated tokens and model steps, and each evaluation's prefill, decode and wall seconds.
 
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--run", default="", help="RUN@STEP: also compare greedy evaluation rollouts of it")
     parser.add_argument("--config", default="configs/memtrain.py:cpu_long,g2=8")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
-    parser.add_argument("--episodes", type=int, default=24)
+    parser.add_argument("--episodes", type=int, default=16, help="held-out episodes (<= 16: rows that draft)")
     args = parser.parse_args()
     if args.rows:
         step_cost(args.drafts, args.rows)

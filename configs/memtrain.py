@@ -288,7 +288,7 @@ def _paper() -> ml_collections.ConfigDict:
     # the tokens that followed the last two tokens' latest earlier occurrence in the row's prompt and output, checked
     # against the model's argmax in one step (a memory mostly copies its old memory and the chunk). The same tokens
     # as lockstep greedy decoding up to float rounding. 0 = off: each step writes k + 1 cache slots, so a greedy
-    # call's cache holds (k + 1) x its decode budget (5,120 more slots a row for the paper's 1,024-token memories at
+    # call's cache holds (k + 1) x its decode budget (4,096 more slots a row for the paper's 1,024-token memories at
     # k = 4), which `memtrain plan` does not size.
     c.sampling.lookup_tokens = 0
     # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained

@@ -60,7 +60,7 @@ LOOKUP_NGRAM = 2  # lookup_drafts matches the last 2 tokens of a row (else its l
 # Greedy calls of at most this many rows (batch bucket) use lookup drafts. A step of B rows x 5 positions (k = 4) costs
 # 1.80x a one-token step at B = 8, 2.24x at 16, 2.35x at 32, 3.43x at 64 and 3.91x at 128 (SmolLM2-135M, 2-core CPU,
 # float32: wide steps are compute-bound; benchmarks/bench_lookup.py), and greedy memory turns emit 3-4 tokens a step
-# (their decode: 1.5x faster at 16 rows, 1.13x at 24).
+# (their decode: 1.5x faster at 16 rows, 1.13x at 24 with this limit lifted).
 LOOKUP_MAX_ROWS = 16
 # ... and a decode budget (bucket) of at least this many tokens: short answers are not copies of the prompt (final
 # and recall answers of 16 rows took 8 lookup steps for ~9 tokens a row, 1.5 s against 1.0 s in lockstep).
@@ -488,14 +488,17 @@ def lookup_decode_loop(
     """
     b, num_steps = state["tokens"].shape
     k = int(num_drafts)
-    rows = jnp.arange(b)
 
     def book(state: dict, token: jax.Array, logprob: jax.Array, ok: jax.Array) -> dict:
         """Appends token [B] (log-prob [B]) to the rows where ok [B] and the row is not done."""
         ok = ok & ~state["done"]
-        column = jnp.minimum(state["lengths"], num_steps - 1)
-        slot = jnp.minimum(state["known"], state["history"].shape[1] - 1)
-        put = lambda buf, at, value: buf.at[rows, at].set(jnp.where(ok, value, buf[rows, at]))
+
+        def put(buf: jax.Array, at: jax.Array, value: jax.Array) -> jax.Array:  # buf[b, at[b]] = value[b] where ok
+            # An elementwise select, not a scatter: the rows stay on their batch shards.
+            hit = ok[:, None] & (jnp.arange(buf.shape[1])[None, :] == at[:, None])
+            return jnp.where(hit, value[:, None].astype(buf.dtype), buf)
+
+        column, slot = state["lengths"], state["known"]  # < N and < H while the row is not done
         lengths = state["lengths"] + ok.astype(jnp.int32)
         hit_stop = ok & jnp.any(token[:, None] == stop_tokens, axis=-1)
         return {
@@ -1032,7 +1035,9 @@ class Sampler:
             # stopped early only if they fit a quarter of its rows) and go on there.
             host = {key: sharding.to_host(state[key]) for key in (*result, "done")}
             unfinished = host["done"] == 0
-            if lookup or int(sharding.to_host(state["step"])) >= num_steps:  # a lookup decode runs to the end
+            if lookup and unfinished[origin >= 0].any():  # each lookup step emits a token a row: it cannot happen
+                raise RuntimeError(f"A lookup decode ended with unfinished rows ({num_steps} steps, {slots} slots).")
+            if int(sharding.to_host(state["step"])) >= num_steps:
                 unfinished[:] = False
             finished = (origin >= 0) & ~unfinished
             for key, values in result.items():
