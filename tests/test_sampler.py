@@ -289,7 +289,7 @@ def test_lookup_decode_is_greedy_decode_in_fewer_steps(params):
             history[i, : len(seen)], known[i] = seen, len(seen)
         state = {**decode_state(cache, batch["max_new"], n), "history": history, "known": known}
         run = jax.jit(lambda s, lg, budget, stop: lookup_decode_loop(CONFIG, params, s, budget, stop, lg,
-                                                                     num_drafts=k, pad_id=PAD))  # fmt: skip
+                                                                     num_drafts=k))  # fmt: skip
         out = run(state, logits, batch["max_new"], batch["stop_tokens"])
         lengths = np.asarray(out["lengths"])
         np.testing.assert_array_equal(lengths, expected.lengths)

@@ -471,7 +471,6 @@ def lookup_decode_loop(
     logits: jax.Array,
     *,
     num_drafts: int,
-    pad_id: int = 0,
 ) -> dict:
     """Greedy decoding with prompt-lookup drafts (traceable): the tokens of `decode_loop` at temperature 0, in
     fewer model steps. Each step feeds [last token, d_1..d_k] (k = `num_drafts`, `lookup_drafts`) through the
@@ -737,9 +736,7 @@ class Sampler:
 
         def run_lookup(params, cache, logits, history, known, max_new, stop_tokens):
             state = {**decode_state(cache, max_new, num_steps, self.pad_id), "history": history, "known": known}
-            return lookup_decode_loop(
-                self.config, params, state, max_new, stop_tokens, logits, num_drafts=num_drafts, pad_id=self.pad_id
-            )
+            return lookup_decode_loop(self.config, params, state, max_new, stop_tokens, logits, num_drafts=num_drafts)
 
         return run_lookup
 
