@@ -4,7 +4,7 @@ Two parts, each side by side in one process:
 
 * step cost by rows: SmolLM2-135M's shapes with random weights, 8 shared 256-token prompts, 64 greedy tokens a
   row; the decode's milliseconds per model step with k = 0 (lockstep) and k = `--drafts` (each step feeds
-  B x (k + 1) positions; the Sampler's LOOKUP_MAX_ROWS is lifted for it), and their ratio: the tokens a lookup
+  B x (k + 1) positions; Buckets.lookup_max_rows is lifted for it), and their ratio: the tokens a lookup
   step must emit to break even at that many rows.
   A random model's greedy output loops, so its drafts are mostly accepted; the per-step cost does not depend on it.
 * `--run RUN@STEP` (a MemTrain checkpoint; needs the data caches of `--config` under the working directory):
@@ -25,11 +25,10 @@ import argparse
 import dataclasses
 import tempfile
 import time
-from typing import Any
 
 import jax
 import numpy as np
-from bench_step import _split
+from bench_step import TimedSampler, _split
 
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.model.presets import preset_values
@@ -41,17 +40,15 @@ def step_cost(drafts: int, rows: list[int]) -> None:
     params = init_params(config, jax.random.key(0))
     rng = np.random.default_rng(0)
     distinct = [rng.integers(1, 1000, 256).tolist() for _ in range(8)]
-    import memtrain_jax.sampler.sampler as sampler_module
-
-    limit, sampler_module.LOOKUP_MAX_ROWS = sampler_module.LOOKUP_MAX_ROWS, max(rows)  # measure above the limit too
     print(f"SmolLM2-135M shapes, random weights; 256-token prompts, 64 greedy tokens a row; k = {drafts}")
-    print(f"(the Sampler drafts for greedy calls of at most LOOKUP_MAX_ROWS = {limit} rows; lifted here)")
+    print(f"(a Sampler drafts for greedy calls of at most {Buckets().lookup_max_rows} rows; lifted here)")
     print(f"{'rows':>5} {'lockstep ms/step':>17} {'lookup ms/step':>15} {'ratio':>6} {'lookup steps':>13}")
     for b in rows:
         prompts = [distinct[i % len(distinct)] for i in range(b)]
         per_step, steps = {}, {}
         for k in (0, drafts):
-            sampler = Sampler(config, buckets=Buckets(length_block=64, compact_rows=0, lookup_tokens=k))
+            buckets = Buckets(length_block=64, compact_rows=0, lookup_tokens=k, lookup_max_rows=max(rows))
+            sampler = Sampler(config, buckets=buckets)
             sampler.record_timings = True
             best = float("inf")
             for _ in range(3):  # the first compiles
@@ -60,23 +57,6 @@ def step_cost(drafts: int, rows: list[int]) -> None:
             per_step[k], steps[k] = best, out.steps
         ratio = per_step[drafts] / per_step[0]
         print(f"{b:>5} {per_step[0] * 1e3:>17.0f} {per_step[drafts] * 1e3:>15.0f} {ratio:>5.2f}x {steps[drafts]:>13}")
-    sampler_module.LOOKUP_MAX_ROWS = limit
-
-
-class _Recorder:
-    """Wraps a Sampler: keeps every call's rows, output and timings."""
-
-    def __init__(self, sampler: Any):
-        self.sampler, self.calls = sampler, []
-        sampler.record_timings = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sampler, name)
-
-    def __call__(self, params: Any, prompts: Any, **kw: Any) -> Any:
-        out = self.sampler(params, prompts, **kw)
-        self.calls.append((len(prompts), out, dict(self.sampler.last_timings)))
-        return out
 
 
 def rollouts(spec: str, run: str, sets: list[str], episodes: int, drafts: int) -> None:
@@ -87,12 +67,12 @@ def rollouts(spec: str, run: str, sets: list[str], episodes: int, drafts: int) -
     fixed = {"init_from": run, "train.format_steps": 0, "train.eval_episodes": episodes, "compilation_cache": ""}
     config = apply_overrides(load_config(spec), {**overrides, **fixed})
     trainer = Trainer(config, tempfile.mkdtemp(prefix="bench_lookup_"), log=lambda *_: None)
-    recorder = _Recorder(trainer.eval_policy.sampler)
-    trainer.eval_policy.sampler = recorder
+    sampler = trainer.eval_policy.sampler
+    recorder = trainer.eval_policy.sampler = TimedSampler(sampler)  # keeps each call's timings and output
     params = trainer.initial_state().params
     runs: dict[int, list] = {}
     for k in (drafts, 0, drafts, 0):  # alternated; the first pair compiles
-        recorder.sampler.buckets = dataclasses.replace(recorder.sampler.buckets, lookup_tokens=k)
+        sampler.buckets = dataclasses.replace(sampler.buckets, lookup_tokens=k)
         recorder.calls.clear()
         start = time.perf_counter()
         items = trainer.evaluate(params)["items"]
@@ -102,14 +82,15 @@ def rollouts(spec: str, run: str, sets: list[str], episodes: int, drafts: int) -
     print(f"{run}: greedy evaluation of {episodes} held-out episodes, k = {drafts} against lockstep (second runs)")
     header = ("rows", 5), ("tokens equal", 13), ("tokens", 7), ("model steps", 12), ("lockstep", 9), ("decode s", 9)
     print(" ".join(f"{name:>{width}}" for name, width in header) + f" {'lockstep':>9}")
-    for (rows, a, ta), (_, b, tb) in zip(calls_k, calls_0, strict=True):
+    for ta, tb in zip(calls_k, calls_0, strict=True):
+        rows, a, b = ta["rows"], ta["output"], tb["output"]
         same = a.tokens.shape == b.tokens.shape
         equal = same and bool((a.tokens == b.tokens).all() and (a.lengths == b.lengths).all())
         print(
             f"{rows:>5} {str(equal):>13} {int(a.lengths.sum()):>7} {a.steps:>12} {b.steps:>9} "
             f"{ta['decode_s']:>9.1f} {tb['decode_s']:>9.1f}"
         )
-    total = lambda calls, key: sum(t.get(key, 0.0) for _, _, t in calls)
+    total = lambda calls, key: sum(t.get(key, 0.0) for t in calls)
     print(f"items equal: {items_k == items_0}")
     for name, calls, wall in (("lookup", calls_k, wall_k), ("lockstep", calls_0, wall_0)):
         prefill, decode = total(calls, "prefill_s"), total(calls, "decode_s")

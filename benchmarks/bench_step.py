@@ -84,6 +84,7 @@ class TimedSampler:
                 "steps": int(out.steps),
                 "generated": int(lengths.sum()),
                 "context": float(np.mean([len(p) for p in prompts])) + float(out.steps) / 2,
+                "output": out,
             }
         )
         return out

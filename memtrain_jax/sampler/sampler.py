@@ -114,7 +114,8 @@ class Buckets:
     may round a matmul differently and so flip a near tie). On (8) for a Sampler built without buckets; a run
     config sets it (`sampling.compact_rows`; 0 where a stored config predates the field).
 
-    `lookup_tokens` (0 = off): greedy calls (temperature 0) of at most LOOKUP_MAX_ROWS rows and a decode budget of at
+    `lookup_tokens` (0 = off): greedy calls (temperature 0) of at most `lookup_max_rows` rows (LOOKUP_MAX_ROWS; a
+    benchmark lifts it to measure wider steps) and a decode budget of at
     least LOOKUP_MIN_STEPS tokens (memory turns, not short answers) decode with that many
     prompt-lookup drafts a model step (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds
     (lookup_tokens + 1) slots per decode step. Off for a Sampler built without buckets; a run config sets it
@@ -129,6 +130,7 @@ class Buckets:
     max_length_buckets: int = 16
     compact_rows: int = 8
     lookup_tokens: int = 0
+    lookup_max_rows: int = LOOKUP_MAX_ROWS
 
     @classmethod
     def from_config(cls, config: Any) -> Buckets:
@@ -953,7 +955,7 @@ class Sampler:
         b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
         # Drafts are checked against the argmax, and pay only while a step of B x (k + 1) positions is memory-bound.
-        eligible = temperature == 0 and b <= LOOKUP_MAX_ROWS and num_steps >= LOOKUP_MIN_STEPS
+        eligible = temperature == 0 and b <= self.buckets.lookup_max_rows and num_steps >= LOOKUP_MIN_STEPS
         lookup = self.buckets.lookup_tokens if eligible else 0
         # The decode reads only the slots in use: a bigger cache would only cost memory. A lookup step writes its
         # drafts' slots too, accepted or not.
