@@ -127,6 +127,7 @@ _CPU = {
     "sampling.temperature": 0.7,  # SmolLM2-135M writes noise at 1.0
     "sampling.length_block": 64,  # prompts of 150-350 tokens: 256-token blocks padded a 260-token prompt to 512
     "sampling.lookup_tokens": 4,  # greedy memories copy their chunk: fewer decode steps (the cache is small here)
+    "sampling.prefill_parts": 4,  # a call's prompts differ by up to 100 tokens: one prefill padded 30 % of its slots
     # The KL term costs a reference forward pass per micro-batch, and at 1e-3 it barely acts over a few dozen steps.
     "rl.kl_coef": 0.0,
     "optim.learning_rate": 2e-5,
@@ -291,6 +292,11 @@ def _paper() -> ml_collections.ConfigDict:
     # call's cache holds (k + 1) x its decode budget (4,096 more slots a row for the paper's 1,024-token memories at
     # k = 4), which `memtrain plan` does not size.
     c.sampling.lookup_tokens = 0
+    # Prefill a call's distinct prompts, longest first, in up to this many parts, each padded only to its own
+    # longest prompt's length bucket and its own batch bucket, then placed into one prefix: the same cache as one
+    # prefill of all, fewer padding slots computed. 1 = one prefill a call. Each part shape is another (small)
+    # prefill program; on a TPU the parts' shapes and the placing copies are not yet measured, hence 1 here.
+    c.sampling.prefill_parts = 1
     # Memory turns decoded greedily, as the greedy evaluation decodes them; only where they are not trained
     # (agent.train_memory_turns = False, e.g. recall_only): the learner scores trained turns at the temperature.
     c.sampling.greedy_memory = False

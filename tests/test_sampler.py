@@ -21,7 +21,13 @@ from memtrain_jax.sampler import (
     sample,
     sample_from_prefix,
 )
-from memtrain_jax.sampler.sampler import LOOKUP_MAX_ROWS, LOOKUP_MIN_STEPS, decode_state
+from memtrain_jax.sampler.sampler import (
+    LOOKUP_MAX_ROWS,
+    LOOKUP_MIN_STEPS,
+    PART_COST_SLOTS,
+    decode_state,
+    split_prefill,
+)
 from memtrain_jax.sharding import make_mesh
 
 CONFIG = ModelConfig(
@@ -583,6 +589,73 @@ def test_prompts_across_attention_blocks_match_reference(params):
         np.testing.assert_allclose(out.logprobs[i], logp[i, positions, out.tokens[i]], rtol=0, atol=1e-5)
 
 
+def compositions(n, parts):
+    """Every way to cut n ordered items into at most `parts` non-empty runs (their counts)."""
+    if n == 0:
+        yield []
+        return
+    if parts == 0:
+        return
+    for first in range(1, n + 1):
+        for rest in compositions(n - first, parts - 1):
+            yield [first, *rest]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_prefill_is_the_cheapest_split(seed):
+    """`split_prefill` against brute force over every split of prompts (longest first) into at most 1-4 parts: its
+    split computes the fewest slots (batch bucket x longest prompt's length bucket + PART_COST_SLOTS a part), and is
+    one part whenever one part is as cheap."""
+    rng = np.random.default_rng(seed)
+    buckets = Buckets(length_block=64)
+    size = lambda count: buckets.round_up(count, 1, 1 + seed % 2)  # seeds 1, 3, 5: batches split over 2 shards
+    length = lambda tokens: buckets.round_length(tokens, 16)
+    for _ in range(20):
+        lengths = sorted(rng.integers(5, 500, size=rng.integers(1, 11)).tolist(), reverse=True)
+        for max_parts in (1, 2, 3, 4):
+
+            def cost(counts, lengths=lengths):
+                starts = np.cumsum([0, *counts[:-1]])
+                return sum(size(c) * length(lengths[s]) + PART_COST_SLOTS for c, s in zip(counts, starts, strict=True))
+
+            counts = split_prefill(lengths, max_parts, size, length)
+            best = min(cost(c) for c in compositions(len(lengths), max_parts))
+            assert sum(counts) == len(lengths) and len(counts) <= max_parts
+            assert cost(counts) == best
+            if cost([len(lengths)]) == best:
+                assert counts == [len(lengths)]
+    with pytest.raises(ValueError, match="sorted longest first"):
+        split_prefill([3, 5], 2, size, length)
+
+
+@pytest.mark.parametrize("mesh_shape, scan", [(None, False), ((2, 2, 2), False), (None, True)])
+def test_prefill_parts_equal_one_prefill(params, mesh_shape, scan):
+    """`Buckets.prefill_parts`: prompts of 3 to 60 tokens (length buckets of 16) are prefilled in parts of their
+    own batch and length buckets and placed into the call's prefix; every row's greedy and sampled tokens, lengths
+    and stop flags equal one prefill of all (log-probs to float rounding), on one device, on a mesh and with
+    scanned layers, shared prompts included."""
+    rng = np.random.default_rng(7)
+    distinct = [rng.integers(1, CONFIG.vocab_size, size=n).tolist() for n in (60, 3, 33, 47, 5, 18, 9, 58, 4, 21)]
+    prompts = distinct + distinct[:6]  # rows sharing a prompt (a probe's samples) share its part's prefill
+    buckets = dict(length_block=16, min_prompt_length=4, compact_rows=0)
+    one = Sampler(CONFIG, pad_id=PAD, buckets=Buckets(**buckets))
+    mesh = make_mesh(mesh_shape) if mesh_shape else None
+    config = CONFIG.replace(scan_layers=scan)
+    parts = Sampler(config, mesh=mesh, pad_id=PAD, buckets=Buckets(prefill_parts=3, **buckets))
+    weights = stack_layers(params, CONFIG) if scan else params
+    layout = parts.prepare(prompts, 8)["parts"]
+    assert len(layout) > 1 and layout[0, 2] == 64 and layout[-1, 2] < 64  # parts of shorter length buckets
+    assert layout[:, 1].sum() <= 16 and (layout[:, 1] % (4 if mesh_shape else 1) == 0).all()
+    for settings in (dict(temperature=0.0), dict(temperature=1.0, stop_tokens=[3, 4], seed=5)):
+        a, b = one(params, prompts, max_new_tokens=8, **settings), parts(weights, prompts, max_new_tokens=8, **settings)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.lengths, b.lengths)
+        np.testing.assert_array_equal(a.stopped, b.stopped)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
+    assert [name.split()[0] for name in parts.compile_seconds].count("place") == len(layout)
+    assert not [name for name in one.compile_seconds if name.startswith("place")]
+
+
 @pytest.mark.parametrize(
     "n, expected, coarse", [(3, 16, 16), (200, 256, 256), (257, 512, 512), (5200, 5376, 8192), (7168, 7168, 8192)]
 )
@@ -592,15 +665,20 @@ def test_tight_length_buckets(n, expected, coarse):
     assert buckets.coarse_length(n, 16) == coarse
 
 
-@pytest.mark.parametrize("spec, block, expected", [("memtrain.py:paper", 256, 512), ("memtrain.py:cpu", 64, 320)])
-def test_a_runs_buckets_follow_sampling_length_block(spec, block, expected):
+@pytest.mark.parametrize(
+    "spec, block, expected, parts", [("memtrain.py:paper", 256, 512, 1), ("memtrain.py:cpu", 64, 320, 4)]
+)
+def test_a_runs_buckets_follow_sampling_length_block(spec, block, expected, parts):
     """A 260-token prompt: 512 slots in 256-token blocks (the paper), 320 in the CPU variants' 64-token blocks; a
-    stored config from before the field (no `sampling.length_block`) keeps the old 256-token blocks."""
+    stored config from before the field (no `sampling.length_block`) keeps the old 256-token blocks. Prefill parts:
+    4 in the CPU variants, 1 (one prefill) in the paper's and in a stored config from before the field."""
     config = load_config(spec)
     assert Buckets.from_config(config).length_block == block
     assert Buckets.from_config(config).round_length(260, 16) == expected
-    del config.sampling["length_block"]
+    assert Buckets.from_config(config).prefill_parts == parts
+    del config.sampling["length_block"], config.sampling["prefill_parts"]
     assert Buckets.from_config(config).round_length(260, 16) == 512
+    assert Buckets.from_config(config).prefill_parts == 1
 
 
 def test_length_bucket_cap():
@@ -620,6 +698,7 @@ def test_length_bucket_cap():
         ("min_batch", 2.0, 1),
         ("compact_rows", -1, 0),
         ("lookup_tokens", -2, 0),
+        ("prefill_parts", 0, 1),
     ],
 )
 def test_buckets_reject_bad_values(field, value, least):

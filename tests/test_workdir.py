@@ -248,16 +248,19 @@ def test_a_config_written_before_the_field_renames_reads_unchanged(spec):
     assert config_changes(old, config_values(load_config(spec))) == {}
     # `memtrain eval` / `export` / `diagnose` build the run from its stored config: read as today's, it is today's,
     # but for the run choices added since at the behaviour the run had (the CPU variants' 64-token prompt buckets
-    # shared-prompt updates, decode compaction and lookup drafts came later; a run choice may differ on resume)
+    # shared-prompt updates, decode compaction, lookup drafts and prefill parts came later; a run choice may differ
+    # on resume)
     today = config_values(load_config(spec))
     assert migrate_tree(old)["sampling"]["length_block"] == 256
     assert migrate_tree(old)["train"]["share_prompts"] is False
     assert migrate_tree(old)["sampling"]["compact_rows"] == 0
     assert migrate_tree(old)["sampling"]["lookup_tokens"] == 0
+    assert migrate_tree(old)["sampling"]["prefill_parts"] == 1
     today["sampling"]["length_block"] = 256
     today["train"]["share_prompts"] = False
     today["sampling"]["compact_rows"] = 0
     today["sampling"]["lookup_tokens"] = 0
+    today["sampling"]["prefill_parts"] = 1
     assert migrate_tree(old) == today
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -66,6 +66,9 @@ LOOKUP_MAX_ROWS = 16
 # and recall answers of 16 rows took 8 lookup steps for ~9 tokens a row, 1.5 s against 1.0 s in lockstep).
 LOOKUP_MIN_STEPS = 64
 COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
+# A prefill part's fixed cost in prompt slots (`split_prefill`): each part reads every weight once and is one more
+# program call; reading SmolLM2-135M's weights costs about what 30-60 prompt slots of compute do on this CPU.
+PART_COST_SLOTS = 64
 
 
 @flax.struct.dataclass
@@ -120,6 +123,12 @@ class Buckets:
     prompt-lookup drafts a model step (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds
     (lookup_tokens + 1) slots per decode step. Off for a Sampler built without buckets; a run config sets it
     (`sampling.lookup_tokens`).
+
+    `prefill_parts` (1 = one prefill a call): the distinct prompts, longest first, are prefilled in up to this many
+    parts of consecutive prompts, each its own batch bucket and length bucket (`split_prefill`), and placed into the
+    call's prefix as one prefill of all would have written it; a call's prompts of 124-208 tokens no longer all
+    compute 256 slots. The rows and decode programs are the same; each part's shape is one more prefill program.
+    Off for a Sampler built without buckets; a run config sets it (`sampling.prefill_parts`).
     """
 
     min_batch: int = 1
@@ -131,15 +140,18 @@ class Buckets:
     compact_rows: int = 8
     lookup_tokens: int = 0
     lookup_max_rows: int = LOOKUP_MAX_ROWS
+    prefill_parts: int = 1
 
     @classmethod
     def from_config(cls, config: Any) -> Buckets:
-        """A run's buckets: `sampling.length_block`, `sampling.compact_rows` and `sampling.lookup_tokens` of a
-        training config (256, 0 and 0: no compaction, no drafts, where a field is absent)."""
+        """A run's buckets: `sampling.length_block`, `sampling.compact_rows`, `sampling.lookup_tokens` and
+        `sampling.prefill_parts` of a training config (256, 0, 0 and 1: no compaction, no drafts, one prefill, where
+        a field is absent)."""
         return cls(
             length_block=int(config.sampling.get("length_block", 256)),
             compact_rows=int(config.sampling.get("compact_rows", 0)),
             lookup_tokens=int(config.sampling.get("lookup_tokens", 0)),
+            prefill_parts=int(config.sampling.get("prefill_parts", 1)),
         )
 
     def __post_init__(self):
@@ -343,6 +355,60 @@ def rows_from_prefix(
     """Row i's cache and next-token logits [B, V] from prompt rows[i] of a shared prefill (traceable, no model):
     `cache` (B rows, S >= P slots, empty) gets the prompt's P slots, as if the row had prefilled it itself."""
     return expand_prefix(prefix, rows, cache), jnp.take(prefix_logits, rows, axis=0)
+
+
+def split_prefill(
+    lengths: Sequence[int], max_parts: int, size: Callable[[int], int], length: Callable[[int], int]
+) -> list[int]:
+    """How many of `lengths` (prompt lengths, longest first) each prefill part takes: at most `max_parts` parts of
+    consecutive prompts minimising sum_g size(n_g) * length(l_g) + PART_COST_SLOTS, the slots the parts compute
+    (n_g prompts of which the longest has l_g tokens; `size` is a count's batch bucket, `length` a prompt length's
+    bucket). Exact (dynamic programming over the split points); a tie goes to the larger first part, so one part
+    unless splitting computes fewer slots. Host-side."""
+    n = len(lengths)
+    if any(a < b for a, b in zip(lengths, lengths[1:], strict=False)):
+        raise ValueError(f"lengths must be sorted longest first, got {list(lengths)}.")
+    sizes = [0] + [size(c) for c in range(1, n + 1)]
+    heads = [length(x) for x in lengths]
+    # tables[k][i]: (least cost of prompts i.. in at most k parts, the count of its first part)
+    tables = [[(0.0, 0) if i == n else (math.inf, 0) for i in range(n + 1)]]
+    for _ in range(max_parts):
+        fewer, table = tables[-1], [(0.0, 0)] * (n + 1)
+        for i in range(n):
+            cost, count = math.inf, 0
+            for j in range(n, i, -1):  # the largest first part first: a tie keeps it
+                c = sizes[j - i] * heads[i] + PART_COST_SLOTS + fewer[j][0]
+                if c < cost:
+                    cost, count = c, j - i
+            table[i] = (cost, count)
+        tables.append(table)
+    counts, i = [], 0
+    while i < n:
+        counts.append(tables[max_parts - len(counts)][i][1])
+        i += counts[-1]
+    return counts
+
+
+def place_prefix(
+    prefix: KVCache, logits: jax.Array, part: KVCache, part_logits: jax.Array, offset: jax.Array
+) -> tuple[KVCache, jax.Array]:
+    """A prefill part placed into a call's prefix (traceable, no model): `part` (u rows, P_g slots) and its
+    logits [u, V] go to rows offset..offset+u of `prefix` (U rows, P >= P_g slots) and `logits` [U, V], in the
+    part's last P_g slots, so its left padding grows by P - P_g masked slots: the cache a prefill of the
+    prompt at P slots writes (rotary positions count only a prompt's real tokens)."""
+    start = cache_length(prefix) - cache_length(part)
+
+    def put(buf: jax.Array, new: jax.Array) -> jax.Array:  # [(L,) U, K, P, D] <- [(L,) u, K, P_g, D]
+        lead = (0,) * (buf.ndim - 4)
+        return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (*lead, offset, 0, start, 0))
+
+    placed = {
+        "k": jax.tree.map(put, prefix["k"], part["k"]),
+        "v": jax.tree.map(put, prefix["v"], part["v"]),
+        "mask": jax.lax.dynamic_update_slice(prefix["mask"], part["mask"], (offset, start)),
+        "index": prefix["index"],
+    }
+    return placed, jax.lax.dynamic_update_slice(logits, part_logits.astype(logits.dtype), (offset, 0))
 
 
 def _check_cache(cache: KVCache, prompt_length: int, num_steps: int) -> None:
@@ -702,6 +768,11 @@ class Sampler:
             lookup_state,
         )
         self._compact_shardings = ((state, batch(), batch()), state)
+        # place: (prefix, logits, part, part_logits, offset) -> (prefix, logits)
+        self._place_shardings = (
+            (self.cache_shardings, batch(None), self.cache_shardings, batch(None), replicated),
+            (self.cache_shardings, batch(None)),
+        )
         self._executables: dict[tuple, Any] = {}
         self._prompt_lengths: set[int] = set()
 
@@ -853,7 +924,9 @@ class Sampler:
     ) -> dict[str, np.ndarray]:
         """Pads a batch into its buckets. Returns host arrays: prompt [U, P] and prompt_mask [U, P] of
         the distinct prompts (every row's own prompt without sharing), rows [B] (the prompt of each
-        row), max_new [B], stop_tokens [B, E].
+        row), max_new [B], stop_tokens [B, E], and parts [G, 3]: (first row, rows, slots) of each prefill
+        part (`Buckets.prefill_parts`; one part [0, U, P] unless splitting computes fewer slots). A part's
+        prompts are its rows' last `slots` columns; with several, the distinct prompts are longest first.
 
         Padding rows (beyond len(prompts)) have a budget of 0, so they finish at once; padding
         prompts hold one pad token.
@@ -900,20 +973,37 @@ class Sampler:
         u = bk.round_up(len(distinct), bk.min_batch, self.batch_multiple)
         p = self._length_bucket(max(len(q) for q in distinct), bk.min_prompt_length)
         e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
+        place = np.arange(len(distinct))  # the prefix row of each distinct prompt
+        parts = [(0, u, p)]  # (first row, rows, slots) of each prefill part
+        if bk.prefill_parts > 1 and len(distinct) > 1:
+            order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+            size = lambda count: bk.round_up(count, bk.min_batch, self.batch_multiple)
+            length = lambda tokens: bk.round_length(tokens, bk.min_prompt_length)
+            counts = split_prefill([len(distinct[i]) for i in order], bk.prefill_parts, size, length)
+            if len(counts) > 1 and sum(map(size, counts)) <= u:  # else the parts would not fit the U rows
+                parts, first, taken = [], 0, 0
+                for count in counts:
+                    place[order[taken : taken + count]] = first + np.arange(count)
+                    longest = len(distinct[order[taken]])
+                    parts.append((first, size(count), self._length_bucket(longest, bk.min_prompt_length)))
+                    first, taken = first + size(count), taken + count
         prompt = np.full((u, p), self.pad_id, np.int32)
         mask = np.zeros((u, p), bool)
-        mask[len(distinct) :, -1] = True  # padding prompts: one pad token
-        for i, q in enumerate(distinct):
+        mask[:, -1] = True  # padding prompts: one pad token
+        for i, q in zip(place, distinct, strict=True):
             prompt[i, p - len(q) :] = q
             mask[i, p - len(q) :] = True
         rows = np.zeros((b,), np.int32)
-        rows[:n] = row_prompt
+        rows[:n] = place[row_prompt]
         stops = np.full((b, e), NO_STOP, np.int32)
         max_new = np.zeros((b,), np.int32)
         max_new[:n] = budgets
         for i, s in enumerate(stop_rows):
             stops[i, : len(s)] = s
-        return {"prompt": prompt, "prompt_mask": mask, "rows": rows, "max_new": max_new, "stop_tokens": stops}
+        return {
+            "prompt": prompt, "prompt_mask": mask, "rows": rows, "max_new": max_new, "stop_tokens": stops,
+            "parts": np.asarray(parts, np.int32),
+        }  # fmt: skip
 
     def __call__(
         self,
@@ -963,19 +1053,7 @@ class Sampler:
         rng = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
         params = self.place_params(params)
 
-        # Host batches -> global arrays: each process places the shards its devices hold.
-        host = (batch["prompt"], batch["prompt_mask"])
-        prompt, prompt_mask = sharding.to_global(host, self._prefill_shardings[0][1:])
-        prefill_program = self._compiled(
-            ("prefill", u, p), f"prefill U={u} P={p}", self._prefill_fn, self._prefill_shardings, (),
-            params, prompt, prompt_mask,
-        )  # fmt: skip
-        start = time.perf_counter()
-        with jax.set_mesh(self.mesh):
-            prefix_logits, prefix = prefill_program(params, prompt, prompt_mask)
-        if self.record_timings:
-            jax.block_until_ready(prefix_logits)
-            self.last_timings = {"prefill_s": time.perf_counter() - start}
+        prefix_logits, prefix = self._prefill(params, batch)
 
         rows = sharding.to_global(batch["rows"], self._rows_shardings[0][2])
         rows_program = self._compiled(
@@ -1089,6 +1167,67 @@ class Sampler:
         del state  # this call's device buffers, before the heap is trimmed
         host_memory.release_if_above()
         return output
+
+    def _prefill(self, params: Params, batch: dict[str, np.ndarray]) -> tuple[jax.Array, KVCache]:
+        """The call's prefix and next-token logits [U, V]: a prefill of each part of `batch` (`prepare`'s), placed
+        into an empty prefix of U rows and P slots where there are several. With `record_timings`, the
+        programs' wall time (not their compilation) is `last_timings["prefill_s"]`."""
+        u, p = batch["prompt"].shape
+        seconds, out = 0.0, None  # out: (logits, prefix)
+        for first, rows, slots in batch["parts"].tolist():
+            # Host batches -> global arrays: each process places the shards its devices hold.
+            window = (slice(first, first + rows), slice(p - slots, p))  # the part's rows, its last `slots` columns
+            host = tuple(np.ascontiguousarray(batch[key][window]) for key in ("prompt", "prompt_mask"))
+            args = (params, *sharding.to_global(host, self._prefill_shardings[0][1:]))
+            program = self._compiled(
+                ("prefill", rows, slots), f"prefill U={rows} P={slots}", self._prefill_fn, self._prefill_shardings, (),
+                *args,
+            )  # fmt: skip
+            (logits, part), took = self._run(program, *args)
+            seconds += took
+            if (rows, slots) == (u, p):  # one part: the call's prefill
+                out = (logits, part)
+                continue
+            if out is None:
+                empty = self._compiled(
+                    ("prefix", u, p), f"prefix U={u} P={p}", self._empty_prefix_fn(u, p),
+                    ((), self._place_shardings[1]), (),
+                )  # fmt: skip
+                (cache, zeros), took = self._run(empty)
+                out, seconds = (zeros, cache), seconds + took
+            offset = sharding.to_global(np.int32(first), self._place_shardings[0][4])
+            args = (out[1], out[0], part, logits, offset)
+            program = self._compiled(
+                ("place", u, p, rows, slots), f"place U={u} P={p} <- U={rows} P={slots}", place_prefix,
+                self._place_shardings, (0, 1), *args,
+            )  # fmt: skip
+            del out, part, logits  # the prefix and its logits are donated
+            (cache, prefix_logits), took = self._run(program, *args)
+            out, seconds = (prefix_logits, cache), seconds + took
+            del args
+        if self.record_timings:
+            self.last_timings = {"prefill_s": seconds}
+        return out
+
+    def _empty_prefix_fn(self, u: int, p: int):
+        """The empty prefix program's body: () -> (a prefix of u rows and p slots, all masked, index p;
+        logits [u, V] zeros)."""
+
+        def empty():
+            prefix = {**init_cache(self.config, u, p), "index": jnp.asarray(p, jnp.int32)}
+            return prefix, jnp.zeros((u, self.config.vocab_size), jnp.float32)
+
+        return empty
+
+    def _run(self, program, *args) -> tuple[Any, float]:
+        """(program(*args), its wall seconds): measured with `record_timings` (waiting for the result), else 0."""
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            out = program(*args)
+        if not self.record_timings:
+            return out, 0.0
+        jax.block_until_ready(out)
+        return out, time.perf_counter() - start
 
     def _compact_at(self, rows: int) -> int:
         """min_active of a decode of `rows` rows: it stops when a quarter of its rows or fewer are unfinished,
