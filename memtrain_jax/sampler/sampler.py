@@ -67,7 +67,7 @@ LOOKUP_MAX_ROWS = 16
 LOOKUP_MIN_STEPS = 64
 COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
 # A prefill part's fixed cost in prompt slots (`split_prefill`): each part reads every weight once and is one more
-# program call; reading SmolLM2-135M's weights costs about what 30-60 prompt slots of compute do on this CPU.
+# program call; reading SmolLM2-135M's 540 MB of weights costs about what 30 prompt slots of compute do on this CPU.
 PART_COST_SLOTS = 64
 
 
@@ -1173,7 +1173,7 @@ class Sampler:
         into an empty prefix of U rows and P slots where there are several. With `record_timings`, the
         programs' wall time (not their compilation) is `last_timings["prefill_s"]`."""
         u, p = batch["prompt"].shape
-        seconds, out = 0.0, None  # out: (logits, prefix)
+        seconds, prefix, prefix_logits = 0.0, None, None
         for first, rows, slots in batch["parts"].tolist():
             # Host batches -> global arrays: each process places the shards its devices hold.
             window = (slice(first, first + rows), slice(p - slots, p))  # the part's rows, its last `slots` columns
@@ -1186,28 +1186,28 @@ class Sampler:
             (logits, part), took = self._run(program, *args)
             seconds += took
             if (rows, slots) == (u, p):  # one part: the call's prefill
-                out = (logits, part)
+                prefix, prefix_logits = part, logits
                 continue
-            if out is None:
+            if prefix is None:
                 empty = self._compiled(
                     ("prefix", u, p), f"prefix U={u} P={p}", self._empty_prefix_fn(u, p),
                     ((), self._place_shardings[1]), (),
                 )  # fmt: skip
-                (cache, zeros), took = self._run(empty)
-                out, seconds = (zeros, cache), seconds + took
+                (prefix, prefix_logits), took = self._run(empty)
+                seconds += took
             offset = sharding.to_global(np.int32(first), self._place_shardings[0][4])
-            args = (out[1], out[0], part, logits, offset)
+            args = (prefix, prefix_logits, part, logits, offset)
             program = self._compiled(
                 ("place", u, p, rows, slots), f"place U={u} P={p} <- U={rows} P={slots}", place_prefix,
                 self._place_shardings, (0, 1), *args,
             )  # fmt: skip
-            del out, part, logits  # the prefix and its logits are donated
-            (cache, prefix_logits), took = self._run(program, *args)
-            out, seconds = (prefix_logits, cache), seconds + took
+            del prefix, prefix_logits, part, logits  # the prefix and its logits are donated to the placing copy
+            (prefix, prefix_logits), took = self._run(program, *args)
+            seconds += took
             del args
         if self.record_timings:
             self.last_timings = {"prefill_s": seconds}
-        return out
+        return prefix_logits, prefix
 
     def _empty_prefix_fn(self, u: int, p: int):
         """The empty prefix program's body: () -> (a prefix of u rows and p slots, all masked, index p;
