@@ -14,10 +14,12 @@ from memtrain_jax.sampler.sampler import (
     lookup_decode_loop,
     lookup_drafts,
     next_token_logits,
+    place_prefix,
     prefill_prompts,
     rows_from_prefix,
     sample,
     sample_from_prefix,
+    split_prefill,
 )
 
 __all__ = [
@@ -34,8 +36,10 @@ __all__ = [
     "lookup_decode_loop",
     "lookup_drafts",
     "next_token_logits",
+    "place_prefix",
     "prefill_prompts",
     "rows_from_prefix",
     "sample",
     "sample_from_prefix",
+    "split_prefill",
 ]

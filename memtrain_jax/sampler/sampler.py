@@ -3,7 +3,8 @@
 Prompts are left padded to a common length so every row writes the cache in lockstep. Three programs
 run per call (and, with compaction, below, a gather and a resume program each time the batch shrinks): a
 prefill of the batch's distinct prompts (rows with identical prompts, such as the rollouts of one MemTrain
-first turn or the samples of one recall probe, are prefilled once); a small model-free program that gives
+first turn or the samples of one recall probe, are prefilled once; with `Buckets.prefill_parts`, in parts of
+their own length and batch buckets, each placed into the call's prefix by a copy); a small model-free program that gives
 each row its prompt's cache and next-token logits; and a decode program,
 a `lax.while_loop` of one-token steps that ends as soon as every row has hit a stop token or its
 budget. Only the first two depend on the number of distinct prompts: the decode program, whose
@@ -66,8 +67,9 @@ LOOKUP_MAX_ROWS = 16
 # and recall answers of 16 rows took 8 lookup steps for ~9 tokens a row, 1.5 s against 1.0 s in lockstep).
 LOOKUP_MIN_STEPS = 64
 COMPACT_FACTOR = 4  # a decode moves its unfinished rows to a smaller bucket once they fit 1/4 of it (Buckets)
-# A prefill part's fixed cost in prompt slots (`split_prefill`): each part reads every weight once and is one more
-# program call; reading SmolLM2-135M's 540 MB of weights costs about what 30 prompt slots of compute do on this CPU.
+# A prefill part's fixed cost in prompt slots (`split_prefill`): each part reads every weight once, is one more
+# program call and one placing copy; reading SmolLM2-135M's 540 MB of weights costs about what 30 prompt slots of
+# compute do on this CPU, so twice that: a split must save more than a short prompt's worth of slots.
 PART_COST_SLOTS = 64
 
 
@@ -126,9 +128,13 @@ class Buckets:
 
     `prefill_parts` (1 = one prefill a call): the distinct prompts, longest first, are prefilled in up to this many
     parts of consecutive prompts, each its own batch bucket and length bucket (`split_prefill`), and placed into the
-    call's prefix as one prefill of all would have written it; a call's prompts of 124-208 tokens no longer all
-    compute 256 slots. The rows and decode programs are the same; each part's shape is one more prefill program.
-    Off for a Sampler built without buckets; a run config sets it (`sampling.prefill_parts`).
+    call's prefix where one prefill of all would have written them (the same cache up to float rounding: other
+    shapes may round a matmul differently); a call's prompts of 124-208 tokens no longer all compute 256 slots.
+    Used only where splitting computes fewer slots, with the length buckets the parts get, and only where the batch
+    is not split over devices: placing a part at a runtime row offset of a sharded batch axis would gather the whole
+    prefix onto every device. The rows and decode programs are the same; each part shape is one more prefill
+    program, each (call, part) shape pair a small placing program. Off for a Sampler built without buckets; a run
+    config sets it (`sampling.prefill_parts`).
     """
 
     min_batch: int = 1
@@ -691,12 +697,12 @@ class Sampler:
 
     Call it with a list of token-id prompts; it pads them into buckets, prefills the distinct
     prompts, runs the decode program (each compiled once per bucket and static setting) and returns
-    trimmed NumPy results. `compile_count` counts compilations (prefill, rows, decode, compact, resume and
-    cache-allocation programs); `compile_seconds` maps each compiled program's name to its trace + compile time.
-    `share_prefixes`: prefill identical prompts once (the default; a call may override it). The
-    results are those of prefilling every row. `record_timings`: wait for the prefill before
-    starting the decode and keep the two programs' wall times (without compilation) in
-    `last_timings` (for benchmarks; it costs a host round trip).
+    trimmed NumPy results. `compile_count` counts compilations (prefill, rows, decode, compact, resume,
+    cache-allocation and, with prefill parts, empty-prefix and placing programs); `compile_seconds` maps each
+    compiled program's name to its trace + compile time. `share_prefixes`: prefill identical prompts once (the
+    default; a call may override it). The results are those of prefilling every row. `record_timings`: wait for
+    each program and keep the prefill's and the decode's wall times (without compilation) in `last_timings` (for
+    benchmarks; it costs a host round trip a program).
     """
 
     def __init__(
@@ -975,18 +981,8 @@ class Sampler:
         e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
         place = np.arange(len(distinct))  # the prefix row of each distinct prompt
         parts = [(0, u, p)]  # (first row, rows, slots) of each prefill part
-        if bk.prefill_parts > 1 and len(distinct) > 1:
-            order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
-            size = lambda count: bk.round_up(count, bk.min_batch, self.batch_multiple)
-            length = lambda tokens: bk.round_length(tokens, bk.min_prompt_length)
-            counts = split_prefill([len(distinct[i]) for i in order], bk.prefill_parts, size, length)
-            if len(counts) > 1 and sum(map(size, counts)) <= u:  # else the parts would not fit the U rows
-                parts, first, taken = [], 0, 0
-                for count in counts:
-                    place[order[taken : taken + count]] = first + np.arange(count)
-                    longest = len(distinct[order[taken]])
-                    parts.append((first, size(count), self._length_bucket(longest, bk.min_prompt_length)))
-                    first, taken = first + size(count), taken + count
+        if bk.prefill_parts > 1 and len(distinct) > 1 and self.batch_multiple == 1:
+            place, parts = self._split(distinct, u, p)
         prompt = np.full((u, p), self.pad_id, np.int32)
         mask = np.zeros((u, p), bool)
         mask[:, -1] = True  # padding prompts: one pad token
@@ -1004,6 +1000,34 @@ class Sampler:
             "prompt": prompt, "prompt_mask": mask, "rows": rows, "max_new": max_new, "stop_tokens": stops,
             "parts": np.asarray(parts, np.int32),
         }  # fmt: skip
+
+    def _split(self, distinct: list[tuple[int, ...]], u: int, p: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """(the prefix row of each distinct prompt, the prefill parts (first row, rows, slots)) of a call of U rows and
+        P slots: the cheapest `split_prefill` into at most `prefill_parts` parts whose batch buckets fit the U rows
+        (fewer parts where more do not fit), if it computes fewer slots than one prefill with the length buckets the
+        parts get (past `max_length_buckets` a part's may be coarser than the split assumed); else one part."""
+        bk = self.buckets
+        order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+        lengths = [len(distinct[i]) for i in order]
+        size = lambda count: bk.round_up(count, bk.min_batch, self.batch_multiple)
+        length = lambda tokens: bk.round_length(tokens, bk.min_prompt_length)
+        whole = (np.arange(len(distinct)), [(0, u, p)])
+        for most in range(bk.prefill_parts, 1, -1):
+            counts = split_prefill(lengths, most, size, length)
+            if sum(map(size, counts)) <= u:
+                break
+        else:
+            return whole
+        if len(counts) == 1:
+            return whole
+        place, parts, first, taken = np.zeros(len(distinct), np.int64), [], 0, 0
+        for count in counts:
+            place[order[taken : taken + count]] = first + np.arange(count)
+            parts.append((first, size(count), self._length_bucket(lengths[taken], bk.min_prompt_length)))
+            first, taken = first + size(count), taken + count
+        if sum(rows * slots + PART_COST_SLOTS for _, rows, slots in parts) >= u * p + PART_COST_SLOTS:
+            return whole
+        return place, parts
 
     def __call__(
         self,
