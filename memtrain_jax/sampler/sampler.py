@@ -979,10 +979,7 @@ class Sampler:
         u = bk.round_up(len(distinct), bk.min_batch, self.batch_multiple)
         p = self._length_bucket(max(len(q) for q in distinct), bk.min_prompt_length)
         e = bk.round_up(max(len(s) for s in stop_rows), bk.min_stop_tokens)
-        place = np.arange(len(distinct))  # the prefix row of each distinct prompt
-        parts = [(0, u, p)]  # (first row, rows, slots) of each prefill part
-        if bk.prefill_parts > 1 and len(distinct) > 1 and self.batch_multiple == 1:
-            place, parts = self._split(distinct, u, p)
+        place, parts = self._split(distinct, u, p)  # the prefix row of each distinct prompt; the prefill parts
         prompt = np.full((u, p), self.pad_id, np.int32)
         mask = np.zeros((u, p), bool)
         mask[:, -1] = True  # padding prompts: one pad token
@@ -1005,13 +1002,16 @@ class Sampler:
         """(the prefix row of each distinct prompt, the prefill parts (first row, rows, slots)) of a call of U rows and
         P slots: the cheapest `split_prefill` into at most `prefill_parts` parts whose batch buckets fit the U rows
         (fewer parts where more do not fit), if it computes fewer slots than one prefill with the length buckets the
-        parts get (past `max_length_buckets` a part's may be coarser than the split assumed); else one part."""
+        parts get (past `max_length_buckets` a part's may be coarser than the split assumed); else one part. Always one
+        part on a mesh that splits the batch (see Buckets)."""
         bk = self.buckets
+        whole = (np.arange(len(distinct)), [(0, u, p)])
+        if bk.prefill_parts == 1 or len(distinct) == 1 or self.batch_multiple > 1:
+            return whole
         order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
         lengths = [len(distinct[i]) for i in order]
         size = lambda count: bk.round_up(count, bk.min_batch, self.batch_multiple)
         length = lambda tokens: bk.round_length(tokens, bk.min_prompt_length)
-        whole = (np.arange(len(distinct)), [(0, u, p)])
         for most in range(bk.prefill_parts, 1, -1):
             counts = split_prefill(lengths, most, size, length)
             if sum(map(size, counts)) <= u:
@@ -1084,14 +1084,8 @@ class Sampler:
             ("rows", b, u, p, slots), f"rows B={b} U={u} P={p} S={slots}", self._rows_fn(slots),
             self._rows_shardings, (), prefix, prefix_logits, rows,
         )  # fmt: skip
-        start = time.perf_counter()
-        with jax.set_mesh(self.mesh):
-            cache, logits = rows_program(prefix, prefix_logits, rows)
+        (cache, logits), rows_s = self._run(rows_program, prefix, prefix_logits, rows)
         del prefix, prefix_logits  # only the rows' copies are decoded from
-        rows_s = 0.0
-        if self.record_timings:
-            jax.block_until_ready(logits)
-            rows_s = time.perf_counter() - start
 
         ids = np.arange(b, dtype=np.uint32)  # padding rows keep theirs: they draw nothing that is kept
         if row_ids is not None:
