@@ -362,6 +362,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.train.eval_before = True  # also evaluate step 0 (the base model); the warm-up's end is always evaluated
     # 1: one greedy trajectory per held-out episode; K > 1: K sampled at the rollout temperature, averaged (avg@K).
     c.train.eval_samples = 1
+    # 1: one recall probe per held-out episode; P > 1: P probes answered greedily from one memory rollout, averaged.
+    c.train.eval_probes = 1
 
     # Downstream QA (memtrain eval-qa / compare, and the QA tasks of configs/task.py).
     c.qa = ml_collections.ConfigDict()

@@ -63,6 +63,7 @@ RUN_CHOICES = (
     "train.eval_every",
     "train.eval_before",
     "train.eval_samples",
+    "train.eval_probes",
 )
 
 
@@ -85,6 +86,7 @@ RENAMED_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
 ADDED_FIELDS: dict[str, Any] = {
     "train.format_recall_entities": 1,
     "train.eval_samples": 1,
+    "train.eval_probes": 1,
     "data.document.mask_scope": "document",
     "data.probes.shared": False,
     "agent.train_memory_turns": True,

@@ -217,6 +217,78 @@ def test_a_sampled_evaluation_averages_each_episodes_samples(cache, tmp_path):
     assert greedy["samples"] == 1 and set(greedy["items"]["acc_e2e"]) <= {0.0, 1.0}
 
 
+def test_a_multi_probe_evaluation_averages_each_episodes_greedy_probes(cache, tmp_path):
+    """train.eval_probes=P: one greedy memory rollout per held-out episode and the recall answers of its first P
+    trajectories' probes; each episode's recall the mean over them. A scripted policy answers a probe right when
+    its gold has an even number of characters: the expected items follow from the probes drawn by hand."""
+    from memtrain_jax.agent import ScriptedPolicy
+    from memtrain_jax.agent.rollout import episodes_from_batch
+    from memtrain_jax.data.probes import draw_probe
+
+    p = 4
+    overrides = {"train.steps": 1, "train.eval_every": 0, "train.eval_episodes": 6, "agent.recall_tokens": 48}
+    trainer = Trainer(run_config("memtrain.py:tiny", cache, **overrides), str(tmp_path / "run"), log=lambda _: None)
+    setup = trainer.setup
+    tokenizer, agent = setup.tokenizer, setup.agent
+    episodes, _ = episodes_from_batch(setup.eval_batch(trainer.eval_slots), tokenizer)
+    answers = {}  # the masked chunk's ids -> the right answer or a wrong one
+    expected = {}
+    for episode in episodes:
+        texts = [tokenizer.decode(c.tolist()) for c in episode.chunks]
+        right = []
+        for sample in range(p):
+            probe = draw_probe(
+                texts,
+                setup.config.seed,
+                episode.episode_id,
+                sample,
+                extractor=setup.extractor,
+                mode=agent.probe_mode,
+                target_token=agent.target_token,
+                max_occurrences=agent.probe_max_occurrences,
+                max_words=agent.max_words,
+            )
+            right.append(None if probe is None else float(len(probe.gold) % 2 == 0))
+            if probe is not None:
+                answers[tuple(tokenizer.encode(probe.masked_chunk))] = probe.gold + ("" if right[-1] else "x")
+        kept = [r for r in right if r is not None]
+        expected[int(episode.episode_id)] = (float(np.mean(kept)) if kept else None, right[0])
+    assert {0.0 < v[0] < 1.0 for v in expected.values() if v[0] is not None} == {True, False}  # some fractions
+
+    def script(kind, prompt, row):
+        if kind != "recall":
+            return "\\boxed{nothing}" if kind == "answer" else "a memory"
+        holds = lambda ids: any(prompt[i : i + len(ids)] == list(ids) for i in range(len(prompt)))
+        found = [a for ids, a in answers.items() if holds(ids)]
+        assert len(found) == 1, "a recall prompt holds one probe drawn by hand"
+        return f"\\boxed{{{found[0]}}}"
+
+    class Oracle(ScriptedPolicy):
+        def update_params(self, params):  # the evaluation hands it the checkpoint's parameters: none here
+            pass
+
+    trainer.eval_policy = Oracle(tokenizer, script, trainer.stop_id)
+    many = trainer.evaluate(None, 0, probes=p)
+    assert many["probes"] == p and many["samples"] == 1
+    ids = many["items"]["episode_id"]
+    assert many["items"]["acc_recall"] == [expected[e][0] for e in ids]
+    calls = trainer.eval_policy.calls
+    assert sum(kind == "memory" for kind, _, _ in calls) == max(len(e.chunks) for e in episodes)
+    assert all(len(prompts) == len(episodes) for kind, prompts, _ in calls if kind == "memory")  # once an episode
+    one = trainer.evaluate(None, 0)  # P = 1: trajectory 0's probe, 0/1 items
+    assert "probes" not in one and one["items"]["acc_recall"] == [expected[e][1] for e in ids]
+    assert one["items"]["acc_e2e"] == many["items"]["acc_e2e"]
+    # P probes are read as means (bootstrap intervals) and are never paired with a one-probe evaluation
+    assert report.binary_item("acc_recall", one) and not report.binary_item("acc_recall", many)
+    assert report.binary_item("acc_e2e", many) and report.eval_suffix(many) == f"-p{p}"
+    table = report.arms_table([("a", many), ("b", many)], [("b - a", 0, 1)])
+    assert table.splitlines()[0].startswith(f"held-out, greedy, {p} probes an episode (95% intervals)")
+    with pytest.raises(UsageError, match="evaluated differently"):
+        report.arms_table([("a", one), ("b", many)], [("b - a", 0, 1)])
+    with pytest.raises(UsageError, match="not both"):
+        trainer.evaluate(None, 0, samples=2, probes=p)
+
+
 def test_a_sampled_evaluation_draws_the_papers_probes_whatever_training_draws(cache, tmp_path):
     """data.probes.shared and data.probes.in_memory are training choices: avg@K of a run trained with either is
     scored on the probes of a run trained without them (K probes of each episode, trajectory k's, drawn from the

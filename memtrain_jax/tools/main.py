@@ -67,8 +67,9 @@ COMMANDS = {
     ),
     "eval": (
         "evaluates a checkpoint of --workdir (latest readable, or --step N) on the held-out episodes; --samples K: "
-        "K sampled answers per episode (avg@K); run choices such as --config.sampling.max_rows apply",
-        ("step", "samples"),
+        "K sampled answers per episode (avg@K); --probes P: greedy, P recall probes per episode; run choices such as "
+        "--config.sampling.max_rows apply",
+        ("step", "samples", "probes"),
     ),
     "diagnose": (
         "where a checkpoint's reward is lost, memory or answer: greedy held-out episodes (--limit, default 16); "
@@ -107,6 +108,11 @@ _STEP = flags.DEFINE_integer(
 )
 _SAMPLES = flags.DEFINE_integer(
     "samples", None, "eval: K > 1 sampled trajectories per held-out episode, averaged (default: train.eval_samples)."
+)
+_PROBES = flags.DEFINE_integer(
+    "probes",
+    None,
+    "eval: P > 1 recall probes per held-out episode, greedy, averaged (default: train.eval_probes).",
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder of export / PNG of plot / JSON of plan.")
 _PROMPT = flags.DEFINE_string(
@@ -274,10 +280,13 @@ def _restored(workdir: str):
 def evaluate(config: ml_collections.ConfigDict) -> None:
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
-    if _SAMPLES.value is not None and _SAMPLES.value < 1:
-        raise UsageError(f"--samples must be >= 1, got {_SAMPLES.value}.")
-    metrics = trainer.evaluate(state.params, step, samples=_SAMPLES.value)
-    name = f"eval-{step}.json" if metrics["samples"] == 1 else f"eval-{step}-k{metrics['samples']}.json"
+    for flag in (_SAMPLES, _PROBES):
+        if flag.value is not None and flag.value < 1:
+            raise UsageError(f"--{flag.name} must be >= 1, got {flag.value}.")
+    metrics = trainer.evaluate(state.params, step, samples=_SAMPLES.value, probes=_PROBES.value)
+    from memtrain_jax.tools.report import eval_suffix
+
+    name = f"eval-{step}{eval_suffix(metrics)}.json"
     _report_evaluation(workdir, step, metrics, name)
 
 
@@ -286,12 +295,13 @@ def _report_evaluation(workdir: str, step: int, metrics: dict[str, Any], name: s
     if jax.process_index() != 0:  # every process evaluates; process 0 reports and writes
         return
     from memtrain_jax import stats
+    from memtrain_jax.tools.report import binary_item
 
     items = metrics.get("items", {})
     shown = []
     for key, value in metrics.items():
         if key in items:
-            binary = key.startswith("acc") and metrics["samples"] == 1  # avg@K: a mean, bootstrap interval
+            binary = key.startswith("acc") and binary_item(key, metrics)  # a mean of K or P: bootstrap interval
             mean, lo, hi, n = stats.mean_with_interval(items[key], binary=binary)
             shown.append(f"{key} {stats.format_interval(mean, lo, hi)} (n {n})")
         elif isinstance(value, float):

@@ -3,7 +3,8 @@
 Arms are evaluations of the same held-out episodes (`Trainer.evaluate`'s records, whose `items` hold each
 episode's figures): the checkpoints of one run (before training, after the format warm-up, after GRPO) or the
 final evaluations of several runs (`memtrain compare-runs`). Greedy accuracies carry Wilson intervals, R_E and
-every avg@K figure (the mean of K sampled answers per episode) a bootstrap interval, and a difference of two
+every avg@K figure (the mean of K sampled answers per episode) and the recall of a P-probe evaluation (the mean
+of P greedy recall answers per episode) a bootstrap interval, and a difference of two
 arms the paired bootstrap over episodes (memtrain_jax/stats).
 
 Reads records only: nothing here loads a model.
@@ -17,9 +18,27 @@ from typing import Any
 from memtrain_jax import stats
 from memtrain_jax.config import UsageError, split_run_step
 
-__all__ = ["arms_table", "grpo_signal", "run_arm", "training_arms"]
+__all__ = ["arms_table", "binary_item", "eval_suffix", "grpo_signal", "run_arm", "training_arms"]
 
 Arm = tuple[str, Mapping[str, Any]]  # (column name, an evaluation record with "items")
+
+
+def eval_kind(record: Mapping[str, Any]) -> tuple[int, float | None, int]:
+    """(samples K, temperature, probes P) of an evaluation record (records written before P existed: P = 1)."""
+    return int(record.get("samples", 1)), record.get("temperature"), int(record.get("probes", 1))
+
+
+def eval_suffix(record: Mapping[str, Any]) -> str:
+    """The file-name suffix of an evaluation's kind: "" greedy, "-kK" avg@K, "-pP" greedy with P probes."""
+    samples, _, probes = eval_kind(record)
+    return f"-k{samples}" if samples > 1 else f"-p{probes}" if probes > 1 else ""
+
+
+def binary_item(key: str, record: Mapping[str, Any]) -> bool:
+    """Whether each episode's `key` item is 0/1 (a Wilson interval): accuracies and found shares of a greedy
+    evaluation, except the recall figures of a P-probe one (means of P answers)."""
+    samples, _, probes = eval_kind(record)
+    return samples == 1 and not (probes > 1 and "recall" in key)
 
 
 def _rows(answer_extractor: str, imr: bool) -> list[tuple[str, str, bool]]:
@@ -63,14 +82,17 @@ def arms_table(
                 f"({len(ids[0])} and {len(episodes)} episodes, not the same ids): compare runs of the same data "
                 "config, seed and train.eval_episodes."
             )
-    kinds = {(a[1].get("samples", 1), a[1].get("temperature")) for a in arms}
+    kinds = {eval_kind(a[1]) for a in arms}
     if len(kinds) > 1:
         raise UsageError(
-            f"the arms were evaluated differently (samples per episode, temperature: {sorted(kinds, key=str)}): "
-            "compare evaluations of the same kind (train.eval_samples, `memtrain eval --samples`)."
+            f"the arms were evaluated differently (samples per episode, temperature, probes per episode: "
+            f"{sorted(kinds, key=str)}): compare evaluations of the same kind (train.eval_samples / "
+            "train.eval_probes, `memtrain eval --samples / --probes`)."
         )
-    samples, temperature = kinds.pop() if kinds else (1, None)
+    samples, temperature, probes = kinds.pop() if kinds else (1, None, 1)
     kind = "greedy" if samples == 1 else f"avg@{samples}, T {temperature:g}"
+    kind += f", {probes} probes an episode" if probes > 1 else ""
+    record = {"samples": samples, "probes": probes}
     n = len(ids[0]) if arms else 0
     width = 22
     header = f"{f'held-out, {kind} (95% intervals)':34s} " + " ".join(f"{name:>{width}s}" for name, _ in arms)
@@ -86,7 +108,7 @@ def arms_table(
                 cells.append(f"{'-':>{width}s}")
                 continue
             # a mean over samples is not 0/1: its interval is the bootstrap's
-            mean, lo, hi, _ = stats.mean_with_interval(values, binary=binary and samples == 1)
+            mean, lo, hi, _ = stats.mean_with_interval(values, binary=binary and binary_item(key, record))
             cells.append(f"{stats.format_interval(mean, lo, hi):>{width}s}")
         for diff_label, a, b in differences:
             if columns[a] is None or columns[b] is None:
@@ -103,7 +125,7 @@ def arms_table(
         lines.append(f"n = {n} held-out episodes")
     elif moved:
         lines.append(f"n = {n} held-out episodes; paired difference outside 0: {'; '.join(moved)}")
-    elif samples == 1:
+    elif samples == 1 and probes == 1:
         lines.append(
             f"n = {n} held-out episodes: no paired difference excludes 0 (at this n a difference must exceed about "
             f"{stats.Z95 / max(n, 1) ** 0.5:.2f} to show)"

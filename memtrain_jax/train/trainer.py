@@ -107,6 +107,10 @@ class TrainConfig:
     # sampled at the rollout temperature, each episode's figures their mean (avg@K: what GRPO optimises, with less
     # noise per episode than one greedy sample).
     eval_samples: int = 1
+    # Per held-out episode, greedy: P > 1 recall probes (trajectory k's probe, k < P) answered from memories and a
+    # final answer decoded once; each episode's recall its mean over the P probes (more probes, less noise per
+    # episode; probe 0 is the one-probe evaluation's). Not with eval_samples > 1.
+    eval_probes: int = 1
 
     @classmethod
     def from_config(cls, section: Any) -> TrainConfig:
@@ -119,6 +123,7 @@ class TrainConfig:
             "log_every",
             "format_recall_entities",
             "eval_samples",
+            "eval_probes",
         ):
             if getattr(config, name) < 1:
                 raise UsageError(f"train.{name} must be >= 1, got {getattr(config, name)}.")
@@ -136,6 +141,7 @@ class TrainConfig:
             )
         if config.format_memory not in MEMORY_TARGETS:
             raise UsageError(f"Unknown train.format_memory {config.format_memory!r}; choose one of {MEMORY_TARGETS}.")
+        check_eval_kind(config.eval_samples, config.eval_probes)
         if not 0 <= config.format_steps <= config.steps:
             raise ValueError(
                 f"train.format_steps must be in [0, train.steps={config.steps}], got {config.format_steps}."
@@ -383,12 +389,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
 
-    def eval_agent(self, k: int) -> AgentConfig:
-        """The agent of an evaluation with K trajectories per episode. Its probes are drawn per trajectory and
-        from the chunk alone whatever `data.probes.shared` and `data.probes.in_memory` (training choices) say, so
-        runs trained with and without them are scored on the same held-out probes (greedy, K = 1, draws
-        trajectory 0's either way)."""
-        return dataclasses.replace(
+    def eval_agent(self, k: int, probes: int = 1) -> AgentConfig:
+        """The agent of an evaluation with K sampled trajectories per episode, or greedy with P probes each. Its probes
+        are drawn per trajectory and from the chunk alone whatever `data.probes.shared` and `data.probes.in_memory`
+        (training choices) say, so runs trained with and without them are scored on the same held-out probes
+        (greedy, K = P = 1, draws trajectory 0's either way). With P > 1 the memories are decoded once per episode
+        (`greedy_memory`) and its P trajectories differ only in their probes."""
+        agent = dataclasses.replace(
             self.setup.agent,
             group_size=k,
             recall_group_size=k,
@@ -396,21 +403,32 @@ class Trainer:
             probe_shared=False,
             probe_in_memory=False,
         )
+        if probes > 1:
+            agent = dataclasses.replace(
+                agent, group_size=probes, recall_group_size=1, greedy_memory=True, train_memory_turns=False
+            )
+        return agent
 
-    def evaluate(self, params: Any, step: int = 0, samples: int | None = None) -> dict[str, Any]:
-        """Rollouts of the held-out episodes: one greedy trajectory and recall answer each, or with `samples` K > 1
+    def evaluate(
+        self, params: Any, step: int = 0, samples: int | None = None, probes: int | None = None
+    ) -> dict[str, Any]:
+        """Rollouts of the held-out episodes: one greedy trajectory and recall answer each; with `samples` K > 1
         (default train.eval_samples) K of each sampled at the rollout temperature, from the same seeds at every
-        evaluation (so two checkpoints are compared on the same random numbers). Returns the means of EVAL_KEYS,
-        and under "items" each episode's figures (`eval_items`, the mean of its samples) for intervals and paired
-        comparisons. The text of the first episode is kept in `self.last_eval_sample`."""
+        evaluation (so two checkpoints are compared on the same random numbers); with `probes` P > 1 (default
+        train.eval_probes) greedy, P recall probes each. Returns the means of EVAL_KEYS, and under "items" each
+        episode's figures (`eval_items`, the mean of its trajectories) for intervals and paired comparisons. The
+        text of the first episode is kept in `self.last_eval_sample`."""
         setup = self.setup
         if not self.eval_slots:
             return {}
         k = samples or self.train_config.eval_samples
-        agent = self.eval_agent(k)
+        p = probes or self.train_config.eval_probes
+        check_eval_kind(k, p)
+        agent = self.eval_agent(k, p)
         policy = self.eval_policy if k == 1 else setup.sampler_policy
         policy.update_params(params)
         kind = "greedy" if k == 1 else f"{k} sampled trajectories each at T {agent.temperature:g}"
+        kind += f", {p} recall probes each" if p > 1 else ""
         self.log(f"[eval] step {step}: {len(self.eval_slots)} held-out episodes, {kind} ...")
         start = time.perf_counter()
         # greedy: the step only seeds the (unused) sampling; sampled: one fixed stream for every evaluation
@@ -424,6 +442,8 @@ class Trainer:
         out.update(episodes=len(result.episodes), samples=k, eval_s=time.perf_counter() - start)
         if k > 1:
             out["temperature"] = float(agent.temperature)
+        if p > 1:
+            out["probes"] = p
         out["items"] = eval_items(result, agent)
         return out
 
@@ -531,6 +551,19 @@ class Trainer:
 
 
 EVAL_ITEMS = ("episode_id", "acc_e2e", "reward_e2e", "acc_recall", "answer_found", "recall_found")
+
+
+def check_eval_kind(samples: int, probes: int) -> None:
+    """Refuses an evaluation both sampled (K > 1) and multi-probe (P > 1): P probes are answered from one greedy
+    memory per episode."""
+    if samples < 1 or probes < 1:
+        raise UsageError(f"an evaluation needs samples >= 1 and probes >= 1, got {samples} and {probes}.")
+    if samples > 1 and probes > 1:
+        raise UsageError(
+            f"evaluate with samples={samples} (sampled trajectories) or probes={probes} (greedy, several recall "
+            "probes an episode), not both: set one of train.eval_samples / train.eval_probes (--samples / --probes) "
+            "to 1."
+        )
 
 
 def eval_items(result: Any, agent: AgentConfig) -> dict[str, list]:
