@@ -125,6 +125,26 @@ def _fake_run(path, records):
     (path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def test_the_closing_table_pairs_only_evaluations_of_the_last_ones_kind(tmp_path):
+    """train.eval_probes (and eval_samples) may change on resume: the closing table pairs the evaluations of the
+    final one's kind and leaves the others out, rather than refusing the run's table."""
+    import ml_collections
+
+    from memtrain_jax.tools.main import _closing_table
+
+    n = 30
+    many = lambda step, recall: {**_record(step, recall), "probes": 8}
+    warm, after = [i % 4 / 8 for i in range(n)], [i % 5 / 8 for i in range(n)]
+    _fake_run(tmp_path / "run", [_record(0, [0.0] * n), many(4, warm), many(8, after)])
+    agent = {"answer_extractor": "boxed", "imr": True}
+    config = ml_collections.ConfigDict({"train": {"format_steps": 4}, "agent": agent})
+    table = _closing_table(str(tmp_path / "run"), config, 8)
+    assert table.splitlines()[0].startswith("held-out, greedy, 8 probes an episode")
+    assert "before" not in table.splitlines()[0] and "GRPO: after - warm-up" in table.splitlines()[0]
+    recall = next(line for line in table.splitlines() if line.startswith("recall accuracy"))
+    assert recall.endswith(stats.format_interval(*stats.paired_difference(warm, after)))
+
+
 def test_compare_runs_pairs_runs_from_their_records(tmp_path):
     n = 30
     base = [float(i % 5 == 0) for i in range(n)]

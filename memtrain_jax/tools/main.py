@@ -204,6 +204,9 @@ def _closing_table(workdir: str, config: ml_collections.ConfigDict, steps: int) 
     records = {r["step"]: r for r in read_metrics(workdir, EVAL_FILE) if r.get("items")}
     if steps not in records or steps == 0:
         return None
+    # eval_samples / eval_probes are run choices: pair only the evaluations of the last one's kind
+    kind = report.eval_kind(records[steps])
+    records = {s: r for s, r in records.items() if report.eval_kind(r) == kind}
     format_steps = int(config.train.format_steps)
     summary = {"before": records.get(0), "after": records[steps], "warmup": records.get(format_steps)}
     arms, differences = report.training_arms(summary, format_steps if 0 < format_steps < steps else 0)

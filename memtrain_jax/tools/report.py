@@ -18,7 +18,7 @@ from typing import Any
 from memtrain_jax import stats
 from memtrain_jax.config import UsageError, split_run_step
 
-__all__ = ["arms_table", "binary_item", "eval_suffix", "grpo_signal", "run_arm", "training_arms"]
+__all__ = ["arms_table", "binary_item", "eval_kind", "eval_suffix", "grpo_signal", "run_arm", "training_arms"]
 
 Arm = tuple[str, Mapping[str, Any]]  # (column name, an evaluation record with "items")
 

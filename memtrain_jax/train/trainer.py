@@ -250,8 +250,13 @@ class Trainer:
                 f"{setup.num_items} items for training, fewer than the {batch} a step needs (data.loader.batch_size): "
                 "lower train.eval_episodes or add data (data.num_documents, qa.num_train)."
             )
+        # greedy; calls of at most sampling.max_rows rows, as the rollouts' (a P-probe evaluation has P x the rows)
         self.eval_policy = SamplerPolicy(
-            setup.sampler, setup.policy.params, setup.chat.stop_tokens(setup.tokenizer), temperature=0.0
+            setup.sampler,
+            setup.policy.params,
+            setup.chat.stop_tokens(setup.tokenizer),
+            temperature=0.0,
+            max_rows=setup.sampler_policy.max_rows,
         )
         self.checkpointer = RunCheckpointer(
             workdir,
