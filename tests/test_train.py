@@ -475,6 +475,31 @@ def test_rollout_micro_batch_gives_the_same_replies(temperature):
         SamplerPolicy(sampler, params, [5], max_rows=-1)
 
 
+def test_greedy_calls_decode_each_distinct_prompt_and_budget_once():
+    """A greedy call of repeated (prompt, budget) rows decodes each pair once and copies its reply to the repeats:
+    the replies are those of the call without the repeats; a sampled call samples every row."""
+    params = init_params(TINY, jax.random.key(3))
+    sampler = Sampler(TINY)
+    rng = np.random.default_rng(6)
+    distinct = [rng.integers(1, TINY.vocab_size, rng.integers(3, 20)).tolist() for _ in range(4)]
+    order = [0, 1, 0, 2, 1, 0, 3, 3]
+    prompts, budgets = [distinct[i] for i in order], [8, 8, 8, 8, 8, 8, 8, 5]  # the last: the same prompt, less budget
+    policy = SamplerPolicy(sampler, params, [5], temperature=0.0, max_rows=2)
+    out = policy.generate(prompts, budgets, kind="answer", seed=0)
+    alone = SamplerPolicy(sampler, params, [5], temperature=0.0)
+    for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True)):
+        one = alone.generate([prompt], [budget], kind="answer", seed=0)
+        n = int(one.lengths[0])
+        assert out.lengths[i] == n and out.stopped[i] == one.stopped[0]
+        np.testing.assert_array_equal(out.tokens[i, :n], one.tokens[0, :n])
+        np.testing.assert_allclose(out.logprobs[i, :n], one.logprobs[0, :n], rtol=1e-5, atol=1e-5)
+    assert out.tokens.shape[0] == len(prompts)
+    assert policy.stats["answer"].rows == 5  # 4 prompts at budget 8, prompt 3 at 5
+    sampled = SamplerPolicy(sampler, params, [5], temperature=1.0)
+    sampled.generate(prompts, budgets, kind="answer", seed=0)
+    assert sampled.stats["answer"].rows == len(prompts)
+
+
 def test_greedy_memory_turns_decode_greedily_and_only_untrained():
     """kind_temperatures: memory calls of a T = 0.7 policy give the greedy policy's replies, other kinds its own
     sampled ones; sampling.greedy_memory is refused where the memory turns train (they are scored at T)."""

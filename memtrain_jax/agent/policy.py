@@ -104,16 +104,28 @@ class SamplerPolicy:
         row_ids: Sequence[int] | None = None,
     ) -> SampleOutput:
         start = time.perf_counter()
-        size = self.max_rows or len(prompts)
         ids = list(range(len(prompts))) if row_ids is None else [int(i) for i in row_ids]
         if len(ids) != len(prompts):
             raise ValueError(f"row_ids has {len(ids)} entries for {len(prompts)} prompts; give one per prompt.")
+        temperature = self.kind_temperatures.get(kind, self.temperature)
+        budgets = [int(b) for b in max_new_tokens]
+        rows = list(range(len(prompts)))
+        if temperature == 0:
+            # A greedy reply is a function of its prompt and budget: each distinct pair is decoded once (e.g. the
+            # final answers of a P-probe evaluation's trajectories, which share one memory).
+            first: dict[tuple, int] = {}
+            rows = [first.setdefault((tuple(p), b), i) for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))]
+            unique = sorted(first.values())
+            position = {row: j for j, row in enumerate(unique)}
+            prompts, budgets, ids = [prompts[i] for i in unique], [budgets[i] for i in unique], [ids[i] for i in unique]
+            rows = [position[r] for r in rows]
+        size = self.max_rows or len(prompts)
         parts = [
             self.sampler(
                 self.params,
                 prompts[i : i + size],
-                max_new_tokens=list(max_new_tokens[i : i + size]),
-                temperature=self.kind_temperatures.get(kind, self.temperature),
+                max_new_tokens=budgets[i : i + size],
+                temperature=temperature,
                 top_k=self.top_k or None,
                 top_p=self.top_p if self.top_p < 1.0 else None,
                 stop_tokens=self.stop_tokens,
@@ -123,13 +135,15 @@ class SamplerPolicy:
             for i in range(0, len(prompts), size)
         ]
         out = parts[0] if len(parts) == 1 else _concatenate(parts)
-        stats = self.stats.setdefault(kind, CallStats())
+        stats = self.stats.setdefault(kind, CallStats())  # the rows computed
         stats.calls += 1
-        budgets = np.asarray(max_new_tokens)
-        stats.rows += int((budgets > 0).sum())
+        stats.rows += sum(b > 0 for b in budgets)
         stats.prompt_tokens += sum(len(p) for p, b in zip(prompts, budgets, strict=True) if b > 0)
         stats.generated_tokens += int(np.asarray(out.lengths).sum())
         stats.seconds += time.perf_counter() - start
+        if len(rows) > len(prompts):  # the duplicates' rows, copied
+            take = lambda x: np.asarray(x)[rows]
+            out = SampleOutput(take(out.tokens), take(out.logprobs), take(out.lengths), take(out.stopped), out.steps)
         return out
 
     def reset_stats(self) -> dict[str, CallStats]:
