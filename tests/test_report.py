@@ -307,6 +307,8 @@ def test_a_multi_probe_evaluation_averages_each_episodes_greedy_probes(cache, tm
         report.arms_table([("a", one), ("b", many)], [("b - a", 0, 1)])
     with pytest.raises(UsageError, match="not both"):
         trainer.evaluate(None, 0, samples=2, probes=p)
+    with pytest.raises(UsageError, match="samples >= 1 and probes >= 1"):
+        trainer.evaluate(None, 0, probes=0)  # 0 is refused, not read as the default
 
 
 def test_a_sampled_evaluation_draws_the_papers_probes_whatever_training_draws(cache, tmp_path):

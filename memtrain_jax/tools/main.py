@@ -283,9 +283,6 @@ def _restored(workdir: str):
 def evaluate(config: ml_collections.ConfigDict) -> None:
     workdir = _workdir(config)
     trainer, step, state = _restored(workdir)
-    for flag in (_SAMPLES, _PROBES):
-        if flag.value is not None and flag.value < 1:
-            raise UsageError(f"--{flag.name} must be >= 1, got {flag.value}.")
     metrics = trainer.evaluate(state.params, step, samples=_SAMPLES.value, probes=_PROBES.value)
     from memtrain_jax.tools.report import eval_suffix
 

@@ -426,8 +426,8 @@ class Trainer:
         setup = self.setup
         if not self.eval_slots:
             return {}
-        k = samples or self.train_config.eval_samples
-        p = probes or self.train_config.eval_probes
+        k = self.train_config.eval_samples if samples is None else samples
+        p = self.train_config.eval_probes if probes is None else probes
         check_eval_kind(k, p)
         agent = self.eval_agent(k, p)
         policy = self.eval_policy if k == 1 else setup.sampler_policy
@@ -562,7 +562,10 @@ def check_eval_kind(samples: int, probes: int) -> None:
     """Refuses an evaluation both sampled (K > 1) and multi-probe (P > 1): P probes are answered from one greedy
     memory per episode."""
     if samples < 1 or probes < 1:
-        raise UsageError(f"an evaluation needs samples >= 1 and probes >= 1, got {samples} and {probes}.")
+        raise UsageError(
+            f"an evaluation needs samples >= 1 and probes >= 1 (--samples / --probes, train.eval_samples / "
+            f"train.eval_probes), got {samples} and {probes}."
+        )
     if samples > 1 and probes > 1:
         raise UsageError(
             f"evaluate with samples={samples} (sampled trajectories) or probes={probes} (greedy, several recall "
