@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import jax
 import numpy as np
@@ -104,6 +105,20 @@ def test_init_from_refuses_a_run_of_another_model(cache, memtrain_run):
         restore_run_params(str(source), abstract)
     with pytest.raises(FileNotFoundError, match="not a trained memtrain workdir"):
         restore_run_params(str(source / "nowhere"), abstract)
+
+
+def test_init_from_reads_a_runs_parameters_without_orbax_warnings(memtrain_run, caplog):
+    """restore_run_params returns the run's last parameters exactly, and reading them logs no warning (a
+    Checkpointer's metadata call looked for step metadata in the item folder and warned on every init_from)."""
+    source, state = memtrain_run
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state.params)
+    with caplog.at_level(logging.WARNING):
+        step, params = restore_run_params(str(source), abstract)
+    assert step == 2
+    for a, b in zip(_leaves(params), _leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run, monkeypatch):

@@ -175,8 +175,9 @@ def restore_run_params(workdir: str, abstract_params: Any, step: int | None = No
     if step not in steps:
         raise FileNotFoundError(f"No checkpoint of step {step} in {directory} (have {steps}).")
     path = directory / str(step) / "state"
-    stored = ocp.PyTreeCheckpointer().metadata(path)
-    stored = getattr(stored, "item_metadata", stored)
+    # The handler reads the item's tree metadata; a Checkpointer would also look for step metadata, which a run's
+    # item folder does not hold, and warn that it is missing on every init_from.
+    stored = ocp.PyTreeCheckpointHandler().metadata(path)
     stored_params = stored.get("params")
     wanted = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(stored_params)[0]) if stored_params is not None else {}
