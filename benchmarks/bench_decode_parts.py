@@ -1,21 +1,27 @@
 """Where a decode step's time goes: the whole sampled decode loop against its parts, each timed on its own.
 
 SmolLM2-135M's shapes with random weights, `--rows` rows of `--prompt`-token prompts (each row its own prompt, as
-the memory turns of a GRPO step), `--steps` tokens sampled at T = 0.7. For each row count it prints the loop's
-milliseconds per model step and, per step, the parts a step is made of, each over the step's real bytes and FLOPs:
+in the memory turns of a GRPO step), `--steps` tokens sampled at T = 0.7. For each row count it prints the loop's
+milliseconds per model step and the parts a step is made of, each with the bytes it must read and the FLOPs it
+must do:
 
-* projections: the 30 layers' q, k, v, o, gate, up and down matmuls on [rows, hidden] inputs (the real kernels);
+* projections: the 30 layers' q, k, v, o, gate, up and down products on [rows, in] inputs, layer after layer (each
+  layer's input is the last one's output, as in the model), with the model's kernel arrays;
 * head: the tied [V, H] embedding contracted with [rows, H] as `Transformer` does (no transpose);
-* attention: `attention._dense_pass` (the decode path of the blocked backend) over 30 layers' own K/V buffers of
-  prompt + steps slots;
-* the rest: the loop minus the three (norms, rotary, cache writes, sampling, loop control); negative where the
-  step runs parts side by side that the benchmark times apart (XLA:CPU runs independent ops on both cores).
+* attention: `attention._dense_pass` (the decode path of the blocked backend) over each of the 30 layers' own K/V
+  buffers of prompt + steps slots, layer after layer;
+* the rest: the loop minus the three (norms, rotary, cache writes, sampling, loop control); it can come out
+  negative where the loop overlaps parts on the CPU's cores or a part runs slower alone.
 
 Each part's roofline is the larger of its bytes over the copy bandwidth and its FLOPs over the matmul peak, both
-measured in the same process as `bench_step.py` measures them; the fraction printed is roofline / measured
-(1.0 = at the limit).
+measured in this process the way `bench_step.py` measures them (the best [2048, 2048] float32 matmul of jax, numpy
+and torch; a read + write copy); the fraction printed is roofline / measured (1.0 = at the limit). The whole step's
+roofline is the larger of all parts' bytes over the bandwidth and all their FLOPs over the peak, as `bench_step.py`
+counts a decode step: it assumes compute-bound and bandwidth-bound parts overlap perfectly, so it is lower than the
+sum of the parts' rooflines and its fraction does not compare with theirs. Times are the fastest of `--runs` calls.
 
     python benchmarks/bench_decode_parts.py --rows 8,16,64,128
+    python benchmarks/bench_decode_parts.py --rows 128 --prompt 256 --steps 24   # a recall call's shape
 """
 
 from __future__ import annotations
@@ -54,35 +60,43 @@ def loop_ms(config: ModelConfig, params, rows: int, prompt: int, steps: int, run
                             logits=logits)  # fmt: skip
         return state["tokens"]
 
-    return best_time(lambda: run(params, cache, logits).block_until_ready(), runs) / steps * 1e3
+    # the first token comes from the prefill's logits: the loop runs steps - 1 model steps
+    return best_time(lambda: run(params, cache, logits).block_until_ready(), runs) / (steps - 1) * 1e3
 
 
-def projections_ms(params, rows: int, runs: int) -> tuple[float, int]:
-    """(ms, weight bytes) of every layer's projections applied to [rows, ...] inputs."""
+def projections_ms(params, rows: int, runs: int) -> tuple[float, int, int]:
+    """(ms, weight bytes, FLOPs) of every layer's projections, layer after layer, on [rows, in] inputs."""
     layers = [params[name] for name in sorted(params) if name.startswith("layers_")]
-    kernels = [layer[a][b]["kernel"] for layer in layers for a, b in PROJECTIONS]
-    hidden = kernels[-1].shape[-1]  # down_proj's output
+    kernels = [[layer[a][b]["kernel"] for a, b in PROJECTIONS] for layer in layers]
+    hidden = kernels[0][-1].shape[-1]  # down_proj's output
     # as matrices [in, out]: q, k, v [H, N, D] -> [H, N * D]; o [N, D, H] -> [N * D, H]
-    kernels = [w.reshape(hidden, -1) if w.ndim == 3 and w.shape[0] == hidden else w.reshape(-1, w.shape[-1])
-               for w in kernels]  # fmt: skip
+    as_matrix = lambda w: w.reshape(hidden, -1) if w.ndim == 3 and w.shape[0] == hidden else w.reshape(-1, w.shape[-1])
+    kernels = [[as_matrix(w) for w in layer] for layer in kernels]
 
     @jax.jit
-    def run(kernels, scale):
-        return sum(jnp.sum(jnp.full((rows, w.shape[0]), scale, w.dtype) @ w) for w in kernels)
+    def run(kernels, x):
+        for q, k, v, o, gate, up, down in kernels:  # a layer without its norms and attention
+            x = x + 0.1 * ((x @ q) @ o) + 1e-3 * (jnp.mean(x @ k) + jnp.mean(x @ v))
+            x = x + 0.1 * ((jax.nn.silu(x @ gate) * (x @ up)) @ down)
+        return x
 
-    ms = best_time(lambda: run(kernels, jnp.float32(1.0)).block_until_ready(), runs) * 1e3
-    return ms, sum(w.size * w.dtype.itemsize for w in kernels)
+    x = jax.random.normal(jax.random.key(5), (rows, hidden), jnp.float32)
+    ms = best_time(lambda: run(kernels, x).block_until_ready(), runs) * 1e3
+    leaves = jax.tree.leaves(kernels)
+    return ms, sum(w.nbytes for w in leaves), sum(2 * rows * w.size for w in leaves)
 
 
-def head_ms(params, rows: int, runs: int) -> tuple[float, int]:
+def head_ms(params, rows: int, runs: int) -> tuple[float, int, int]:
+    """(ms, bytes, FLOPs) of the tied head on [rows, H] inputs."""
     embedding = params["embedder"]["embedding"]
     x = jax.random.normal(jax.random.key(2), (rows, embedding.shape[1]), embedding.dtype)
     head = jax.jit(lambda x, e: jnp.einsum("bh,vh->bv", x, e, preferred_element_type=jnp.float32))
-    return best_time(lambda: head(x, embedding).block_until_ready(), runs) * 1e3, embedding.size * 4
+    ms = best_time(lambda: head(x, embedding).block_until_ready(), runs) * 1e3
+    return ms, embedding.nbytes, 2 * rows * embedding.size
 
 
-def attention_ms(config: ModelConfig, rows: int, slots: int, runs: int) -> tuple[float, int]:
-    """(ms, K/V bytes) of one decode query per row over every layer's own [rows, K, slots, D] buffers."""
+def attention_ms(config: ModelConfig, rows: int, slots: int, runs: int) -> tuple[float, int, int]:
+    """(ms, K/V bytes, FLOPs) of one decode query per row over every layer's own [rows, K, slots, D] buffers."""
     kh, g, d = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
     keys = jax.random.split(jax.random.key(3), 2 * config.num_layers)
     ks = [jax.random.normal(k, (rows, kh, slots, d)) for k in keys[: config.num_layers]]
@@ -99,13 +113,16 @@ def attention_ms(config: ModelConfig, rows: int, slots: int, runs: int) -> tuple
         return q
 
     ms = best_time(lambda: jax.block_until_ready(run(q, ks, vs)), runs) * 1e3
-    return ms, 2 * config.num_layers * rows * kh * slots * d * 4
+    flops = 4 * config.num_layers * rows * config.num_heads * slots * d  # scores and weighted values
+    return ms, sum(k.nbytes + v.nbytes for k, v in zip(ks, vs, strict=True)), flops
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="8,16,64,128")
-    parser.add_argument("--prompt", type=int, default=320, help="prompt tokens a row (memory turns: 250-333)")
+    parser.add_argument(
+        "--prompt", type=int, default=320, help="prompt tokens a row (memory turns at the protocol: 250-333)"
+    )
     parser.add_argument("--steps", type=int, default=96, help="tokens sampled a row (the memory budget)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -118,20 +135,14 @@ def main() -> None:
     header = ("rows", "part", "ms/step", "share", "MB", "GFLOP", "roofline ms", "fraction")
     print("{:>5} {:<12} {:>8} {:>6} {:>7} {:>6} {:>11} {:>8}".format(*header))
     slots = args.prompt + args.steps
-    h, v = config.hidden_size, config.vocab_size
     for rows in (int(r) for r in args.rows.split(",")):
         whole = loop_ms(config, params, rows, args.prompt, args.steps, args.runs)
-        proj, proj_bytes = projections_ms(params, rows, args.runs)
-        head, head_bytes = head_ms(params, rows, args.runs)
-        att, att_bytes = attention_ms(config, rows, slots, args.runs)
-        # attention: scores and weighted values, 2 x 2 FLOPs per query head, slot and head dim
-        att_flops = 4 * config.num_layers * rows * config.num_heads * slots * config.head_dim
         parts = {
-            "projections": (proj, proj_bytes, 2 * rows * proj_bytes / 4),
-            "head": (head, head_bytes, 2 * rows * h * v),
-            "attention": (att, att_bytes, att_flops),
+            "projections": projections_ms(params, rows, args.runs),
+            "head": head_ms(params, rows, args.runs),
+            "attention": attention_ms(config, rows, slots, args.runs),
         }
-        rest = whole - proj - head - att
+        rest = whole - sum(p[0] for p in parts.values())
         total_bytes, total_flops = sum(p[1] for p in parts.values()), sum(p[2] for p in parts.values())
         table = [(name, *part) for name, part in parts.items()]
         table += [("rest", rest, 0, 0), ("whole step", whole, total_bytes, total_flops)]
