@@ -32,7 +32,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_time, copy_bandwidth, matmul_peaks
+from common import best_time, copy_bandwidth, layer_matmul_params, matmul_peaks
 
 from memtrain_jax.model import ModelConfig, init_params
 from memtrain_jax.model.attention import _dense_pass
@@ -137,8 +137,10 @@ def main() -> None:
     slots = args.prompt + args.steps
     for rows in (int(r) for r in args.rows.split(",")):
         whole = loop_ms(config, params, rows, args.prompt, args.steps, args.runs)
+        proj = projections_ms(params, rows, args.runs)
+        assert proj[2] == 2 * rows * layer_matmul_params(config), "the projections timed are not the model's"
         parts = {
-            "projections": projections_ms(params, rows, args.runs),
+            "projections": proj,
             "head": head_ms(params, rows, args.runs),
             "attention": attention_ms(config, rows, slots, args.runs),
         }
