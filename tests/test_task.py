@@ -147,9 +147,10 @@ def test_eval_qa_and_compare_write_their_tables(cache, tmp_path, memtrain_run, m
     evaluations = []
     long_qa = downstream._long_qa
     monkeypatch.setattr(downstream, "_long_qa", lambda *a, **k: evaluations.append(1) or long_qa(*a, **k))
-    arms = [("memtrain", str(source)), ("again", str(source))]
+    arms = downstream.parse_arms(f"memtrain={source},again={source}@2")  # @2: the latest, named by its step
     compared = downstream.compare(config, str(tmp_path / "compare"), arms)
-    assert list(compared["arms"]) == ["base", "memtrain", "again"] and compared["steps"]["memtrain"] == 2
+    assert list(compared["arms"]) == ["base", "memtrain", "again"]
+    assert compared["steps"]["memtrain"] == compared["steps"]["again"] == 2
     # An arm with an evaluated arm's parameters, bit for bit, takes its row without a second evaluation.
     assert len(evaluations) == 2 and compared["arms"]["again"] == compared["arms"]["memtrain"]
     # The base row is the same evaluation as eval-qa's (same questions, same sampling seeds).
@@ -198,6 +199,11 @@ def test_bad_downstream_arguments(cache, tmp_path, memtrain_run):
         downstream.parse_arms(f"a={tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="unique and not 'base'"):
         downstream.parse_arms(f"base={source}")
+    with pytest.raises(FileNotFoundError, match=r"Arm 'a': .* has no checkpoint of step 1 \(it has \[2\]\)"):
+        downstream.parse_arms(f"a={source}@1")
+    with pytest.raises(UsageError, match="must be a number"):
+        downstream.parse_arms(f"a={source}@last")
+    assert downstream.parse_arms(f"a={source}@2, b={source}") == [("a", f"{source}@2"), ("b", str(source))]
     with pytest.raises(ValueError, match="positive numbers of documents"):
         downstream.qa_config(run_config("memtrain.py:tiny", cache), "long_qa", num_docs=[0])
     config = downstream.qa_config(run_config("memtrain.py:tiny", cache), "long_qa", num_docs=[10**6], limit=1)

@@ -8,7 +8,8 @@
   --objectives (MEM1's multi-objective episodes); prints EM per question with its interval and the episodes'
   action-format failures; writes DIR/search_results.json and, with --plot, DIR/search_accuracy.png.
 - compare: the paper's Table 1: long-text QA (or, with a search config, search QA by objectives) of several
-  arms (the config's base model, then each `name=WORKDIR` of --arms, restored from its latest checkpoint) on
+  arms (the config's base model, then each `name=WORKDIR` of --arms, restored from its latest checkpoint, or
+  `name=WORKDIR@STEP`, from that step's) on
   the same questions and lengths, one row per arm, each arm minus the base paired on the same questions;
   writes DIR/compare.json.
 """
@@ -30,7 +31,7 @@ from memtrain_jax.agent import SamplerPolicy, evaluate_search
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
 from memtrain_jax.atomic import write_file_atomically
 from memtrain_jax.checkpoint.orbax_io import restore_run_params
-from memtrain_jax.config import apply_overrides, flatten
+from memtrain_jax.config import apply_overrides, flatten, split_run_step
 from memtrain_jax.tasks import AgentSetup
 
 
@@ -226,22 +227,34 @@ _SEARCH_PLOT = {"metrics": ("em",), "unit": "objectives (questions an episode)",
 
 
 def parse_arms(text: str) -> list[tuple[str, str]]:
-    """ "name=WORKDIR,name=WORKDIR" -> [(name, workdir)]; names unique, workdirs existing."""
+    """ "name=WORKDIR,name=WORKDIR@STEP" -> [(name, spec)]: an arm is a run's latest checkpoint or, with @STEP, the
+    checkpoint of that step (e.g. a run's format warm-up, the step before its GRPO phase); names unique,
+    workdirs and checkpoints existing."""
     arms = []
     for item in [a for a in (text or "").split(",") if a.strip()]:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--arms takes name=WORKDIR items separated by commas; got {item!r}.")
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise ValueError(f"--arms takes name=WORKDIR or name=WORKDIR@STEP items separated by commas; got {item!r}.")
+        path, step = split_run_step(spec.strip(), f"Arm {name!r}")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} does not exist (train it first).")
         checkpoints = os.path.join(path, "checkpoints")
-        if not os.path.isdir(checkpoints) or not any(p.isdigit() for p in os.listdir(checkpoints)):
+        steps = sorted(int(p) for p in os.listdir(checkpoints) if p.isdigit()) if os.path.isdir(checkpoints) else []
+        if not steps:
             raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} has no checkpoint (train it first).")
-        arms.append((name.strip(), path.strip()))
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"Arm {name!r}: {path!r} has no checkpoint of step {step} (it has {steps}).")
+        arms.append((name.strip(), spec.strip()))
     names = [n for n, _ in arms]
     if len(set(names)) != len(names) or "base" in names:
         raise ValueError(f"--arms names must be unique and not 'base' (the config's model); got {names}.")
     return arms
+
+
+def _arm_params(spec: str, abstract: Any) -> tuple[int, Any]:
+    """(step, params) of an arm's WORKDIR or WORKDIR@STEP."""
+    workdir, step = split_run_step(spec)
+    return restore_run_params(workdir, abstract, step)
 
 
 def compare(
@@ -265,10 +278,10 @@ def compare(
     for name, path in [("base", ""), *arms]:
         params = setup.policy.params
         if path:
-            steps[name], params = restore_run_params(path, abstract)
+            steps[name], params = _arm_params(path, abstract)
         print(f"[compare] {name}: {path or setup.policy.description}" + (f" step {steps[name]}" if path else ""))
         mark = _fingerprint(params)
-        load = lambda p: restore_run_params(p, abstract)[1] if p else setup.policy.params  # noqa: E731
+        load = lambda p: _arm_params(p, abstract)[1] if p else setup.policy.params  # noqa: E731
         same = next((n for n, p, m in evaluated if m == mark and _equal_trees(params, load(p))), None)
         if same is not None:  # the evaluation is deterministic in its seeds: the same parameters, the same answers
             print(f"[compare] {name}: the same parameters as {same}, bit for bit (e.g. no update changed them); "

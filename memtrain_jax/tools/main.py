@@ -139,7 +139,9 @@ _OVERFIT = flags.DEFINE_integer(
 _WARMUP = flags.DEFINE_bool("warmup", False, "diagnose: also the greedy replies to the format warm-up's own examples.")
 _BASELINE = flags.DEFINE_bool("baseline", False, "eval-qa: also the full-context reader on the same questions.")
 _PLOT = flags.DEFINE_bool("plot", False, "eval-qa / compare: write DIR/qa_accuracy.png / compare_accuracy.png.")
-_ARMS = flags.DEFINE_string("arms", "", "compare: name=WORKDIR,... (each a training run of the same model).")
+_ARMS = flags.DEFINE_string(
+    "arms", "", "compare: name=WORKDIR,... (each a training run of the same model; WORKDIR@STEP: that checkpoint)."
+)
 _RUNS = flags.DEFINE_list(
     "runs",
     [],
