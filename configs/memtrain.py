@@ -372,6 +372,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.qa.format = "auto"  # auto | hotpotqa | squad | jsonl
     c.qa.num_dev = 128  # questions of the sets prepared from the pool (memtrain_jax/data/qa.py)
     c.qa.num_train = 1024
+    # Prepared train set: skip this many questions after the dev set first, e.g. a format warm-up's num_train, so
+    # GRPO from that warm-up trains on questions whose answers the warm-up never taught.
+    c.qa.train_skip = 0
     c.qa.limit = 0  # test questions used (0 = all)
     c.qa.num_docs = (50, 100, 200, 400, 800, 1600, 3200, 6400)  # the paper's ladder (about 7K ... 896K tokens)
     c.qa.train_num_docs = 200  # task RL's contexts (about 28K tokens in the paper's setting)

@@ -87,6 +87,18 @@ def test_prepared_sets_round_trip_through_the_hotpotqa_reader(pool, tmp_path):
     assert qa.prepare_qa_sets(pool, 5, 7, 3, str(tmp_path), log=None) == paths  # cached
 
 
+def test_a_skip_gives_training_questions_the_first_train_set_never_held(pool, tmp_path):
+    """qa.train_skip: the same dev set; the train set starts `skip` questions later in the rule's order."""
+    first = qa.prepare_qa_sets(pool, 5, 7, 3, str(tmp_path), log=None)
+    later = qa.prepare_qa_sets(pool, 5, 4, 3, str(tmp_path), skip=7, log=None)
+    expected = qa.qa_records_from_pool(pool, 16, seed=3)
+    assert qa.load_qa_file(later["dev"]) == qa.load_qa_file(first["dev"]) == expected[:5]
+    assert qa.load_qa_file(later["train"]) == expected[12:16]
+    assert not {r.id for r in qa.load_qa_file(later["train"])} & {r.id for r in qa.load_qa_file(first["train"])}
+    with pytest.raises(ValueError, match="skip=-1"):
+        qa.prepare_qa_sets(pool, 5, 4, 3, str(tmp_path), skip=-1, log=None)
+
+
 # --- file formats and bad input -------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ the pool's paragraphs in a seeded order; a paragraph gives one question when one
 (8 to 60 words) holds an entity of the rules extractor that occurs exactly once in the paragraph and
 shares no word with the article title; the question quotes that sentence with the entity replaced by
 a blank and names the article; the answer is the entity; the paragraph is the supporting paragraph.
-The first `num_dev` questions are the dev (test) set, the next `num_train` the task-RL training set.
+The first `num_dev` questions are the dev (test) set, the next `num_train` the task-RL training set (after
+`skip` more: a run trains on questions that an earlier run's training set, e.g. a format warm-up's, never held).
 The other articles of the pool are the distractors; the whole pool is the search corpus.
 
 Long contexts (`build_context`, MemAgent's RULER-HotpotQA protocol): a question's supporting
@@ -448,27 +449,33 @@ def prepare_qa_sets(
     seed: int,
     cache_dir: str,
     *,
+    skip: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, str]:
     """Writes the pool's dev and train QA sets (HotpotQA JSON) once under `cache_dir/qa-<key>/` and returns
-    {"dev": path, "train": path}. The key hashes the pool, the counts, the seed and the rule's version."""
+    {"dev": path, "train": path}: the rule's first `num_dev` questions, then `num_train` after `skip` more. The key
+    hashes the pool, the counts, the seed and the rule's version."""
+    if min(num_dev, num_train, skip) < 0:
+        raise ValueError(f"QA set sizes must be >= 0; got num_dev={num_dev}, num_train={num_train}, skip={skip}.")
     from memtrain_jax.atomic import cache_entry, content_key, write_directory_atomically
     from memtrain_jax.data.retrieval import pool_fingerprint
 
-    key = content_key({"pool": pool_fingerprint(pool), "dev": num_dev, "train": num_train, "seed": seed, "rule": 2})
+    spec = {"pool": pool_fingerprint(pool), "dev": num_dev, "train": num_train, "seed": seed, "rule": 2}
+    key = content_key({**spec, "skip": skip} if skip else spec)  # skip 0 keeps the sets already prepared
     directory = cache_entry(cache_dir, "qa", key)
     paths = {name: os.path.join(directory, f"{name}.json") for name in ("dev", "train")}
     if all(os.path.isfile(p) for p in paths.values()):
         return paths
-    records = qa_records_from_pool(pool, num_dev + num_train, seed)
+    records = qa_records_from_pool(pool, num_dev + skip + num_train, seed)
 
     def write(tmp: str) -> None:
         with open(os.path.join(tmp, "ATTRIBUTION.txt"), "w", encoding="utf-8") as f:
             f.write(ATTRIBUTION)
         write_hotpotqa(records[:num_dev], os.path.join(tmp, "dev.json"))
-        write_hotpotqa(records[num_dev:], os.path.join(tmp, "train.json"))
+        write_hotpotqa(records[num_dev + skip :], os.path.join(tmp, "train.json"))
 
     write_directory_atomically(directory, write, replace=False)
     if log:
-        log(f"[qa] wrote {num_dev} dev and {num_train} train questions from the pool to {directory}")
+        after = f" (after {skip} skipped)" if skip else ""
+        log(f"[qa] wrote {num_dev} dev and {num_train} train questions{after} from the pool to {directory}")
     return paths

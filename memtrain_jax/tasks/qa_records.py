@@ -38,7 +38,13 @@ class QATaskData:
         prepared = None
         if not qa.file or not qa.train_file:
             prepared = qa_data.prepare_qa_sets(
-                pool, int(qa.num_dev), int(qa.num_train), int(data.seed), os.path.join(data.cache_dir, "qa"), log=log
+                pool,
+                int(qa.num_dev),
+                int(qa.num_train),
+                int(data.seed),
+                os.path.join(data.cache_dir, "qa"),
+                skip=int(qa.train_skip),
+                log=log,
             )
         dev = qa_data.load_qa_file(qa.file or prepared["dev"], qa.format)
         train = qa_data.load_qa_file(qa.train_file or prepared["train"], qa.format)

@@ -34,6 +34,7 @@ def main(argv: list[str]) -> None:
         int(config.qa.num_train),
         int(config.data.seed),
         os.path.join(config.data.cache_dir, "qa"),
+        skip=int(config.qa.train_skip),
     )
     dev = qa_data.load_qa_file(paths["dev"])
     train = qa_data.load_qa_file(paths["train"])
