@@ -101,6 +101,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.share_prompts": False,
     "data.probes.max_occurrences": 5,
     "data.probes.in_memory": False,
+    "qa.train_skip": 0,
 }
 
 # Sections added since then that are empty by default (a flattened config has no leaf for them).

@@ -9,9 +9,8 @@
   action-format failures; writes DIR/search_results.json and, with --plot, DIR/search_accuracy.png.
 - compare: the paper's Table 1: long-text QA (or, with a search config, search QA by objectives) of several
   arms (the config's base model, then each `name=WORKDIR` of --arms, restored from its latest checkpoint, or
-  `name=WORKDIR@STEP`, from that step's) on
-  the same questions and lengths, one row per arm, each arm minus the base paired on the same questions;
-  writes DIR/compare.json.
+  `name=WORKDIR@STEP`, from that step's) on the same questions and lengths, one row per arm, each arm minus the
+  base paired on the same questions; writes DIR/compare.json.
 """
 
 from __future__ import annotations
