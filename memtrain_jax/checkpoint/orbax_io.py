@@ -162,13 +162,19 @@ def import_hf_to_orbax(
     return config
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of a run's finished checkpoints (<workdir>/checkpoints/<step> folders), ascending; [] if none."""
+    directory = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
 def restore_run_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[int, Any]:
     """(step, params) of a run's checkpoint (latest by default), read alone (no optimizer state, no data
     position): how a job starts from another run's policy (`init_from`, evaluation arms).
 
     abstract_params: ShapeDtypeStructs with shardings; a checkpoint of another shape is refused by name."""
     directory = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+    steps = checkpoint_steps(workdir)
     if not steps:
         raise FileNotFoundError(f"No checkpoint in {directory}: {workdir} is not a trained memtrain workdir.")
     step = steps[-1] if step is None else step

@@ -29,7 +29,7 @@ import ml_collections
 from memtrain_jax.agent import SamplerPolicy, evaluate_search
 from memtrain_jax.agent.qa import evaluate_long_qa, format_paired, format_table, format_times
 from memtrain_jax.atomic import write_file_atomically
-from memtrain_jax.checkpoint.orbax_io import restore_run_params
+from memtrain_jax.checkpoint.orbax_io import checkpoint_steps, restore_run_params
 from memtrain_jax.config import apply_overrides, flatten, split_run_step
 from memtrain_jax.tasks import AgentSetup
 
@@ -237,8 +237,7 @@ def parse_arms(text: str) -> list[tuple[str, str]]:
         path, step = split_run_step(spec.strip(), f"Arm {name!r}")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} does not exist (train it first).")
-        checkpoints = os.path.join(path, "checkpoints")
-        steps = sorted(int(p) for p in os.listdir(checkpoints) if p.isdigit()) if os.path.isdir(checkpoints) else []
+        steps = checkpoint_steps(path)
         if not steps:
             raise FileNotFoundError(f"Arm {name!r}: workdir {path!r} has no checkpoint (train it first).")
         if step is not None and step not in steps:

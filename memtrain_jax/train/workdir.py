@@ -32,12 +32,12 @@ import jax
 import ml_collections
 from etils import epath
 
+from memtrain_jax.checkpoint.orbax_io import checkpoint_steps
 from memtrain_jax.config import RUN_CHOICES, UsageError, flatten, migrate
 
 LOCK_FILE = "lock"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class WorkdirBusyError(UsageError):
@@ -139,8 +139,7 @@ def lock_workdir(workdir: str) -> WorkdirLock | None:
 
 def has_checkpoints(workdir: str) -> bool:
     """Whether the workdir holds a finished checkpoint (a step folder), i.e. a start there is a resume."""
-    directory = epath.Path(workdir) / CHECKPOINT_DIR
-    return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+    return bool(checkpoint_steps(workdir))
 
 
 def config_values(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -207,8 +206,7 @@ def record_start(workdir: str, config: ml_collections.ConfigDict, changes: dict)
         return
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    checkpoints = root / CHECKPOINT_DIR
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.exists() else []
+    steps = checkpoint_steps(workdir)
     new = config_values(config)
     record = {
         "time": _now(),
