@@ -28,6 +28,7 @@ older commit) in a subprocess, one after the other, and prints both and their ra
     python benchmarks/bench_step.py --against 0914f9c                 # side by side with an older commit
     python benchmarks/bench_step.py --set data.loader.batch_size=4 --set agent.recall_group_size=8
     python benchmarks/bench_step.py --set init_from=runs/RUN          # a warmed-up policy: its updates are timed
+    python benchmarks/bench_step.py --set-here sampling.lookup_sampled=True --against HEAD   # a switch of this tree
 
 Run from a folder whose cache/ holds the prepared data (else the first step prepares it, untimed).
 The base model earns no reward at the CPU shapes, so DAPO drops every group and its steps have no update
@@ -296,15 +297,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed GRPO steps first (they compile)")
     parser.add_argument("--steps", type=int, default=3, help="timed GRPO steps")
     parser.add_argument("--against", default="", help="a git ref measured the same way, in a worktree")
+    parser.add_argument("--set-here", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for this tree only (a setting the other tree lacks or keeps)")  # fmt: skip
     parser.add_argument("--json", default="", help="(internal) write this process's measurement here")
     args = parser.parse_args(argv)
     overrides = dict(_split(s) for s in args.set)
+    here = {**overrides, **dict(_split(s) for s in args.set_here)}
     if args.json:  # a worker: measure and hand the figures back
         result = measure(args.config, overrides, args.warmup, args.steps)
         with open(args.json, "w") as f:
             json.dump(result, f)
         return
-    labels, results = ["this tree"], [measure(args.config, overrides, args.warmup, args.steps)]
+    labels, results = ["this tree"], [measure(args.config, here, args.warmup, args.steps)]
     if args.against:  # this tree's figures first: a failure of the other tree's run loses nothing
         print_table(labels, results)
         sys.stdout.flush()
@@ -324,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             results.append(json.load(f))
         labels.append(args.against)
     print(f"config {args.config} {' '.join(args.set)}; {args.warmup} warm-up + {args.steps} timed GRPO steps")
+    if args.set_here:
+        print(f"this tree only: {' '.join(args.set_here)}")
     print_table(labels, results)
 
 

@@ -292,6 +292,10 @@ def _paper() -> ml_collections.ConfigDict:
     # call's cache holds (k + 1) x its decode budget (4,096 more slots a row for the paper's 1,024-token memories at
     # k = 4), which `memtrain plan` does not size.
     c.sampling.lookup_tokens = 0
+    # Sampled calls of that shape (sampled memory turns) use the drafts too, checked by speculative sampling: each
+    # token follows the lockstep decode's distribution exactly, but the draws differ from its draws (a run's
+    # samples change with this switch, so it is a run setting, not a run choice).
+    c.sampling.lookup_sampled = False
     # Prefill a call's distinct prompts, longest first, in up to this many parts, each padded only to its own
     # longest prompt's length bucket and its own batch bucket, then placed into one prefix: the same cache as one
     # prefill of all, fewer padding slots computed. 1 = one prefill a call. Each part shape is another (small)

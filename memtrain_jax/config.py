@@ -94,6 +94,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "sampling.length_block": 256,
     "sampling.compact_rows": 0,
     "sampling.lookup_tokens": 0,
+    "sampling.lookup_sampled": False,
     "sampling.prefill_parts": 1,
     "sampling.greedy_memory": False,
     "train.lora_rank": 0,

@@ -21,6 +21,7 @@ from memtrain_jax.sampler import (
     rows_from_prefix,
     sample,
     sample_from_prefix,
+    speculate_tokens,
 )
 from memtrain_jax.sampler.sampler import (
     LOOKUP_MAX_ROWS,
@@ -322,6 +323,123 @@ def test_lookup_decode_is_greedy_decode_in_fewer_steps(params):
         assert int(out["step"]) - 1 == max(steps) < expected.steps
         if stops:
             assert any(inside)  # a row stops on an accepted draft, so the tokens drafted after it are dropped
+
+
+def filtered_probs(logits, temperature, top_k, top_p):
+    """NumPy reference of the sampling distribution [..., V] (float64): tempered, top-k, then top-p (no ties)."""
+    scaled = logits / temperature
+    keep = np.ones(scaled.shape, bool)
+    if top_k is not None:
+        keep = scaled >= np.sort(scaled, axis=-1)[..., -top_k][..., None]
+    probs = np.exp(log_softmax(np.where(keep, scaled, -np.inf)))
+    if top_p is not None:
+        order = np.argsort(-probs, axis=-1)
+        ranked = np.take_along_axis(probs, order, axis=-1)
+        before = np.empty_like(ranked)
+        np.put_along_axis(before, order, np.cumsum(ranked, axis=-1) - ranked, axis=-1)
+        probs = np.where(before < top_p, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def chi_square_pvalue(counts, probs):
+    """Chi-square p-value of counts [n] against probabilities [n], rare bins (expected < 5) pooled."""
+    expected = probs * counts.sum()
+    big = expected >= 5
+    observed, expected = counts[big], expected[big]
+    if (~big).any() and probs[~big].sum() > 0:
+        observed, expected = (
+            np.append(observed, counts[~big].sum()),
+            np.append(expected, probs[~big].sum() * counts.sum()),
+        )
+    return stats.chisquare(observed, expected).pvalue
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, None), (4, None), (None, 0.9)])
+def test_speculate_tokens_emit_each_positions_distribution(top_k, top_p):
+    """Speculative checking of point-mass drafts, 20,000 rows of the same logits (V = 7, k = 3): each emitted token
+    follows its position's filtered, tempered distribution given the drafts before it were emitted (chi-square
+    against NumPy in float64); a draft the filter excludes is never accepted; a rejected position never emits its
+    draft, so m counts the leading positions that emit their drafts; and greedy checking keeps drafts while they
+    equal the argmax."""
+    rows, v, k, temperature = 20000, 7, 3, 0.8
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 1.5, (k + 1, v)).astype(np.float32)
+    probs = filtered_probs(logits.astype(np.float64), temperature, top_k, top_p)
+    # Drafts: position 0's likeliest token, position 1's second likeliest, position 2's least likely (filtered out
+    # where a filter is on).
+    drafts = np.asarray([np.argsort(-probs[0])[0], np.argsort(-probs[1])[1], np.argmin(logits[2])], np.int32)
+    keys = jax.random.split(jax.random.key(3), rows * (k + 1)).reshape(rows, k + 1)
+    run = jax.jit(lambda lg, d, keys, t: speculate_tokens(lg, d, keys, t, 1.0 if top_p is None else top_p,
+                                                          top_k=top_k, use_top_p=top_p is not None))  # fmt: skip
+    batch_logits, batch_drafts = np.broadcast_to(logits, (rows, k + 1, v)), np.broadcast_to(drafts, (rows, k))
+    tokens, accepted = (np.asarray(x) for x in run(batch_logits, batch_drafts, keys, np.float32(temperature)))
+    leading = np.cumprod(tokens[:, :k] == drafts[None, :], axis=1).sum(axis=1)
+    np.testing.assert_array_equal(accepted, leading)
+    for j in range(k + 1):
+        emitted = tokens[accepted >= j, j]  # rows whose position j emits (drafts 1..j accepted)
+        if j == 3 and emitted.size == 0:
+            assert top_k is not None or top_p is not None or probs[2, drafts[2]] < 1e-3
+            continue
+        counts = np.bincount(emitted, minlength=v)
+        assert (counts[probs[j] == 0] == 0).all()
+        assert chi_square_pvalue(counts, probs[j]) > 1e-4  # fixed keys: a correct check fails with probability 1e-4
+    # Power: a rejection that drew from p_0 again (its draft not removed) would be rejected.
+    counts = np.bincount(tokens[:, 0], minlength=v)
+    chance = probs[0, drafts[0]]
+    assert chi_square_pvalue(counts, (1 - chance) * probs[0] + chance * (np.arange(v) == drafts[0])) < 1e-6
+    if top_k is not None or top_p is not None:
+        assert not (accepted >= 3).any()  # the filtered-out draft
+    greedy_tokens, greedy_accepted = (np.asarray(x) for x in run(batch_logits[:2], batch_drafts[:2], keys[:2], 0.0))
+    np.testing.assert_array_equal(greedy_tokens, np.broadcast_to(logits.argmax(-1), (2, k + 1)))
+    agree = np.cumprod(drafts == logits.argmax(-1)[:k]).sum()
+    np.testing.assert_array_equal(greedy_accepted, [agree, agree])
+
+
+def test_sampled_lookup_decode_follows_the_model():
+    """`Buckets.lookup_sampled`: a sampled call decodes with lookup drafts checked by speculative sampling, and its
+    rows' first three tokens follow the model's tempered distribution (a chi-square over the 512 triples of a
+    vocab of 8, exact probabilities from teacher-forced logits in float64); the log-probs are the teacher-forced
+    ones; drafts were accepted (some rows emitted tokens 2-3 in one model step); a row's tokens depend on its id,
+    not on the device layout, scanned layers or its batch; and a greedy call equals the lockstep decode."""
+    config = CONFIG.replace(vocab_size=8)
+    params = init_params(config, jax.random.key(4))
+    rows, temperature, prompt = 4096, 0.7, [1, 2, 3, 1, 2, 3, 1, 2]
+    buckets = Buckets(lookup_tokens=3, lookup_sampled=True, lookup_max_rows=rows, min_new_tokens=LOOKUP_MIN_STEPS)
+    lookup = Sampler(config, pad_id=PAD, buckets=buckets)
+    settings = dict(max_new_tokens=3, temperature=temperature, seed=9)
+    out = lookup(params, [prompt] * rows, **settings)
+    assert [name.split()[0] for name in lookup.compile_seconds].count("lookup") == 1
+    first = np.asarray(forward(config, params, np.asarray([prompt])), np.float64)[0, -1]
+    pairs = np.asarray([prompt + [a] for a in range(8)], np.int32)
+    second = np.asarray(forward(config, params, pairs), np.float64)[:, -1]  # [8, V]
+    triples = np.asarray([prompt + [a, b] for a in range(8) for b in range(8)], np.int32)
+    third = np.asarray(forward(config, params, triples), np.float64)[:, -1].reshape(8, 8, 8)
+    p = lambda x: np.exp(log_softmax(x / temperature))
+    joint = p(first)[:, None, None] * p(second)[:, :, None] * p(third)  # P(t1, t2, t3)
+    counts = np.bincount(out.tokens[:, 0] * 64 + out.tokens[:, 1] * 8 + out.tokens[:, 2], minlength=512)
+    assert chi_square_pvalue(counts, joint.reshape(-1)) > 1e-4  # fixed seed: fails with probability 1e-4
+    untempered = (np.exp(log_softmax(first))[:, None, None] * np.exp(log_softmax(second))[:, :, None]
+                  * np.exp(log_softmax(third)))  # fmt: skip
+    assert chi_square_pvalue(counts, untempered.reshape(-1)) < 1e-6  # power
+    booked = np.log(joint[out.tokens[:, 0], out.tokens[:, 1], out.tokens[:, 2]])
+    np.testing.assert_allclose(out.logprobs.sum(axis=1), booked, rtol=0, atol=1e-4)
+    assert out.steps == 2  # the first token, then one model step (rows that accepted both drafts) or two
+    # Drafts: after t1, the history's last bigram (2, t1) occurs earlier iff t1 == 3; its draft is then 1 (and 2).
+    drafted = (out.tokens[:, 0] == 3) & (out.tokens[:, 1] == 1)
+    assert drafted.sum() > 0
+    # The same rows on a mesh and with scanned layers; a row keeps its tokens in a smaller call (its ids).
+    for mesh, scan in (((2, 2, 2), False), (None, True)):
+        other = Sampler(config.replace(scan_layers=scan), mesh=make_mesh(mesh) if mesh else None, pad_id=PAD,
+                        buckets=buckets)  # fmt: skip
+        weights = stack_layers(params, config) if scan else params
+        again = other(weights, [prompt] * 64, **settings, row_ids=list(range(100, 164)))
+        np.testing.assert_array_equal(again.tokens, out.tokens[100:164])
+    greedy = dict(max_new_tokens=LOOKUP_MIN_STEPS, temperature=0.0)
+    lockstep = Sampler(config, pad_id=PAD, buckets=Buckets(compact_rows=0))
+    np.testing.assert_array_equal(
+        lookup(params, [prompt] * 4, **greedy).tokens, lockstep(params, [prompt] * 4, **greedy).tokens
+    )
 
 
 @pytest.mark.parametrize("mesh_shape, scan", [(None, False), ((2, 2, 2), False), (None, True)])

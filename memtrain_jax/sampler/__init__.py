@@ -10,6 +10,7 @@ from memtrain_jax.sampler.sampler import (
     decode,
     draw_tokens,
     expand_prefix,
+    filter_logits,
     generate,
     lookup_decode_loop,
     lookup_drafts,
@@ -19,6 +20,7 @@ from memtrain_jax.sampler.sampler import (
     rows_from_prefix,
     sample,
     sample_from_prefix,
+    speculate_tokens,
     split_prefill,
 )
 
@@ -32,6 +34,7 @@ __all__ = [
     "decode",
     "draw_tokens",
     "expand_prefix",
+    "filter_logits",
     "generate",
     "lookup_decode_loop",
     "lookup_drafts",
@@ -41,5 +44,6 @@ __all__ = [
     "rows_from_prefix",
     "sample",
     "sample_from_prefix",
+    "speculate_tokens",
     "split_prefill",
 ]

@@ -124,7 +124,9 @@ class Buckets:
     least LOOKUP_MIN_STEPS tokens (memory turns, not short answers) decode with that many
     prompt-lookup drafts a model step (`lookup_decode_loop`: the same tokens in fewer steps); their cache holds
     (lookup_tokens + 1) slots per decode step. Off for a Sampler built without buckets; a run config sets it
-    (`sampling.lookup_tokens`).
+    (`sampling.lookup_tokens`). `lookup_sampled`: sampled calls of that shape too, checking the drafts by
+    speculative sampling (`speculate_tokens`): tokens of the same distributions as the lockstep decode's, other
+    draws of them (`sampling.lookup_sampled`; False where a stored config predates the field).
 
     `prefill_parts` (1 = one prefill a call): the distinct prompts, longest first, are prefilled in up to this many
     parts of consecutive prompts, each its own batch bucket and length bucket (`split_prefill`), and placed into the
@@ -146,23 +148,29 @@ class Buckets:
     compact_rows: int = 8
     lookup_tokens: int = 0
     lookup_max_rows: int = LOOKUP_MAX_ROWS
+    lookup_sampled: bool = False
     prefill_parts: int = 1
 
     @classmethod
     def from_config(cls, config: Any) -> Buckets:
-        """A run's buckets: `sampling.length_block`, `sampling.compact_rows`, `sampling.lookup_tokens` and
-        `sampling.prefill_parts` of a training config (256, 0, 0 and 1: no compaction, no drafts, one prefill, where
-        a field is absent)."""
+        """A run's buckets: `sampling.length_block`, `sampling.compact_rows`, `sampling.lookup_tokens`,
+        `sampling.lookup_sampled` and `sampling.prefill_parts` of a training config (256, 0, 0, False and 1: no
+        compaction, no drafts, one prefill, where a field is absent)."""
         return cls(
             length_block=int(config.sampling.get("length_block", 256)),
             compact_rows=int(config.sampling.get("compact_rows", 0)),
             lookup_tokens=int(config.sampling.get("lookup_tokens", 0)),
+            lookup_sampled=bool(config.sampling.get("lookup_sampled", False)),
             prefill_parts=int(config.sampling.get("prefill_parts", 1)),
         )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "lookup_sampled":
+                if not isinstance(value, bool):
+                    raise ValueError(f"Buckets.lookup_sampled must be True or False, got {value!r}.")
+                continue
             least = 0 if field.name in ("compact_rows", "lookup_tokens") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"Buckets.{field.name} must be an int >= {least}, got {value!r}.")
@@ -234,6 +242,35 @@ def draw_tokens(keys: jax.Array, logits: jax.Array) -> jax.Array:
     return block * DRAW_BLOCK + inside
 
 
+def filter_logits(
+    logits: jax.Array, temperature: jax.Array, top_p: jax.Array, *, top_k: int | None, use_top_p: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """The sampling distribution of logits [R, V] at temperature > 0, as (values [R, W], ids [R, W] int32 or None):
+    token ids[r, i] (i itself where ids is None) has probability softmax(values[r])[i]. The usual order: divide by
+    the temperature, keep the `top_k` largest logits (W = top_k, sorted descending), then keep the smallest prefix
+    (by descending probability) whose tempered, top-k renormalised mass reaches `top_p` (-inf beyond it)."""
+    scaled = logits / temperature
+    if top_k is not None:
+        values, ids = jax.lax.top_k(scaled, top_k)  # sorted descending
+    elif use_top_p:
+        iota = jnp.broadcast_to(jnp.arange(scaled.shape[-1], dtype=jnp.int32), scaled.shape)
+        neg_sorted, ids = jax.lax.sort((-scaled, iota), dimension=-1, num_keys=1)
+        values = -neg_sorted
+    else:
+        values, ids = scaled, None
+    if use_top_p:
+        probs = jax.nn.softmax(values, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # The top token always survives (mass_before == 0 < top_p).
+        values = jnp.where(mass_before < top_p, values, -jnp.inf)
+    return values, ids
+
+
+def _token_ids(ids: jax.Array | None, choice: jax.Array) -> jax.Array:
+    """Token ids [R] of positions choice [R] in `filter_logits`' values."""
+    return choice if ids is None else jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
 def choose_tokens(
     logits: jax.Array,
     keys: jax.Array,
@@ -243,35 +280,68 @@ def choose_tokens(
     top_k: int | None,
     use_top_p: bool,
 ) -> jax.Array:
-    """Picks one token per row from logits [B, V]: argmax if temperature == 0, else a sample.
-
-    keys: [B] one PRNG key per row. Sampling follows the usual order: divide by the temperature,
-    keep the `top_k` largest logits, then keep the smallest prefix (by descending probability) whose
-    tempered, top-k renormalised probability mass reaches `top_p`. Returns ids [B] int32.
-    """
+    """Picks one token per row from logits [B, V]: argmax if temperature == 0, else a sample of `filter_logits`'
+    distribution. keys: [B] one PRNG key per row. Returns ids [B] int32."""
 
     def sampled(logits):
-        scaled = logits / temperature
-        if top_k is not None:
-            values, ids = jax.lax.top_k(scaled, top_k)  # sorted descending
-        elif use_top_p:
-            iota = jnp.broadcast_to(jnp.arange(scaled.shape[-1], dtype=jnp.int32), scaled.shape)
-            neg_sorted, ids = jax.lax.sort((-scaled, iota), dimension=-1, num_keys=1)
-            values = -neg_sorted
-        else:
-            values, ids = scaled, None
-        if use_top_p:
-            probs = jax.nn.softmax(values, axis=-1)
-            mass_before = jnp.cumsum(probs, axis=-1) - probs
-            # The top token always survives (mass_before == 0 < top_p).
-            values = jnp.where(mass_before < top_p, values, -jnp.inf)
-        choice = draw_tokens(keys, values)
-        if ids is None:
-            return choice
-        return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+        values, ids = filter_logits(logits, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
+        return _token_ids(ids, draw_tokens(keys, values))
 
     greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
     # A real branch, so greedy decoding pays nothing for the random draws and sorts.
+    return jax.lax.cond(temperature > 0, sampled, greedy, logits)
+
+
+def speculate_tokens(
+    logits: jax.Array,
+    drafts: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    top_k: int | None,
+    use_top_p: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Checks drafts by speculative sampling with point-mass drafts (traceable). Returns (tokens [B, k + 1] int32,
+    accepted [B] int32 = m): a row emits tokens[:, :m + 1], of which the first m are its drafts.
+
+    logits: [B, k + 1, V], position j's next-token logits after the row's last token and drafts d_1..d_j;
+    drafts: [B, k]; keys: [B, k + 1], one per position. With p_j position j's sampling distribution
+    (`filter_logits`), draft d_{j+1} is accepted with probability p_j(d_{j+1}) (uniform u_j < p_j(d_{j+1})); the
+    first rejected position j draws from p_j without d_{j+1}, renormalised; after k accepted drafts position k
+    draws from p_k. So each emitted token follows its p_j exactly: P(a_j = x) = p_j(d) [x = d] + (1 - p_j(d))
+    p_j(x) / (1 - p_j(d)) [x != d] = p_j(x) (speculative sampling, Leviathan et al. 2023, whose draft distribution
+    here is the point mass at the lookup draft). Greedy (temperature 0): p_j is the point mass at the argmax, so the
+    drafts are accepted while each equals the argmax before it and the token after them is the argmax: the
+    lockstep greedy tokens."""
+    b, width, v = logits.shape
+    k = width - 1
+    position = jnp.arange(width)[None, :]
+
+    def sampled(logits):
+        flat = logits.reshape(b * width, v)
+        values, ids = filter_logits(flat, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
+        draft = jnp.concatenate([drafts, jnp.zeros((b, 1), drafts.dtype)], axis=1).reshape(b * width)
+        where = jnp.arange(v)[None, :] if ids is None else ids
+        has_draft = jnp.broadcast_to(position < k, (b, width)).reshape(b * width, 1)  # position k has none
+        is_draft = (where == draft[:, None]) & has_draft
+        # p_j(d_{j+1}) in float32; 0 where the draft is filtered out.
+        probs = jnp.exp(values - jax.nn.logsumexp(values, axis=-1, keepdims=True))
+        chance = jnp.sum(jnp.where(is_draft, probs, 0.0), axis=-1)
+        flat_keys = keys.reshape(b * width)
+        u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, 0)))(flat_keys)
+        accept = (u < chance).reshape(b, width)[:, :k]
+        accepted = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=1), axis=1)
+        residual = jnp.where(is_draft, -jnp.inf, values)  # p_j without the rejected draft
+        draws = jax.vmap(lambda key: jax.random.fold_in(key, 1))(flat_keys)
+        drawn = _token_ids(ids, draw_tokens(draws, residual)).reshape(b, width)
+        padded = jnp.concatenate([drafts, drawn[:, k:]], axis=1)
+        return jnp.where(position < accepted[:, None], padded, drawn).astype(jnp.int32), accepted
+
+    def greedy(logits):
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return tokens, jnp.sum(jnp.cumprod((drafts == tokens[:, :k]).astype(jnp.int32), axis=1), axis=1)
+
     return jax.lax.cond(temperature > 0, sampled, greedy, logits)
 
 
@@ -545,22 +615,38 @@ def lookup_decode_loop(
     logits: jax.Array,
     *,
     num_drafts: int,
+    rng: jax.Array | None = None,
+    row_ids: jax.Array | None = None,
+    temperature: jax.Array | float = 0.0,
+    top_p: jax.Array | float = 1.0,
+    top_k: int | None = None,
+    use_top_p: bool = False,
 ) -> dict:
-    """Greedy decoding with prompt-lookup drafts (traceable): the tokens of `decode_loop` at temperature 0, in
-    fewer model steps. Each step feeds [last token, d_1..d_k] (k = `num_drafts`, `lookup_drafts`) through the
-    model at once, takes the argmax a_0..a_k at each position, accepts the drafts while d_j = a_{j-1} (m of them)
-    and emits a_0..a_m: the m accepted drafts and the token after them, each checked for a stop token and the
-    row's budget as the lockstep loop would. The k - m rejected drafts' cache slots are masked out (the rotary
-    positions count only valid slots), so the cache needs up to (k + 1) slots per step. Log-probs: the logits'
-    own log_softmax at each emitted token, as greedy decoding books them.
+    """Decoding with prompt-lookup drafts (traceable): at temperature 0 the tokens of `decode_loop`, sampled
+    tokens from the same distributions as `decode_loop`'s, in fewer model steps. Each step feeds [last token,
+    d_1..d_k] (k = `num_drafts`, `lookup_drafts`) through the model at once and checks the drafts
+    (`speculate_tokens`: greedy, they are kept while each equals the argmax before it; sampled, by speculative
+    sampling); it emits the m kept drafts and the token after them, each checked for a stop token and the row's
+    budget as the lockstep loop would. The k - m rejected drafts' cache slots are masked out (the rotary positions
+    count only valid slots), so the cache needs up to (k + 1) slots per step. Log-probs: log_softmax(logits /
+    temperature) at each emitted token (greedy: the logits' own), as `decode_loop` books them.
 
     state: `decode_state`'s, plus history [B, H] int32 (each row's prompt, unpadded, from column 0; H >= its
     length + the budget N) and known [B] int32 (the prompt lengths); logits [B, V]: the prompts' next-token
-    logits. `step` counts model steps (plus one for the first token, drawn from `logits`), so a row's tokens and
-    stop flags are those of `decode_loop` and the output's steps are the model steps taken.
+    logits. `step` counts model steps (plus one for the first token, drawn from `logits`), so the output's steps
+    are the model steps taken. Sampled: the first token is `decode_loop`'s (key fold_in(fold_in(rng, row_ids[i]),
+    0)); position j of model step t draws with fold_in(fold_in(fold_in(rng, row_ids[i]), t), j), so a row's tokens
+    depend on its id, not on the rows beside it. The sampled tokens differ from `decode_loop`'s (other draws of
+    the same distributions); greedy ones are the same.
     """
     b, num_steps = state["tokens"].shape
     k = int(num_drafts)
+    rng = jax.random.key(0) if rng is None else rng
+    row_ids = jnp.arange(b, dtype=jnp.uint32) if row_ids is None else jnp.asarray(row_ids, jnp.uint32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    top_p = jnp.asarray(top_p, jnp.float32)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
+    sampling = dict(top_k=top_k, use_top_p=use_top_p)
 
     def book(state: dict, token: jax.Array, logprob: jax.Array, ok: jax.Array) -> dict:
         """Appends token [B] (log-prob [B]) to the rows where ok [B] and the row is not done."""
@@ -586,13 +672,13 @@ def lookup_decode_loop(
             "last": jnp.where(ok, token, state["last"]),
         }
 
-    def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:  # [..., V] -> argmax, its log-prob
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
-        return token, logprob
+    def logprob_of(logits: jax.Array, token: jax.Array) -> jax.Array:  # [..., V], [...] -> the booked log-prob
+        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+        return jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[..., None], axis=-1)[..., 0]
 
-    token, logprob = greedy(logits)
-    state = book(state, token, logprob, jnp.ones((b,), bool))
+    first_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, jnp.uint32(0))
+    token = choose_tokens(logits, first_keys, temperature, top_p, **sampling)
+    state = book(state, token, logprob_of(logits, token), jnp.ones((b,), bool))
     state = {**state, "step": state["step"] + 1}
 
     def keep_going(state):
@@ -604,9 +690,10 @@ def lookup_decode_loop(
         fed = jnp.concatenate([state["last"][:, None], drafts], axis=1)  # [B, k + 1]
         index = state["cache"]["index"]
         logits, cache = apply_model(config, params, fed, attention_mask=jnp.ones(fed.shape, bool), cache=state["cache"])
-        tokens, logprobs = greedy(logits)  # [B, k + 1]: the token after each fed position
-        agree = jnp.cumprod((drafts == tokens[:, :k]).astype(jnp.int32), axis=1)
-        accepted = jnp.sum(agree, axis=1)  # m: the leading drafts the model would have written itself
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, state["step"].astype(jnp.uint32))
+        keys = jax.vmap(lambda key: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(k + 1)))(step_keys)
+        tokens, accepted = speculate_tokens(logits, drafts, keys, temperature, top_p, **sampling)
+        logprobs = logprob_of(logits, tokens)  # [B, k + 1]
         # Fed position j holds a real token iff j <= m (the last token and the accepted drafts).
         valid = jnp.arange(k + 1)[None, :] <= accepted[:, None]
         mask = jax.lax.dynamic_update_slice(cache["mask"], valid & ~state["done"][:, None], (0, index))
@@ -767,12 +854,11 @@ class Sampler:
         self._decode_shardings = ((self.param_shardings, self.cache_shardings, batch(None), *sampling_args), state)
         # resume: (params, state, *sampling_args) -> state; compact: (state, index, real) -> state
         self._resume_shardings = ((self.param_shardings, state, *sampling_args), state)
-        # lookup: (params, cache, logits, history, known, max_new, stop_tokens) -> a lookup state
+        # lookup: (params, cache, logits, history, known, max_new, stop_tokens, rng, row_ids, temperature, top_p)
+        # -> a lookup state
         lookup_state = {**state, "history": batch(None), "known": batch()}
-        self._lookup_shardings = (
-            (self.param_shardings, self.cache_shardings, batch(None), batch(None), batch(), batch(), batch(None)),
-            lookup_state,
-        )
+        lookup_args = (batch(None), batch(), batch(), batch(None), replicated, batch(), replicated, replicated)
+        self._lookup_shardings = ((self.param_shardings, self.cache_shardings, batch(None), *lookup_args), lookup_state)
         self._compact_shardings = ((state, batch(), batch()), state)
         # place: (prefix, logits, part, part_logits, offset) -> (prefix, logits)
         self._place_shardings = (
@@ -809,13 +895,16 @@ class Sampler:
 
         return run_decode
 
-    def _lookup_fn(self, num_steps: int, num_drafts: int):
-        """The greedy lookup decode's body: (params, cache, logits [B, V], history [B, H], known [B], max_new,
-        stop_tokens) -> the state after `lookup_decode_loop`."""
+    def _lookup_fn(self, num_steps: int, num_drafts: int, top_k: int | None, use_top_p: bool):
+        """The lookup decode's body: (params, cache, logits [B, V], history [B, H], known [B], max_new,
+        stop_tokens, rng, row_ids, temperature, top_p) -> the state after `lookup_decode_loop`."""
 
-        def run_lookup(params, cache, logits, history, known, max_new, stop_tokens):
+        def run_lookup(params, cache, logits, history, known, max_new, stop_tokens, rng, row_ids, temperature, top_p):
             state = {**decode_state(cache, max_new, num_steps, self.pad_id), "history": history, "known": known}
-            return lookup_decode_loop(self.config, params, state, max_new, stop_tokens, logits, num_drafts=num_drafts)
+            return lookup_decode_loop(
+                self.config, params, state, max_new, stop_tokens, logits, num_drafts=num_drafts, rng=rng,
+                row_ids=row_ids, temperature=temperature, top_p=top_p, top_k=top_k, use_top_p=use_top_p,
+            )  # fmt: skip
 
         return run_lookup
 
@@ -1068,8 +1157,9 @@ class Sampler:
         u, p = batch["prompt"].shape
         b, e = batch["stop_tokens"].shape
         num_steps = self.buckets.round_up(int(batch["max_new"].max()), self.buckets.min_new_tokens)
-        # Drafts are checked against the argmax, and pay only while a step of B x (k + 1) positions is memory-bound.
-        eligible = temperature == 0 and b <= self.buckets.lookup_max_rows and num_steps >= LOOKUP_MIN_STEPS
+        # Drafts pay only while a step of B x (k + 1) positions is memory-bound, and where the tokens copy the prompt.
+        checked = temperature == 0 or self.buckets.lookup_sampled  # greedy: by the argmax; sampled: speculatively
+        eligible = checked and b <= self.buckets.lookup_max_rows and num_steps >= LOOKUP_MIN_STEPS
         lookup = self.buckets.lookup_tokens if eligible else 0
         # The decode reads only the slots in use: a bigger cache would only cost memory. A lookup step writes its
         # drafts' slots too, accepted or not.
@@ -1098,11 +1188,12 @@ class Sampler:
             known = batch["prompt_mask"].sum(axis=1)[batch["rows"]].astype(np.int32)
             for i, u_i in enumerate(batch["rows"]):
                 history[i, : known[i]] = batch["prompt"][u_i, p - known[i] :]
-            host_args = (history, known, batch["max_new"], batch["stop_tokens"])
+            host_args = (history, known, batch["max_new"], batch["stop_tokens"], rng, ids, *scalars)
             args = (params, cache, logits, *sharding.to_global(host_args, self._lookup_shardings[0][3:]))
             decode_program = self._compiled(
-                ("lookup", b, slots, e, num_steps, lookup), f"lookup B={b} S={slots} N={num_steps} K={lookup}",
-                self._lookup_fn(num_steps, lookup), self._lookup_shardings, (1,), *args,
+                ("lookup", b, slots, e, num_steps, lookup, top_k, use_top_p),
+                f"lookup B={b} S={slots} N={num_steps} K={lookup}",
+                self._lookup_fn(num_steps, lookup, top_k, use_top_p), self._lookup_shardings, (1,), *args,
             )  # fmt: skip
         else:
             host_args = (rng, *row_args, *scalars, np.int32(self._compact_at(b)))
