@@ -225,6 +225,11 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
                 "steady_s": step_s - compile_s,
                 "host_s": step_s - prefill_s - decode_s - update_s - compile_s,
                 "calls": len(calls),
+                "per_call": [
+                    {key: c.get(key, 0) for key in ("rows", "steps", "generated", "prefill_s", "decode_s")}
+                    | {"distinct": len(c["distinct"])}
+                    for c in calls
+                ],
                 "generated": sum(c["generated"] for c in calls),
                 "sequences": float(metrics.get("sequences") or 0),
                 "shared": float(metrics.get("shared_prompt_sequences") or 0),
@@ -238,7 +243,7 @@ def measure(spec: str, overrides: dict[str, Any], warmup: int, steps: int) -> di
 def summary(result: dict[str, Any]) -> dict[str, float]:
     rows = result["rows"]
     mean = lambda k: float(np.nanmean([r[k] for r in rows]))
-    out = {k: mean(k) for k in rows[0]}
+    out = {k: mean(k) for k in rows[0] if k != "per_call"}
     if "steady_s" not in out:  # a commit measured before compilation was timed apart: it is in host and update
         out["compile_s"] = out["steady_s"] = float("nan")
     steady = out["steady_s"] if np.isfinite(out["steady_s"]) else out["step_s"]
@@ -290,6 +295,20 @@ def print_table(labels: list[str], results: list[dict[str, Any]]) -> None:
         print(f"{name:<28}{cells}{ratio}")
 
 
+def print_calls(labels: list[str], results: list[dict[str, Any]]) -> None:
+    """Each timed step's sampler calls: rows, distinct prompts, model steps, generated tokens, seconds."""
+    for label, result in zip(labels, results, strict=True):
+        print(f"\n{label}: sampler calls of each timed step")
+        print(f"{'step':>4} {'rows':>5} {'distinct':>8} {'model steps':>11} {'tokens':>7} {'tokens/step':>11} "
+              f"{'prefill s':>9} {'decode s':>9} {'ms/step':>8}")  # fmt: skip
+        for i, row in enumerate(result["rows"]):
+            for c in row.get("per_call", []):
+                per = c["generated"] / max(c["steps"], 1)
+                ms = 1e3 * c["decode_s"] / max(c["steps"], 1)
+                print(f"{i:>4} {c['rows']:>5} {c['distinct']:>8} {c['steps']:>11} {c['generated']:>7} {per:>11.1f} "
+                      f"{c['prefill_s']:>9.2f} {c['decode_s']:>9.2f} {ms:>8.0f}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/memtrain.py:cpu")
@@ -300,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set-here", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for this tree only (a setting the other tree lacks or keeps)")  # fmt: skip
     parser.add_argument("--json", default="", help="(internal) write this process's measurement here")
+    parser.add_argument("--calls", action="store_true", help="also print each sampler call of the timed steps")
     args = parser.parse_args(argv)
     overrides = dict(_split(s) for s in args.set)
     here = {**overrides, **dict(_split(s) for s in args.set_here)}
@@ -327,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(out) as f:
             results.append(json.load(f))
         labels.append(args.against)
+    if args.calls:
+        print_calls(labels, results)
     print(f"config {args.config} {' '.join(args.set)}; {args.warmup} warm-up + {args.steps} timed GRPO steps")
     if args.set_here:
         print(f"this tree only: {' '.join(args.set_here)}")
