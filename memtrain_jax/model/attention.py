@@ -174,6 +174,9 @@ SCORE_BLOCK_BYTES = 4 << 20  # rows of the batch share a block while its float32
 # slice is a copy), and the sampler's cache is its prompt bucket plus the budget, so the pass reads
 # at most the budget's unused slots.
 DENSE_FRACTION = 0.5
+# Calls with more key blocks than this skip the mask of blocks that need none (`_Tiling.skip_masks`): at 7,168
+# tokens (14 blocks of 512) one layer's causal attention took 0.75x the time (benchmarks/bench_attention.py).
+SKIP_MASK_BLOCKS = 2
 
 
 class _Tiling:
@@ -192,9 +195,18 @@ class _Tiling:
         self.rb = max((r for r in range(1, b + 1) if b % r == 0 and r * per_row <= SCORE_BLOCK_BYTES), default=1)
         self.steps = (b // self.rb) * self.nq  # (row group, query block) pairs
         self.m = self.bq * self.g  # query rows of a block
+        # Key blocks wholly before a query block's first query need no causal mask; past this many key blocks (a long
+        # prompt) a block's mask is skipped where no slot needs it. Not below: the branch keeps XLA:CPU from fusing
+        # the masked scores into their consumers, which cost 1.1x of a GRPO step's prefill and decode at the CPU
+        # protocol's 200-600-slot prompts (benchmarks/bench_step.py), and such prompts have few unmasked blocks.
+        self.skip_masks = self.nk > SKIP_MASK_BLOCKS
         # One step covering every query (a decode step, a short prompt) may read the whole buffer
         # in one pass instead (see DENSE_FRACTION) while its scores stay small.
         self.single_step = self.steps == 1 and b * per_row * self.nk <= 4 * SCORE_BLOCK_BYTES
+
+    def query_scale(self, q: jax.Array, scale: float) -> tuple[jax.Array, float | None]:
+        """(queries, the scale `_Step.scores` still applies): with `skip_masks` the queries are scaled once here."""
+        return (q * jnp.asarray(scale, q.dtype), None) if self.skip_masks else (q, scale)
 
     def group_queries(self, x: jax.Array) -> jax.Array:
         """[B, T, N, D] -> [B, K, nq * bq, G, D], zero rows appended up to a whole number of blocks."""
@@ -239,15 +251,19 @@ class _Step:
         self.fresh = slots >= j * bk
         row_slots = q_start + q0 + jnp.arange(tiling.m) // tiling.g  # query rows (t, g) of the block
         self.causal = (slots[None, :] <= row_slots[:, None]) & self.fresh[None, :]
-        # Most blocks of a long prompt lie wholly before the block's first query and hold no padding: their scores
-        # need no mask (an elementwise pass over a [rb, K, M, bk] block, 1.3x of a 7,168-token prefill's attention).
-        first_query = q_start + q0
-        self.needs_mask = ~jnp.all(self.valid) | (self.k0 + bk - 1 > first_query) | (self.k0 < j * bk)
+        self.skip_masks = tiling.skip_masks
+        # A block needs its mask where it holds a padded slot, a slot after the block's first query, or slots of the
+        # previous block (the moved-back last one).
+        self.needs_mask = ~jnp.all(self.valid) | (self.k0 + bk - 1 > q_start + q0) | (self.k0 < j * bk)
 
-    def scores(self, qb: jax.Array) -> jax.Array:
-        """Masked scores [rb, K, M, bk] float32 of query rows qb: [rb, K, M, D], already scaled by 1/sqrt(D)."""
+    def scores(self, qb: jax.Array, scale: float | None) -> jax.Array:
+        """Masked scores [rb, K, M, bk] float32 of query rows qb: [rb, K, M, D], times `scale` (None: qb is scaled
+        already, as `query_scale` does where masks are skipped: the unmasked branch is then the bare product)."""
         s = jnp.einsum("bkmd,bksd->bkms", qb, self.k.astype(qb.dtype), preferred_element_type=jnp.float32)
+        s = s if scale is None else s * scale
         mask = lambda s: masked(s, self.valid[:, None, None, :] & self.causal[None, None])
+        if not self.skip_masks:
+            return mask(s)
         return jax.lax.cond(self.needs_mask, mask, lambda s: s, s)
 
 
@@ -268,17 +284,19 @@ def _blocked_forward(q, k, v, key_valid, q_start, block_q, block_kv):
     tl = _Tiling(q.shape, k.shape, block_q, block_kv)
     b, rb, kh, m, d = q.shape[0], tl.rb, tl.kh, tl.m, tl.d
     scale = 1.0 / math.sqrt(d)
-    qg = tl.group_queries(q * jnp.asarray(scale, q.dtype))  # scaled once, not each score block
+    qg = tl.group_queries(q)
+    q_scaled, score_scale = tl.query_scale(qg, scale)
 
     def query_block(r, carry):
         out, lse = carry
         b0, q0 = (r // tl.nq) * rb, (r % tl.nq) * tl.bq
         qb = tl.query_rows(qg, b0, q0)
+        qs = tl.query_rows(q_scaled, b0, q0)
 
         def key_block(j, state):
             m_prev, denom, acc = state
             step = _Step(tl, q_start, b0, q0, j, k, v, key_valid)
-            sc = step.scores(qb)
+            sc = step.scores(qs, score_scale)
             m_new = jnp.maximum(m_prev, sc.max(axis=-1))
             p = jnp.exp(sc - m_new[..., None])
             # Rows with only masked slots so far carry m = MASK_VALUE; the first real slot makes
@@ -297,7 +315,7 @@ def _blocked_forward(q, k, v, key_valid, q_start, block_q, block_kv):
         lo, hi = tl.key_range(key_valid, q_start, b0, q0)
         blocks = lambda _: jax.lax.fori_loop(lo, hi, key_block, init)
         if tl.single_step:
-            dense = lambda _: _dense_pass(qb, k, v, key_valid, q_start + q0 + jnp.arange(m) // tl.g, 1.0)
+            dense = lambda _: _dense_pass(qb, k, v, key_valid, q_start + q0 + jnp.arange(m) // tl.g, scale)
             m_last, denom, acc = jax.lax.cond((hi - lo) * tl.bk >= DENSE_FRACTION * tl.s, dense, blocks, None)
         else:
             m_last, denom, acc = blocks(None)
@@ -328,13 +346,13 @@ def _blocked_backward(q, k, v, key_valid, q_start, out, lse, dout, block_q, bloc
         b0, q0 = (r // tl.nq) * rb, (r % tl.nq) * tl.bq
         qb, dob = tl.query_rows(qg, b0, q0), f32(tl.query_rows(dog, b0, q0))
         lse_b, delta_b = tl.query_rows(lse, b0, q0), tl.query_rows(delta, b0, q0)
-        scaled = qb * jnp.asarray(scale, qb.dtype)  # the forward's scores
+        qs, score_scale = tl.query_scale(qb, scale)  # the forward's scores
 
         def key_block(j, state):
             dq_b, dk, dv = state
             step = _Step(tl, q_start, b0, q0, j, k, v, key_valid)
             # Masked slots get p = exp(MASK_VALUE - lse) = 0 in every row that has a real slot.
-            p = jnp.exp(step.scores(scaled) - lse_b[..., None])
+            p = jnp.exp(step.scores(qs, score_scale) - lse_b[..., None])
             dp = jnp.einsum("bkmd,bksd->bkms", dob, f32(step.v))
             ds = p * (dp - delta_b[..., None]) * scale
             dq_b = dq_b + jnp.einsum("bkms,bksd->bkmd", ds, f32(step.k))
