@@ -175,7 +175,7 @@ SCORE_BLOCK_BYTES = 4 << 20  # rows of the batch share a block while its float32
 # at most the budget's unused slots.
 DENSE_FRACTION = 0.5
 # Calls with more key blocks than this skip the mask of blocks that need none (`_Tiling.skip_masks`): at 7,168
-# tokens (14 blocks of 512) one layer's causal attention took 0.75x the time (benchmarks/bench_attention.py).
+# tokens (14 blocks of 512) one layer's causal attention took 0.7x the time (benchmarks/bench_attention.py).
 SKIP_MASK_BLOCKS = 2
 
 
@@ -197,7 +197,7 @@ class _Tiling:
         self.m = self.bq * self.g  # query rows of a block
         # Key blocks wholly before a query block's first query need no causal mask; past this many key blocks (a long
         # prompt) a block's mask is skipped where no slot needs it. Not below: the branch keeps XLA:CPU from fusing
-        # the masked scores into their consumers, which cost 1.1x of a GRPO step's prefill and decode at the CPU
+        # the masked scores into their consumers: 1.1x of a GRPO step's prefill and decode time at the CPU
         # protocol's 200-600-slot prompts (benchmarks/bench_step.py), and such prompts have few unmasked blocks.
         self.skip_masks = self.nk > SKIP_MASK_BLOCKS
         # One step covering every query (a decode step, a short prompt) may read the whole buffer
