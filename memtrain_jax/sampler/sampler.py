@@ -292,6 +292,13 @@ def choose_tokens(
     return jax.lax.cond(temperature > 0, sampled, greedy, logits)
 
 
+def drawn_logprobs(logits: jax.Array, tokens: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Log-probs [...] of tokens [...] under the distribution they were drawn from, logits [..., V]:
+    log_softmax(logits / temperature) (before top-k / top-p; greedy, temperature 0: the logits' own)."""
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    return jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[..., None], axis=-1)[..., 0]
+
+
 def speculate_tokens(
     logits: jax.Array,
     drafts: jax.Array,
@@ -534,9 +541,7 @@ def decode_loop(
         step = state["step"]
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step.astype(jnp.uint32))
         token = choose_tokens(logits, keys, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
-        # log-prob under the distribution the token was drawn from (tempered; greedy: the logits' own)
-        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+        logprob = drawn_logprobs(logits, token, temperature)
         active = ~state["done"]
         lengths = state["lengths"] + active.astype(jnp.int32)
         hit_stop = active & jnp.any(token[:, None] == stop_tokens, axis=-1)
@@ -672,13 +677,9 @@ def lookup_decode_loop(
             "last": jnp.where(ok, token, state["last"]),
         }
 
-    def logprob_of(logits: jax.Array, token: jax.Array) -> jax.Array:  # [..., V], [...] -> the booked log-prob
-        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-        return jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[..., None], axis=-1)[..., 0]
-
     first_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, jnp.uint32(0))
     token = choose_tokens(logits, first_keys, temperature, top_p, **sampling)
-    state = book(state, token, logprob_of(logits, token), jnp.ones((b,), bool))
+    state = book(state, token, drawn_logprobs(logits, token, temperature), jnp.ones((b,), bool))
     state = {**state, "step": state["step"] + 1}
 
     def keep_going(state):
@@ -693,7 +694,7 @@ def lookup_decode_loop(
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, state["step"].astype(jnp.uint32))
         keys = jax.vmap(lambda key: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(k + 1)))(step_keys)
         tokens, accepted = speculate_tokens(logits, drafts, keys, temperature, top_p, **sampling)
-        logprobs = logprob_of(logits, tokens)  # [B, k + 1]
+        logprobs = drawn_logprobs(logits, tokens, temperature)  # [B, k + 1]
         # Fed position j holds a real token iff j <= m (the last token and the accepted drafts).
         valid = jnp.arange(k + 1)[None, :] <= accepted[:, None]
         mask = jax.lax.dynamic_update_slice(cache["mask"], valid & ~state["done"][:, None], (0, index))
