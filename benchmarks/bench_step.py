@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
 def _split(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
-        raise SystemExit(f"--set needs KEY=VALUE, got {text!r}")
+        raise SystemExit(f"--set and --set-here need KEY=VALUE, got {text!r}")
     return key, _value(value)
 
 

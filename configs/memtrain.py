@@ -294,7 +294,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.sampling.lookup_tokens = 0
     # Sampled calls of that shape (sampled memory turns) use the drafts too, checked by speculative sampling: each
     # token follows the lockstep decode's distribution exactly, but the draws differ from its draws (a run's
-    # samples change with this switch, so it is a run setting, not a run choice).
+    # samples change with this switch, so it is a run setting, not a run choice). With it, a row's draws also depend
+    # on whether its call drafts (batch bucket <= 16, budget >= 64), so sampling.max_rows and sampling.lookup_tokens
+    # then change samples too; and `memtrain plan` does not size the (k + 1)x cache of such calls.
     c.sampling.lookup_sampled = False
     # Prefill a call's distinct prompts, longest first, in up to this many parts, each padded only to its own
     # longest prompt's length bucket and its own batch bucket, then placed into one prefix: the same cache as one

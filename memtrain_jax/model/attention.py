@@ -195,18 +195,22 @@ class _Tiling:
         self.rb = max((r for r in range(1, b + 1) if b % r == 0 and r * per_row <= SCORE_BLOCK_BYTES), default=1)
         self.steps = (b // self.rb) * self.nq  # (row group, query block) pairs
         self.m = self.bq * self.g  # query rows of a block
-        # Key blocks wholly before a query block's first query need no causal mask; past this many key blocks (a long
-        # prompt) a block's mask is skipped where no slot needs it. Not below: the branch keeps XLA:CPU from fusing
-        # the masked scores into their consumers: 1.1x of a GRPO step's prefill and decode time at the CPU
-        # protocol's 200-600-slot prompts (benchmarks/bench_step.py), and such prompts have few unmasked blocks.
+        # Key blocks wholly before a query block's first query need no causal mask; past this many key blocks (a K/V
+        # buffer beyond 1,024 slots at 512-slot blocks: a long prompt, a long cache) a block's mask is skipped where
+        # no slot needs it. Not below: the branch keeps XLA:CPU from fusing the masked scores into their consumers,
+        # 1.1x of a GRPO step's prefill and decode time at the CPU protocol's 200-600-slot prompts
+        # (benchmarks/bench_step.py), and such prompts have few unmasked blocks.
         self.skip_masks = self.nk > SKIP_MASK_BLOCKS
         # One step covering every query (a decode step, a short prompt) may read the whole buffer
         # in one pass instead (see DENSE_FRACTION) while its scores stay small.
         self.single_step = self.steps == 1 and b * per_row * self.nk <= 4 * SCORE_BLOCK_BYTES
 
     def query_scale(self, q: jax.Array, scale: float) -> tuple[jax.Array, float | None]:
-        """(queries, the scale `_Step.scores` still applies): with `skip_masks` the queries are scaled once here."""
-        return (q * jnp.asarray(scale, q.dtype), None) if self.skip_masks else (q, scale)
+        """(queries, the scale `_Step.scores` still applies): with `skip_masks` float32 queries are scaled once here
+        (half-precision ones are not: rounding q * scale to 8 bits of mantissa would cost accuracy)."""
+        if self.skip_masks and q.dtype == jnp.float32:
+            return q * scale, None
+        return q, scale
 
     def group_queries(self, x: jax.Array) -> jax.Array:
         """[B, T, N, D] -> [B, K, nq * bq, G, D], zero rows appended up to a whole number of blocks."""
@@ -290,8 +294,7 @@ def _blocked_forward(q, k, v, key_valid, q_start, block_q, block_kv):
     def query_block(r, carry):
         out, lse = carry
         b0, q0 = (r // tl.nq) * rb, (r % tl.nq) * tl.bq
-        qb = tl.query_rows(qg, b0, q0)
-        qs = tl.query_rows(q_scaled, b0, q0)
+        qs = tl.query_rows(q_scaled, b0, q0)  # the block's queries (scaled where masks are skipped)
 
         def key_block(j, state):
             m_prev, denom, acc = state
@@ -315,7 +318,8 @@ def _blocked_forward(q, k, v, key_valid, q_start, block_q, block_kv):
         lo, hi = tl.key_range(key_valid, q_start, b0, q0)
         blocks = lambda _: jax.lax.fori_loop(lo, hi, key_block, init)
         if tl.single_step:
-            dense = lambda _: _dense_pass(qb, k, v, key_valid, q_start + q0 + jnp.arange(m) // tl.g, scale)
+            dense_scale = 1.0 if score_scale is None else score_scale  # the scores the backward recomputes
+            dense = lambda _: _dense_pass(qs, k, v, key_valid, q_start + q0 + jnp.arange(m) // tl.g, dense_scale)
             m_last, denom, acc = jax.lax.cond((hi - lo) * tl.bk >= DENSE_FRACTION * tl.s, dense, blocks, None)
         else:
             m_last, denom, acc = blocks(None)

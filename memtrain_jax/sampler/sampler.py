@@ -126,7 +126,9 @@ class Buckets:
     (lookup_tokens + 1) slots per decode step. Off for a Sampler built without buckets; a run config sets it
     (`sampling.lookup_tokens`). `lookup_sampled`: sampled calls of that shape too, checking the drafts by
     speculative sampling (`speculate_tokens`): tokens of the same distributions as the lockstep decode's, other
-    draws of them (`sampling.lookup_sampled`; False where a stored config predates the field).
+    draws of them (`sampling.lookup_sampled`; False where a stored config predates the field). So with it a row's
+    draws depend on whether its call drafts (the call's batch bucket and budget), not only on its seed and row id:
+    `sampling.max_rows` and `lookup_tokens`, which change no sample otherwise, change such a run's samples.
 
     `prefill_parts` (1 = one prefill a call): the distinct prompts, longest first, are prefilled in up to this many
     parts of consecutive prompts, each its own batch bucket and length bucket (`split_prefill`), and placed into the
@@ -1139,7 +1141,8 @@ class Sampler:
         per prompt; `stop_tokens` is one list of ids shared by every row or one list per row.
         temperature 0 is greedy; top_p None or 1.0 disables top-p. `seed` is an int or a PRNG key.
         `row_ids` (ints >= 0, one per prompt, taken mod 2**32; None = 0..n-1): row i's draws are a function of
-        (seed, row_ids[i]) alone, so a caller that keys rows by episode gets the same samples however it batches them.
+        (seed, row_ids[i]) alone, so a caller that keys rows by episode gets the same samples however it batches them
+        (with `Buckets.lookup_sampled`: however it batches them into calls that all draft or all do not).
         `share_prefixes` overrides the sampler's setting for this call (None keeps it).
         """
         temperature = float(temperature)
