@@ -301,6 +301,16 @@ def drawn_logprobs(logits: jax.Array, tokens: jax.Array, temperature: jax.Array)
     return jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[..., None], axis=-1)[..., 0]
 
 
+def row_keys(rng: jax.Array, row_ids: jax.Array) -> jax.Array:
+    """Each row's key [B]: fold_in(rng, row_ids[i]) (row_ids [B] uint32)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.asarray(row_ids, jnp.uint32))
+
+
+def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
+    """Keys [B] of one decode step: fold_in(keys[i], step) (step an int32 scalar)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, jnp.asarray(step).astype(jnp.uint32))
+
+
 def speculate_tokens(
     logits: jax.Array,
     drafts: jax.Array,
@@ -334,9 +344,9 @@ def speculate_tokens(
         where = jnp.arange(v)[None, :] if ids is None else ids
         has_draft = jnp.broadcast_to(position < k, (b, width)).reshape(b * width, 1)  # position k has none
         is_draft = (where == draft[:, None]) & has_draft
-        # p_j(d_{j+1}) in float32; 0 where the draft is filtered out.
-        probs = jnp.exp(values - jax.nn.logsumexp(values, axis=-1, keepdims=True))
-        chance = jnp.sum(jnp.where(is_draft, probs, 0.0), axis=-1)
+        # p_j(d_{j+1}) in float32 (one exp a row, not V); 0 where the draft is filtered out.
+        at_draft = jnp.max(jnp.where(is_draft, values, -jnp.inf), axis=-1)
+        chance = jnp.exp(at_draft - jax.nn.logsumexp(values, axis=-1))
         flat_keys = keys.reshape(b * width)
         u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, 0)))(flat_keys)
         accept = (u < chance).reshape(b, width)[:, :k]
@@ -536,12 +546,12 @@ def decode_loop(
         raise ValueError(f"stop_tokens must be [batch={b}, E], got shape {stop_tokens.shape}.")
     temperature = jnp.asarray(temperature, jnp.float32)
     top_p = jnp.asarray(top_p, jnp.float32)
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.asarray(row_ids, jnp.uint32))
+    keyed = row_keys(rng, row_ids)
 
     def record(state: dict, logits: jax.Array) -> dict:
         """Samples the next token of every row from logits [B, V] and books it at column `step`."""
         step = state["step"]
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step.astype(jnp.uint32))
+        keys = step_keys(keyed, step)
         token = choose_tokens(logits, keys, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
         logprob = drawn_logprobs(logits, token, temperature)
         active = ~state["done"]
@@ -652,7 +662,7 @@ def lookup_decode_loop(
     row_ids = jnp.arange(b, dtype=jnp.uint32) if row_ids is None else jnp.asarray(row_ids, jnp.uint32)
     temperature = jnp.asarray(temperature, jnp.float32)
     top_p = jnp.asarray(top_p, jnp.float32)
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
+    keyed = row_keys(rng, row_ids)
     sampling = dict(top_k=top_k, use_top_p=use_top_p)
 
     def book(state: dict, token: jax.Array, logprob: jax.Array, ok: jax.Array) -> dict:
@@ -679,8 +689,7 @@ def lookup_decode_loop(
             "last": jnp.where(ok, token, state["last"]),
         }
 
-    first_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, jnp.uint32(0))
-    token = choose_tokens(logits, first_keys, temperature, top_p, **sampling)
+    token = choose_tokens(logits, step_keys(keyed, 0), temperature, top_p, **sampling)
     state = book(state, token, drawn_logprobs(logits, token, temperature), jnp.ones((b,), bool))
     state = {**state, "step": state["step"] + 1}
 
@@ -693,8 +702,8 @@ def lookup_decode_loop(
         fed = jnp.concatenate([state["last"][:, None], drafts], axis=1)  # [B, k + 1]
         index = state["cache"]["index"]
         logits, cache = apply_model(config, params, fed, attention_mask=jnp.ones(fed.shape, bool), cache=state["cache"])
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, state["step"].astype(jnp.uint32))
-        keys = jax.vmap(lambda key: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(k + 1)))(step_keys)
+        now = step_keys(keyed, state["step"])
+        keys = jnp.stack([step_keys(now, j) for j in range(k + 1)], axis=1)  # [B, k + 1]: position j's
         tokens, accepted = speculate_tokens(logits, drafts, keys, temperature, top_p, **sampling)
         logprobs = drawn_logprobs(logits, tokens, temperature)  # [B, k + 1]
         # Fed position j holds a real token iff j <= m (the last token and the accepted drafts).
